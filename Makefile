@@ -1,0 +1,52 @@
+# Caldicott: the commands a new user needs. Everything lives inside the checkout (.venv, .airflow, var/).
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+MESHV   := .venv-mesh
+MSTAMP  := $(MESHV)/.installed
+
+.PHONY: help venv demo test up lint bench clean
+
+help:
+	@echo "make demo   - set up, seed synthetic data, run every DAG end to end through Airflow, summarise"
+	@echo "make test   - set up, then the whole test suite (what CI runs)"
+	@echo "make up     - set up, start Airflow and the stand-in peers on 127.0.0.1 to click around"
+	@echo "make lint   - ruff"
+	@echo "make bench  - the benchmarks in bench/ (figures go to bench/RESULTS.md)"
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11)"; exit 1; }
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# The MESH sandbox is a test peer with dependencies that clash with Airflow's: its own venv.
+$(MSTAMP): requirements-mesh.txt
+	test -d $(MESHV) || $(PY) -m venv $(MESHV)
+	$(MESHV)/bin/pip install --quiet -r requirements-mesh.txt
+	touch $(MSTAMP)
+
+venv: $(STAMP) $(MSTAMP)
+
+demo: venv
+	$(BIN)/python -m devtools.demo
+
+test: venv
+	$(BIN)/python -m devtools.bootstrap
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+up: venv
+	$(BIN)/python -m devtools.up
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: venv
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf var .airflow

@@ -1,0 +1,45 @@
+"""
+### Records quality
+
+Once a day, runs the checks every Caldicott flow relies on over the **whole** clinical-records source
+(invalid or duplicated NHS numbers, malformed postcodes, missing GP practice, discharge before referral,
+contacts before referral, unknown referrers, scores out of range) and puts each finding in the
+quarantine under `records_quality`, so the data-quality lead can fix them at source before a flow
+has to hold the record back.
+
+* **Reads:** connection `caldicott_records` (read-only). **Writes:** connection `caldicott_state`.
+* **XCom / logs:** counts per reason code only. Find the records with the runbook's quarantine query.
+* **Safe to re-run:** findings are keyed by (run, record, reason); a re-run adds nothing.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag, task
+from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
+
+
+@dag(
+    dag_id="records_quality",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 10, 1, tz="Europe/London"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=[*COMMON_TAGS, "data-quality"],
+    default_args=default_args(),
+)
+def records_quality():
+    @task
+    def scan_records(data_interval_end=None) -> dict:
+        """Check every record; quarantine findings; return counts (no patient data)."""
+        from caldicott.records.quality import scan
+        from caldicott_airflow.connections import records_engine, state_engine
+
+        run_key = data_interval_end.in_timezone("Europe/London").date().isoformat()
+        return scan(records_engine(), state_engine(), run_key)
+
+    scan_records()
+
+
+records_quality()

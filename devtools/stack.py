@@ -1,0 +1,184 @@
+"""Start a real local Airflow (api-server, scheduler, dag-processor, triggerer) on loopback, and drive it.
+
+``airflow standalone`` would start log servers on every interface; a health-data service must not, so
+each component is started here with ``--skip-serve-logs`` and the API on 127.0.0.1 (DESIGN.md). With
+LocalExecutor the task logs are files under the Airflow home, read by the api-server directly.
+The stack is a context manager: leaving it stops every process it started.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from devtools.airflow_env import passwords
+from devtools.paths import venv_bin
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = {
+    "api-server": ["api-server", "-H", "127.0.0.1"],
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+}
+
+
+def airflow(env: dict[str, str], *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run one ``airflow`` CLI command in ``env``."""
+    return subprocess.run([venv_bin("airflow"), *args], env=env, check=check, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+def migrate_metadata(env: dict[str, str]) -> None:
+    """``airflow db migrate`` (idempotent)."""
+    res = airflow(env, "db", "migrate", check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
+
+
+class AirflowStack:
+    """A running local Airflow. ``with AirflowStack(env) as af: af.trigger(...)``."""
+
+    def __init__(self, env: dict[str, str], components: tuple[str, ...] = tuple(COMPONENTS)) -> None:
+        self.env = env
+        self.home = Path(env["AIRFLOW_HOME"])
+        self.port = int(env["AIRFLOW__API__PORT"])
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.components = components
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._tokens: dict[str, str] = {}
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    def start(self, timeout: float = 180) -> AirflowStack:
+        logs = self.home / "stack-logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in self.components:
+            out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+            cmd = [venv_bin("airflow"), *COMPONENTS[name]]
+            if name == "api-server":
+                cmd += ["-p", str(self.port)]
+            self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"airflow {name} exited with {p.returncode}; see {self.home}/stack-logs")
+            try:
+                with urllib.request.urlopen(f"{self.base}/api/v2/monitor/health", timeout=5) as r:  # noqa: S310
+                    health = json.loads(r.read())
+                if health.get("scheduler", {}).get("status") == "healthy" or "scheduler" not in self.components:
+                    return
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"airflow did not become healthy in {timeout}s; see {self.home}/stack-logs")
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 30
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> AirflowStack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- REST API ----------------------------------------------------------------------------------
+    def token(self, user: str = "admin") -> str:
+        if user not in self._tokens:
+            body = json.dumps({"username": user, "password": passwords(self.home)[user]}).encode()
+            req = urllib.request.Request(f"{self.base}/auth/token", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - loopback
+                self._tokens[user] = json.loads(r.read())["access_token"]
+        return self._tokens[user]
+
+    def api(self, method: str, path: str, body: dict | None = None, *, user: str = "admin") -> tuple[int, dict]:
+        """Call the REST API as ``user``; returns (status, JSON body). Does not raise on 4xx."""
+        req = urllib.request.Request(
+            f"{self.base}/api/v2{path}", method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {self.token(user)}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback
+                raw = r.read()
+                return r.status, json.loads(raw) if raw else {}
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                return e.code, json.loads(raw)
+            except ValueError:
+                return e.code, {"detail": raw.decode(errors="replace")}
+
+    def wait_dag(self, dag_id: str, timeout: float = 120) -> None:
+        """Wait until the dag-processor has parsed ``dag_id`` into the metadata database."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, _ = self.api("GET", f"/dags/{dag_id}")
+            if status == 200:
+                return
+            time.sleep(1)
+        raise TimeoutError(f"DAG {dag_id} was not parsed within {timeout}s")
+
+    def trigger(self, dag_id: str, logical_date: dt.datetime, conf: dict | None = None,
+                run_id: str | None = None) -> str:
+        """Trigger a run for ``logical_date`` (its data interval is the period before it)."""
+        self.wait_dag(dag_id)
+        self.api("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+        body = {"logical_date": logical_date.isoformat(), "conf": conf or {}}
+        if run_id:
+            body["dag_run_id"] = run_id
+        status, data = self.api("POST", f"/dags/{dag_id}/dagRuns", body)
+        if status not in (200, 201):
+            raise RuntimeError(f"trigger {dag_id} failed: {status} {data}")
+        return data["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        status, data = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+        return data.get("state", "unknown") if status == 200 else "unknown"
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 600,
+                 until: tuple[str, ...] = ("success", "failed")) -> str:
+        deadline = time.monotonic() + timeout
+        state = "unknown"
+        while time.monotonic() < deadline:
+            state = self.run_state(dag_id, run_id)
+            if state in until:
+                return state
+            time.sleep(2)
+        raise TimeoutError(f"{dag_id} {run_id} still {state} after {timeout}s")
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        status, data = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
+        return {t["task_id"]: t["state"] for t in data.get("task_instances", [])} if status == 200 else {}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
+        status, data = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
+        return data.get("value") if status == 200 else None

@@ -1,0 +1,103 @@
+"""Key and certificate loading, and self-signed identities for the demo's synthetic peers.
+
+Production certificates come from the records source (a GP practice's encryption certificate) or from
+an Airflow connection / secrets backend (Caldicott's own keys). Nothing here reads key material from
+the source tree: a test greps the tree for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+
+class CertificateError(ValueError):
+    """A certificate is missing, unreadable, expired or not usable for encryption (message has no PII)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A private key and its certificate, both PEM. Used for the synthetic peers of the demo."""
+
+    key_pem: bytes
+    cert_pem: bytes
+
+
+def make_identity(common_name: str, *, days: int = 3650, key_size: int = 2048) -> Identity:
+    """A fresh RSA key and a self-signed certificate for ``common_name`` (demo and tests only)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=True,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return Identity(
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+    )
+
+
+def cached_identity(keys_dir: Path, name: str) -> Identity:
+    """The identity stored as ``keys_dir/name.key`` and ``.crt``, made on first use.
+
+    RSA keys cannot be derived from a seed, so the generator caches them: re-seeding the demo keeps
+    each synthetic practice's key, and the practice's "own" private key stays outside the records DB.
+    """
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    key_path, cert_path = keys_dir / f"{name}.key", keys_dir / f"{name}.crt"
+    if key_path.exists() and cert_path.exists():
+        return Identity(key_pem=key_path.read_bytes(), cert_pem=cert_path.read_bytes())
+    ident = make_identity(name)
+    key_path.write_bytes(ident.key_pem)
+    key_path.chmod(0o600)
+    cert_path.write_bytes(ident.cert_pem)
+    return ident
+
+
+def load_certificate(pem: str | bytes | None, *, at: dt.datetime | None = None) -> x509.Certificate:
+    """Parse a PEM certificate and check it can be encrypted to now; raise CertificateError if not."""
+    if not pem:
+        raise CertificateError("no certificate on record")
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        raise CertificateError("certificate is not valid PEM") from exc
+    now = at or dt.datetime.now(dt.UTC)
+    if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
+        raise CertificateError("certificate is outside its validity period")
+    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
+        raise CertificateError("certificate key is not RSA (S/MIME envelopes need RSA recipients)")
+    return cert
+
+
+def load_private_key(pem: str | bytes, password: bytes | None = None) -> rsa.RSAPrivateKey:
+    """Parse a PEM private key (from a connection or secrets backend)."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    key = serialization.load_pem_private_key(data, password=password)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise CertificateError("private key is not RSA")
+    return key

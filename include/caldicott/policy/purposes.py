@@ -1,0 +1,81 @@
+"""Why data leaves the service: the purposes, which are routine, and what each must prove.
+
+This is the policy module's spine (DESIGN.md: one policy module). The release gateway asks
+:func:`release_rule` for every outbound item; a purpose that is not routine can only leave with an
+approved entry in the disclosure register. Field lists (minimum necessary) and opt-out rules per flow
+live beside this file in ``policy/``, one module per flow, so the whole matrix is read in one folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Purpose(StrEnum):
+    """Every reason Caldicott may send bytes out of the service."""
+
+    GP_LETTER = "gp_letter"                  # direct care: assessment / discharge letter to the registered GP
+    PATIENT_COPY = "patient_copy"            # the patient's own copy of their letter
+    REFERRER_UPDATE = "referrer_update"      # direct care / contract: sessions to the referrer's PAS
+    MANDATED_DATASET = "mandated_dataset"    # required by law (DPN, s259(5) HSCA 2012): IAPT monthly data set
+    NDOP_CHECK = "ndop_check"                # NHS numbers to NHS England's opt-out service, to apply the opt-out
+    PLANNING_EXTRACT = "planning_extract"    # commissioner / local planning extract under a sharing agreement
+    DISCLOSURE = "disclosure"                # anything else: court, police, safeguarding, DWP, research...
+
+
+class Protection(StrEnum):
+    """How the bytes are protected on their way; ``NONE`` is never allowed to leave."""
+
+    SMIME = "smime"                  # S/MIME EnvelopedData to the recipient's certificate
+    CMS = "cms"                      # CMS-encrypted file to the recipient's certificate
+    SECURE_GATEWAY = "secure-gateway"  # NHSmail encrypts to non-NHSmail addresses when the subject has [secure]
+    MESH = "mesh"                    # MESH: mutual TLS inside NHS infrastructure, mailbox to mailbox
+    SFTP = "sftp"                    # SSH transport to a host whose key is pinned
+    STAGED_ENCRYPTED = "staged-encrypted"  # encrypted at rest, for a named person to upload by hand
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class ReleaseRule:
+    """What the gateway requires of an outbound item for a purpose."""
+
+    routine: bool
+    allowed_protection: frozenset[Protection]
+    required_facts: tuple[str, ...] = ()   # facts the flow must assert True (e.g. consent checked)
+    why: str = ""
+
+
+_RULES: dict[Purpose, ReleaseRule] = {
+    Purpose.GP_LETTER: ReleaseRule(
+        True, frozenset({Protection.SMIME, Protection.MESH}), ("gp_sharing_consent",),
+        "direct care; the patient did not decline GP sharing at registration"),
+    Purpose.PATIENT_COPY: ReleaseRule(
+        True, frozenset({Protection.SMIME, Protection.SECURE_GATEWAY, Protection.SFTP}), (),
+        "the patient's own information, copied to them ('no surprises')"),
+    Purpose.REFERRER_UPDATE: ReleaseRule(
+        True, frozenset({Protection.SFTP, Protection.MESH, Protection.CMS}), ("contract_fields_applied",),
+        "direct care / contract: only the fields the referrer's contract allows"),
+    Purpose.MANDATED_DATASET: ReleaseRule(
+        True, frozenset({Protection.STAGED_ENCRYPTED, Protection.MESH, Protection.SFTP}), ("validated",),
+        "required by law (Data Provision Notice, s259(5) Health and Social Care Act 2012)"),
+    Purpose.NDOP_CHECK: ReleaseRule(
+        True, frozenset({Protection.MESH}), ("nhs_numbers_only",),
+        "NHS numbers only, to NHS England, to apply the national data opt-out"),
+    Purpose.PLANNING_EXTRACT: ReleaseRule(
+        True, frozenset({Protection.MESH, Protection.SFTP, Protection.CMS, Protection.STAGED_ENCRYPTED}),
+        ("ndop_applied",),
+        "planning under a sharing agreement; the national data opt-out has been applied"),
+    Purpose.DISCLOSURE: ReleaseRule(
+        False, frozenset({Protection.SMIME, Protection.CMS, Protection.SFTP}), (),
+        "non-routine: only with an approved entry in the disclosure register"),
+}
+
+
+def release_rule(purpose: Purpose) -> ReleaseRule:
+    """The rule for ``purpose``; an unknown purpose has none and so cannot leave."""
+    return _RULES[Purpose(purpose)]
+
+
+def routine_purposes() -> frozenset[Purpose]:
+    return frozenset(p for p, r in _RULES.items() if r.routine)

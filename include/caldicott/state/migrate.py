@@ -1,0 +1,80 @@
+"""Create or upgrade Caldicott's state database: ``python -m caldicott.state.migrate --url URL``.
+
+Steps are additive and idempotent (create what is missing; never drop), recorded in
+``caldicott_schema_version``. Every module named ``state_tables`` under the ``caldicott`` package is
+imported first so its tables join the shared metadata. A change that alters an existing column must
+add a numbered step to :data:`STEPS` with the DDL for both SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import logging
+import pkgutil
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, insert, select
+
+import caldicott
+from caldicott.db import make_engine
+from caldicott.state.schema import metadata, schema_version
+
+log = logging.getLogger(__name__)
+
+
+def load_table_modules() -> list[str]:
+    """Import every ``caldicott.*.state_tables`` module (and the ledger) so all tables are declared."""
+    names = ["caldicott.transport.ledger"]
+    for mod in pkgutil.walk_packages(caldicott.__path__, prefix="caldicott."):
+        if mod.name.endswith(".state_tables"):
+            names.append(mod.name)
+    for name in names:
+        importlib.import_module(name)
+    return names
+
+
+def _create_all(conn: Connection) -> None:
+    metadata.create_all(conn)
+
+
+#: (version, description, step). Append only.
+STEPS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "create every declared table that is missing", _create_all),
+]
+
+
+def migrate(engine: Engine) -> list[int]:
+    """Bring the state database up to date; return the versions applied by this call.
+
+    Tables declared after version 1 was applied are still created (``create_all`` runs every time;
+    it only creates what is missing), so adding a new table needs no new step.
+    """
+    load_table_modules()
+    applied: list[int] = []
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        done = set(conn.execute(select(schema_version.c.version)).scalars())
+        for version, description, step in STEPS:
+            if version in done:
+                continue
+            step(conn)
+            conn.execute(insert(schema_version).values(
+                version=version, description=description, applied_at=dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+            applied.append(version)
+    return applied
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Create or upgrade Caldicott's state database")
+    parser.add_argument("--url", required=True, help="SQLAlchemy URL of the state database")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    applied = migrate(make_engine(args.url))
+    log.info("state database up to date%s", f" (applied {applied})" if applied else "")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
