@@ -31,13 +31,13 @@ from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
 )
 def records_quality():
     @task
-    def scan_records(data_interval_end=None) -> dict:
+    def scan_records(**context) -> dict:
         """Check every record; quarantine findings; return counts (no patient data)."""
         from caldicott.records.quality import scan
         from caldicott_airflow.connections import records_engine, state_engine
+        from caldicott_airflow.intervals import daily_interval, run_key
 
-        run_key = data_interval_end.in_timezone("Europe/London").date().isoformat()
-        return scan(records_engine(), state_engine(), run_key)
+        return scan(records_engine(), state_engine(), run_key(*daily_interval(context)))
 
     scan_records()
 
