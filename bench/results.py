@@ -1,0 +1,29 @@
+"""Write one benchmark's section of bench/RESULTS.md, leaving the other sections alone."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import resource
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_section(heading: str, body: str) -> None:
+    """Replace (or append) the ``## heading`` section of RESULTS.md with ``body``."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nMedians of repeated runs; see each section's command.\n"
+    section = f"## {heading}\n\n{body.strip()}\n\n"
+    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _m: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    RESULTS.write_text(text.rstrip() + "\n")
