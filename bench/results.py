@@ -22,7 +22,8 @@ def peak_rss_mib() -> float:
 
 def write_section(heading: str, body: str) -> None:
     """Replace (or append) the ``## heading`` section of RESULTS.md with ``body``."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nMedians of repeated runs; see each section's command.\n"
+    header = "# Benchmark results\n\nMedians of repeated runs; see each section's command.\n"
+    text = RESULTS.read_text() if RESULTS.exists() else header
     section = f"## {heading}\n\n{body.strip()}\n\n"
     pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _m: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section

@@ -97,7 +97,8 @@ def airflow_env(
     if records_db is not None:
         env["AIRFLOW_CONN_CALDICOTT_RECORDS"] = sqlite_conn(records_db)
     if state_url is not None:
-        env["AIRFLOW_CONN_CALDICOTT_STATE"] = json.dumps({"conn_type": "sqlite", "extra": {"sqlalchemy_url": state_url}})
+        env["AIRFLOW_CONN_CALDICOTT_STATE"] = json.dumps(
+            {"conn_type": "sqlite", "extra": {"sqlalchemy_url": state_url}})
     elif state_db is not None:
         env["AIRFLOW_CONN_CALDICOTT_STATE"] = sqlite_conn(state_db)
     if output_dir is not None:

@@ -16,11 +16,11 @@ import pkgutil
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from devtools import demos, peers
 from devtools.airflow_env import free_port
 from devtools.bootstrap import DEMO_PATIENTS, DEMO_SEED, Workspace, prepare
+from devtools.leakscan import scan
 from devtools.paths import AIRFLOW_HOME, DEMO
 from devtools.stack import AirflowStack
 
@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"outputs        : {ws.outputs}")
     print(f"airflow home   : {AIRFLOW_HOME}  (task logs under logs/)")
     print("browse the UI  : make up, then open the address it prints; passwords in .airflow/passwords.json")
+    leaks = scan(ws.records_db, AIRFLOW_HOME)
+    print(f"patient-data scan of Airflow metadata and task logs: {leaks.values_searched} values searched in "
+          f"{leaks.sources} sources, {len(leaks.hits)} found")
+    ok &= not leaks.hits
     print(f"took {time.monotonic() - t0:.0f}s; {'all runs succeeded' if ok else 'SOME RUNS FAILED'}")
     return 0 if ok else 1
 

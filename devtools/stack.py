@@ -8,6 +8,7 @@ The stack is a context manager: leaving it stops every process it started.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -78,7 +79,7 @@ class AirflowStack:
                 if p.poll() is not None:
                     raise RuntimeError(f"airflow {name} exited with {p.returncode}; see {self.home}/stack-logs")
             try:
-                with urllib.request.urlopen(f"{self.base}/api/v2/monitor/health", timeout=5) as r:  # noqa: S310
+                with urllib.request.urlopen(f"{self.base}/api/v2/monitor/health", timeout=5) as r:
                     health = json.loads(r.read())
                 if health.get("scheduler", {}).get("status") == "healthy" or "scheduler" not in self.components:
                     return
@@ -90,10 +91,8 @@ class AirflowStack:
     def stop(self) -> None:
         for p in self.procs.values():
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + 30
         for p in self.procs.values():
             try:
@@ -115,7 +114,7 @@ class AirflowStack:
             body = json.dumps({"username": user, "password": passwords(self.home)[user]}).encode()
             req = urllib.request.Request(f"{self.base}/auth/token", data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - loopback
+            with urllib.request.urlopen(req, timeout=30) as r:
                 self._tokens[user] = json.loads(r.read())["access_token"]
         return self._tokens[user]
 
@@ -127,7 +126,7 @@ class AirflowStack:
             headers={"Authorization": f"Bearer {self.token(user)}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback
+            with urllib.request.urlopen(req, timeout=60) as r:
                 raw = r.read()
                 return r.status, json.loads(raw) if raw else {}
         except urllib.error.HTTPError as e:

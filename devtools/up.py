@@ -6,6 +6,7 @@ Ctrl-C stops everything this started.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -37,10 +38,8 @@ def main() -> int:
             print(f"\nAirflow UI: http://127.0.0.1:{port}  users: {users}")
             print(f"passwords:  {AIRFLOW_HOME / 'passwords.json'} (readable by you only)")
             print("Ctrl-C to stop.")
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 stop.wait()
-            except KeyboardInterrupt:
-                pass
     finally:
         for p in started:
             p.stop()

@@ -42,7 +42,10 @@ def monthly_period(context) -> tuple[dt.date, dt.date]:
         first = dt.date.fromisoformat(conf["month"] + "-01")
     else:
         start, end = _bounds(context)
-        first = start.date().replace(day=1) if end > start else (end.date().replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+        if end > start:
+            first = start.date().replace(day=1)
+        else:  # manual run: the month before the one holding the logical date
+            first = (end.date().replace(day=1) - dt.timedelta(days=1)).replace(day=1)
     nxt = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
     return first, nxt
 

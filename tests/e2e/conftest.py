@@ -6,6 +6,7 @@ a seeded synthetic records source. Started once per test session (about 40 s), s
 from __future__ import annotations
 
 import pytest
+
 from devtools import peers
 from devtools.airflow_env import free_port
 from devtools.bootstrap import Workspace, prepare
