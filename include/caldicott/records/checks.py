@@ -48,7 +48,7 @@ def patient_problems(patients: pd.DataFrame, practice_codes: pd.Series | None = 
     pc = patients["postcode"].astype("string")
     ok_pc = pc.str.fullmatch(POSTCODE_RE).fillna(False).to_numpy(dtype=bool)
     out += _items(ids[~ok_pc], "patient", "invalid_postcode")
-    bd = pd.to_datetime(patients["birth_date"], errors="coerce")
+    bd = pd.to_datetime(patients["birth_date"], errors="coerce", format="mixed")
     bad_bd = bd.isna() | (bd > pd.Timestamp.now())
     out += _items(ids[bad_bd.to_numpy()], "patient", "missing_birth_date")
     if need_gp:
