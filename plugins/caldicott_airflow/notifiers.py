@@ -3,12 +3,21 @@
 The message carries the DAG, task, run, try number, log link and the exception's *class* plus a
 scrubbed message: exception text may quote data (a driver error can echo a row), so it is reduced to
 text that cannot hold identifiers before it leaves (see :func:`caldicott.redact.scrub`).
-Configured by env vars (README, runbook): ``CALDICOTT_ONCALL_WEBHOOK`` (JSON POST) and/or
-``CALDICOTT_ONCALL_EMAIL`` (through the ``smtp_default`` / ``CALDICOTT_SMTP_CONN_ID`` connection).
+
+Configured by environment variables (docs/runbook.md, docs/deployment.md), or per notifier:
+
+* ``CALDICOTT_ONCALL_WEBHOOK``: URL that receives a JSON POST (a chat or paging integration);
+  ``CALDICOTT_ONCALL_WEBHOOK_TOKEN``, if set, is sent as ``Authorization: Bearer ...``;
+* ``CALDICOTT_ONCALL_EMAIL``: comma-separated addresses, sent through Airflow's SMTP provider with the
+  connection ``CALDICOTT_SMTP_CONN_ID`` (default ``smtp_default``; its extras carry ``from_email``).
+
+Neither set: the alert is only logged (the task log and the scheduler already show the failure).
+Alerting never raises: a broken webhook must not mask the task's own failure.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -19,21 +28,90 @@ from caldicott.redact import scrub
 
 log = logging.getLogger(__name__)
 
+WEBHOOK_ENV = "CALDICOTT_ONCALL_WEBHOOK"
+WEBHOOK_TOKEN_ENV = "CALDICOTT_ONCALL_WEBHOOK_TOKEN"  # noqa: S105 - the name of a variable
+EMAIL_ENV = "CALDICOTT_ONCALL_EMAIL"
+SMTP_CONN_ENV = "CALDICOTT_SMTP_CONN_ID"
+
 
 def failure_message(context) -> dict:
     """A patient-free summary of a failed task instance, from an Airflow callback context."""
     ti = context.get("task_instance") or context.get("ti")
     exc = context.get("exception")
     dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")
+    try:
+        log_url = getattr(ti, "log_url", None)
+    except Exception:  # log_url reads config; an alert without it is still an alert
+        log_url = None
     return {
+        "kind": "task_failed",
         "dag_id": dag_id,
         "task_id": getattr(ti, "task_id", "?"),
+        "map_index": getattr(ti, "map_index", -1),
         "run_id": getattr(ti, "run_id", None) or context.get("run_id"),
         "try_number": getattr(ti, "try_number", None),
-        "log_url": getattr(ti, "log_url", None),
+        "max_tries": getattr(ti, "max_tries", None),
+        "log_url": log_url,
         "error_class": type(exc).__name__ if exc is not None else None,
         "error": scrub(str(exc)) if exc is not None else None,
     }
+
+
+def subject_for(msg: dict) -> str:
+    if msg.get("kind") == "deadline_missed":
+        return f"[caldicott] deadline missed: {msg.get('dag_id')} {msg.get('alert', '')}".strip()
+    return (f"[caldicott] task failed: {msg.get('dag_id')}.{msg.get('task_id')} "
+            f"(try {msg.get('try_number')})")
+
+
+def send_webhook(url: str, msg: dict, token: str | None = None, timeout: float = 10) -> bool:
+    """POST ``msg`` as JSON to ``url``; True on a 2xx answer. Never raises."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=json.dumps(msg, default=str).encode(),  # noqa: S310
+                                 headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - configured endpoint
+            resp.read()
+            return 200 <= resp.status < 300
+    except Exception as exc:  # alerting must not mask the original failure
+        log.error("on-call webhook failed: %s", type(exc).__name__)
+        return False
+
+
+def send_email(to: str, msg: dict, conn_id: str | None = None) -> bool:
+    """Send ``msg`` as a short e-mail through Airflow's SMTP provider connection. Never raises."""
+    conn_id = conn_id or os.environ.get(SMTP_CONN_ENV, "smtp_default")
+    try:
+        from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+        rows = "".join(f"<tr><th align='left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in msg.items())
+        body = f"<p>Caldicott on-call alert (no patient data).</p><table>{rows}</table>"
+        if msg.get("log_url"):
+            body += f"<p><a href=\"{html.escape(str(msg['log_url']))}\">Task log</a></p>"
+        with SmtpHook(smtp_conn_id=conn_id) as hook:
+            hook.send_email_smtp(to=[a.strip() for a in to.split(",") if a.strip()], subject=subject_for(msg),
+                                 html_content=body)
+        return True
+    except Exception as exc:
+        log.error("on-call e-mail failed: %s", type(exc).__name__)
+        return False
+
+
+def dispatch(msg: dict, *, webhook_url: str | None = None, email: str | None = None,
+             smtp_conn_id: str | None = None) -> dict[str, bool]:
+    """Send ``msg`` to every configured channel; returns {channel: delivered}."""
+    log.error("caldicott on-call alert: %s", json.dumps(msg, default=str))
+    sent: dict[str, bool] = {}
+    url = webhook_url or os.environ.get(WEBHOOK_ENV)
+    if url:
+        sent["webhook"] = send_webhook(url, msg, os.environ.get(WEBHOOK_TOKEN_ENV))
+    to = email or os.environ.get(EMAIL_ENV)
+    if to:
+        sent["email"] = send_email(to, msg, smtp_conn_id)
+    return sent
 
 
 class OnCallNotifier(BaseNotifier):
@@ -41,20 +119,13 @@ class OnCallNotifier(BaseNotifier):
 
     template_fields = ()
 
-    def __init__(self, webhook_url: str | None = None, email: str | None = None) -> None:
+    def __init__(self, webhook_url: str | None = None, email: str | None = None,
+                 smtp_conn_id: str | None = None) -> None:
         super().__init__()
         self.webhook_url = webhook_url
         self.email = email
+        self.smtp_conn_id = smtp_conn_id
 
     def notify(self, context) -> None:
-        msg = failure_message(context)
-        log.error("caldicott on-call alert: %s", json.dumps(msg, default=str))
-        url = self.webhook_url or os.environ.get("CALDICOTT_ONCALL_WEBHOOK")
-        if url:
-            req = urllib.request.Request(url, data=json.dumps(msg, default=str).encode(),  # noqa: S310
-                                         headers={"Content-Type": "application/json"}, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - configured endpoint
-                    resp.read()
-            except OSError as exc:  # alerting must not mask the original failure
-                log.error("on-call webhook failed: %s", type(exc).__name__)
+        dispatch(failure_message(context), webhook_url=self.webhook_url, email=self.email,
+                 smtp_conn_id=self.smtp_conn_id)
