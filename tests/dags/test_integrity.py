@@ -1,0 +1,105 @@
+"""DAG integrity over the DagBag: every DAG file in dags/ imports, and every DAG has what on-call staff
+and the Caldicott principles need — an owner, the ``caldicott`` tag, retries, docs, the on-call
+notifier on every task, and no Param default that looks like patient data.
+
+Files are discovered at collection time (``dags/*.py``), so a new DAG file is covered without editing
+this test. Nothing here needs a secret, a connection or a running Airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+DAG_FILES = sorted(p for p in DAGS.glob("*.py") if not p.name.startswith("_"))
+
+NHS_NUMBER = re.compile(r"(?<!\d)\d{3}[ -]?\d{3}[ -]?\d{4}(?!\d)")
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+POSTCODE = re.compile(r"\b[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}\b", re.I)
+PATIENTISH_KEY = re.compile(r"(?i)nhs|given|family|surname|first_?name|last_?name|patient_name|birth|dob|"
+                            r"postcode|address|email|phone")
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def _dags_of(dagbag, path: Path):
+    return [d for d in dagbag.dags.values() if Path(d.fileloc).resolve() == path.resolve()]
+
+
+def test_dag_files_exist():
+    assert DAG_FILES, f"no DAG files under {DAGS}"
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}, "\n".join(f"{k}: {v[-500:]}" for k, v in dagbag.import_errors.items())
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_each_file_defines_a_dag(dagbag, path):
+    assert _dags_of(dagbag, path), f"{path.name} defines no DAG (or failed to import)"
+
+
+def _is_oncall(cb) -> bool:
+    return type(cb).__name__ == "OnCallNotifier" and type(cb).__module__.endswith("caldicott_airflow.notifiers")
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_policy(dagbag, path):
+    for dag in _dags_of(dagbag, path):
+        assert "caldicott" in dag.tags, f"{dag.dag_id}: tags must include 'caldicott'"
+        assert (dag.doc_md or "").strip(), f"{dag.dag_id}: doc_md missing (use doc_md=__doc__)"
+        assert dag.tasks, f"{dag.dag_id}: no tasks"
+        for task in dag.tasks:
+            where = f"{dag.dag_id}.{task.task_id}"
+            assert task.owner and task.owner != "airflow", f"{where}: owner must be set (not 'airflow')"
+            assert task.retries >= 1, f"{where}: retries must be >= 1"
+            callbacks = task.on_failure_callback or []
+            if not isinstance(callbacks, list | tuple):
+                callbacks = [callbacks]
+            assert any(_is_oncall(cb) for cb in callbacks), f"{where}: on_failure_callback lacks OnCallNotifier"
+
+
+def _patientish(key: str, value) -> str | None:
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    text = str(value)
+    if NHS_NUMBER.search(text):
+        return "an NHS-number-like number"
+    if EMAIL.search(text):
+        return "an e-mail address"
+    if POSTCODE.search(text):
+        return "a postcode"
+    if PATIENTISH_KEY.search(key):
+        return f"a non-empty default for a patient-data field {key!r}"
+    return None
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_no_patient_data_in_param_defaults(dagbag, path):
+    for dag in _dags_of(dagbag, path):
+        params = [("dag", dag.params)] + [(t.task_id, t.params) for t in dag.tasks]
+        for owner, pdict in params:
+            for key, value in pdict.dump().items():
+                problem = _patientish(key, value)
+                assert problem is None, f"{dag.dag_id} ({owner}) Param {key!r} default is {problem}"
+
+
+def test_patientish_detector():
+    assert _patientish("day", "2026-10-14") is None
+    assert _patientish("request_ref", "DR-2026-0001") is None
+    assert _patientish("x", "999 191 4722")
+    assert _patientish("x", "someone@example.org")
+    assert _patientish("x", "LS6 4AB")
+    assert _patientish("nhs_number", "x")
+    assert _patientish("nhs_number", "") is None
