@@ -1,0 +1,218 @@
+"""Build session-update and activity files for referrers from the clinical-records source.
+
+Pure functions over DataFrames (plus the read queries that fill them), so the DAG, the tests and the
+benchmark build exactly the same bytes. What goes in each file is decided by
+:mod:`caldicott.policy.referrer_updates`; this module only applies it.
+
+Times: ``care_contact.contact_at`` is a UTC instant; a run's interval is a range of Europe/London
+calendar days, so the interval ``[first, end)`` becomes the UTC instants of local midnight on ``first``
+and on ``end`` (23 or 25 hours apart on the days the clocks change). Dates and times written to files
+are London wall-clock values.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, select
+
+from caldicott.policy.referrer_updates import (
+    ATTENDED,
+    CANCELLED,
+    DNA,
+    ContractOptions,
+    activity_fields,
+    session_fields,
+)
+from caldicott.records import schema
+from caldicott.records.checks import REASONS, contact_problems
+from caldicott.records.nhs_numbers import valid_mask
+from caldicott.records.queries import read
+from caldicott.state.quarantine import Quarantined
+
+LONDON = "Europe/London"
+
+#: Columns read per session (join of care_contact, referral and the patient's NHS number).
+SESSION_COLUMNS = ("care_contact_id", "service_request_id", "contact_at", "duration_minutes", "app_type",
+                   "attend_code", "cons_mechanism", "clinical_summary", "referrer_org_code", "received_date",
+                   "local_patient_id", "nhs_number")
+
+
+def london_bounds(first: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """Naive UTC instants of London midnight at ``first`` and ``end`` (the half-open interval's bounds)."""
+    def utc(day: dt.date) -> dt.datetime:
+        return pd.Timestamp(day).tz_localize(LONDON).tz_convert("UTC").tz_localize(None).to_pydatetime()
+
+    return utc(first), utc(end)
+
+
+def contract_options(row) -> ContractOptions:
+    """The policy-relevant options of one ``contract`` row (a mapping or a namedtuple-like row)."""
+    get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
+    return ContractOptions(
+        contract_id=str(get("contract_id")),
+        referrer_ods=str(get("referrer_org_code")),
+        transport=str(get("transport") or ""),
+        file_format=str(get("file_format") or "csv-v1"),
+        include_summaries=bool(get("include_summaries")),
+        include_activity=bool(get("include_activity", True)),
+        encrypt=bool(get("certificate_pem")),
+    )
+
+
+def active_contracts(records: Engine) -> pd.DataFrame:
+    t = schema.contract
+    return read(records, select(t).where(t.c.active.is_(True)).order_by(t.c.contract_id))
+
+
+def known_organisations(records: Engine) -> set[str]:
+    t = schema.organisation
+    with records.connect() as conn:
+        return set(conn.execute(select(t.c.ods_code)).scalars())
+
+
+def load_sessions(records: Engine, start_utc: dt.datetime, end_utc: dt.datetime,
+                  referrer_ods: str | None = None) -> pd.DataFrame:
+    """Sessions in ``[start_utc, end_utc)`` with their referral's referrer and the patient's NHS number.
+
+    With ``referrer_ods``, only sessions of referrals that organisation made (the query filters; rows of
+    other referrers are never read into the contract's task).
+    """
+    c, r, p = schema.care_contact, schema.referral, schema.patient
+    q = (select(c.c.care_contact_id, c.c.service_request_id, c.c.contact_at, c.c.duration_minutes, c.c.app_type,
+                c.c.attend_code, c.c.cons_mechanism, c.c.clinical_summary, r.c.referrer_org_code,
+                r.c.received_date, r.c.local_patient_id, p.c.nhs_number)
+         .select_from(c.join(r, c.c.service_request_id == r.c.service_request_id)
+                      .outerjoin(p, r.c.local_patient_id == p.c.local_patient_id))
+         .where(c.c.contact_at >= start_utc, c.c.contact_at < end_utc))
+    if referrer_ods is not None:
+        q = q.where(r.c.referrer_org_code == referrer_ods)
+    df = read(records, q.order_by(c.c.contact_at, c.c.care_contact_id))
+    if df.empty:
+        df = pd.DataFrame({col: pd.Series(dtype=object) for col in SESSION_COLUMNS})
+    return df
+
+
+def screen(sessions: pd.DataFrame, known_orgs: set[str] | None = None) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """Split sessions into usable rows and quarantined records (invariant 4).
+
+    * ``unknown_referrer``: the referral names an organisation the service does not know (the referral
+      is quarantined; its sessions go to no one);
+    * ``contact_before_referral``: the session is dated before its referral was received;
+    * ``invalid_nhs_number``: the patient's NHS number is missing or fails its check digit, so the
+      referrer could not match the update to the right patient (the patient is quarantined).
+    """
+    if sessions.empty:
+        return sessions, []
+    out: list[Quarantined] = []
+    drop = np.zeros(len(sessions), dtype=bool)
+    if known_orgs is not None:
+        org = sessions["referrer_org_code"]
+        unknown = (org.notna() & ~org.isin(known_orgs)).to_numpy()
+        for rid in pd.unique(sessions.loc[unknown, "service_request_id"]):
+            out.append(Quarantined("referral", str(rid), "unknown_referrer", REASONS["unknown_referrer"]))
+        drop |= unknown
+    referrals = sessions[["service_request_id", "received_date"]].drop_duplicates("service_request_id")
+    early = contact_problems(sessions[["care_contact_id", "service_request_id", "contact_at"]], referrals)
+    out += early
+    drop |= sessions["care_contact_id"].isin({q.record_id for q in early}).to_numpy()
+    bad_nhs = ~valid_mask(sessions["nhs_number"])
+    bad_nhs &= ~drop
+    for pid in pd.unique(sessions.loc[bad_nhs, "local_patient_id"]):
+        out.append(Quarantined("patient", str(pid), "invalid_nhs_number", REASONS["invalid_nhs_number"]))
+    drop |= bad_nhs
+    return sessions.loc[~drop].reset_index(drop=True), out
+
+
+def _local(contact_at: pd.Series) -> pd.Series:
+    return pd.to_datetime(contact_at).dt.tz_localize("UTC").dt.tz_convert(LONDON)
+
+
+def _write_csv(header: tuple[str, ...], columns: list) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    w.writerow(header)
+    w.writerows(zip(*columns, strict=True))
+    return buf.getvalue().encode("utf-8")
+
+
+def _text(s: pd.Series) -> list:
+    return ["" if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else str(v)
+            for v in s.astype(object)]
+
+
+def sessions_csv(options: ContractOptions, rows: pd.DataFrame) -> bytes:
+    """The csv-v1 session file for one contract: header, then one row per session (CRLF, UTF-8).
+
+    Columns come only from :func:`~caldicott.policy.referrer_updates.session_fields` for the contract;
+    a column not in that list is never read from ``rows``.
+    """
+    fields = session_fields(options)
+    local = _local(rows["contact_at"]) if len(rows) else pd.Series(dtype="datetime64[ns, Europe/London]")
+    n = len(rows)
+    available = {
+        "contract_id": [options.contract_id] * n,
+        "referrer_ods": [options.referrer_ods] * n,
+        "provider_referral_id": lambda: _text(rows["service_request_id"]),
+        "nhs_number": lambda: _text(rows["nhs_number"]),
+        "care_contact_id": lambda: _text(rows["care_contact_id"]),
+        "contact_date": lambda: list(local.dt.strftime("%Y-%m-%d")) if n else [],
+        "contact_time": lambda: list(local.dt.strftime("%H:%M")) if n else [],
+        "duration_minutes": lambda: _text(rows["duration_minutes"].astype("Int64")) if n else [],
+        "appointment_type": lambda: _text(rows["app_type"]),
+        "attendance": lambda: _text(rows["attend_code"]),
+        "consultation_mechanism": lambda: _text(rows["cons_mechanism"]),
+        "clinical_summary": lambda: _text(rows["clinical_summary"]),
+    }
+    columns = [v() if callable(v) else v for v in (available[f] for f in fields)]
+    return _write_csv(fields, columns)
+
+
+def activity_csv(options: ContractOptions, month: str, rows: pd.DataFrame) -> bytes:
+    """The monthly activity file (activity-csv-v1): one row per referral with sessions in the month."""
+    fields = activity_fields(options)
+    if not fields:
+        raise ValueError(f"contract {options.contract_id} does not receive activity files")
+    if rows.empty:
+        return _write_csv(fields, [[] for _ in fields])
+    local = _local(rows["contact_at"])
+    code = rows["attend_code"].astype(str)
+    df = pd.DataFrame({
+        "provider_referral_id": rows["service_request_id"].astype(str),
+        "nhs_number": rows["nhs_number"],
+        "attended": code.isin(ATTENDED).astype(int),
+        "dna": code.isin(DNA).astype(int),
+        "cancelled": code.isin(CANCELLED).astype(int),
+        "minutes": pd.to_numeric(rows["duration_minutes"], errors="coerce").fillna(0).astype(int)
+        * code.isin(ATTENDED).astype(int),
+        "day": local.dt.strftime("%Y-%m-%d"),
+    })
+    g = df.groupby("provider_referral_id", sort=True).agg(
+        nhs_number=("nhs_number", "first"), sessions_attended=("attended", "sum"), sessions_dna=("dna", "sum"),
+        sessions_cancelled=("cancelled", "sum"), minutes_attended=("minutes", "sum"),
+        first_contact_date=("day", "min"), last_contact_date=("day", "max")).reset_index()
+    n = len(g)
+    available = {
+        "contract_id": [options.contract_id] * n,
+        "referrer_ods": [options.referrer_ods] * n,
+        "month": [month] * n,
+        **{c: _text(g[c]) for c in g.columns},
+    }
+    return _write_csv(fields, [available[f] for f in fields])
+
+
+def month_bounds(first_of_month: dt.date) -> tuple[dt.date, dt.date]:
+    nxt = (first_of_month.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    return first_of_month, nxt
+
+
+def activity_month_for(first: dt.date, end: dt.date) -> dt.date | None:
+    """The month whose activity a daily run ``[first, end)`` produces: the month its last day ends, if any."""
+    last = end - dt.timedelta(days=1)
+    if (last + dt.timedelta(days=1)).day == 1:
+        return last.replace(day=1)
+    return None
