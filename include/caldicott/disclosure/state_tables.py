@@ -7,7 +7,7 @@ register, not Airflow's HITL record, is the record: clearing a HITL task erases 
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, DateTime, Integer, String, Table
+from sqlalchemy import JSON, Column, DateTime, Integer, LargeBinary, String, Table
 
 from caldicott.state.schema import metadata
 
@@ -21,4 +21,16 @@ disclosure_event = Table(
     Column("at", DateTime, nullable=False),
     Column("actor", String(100), nullable=False, comment="who did it: an Airflow user name or 'caldicott'"),
     Column("details", JSON, nullable=False, comment="the event's facts; opaque ids only, never patient data"),
+)
+
+#: The encrypted packages built for requests, kept so the bytes approved are the bytes released.
+#: ``content`` is the CMS envelope to the requester's certificate: unreadable at rest to anyone but them.
+disclosure_package = Table(
+    "disclosure_package",
+    metadata,
+    Column("package_checksum", String(64), primary_key=True, comment="sha256 of the encrypted bytes"),
+    Column("disclosure_id", String(40), nullable=False, index=True),
+    Column("content", LargeBinary, nullable=False, comment="CMS EnvelopedData (DER) to the requester"),
+    Column("plaintext_checksum", String(64), nullable=False, comment="sha256 of the package before encryption"),
+    Column("built_at", DateTime, nullable=False),
 )

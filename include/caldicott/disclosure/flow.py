@@ -1,0 +1,231 @@
+"""The steps of one disclosure request, as plain functions the ``disclosure_request`` DAG calls.
+
+record → build package → (a person decides, in Airflow's HITL step) → record the decision → release through
+the gateway and notify the patient, or write the refusal. Each step appends to the register
+(:mod:`caldicott.disclosure.register`) and returns only ids, names of categories and counts, for XCom.
+Every step is idempotent per request, so a retried task never records or sends twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from caldicott import gateway
+from caldicott.disclosure import register
+from caldicott.disclosure.letters import patient_notification, refusal
+from caldicott.disclosure.package import OptOuts, build_package, legal_basis_text, seal
+from caldicott.disclosure.request import DisclosureRequest
+from caldicott.policy.disclosure import CATEGORY_LABELS, Category, policy_for
+from caldicott.policy.purposes import Protection, Purpose
+from caldicott.records import schema
+from caldicott.records.queries import read
+from caldicott.transport.base import Outbound, Sender
+from caldicott.transport.ledger import Intent, Ledger, item_id
+
+FLOW = "disclosure_request"
+APPROVE, REFUSE = "Approve", "Refuse"
+SYSTEM = "caldicott"
+
+#: Why the patient is not told (the approval form's choices); "n/a" means they will be told.
+NOT_TOLD_REASONS = {
+    "n/a": "not applicable: the patient will be told",
+    "risk_of_serious_harm": "telling the patient would put them or someone else at risk of serious harm",
+    "tipping_off": "telling the patient would prejudice the prevention or detection of crime (tipping off)",
+    "court_direction": "a court or statute directs that the patient is not told",
+    "patient_already_knows": "the patient asked for or consented to this disclosure and already knows",
+    "research_privacy_notice": "de-identified research extract: patients are informed by the privacy notice",
+}
+
+
+class AlreadyDecided(RuntimeError):
+    """The request was already approved or refused: a new decision needs a new request reference."""
+
+
+class DecisionIncomplete(ValueError):
+    """An approval lacked what the register must hold. The request stays open; nothing is released."""
+
+
+def record_request(state: Engine, req: DisclosureRequest, actor: str) -> str:
+    """Step 1: the 'requested' event (once). Refuses to reopen a request that already has a decision."""
+    did = req.disclosure_id
+    if register.decision(state, did) is not None:
+        raise AlreadyDecided(f"disclosure {did} already has a decision; file a new reference to ask again")
+    register.append_once(state, did, register.REQUESTED, actor, req.register_details())
+    return did
+
+
+def make_package(records: Engine, state: Engine, req: DisclosureRequest, *, opted_out: OptOuts | None = None,
+                 pseudonym_key: bytes | None = None) -> dict[str, Any]:
+    """Step 2: build, encrypt to the requester, keep in the state database, record. Returns the summary."""
+    pkg = build_package(records, req, opted_out=opted_out, pseudonym_key=pseudonym_key)
+    plain = pkg.to_zip()
+    import hashlib
+
+    plain_sum = hashlib.sha256(plain).hexdigest()
+    prev = register.latest(state, req.disclosure_id, register.PACKAGE_BUILT)
+    if prev and prev["details"].get("plaintext_checksum") == plain_sum:  # retry: same content, keep its envelope
+        return prev["details"]
+    enc_sum = register.store_package(state, req.disclosure_id, seal(plain, req.recipient_certificate_pem),
+                                     plain_sum)
+    summary = {**pkg.summary(), "legal_basis": req.legal_basis, "urgency": req.urgency,
+               "consent_status": req.consent_status, "recipient": req.recipient, "channel": req.channel,
+               "package_checksum": enc_sum, "plaintext_checksum": plain_sum}
+    register.append(state, req.disclosure_id, register.PACKAGE_BUILT, SYSTEM, summary)
+    return summary
+
+
+def approval_text(summary: Mapping[str, Any], timeout_minutes: float) -> tuple[str, str]:
+    """Subject and Markdown body of the approval request: ids, names and counts only, never the patient."""
+    pol = policy_for(summary["request_type"])
+    subject = f"Disclosure {summary['disclosure_id']}: {pol.label} — approve or refuse"
+    cats = "\n".join(f"| {CATEGORY_LABELS[Category(c)]} | {summary['record_counts'].get(c, 0)} |"
+                     for c in summary["categories"]) or "| (none) | 0 |"
+    withheld = ", ".join(summary["withheld"]) or "none"
+    lines = [
+        f"**Request** `{summary['disclosure_id']}` — {pol.label}, urgency **{summary.get('urgency', 'routine')}**",
+        f"**Recipient** `{summary['recipient']}` by `{summary['channel']}` (encrypted to their certificate)",
+        f"**Legal basis claimed** {legal_basis_text(summary['legal_basis'])}",
+        f"**Consent** {summary.get('consent_status', 'not_sought')}",
+        f"**Date range** {summary['date_from']} to {summary['date_to']}",
+        "", "| Category | Records |", "|---|---|", cats, "",
+        f"**Withheld (not permitted for this request type)** {withheld}",
+    ]
+    if summary.get("deidentified"):
+        lines.append("**De-identified** pseudonymous ids, age bands, months; no free text")
+    if summary.get("ndop") is not None:
+        n = summary["ndop"]
+        lines.append(f"**National data opt-out** {n['opted_out']} opted out, {n['no_valid_nhs_number']} without "
+                     f"an NHS number left out, {n['included_patients']} included")
+    lines += ["", f"Package checksum `{summary['package_checksum'][:16]}…`. The requester's details, purpose and "
+              f"how their authority was checked are in the disclosure register under this id.",
+              f"No decision within {timeout_minutes:g} minutes escalates to the Caldicott Guardian and refuses.",
+              "Do not type patient identifiers into the form."]
+    return subject, "\n\n".join(lines)
+
+
+def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping[str, Any]) -> dict[str, Any]:
+    """Step 4: turn the HITL response (or its timeout) into a register decision. Returns the outcome.
+
+    ``response`` is the approval step's result: ``{"timed_out": True, "timeout_minutes": n}``, or Airflow's
+    ``chosen_options`` / ``params_input`` / ``responded_by_user`` / ``responded_at``.
+    """
+    did = summary["disclosure_id"]
+    existing = register.decision(state, did)
+    if existing is not None:  # retried task: the decision is already the record
+        return {"disclosure_id": did, "outcome": existing["event"]}
+    if response.get("timed_out"):
+        register.append_once(state, did, register.ESCALATED, SYSTEM, {
+            "why": f"no decision within {response.get('timeout_minutes')} minutes",
+            "notified": response.get("notified", [])})
+        reasons = (f"No decision was made within the time allowed ({response.get('timeout_minutes')} minutes); "
+                   "the request was escalated to the Caldicott Guardian and is refused. It may be submitted again.")
+        register.append(state, did, "refused", SYSTEM, {"reasons": reasons, "timed_out": True})
+        return {"disclosure_id": did, "outcome": "refused", "timed_out": True}
+    chosen = list(response.get("chosen_options") or [])
+    form = dict(response.get("params_input") or {})
+    user = response.get("responded_by_user") or {}
+    actor = str(user.get("name") or user.get("id") or "unknown")
+    details = {
+        "reasons": str(form.get("reasons") or "").strip(),
+        "legal_basis_confirmed": bool(form.get("legal_basis_confirmed")),
+        "tell_patient": bool(form.get("tell_patient", True)),
+        "not_told_reason": form.get("not_told_reason") or "n/a",
+        "consulted": str(form.get("consulted") or "").strip(),
+        "responded_at": str(response.get("responded_at") or ""),
+        "responded_by_id": str(user.get("id") or ""),
+    }
+    if chosen == [APPROVE]:
+        problems = []
+        if not details["legal_basis_confirmed"]:
+            problems.append("legal basis not confirmed")
+        if len(details["reasons"]) < 5:
+            problems.append("no reasons given")
+        if not details["tell_patient"] and details["not_told_reason"] == "n/a":
+            problems.append("patient not to be told but no reason chosen")
+        if details["not_told_reason"] not in NOT_TOLD_REASONS:
+            problems.append("unknown reason for not telling the patient")
+        if problems:
+            register.append(state, did, register.DECISION_INCOMPLETE, actor, {**details, "problems": problems})
+            raise DecisionIncomplete(f"approval of {did} incomplete: {'; '.join(problems)}; nothing released")
+        register.append(state, did, "approved", actor, {
+            **details, "recipient": summary["recipient"], "package_checksum": summary["package_checksum"],
+            "categories": summary["categories"], "date_from": summary["date_from"], "date_to": summary["date_to"]})
+        return {"disclosure_id": did, "outcome": "approved", "tell_patient": details["tell_patient"]}
+    if chosen == [REFUSE]:
+        details["reasons"] = details["reasons"] or "No reason was recorded."
+        register.append(state, did, "refused", actor, details)
+        return {"disclosure_id": did, "outcome": "refused"}
+    raise DecisionIncomplete(f"approval step for {did} returned no single known option")
+
+
+def release(state: Engine, req: DisclosureRequest, sender: Sender, run_key: str) -> dict[str, Any]:
+    """Step 5a: release the approved package through the gateway, exactly once, and record what went."""
+    did = req.disclosure_id
+    approval = register.approved_release(state, did)
+    checksum = approval.package_checksum if approval else (
+        (register.latest(state, did, register.PACKAGE_BUILT) or {}).get("details", {}).get("package_checksum", ""))
+    payload = register.load_package(state, checksum) or b""
+    item = Outbound(
+        item_id=item_id("disclosure", did), purpose=Purpose.DISCLOSURE, recipient=req.recipient,
+        channel=sender.channel, payload=payload,
+        protection=Protection.SMIME if sender.channel == "smime-email" else (
+            Protection.SFTP if sender.channel == "sftp" else Protection.CMS),
+        address=req.recipient_address, disclosure_id=did,
+        headers={"filename": f"{did}.zip.p7m", "subject": f"Disclosure {req.reference} [secure]"})
+    Ledger(state).record_intent([Intent(item.item_id, FLOW, Purpose.DISCLOSURE.value, run_key, req.recipient,
+                                        sender.channel, did)])
+    report = gateway.release([item], sender, state)
+    if report.refused or report.failed or report.not_planned:
+        return {"disclosure_id": did, "released": False, **report.counts(),
+                "reason": next(iter({**report.refused, **report.failed}.values()), "not planned")}
+    entry = Ledger(state).get(item.item_id)
+    register.append_once(state, did, register.RELEASED, SYSTEM, {
+        "item_id": item.item_id, "channel": sender.channel, "recipient": req.recipient,
+        "package_checksum": item.checksum, "bytes": len(payload),
+        "transport_ref": entry.transport_ref if entry else None})
+    return {"disclosure_id": did, "released": True, "item_id": item.item_id, "package_checksum": item.checksum,
+            **report.counts()}
+
+
+def notify_patient(records: Engine, state: Engine, req: DisclosureRequest, out_dir: Path) -> dict[str, Any]:
+    """Step 5b: write the patient's letter unless the approver recorded a reason not to tell them."""
+    did = req.disclosure_id
+    dec = register.decision(state, did)
+    if dec is None or dec["event"] != "approved" or not register.has_event(state, did, register.RELEASED):
+        return {"disclosure_id": did, "letter": None, "why": "not released"}
+    d = dec["details"]
+    pol = policy_for(req.request_type)
+    reason = None if d.get("tell_patient", True) else d.get("not_told_reason")
+    if reason is None and not pol.notify_patient_by_default:
+        reason = "research_privacy_notice"
+    if reason is not None:
+        register.append_once(state, did, register.PATIENT_NOT_NOTIFIED, dec["actor"],
+                             {"reason": reason, "why": NOT_TOLD_REASONS.get(reason, reason)})
+        return {"disclosure_id": did, "letter": None, "why": reason}
+    p = schema.patient
+    pat = read(records, select(p.c.given_name, p.c.family_name, p.c.address_line, p.c.postcode)
+               .where(p.c.local_patient_id == req.local_patient_id))
+    rel = f"disclosures/{did}/patient_notification.txt"
+    patient_notification(out_dir / rel, patient=pat.iloc[0].to_dict(), request=req.register_details(),
+                         categories=d["categories"], decided_on=dt.date.today(),
+                         legal_basis_text=legal_basis_text(req.legal_basis))
+    register.append_once(state, did, register.PATIENT_NOTIFIED, SYSTEM, {"letter": rel, "route": "post"})
+    return {"disclosure_id": did, "letter": rel}
+
+
+def write_refusal(state: Engine, req: DisclosureRequest, out_dir: Path) -> dict[str, Any]:
+    """Step 5c: the refusal letter to the requester (their details, never the patient's)."""
+    did = req.disclosure_id
+    dec = register.decision(state, did)
+    if dec is None or dec["event"] != "refused":
+        return {"disclosure_id": did, "letter": None}
+    rel = f"disclosures/{did}/refusal_letter.txt"
+    refusal(out_dir / rel, request=req.register_details(), decided_on=dt.date.today(),
+            reasons=dec["details"].get("reasons") or "No reason was recorded.")
+    register.append_once(state, did, register.REFUSAL_LETTER, SYSTEM, {"letter": rel})
+    return {"disclosure_id": did, "letter": rel}

@@ -1,0 +1,268 @@
+"""Disclosures: minimum-necessary packages per request type, de-identification, the national data opt-out,
+the register's decisions, and the release gateway refusing non-routine transfers without an approval."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import zipfile
+
+import pandas as pd
+import pytest
+from caldicott import gateway
+from caldicott.crypto.cms import decrypt_file
+from caldicott.crypto.keys import make_identity
+from caldicott.disclosure import flow, register
+from caldicott.disclosure.outbox import OutboxSender
+from caldicott.disclosure.package import PackageError, build_package, pseudonym
+from caldicott.disclosure.request import DisclosureRequest, RequestInvalid
+from caldicott.policy.disclosure import POLICIES, Category
+from caldicott.policy.purposes import Protection, Purpose
+from caldicott.transport.base import Outbound
+from caldicott.transport.ledger import Intent, Ledger, State
+
+KEY = b"k" * 32
+
+
+@pytest.fixture(scope="module")
+def requester():
+    return make_identity("Requester Test")
+
+
+def _patient_with_history(synth_source) -> tuple[str, dt.date, dt.date]:
+    f = synth_source.result.frames
+    cc = f["care_contact"].merge(f["referral"][["service_request_id", "local_patient_id"]], on="service_request_id")
+    counts = cc.groupby("local_patient_id").size().sort_values(ascending=False)
+    pid = counts.index[0]
+    dates = pd.to_datetime(cc[cc.local_patient_id == pid]["contact_at"])
+    return pid, dates.min().date() - dt.timedelta(days=60), dates.max().date() + dt.timedelta(days=1)
+
+
+def _conf(cert: bytes, **over) -> dict:
+    conf = {"request_type": "police", "reference": "TVP/2026/0142", "requester_organisation": "Thames Valley Police",
+            "requester_person": "DC Example", "authority_check": "warrant card checked; called back via switchboard",
+            "purpose": "investigation of a serious assault", "necessity": "to establish attendance on a date",
+            "legal_basis": "crime_prevention", "categories": ["demographics", "appointments", "clinical_notes"],
+            "date_from": "2020-01-01", "date_to": "2026-12-31", "urgency": "urgent", "consent_status": "not_sought",
+            "local_patient_id": "", "recipient_certificate_pem": cert.decode()}
+    conf.update(over)
+    return conf
+
+
+def _files(pkg) -> dict[str, pd.DataFrame]:
+    return {k: pd.read_csv(io.BytesIO(v), dtype=str) for k, v in pkg.files.items()}
+
+
+def test_request_validation_names_fields_not_values(requester):
+    with pytest.raises(RequestInvalid, match="legal_basis"):
+        DisclosureRequest.from_conf(_conf(requester.cert_pem, legal_basis="research_s251", local_patient_id="P1"))
+    with pytest.raises(RequestInvalid, match="local_patient_id"):
+        DisclosureRequest.from_conf(_conf(requester.cert_pem))
+    with pytest.raises(RequestInvalid, match="cohort"):
+        DisclosureRequest.from_conf(_conf(requester.cert_pem, request_type="research", legal_basis="research_s251",
+                                          local_patient_id="P1"))
+    with pytest.raises(RequestInvalid) as exc:
+        DisclosureRequest.from_conf(_conf(requester.cert_pem, local_patient_id="P1", date_from="1 March 2026"))
+    assert "1 March" not in str(exc.value)
+
+
+def test_police_package_is_minimum_necessary(synth_source, requester):
+    pid, d_from, d_to = _patient_with_history(synth_source)
+    req = DisclosureRequest.from_conf(_conf(requester.cert_pem, local_patient_id=pid, date_from=str(d_from),
+                                            date_to=str(d_to)))
+    pkg = build_package(synth_source.engine, req)
+    # session notes were asked for but a police request without an order may not have them
+    assert pkg.categories == ["demographics", "appointments"]
+    assert "clinical_notes" in pkg.withheld
+    files = _files(pkg)
+    assert set(files) == {"demographics.csv", "appointments.csv"}
+    assert list(files["appointments.csv"].columns) == [
+        "care_contact_id", "service_request_id", "contact_at", "duration_minutes", "app_type", "attend_code",
+        "cons_mechanism"]
+    assert "clinical_summary" not in b"".join(pkg.files.values()).decode()
+    assert files["demographics.csv"]["local_patient_id"].tolist() == [pid]
+    assert pkg.counts["appointments"] > 0
+    # only this patient's contacts, only in the date range
+    f = synth_source.result.frames
+    refs = set(f["referral"].query("local_patient_id == @pid")["service_request_id"])
+    assert set(files["appointments.csv"]["service_request_id"]) <= refs
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(pkg.to_zip())).read("manifest.json"))
+    assert manifest["categories"] == ["demographics", "appointments"] and manifest["rules_applied"]
+    assert pkg.to_zip() == pkg.to_zip()  # deterministic
+
+
+def test_date_range_limits_rows(synth_source, requester):
+    pid, d_from, d_to = _patient_with_history(synth_source)
+    full = build_package(synth_source.engine, DisclosureRequest.from_conf(_conf(
+        requester.cert_pem, request_type="court_order", legal_basis="court_order", local_patient_id=pid,
+        categories=["appointments", "clinical_notes", "outcome_scores"], date_from=str(d_from), date_to=str(d_to))))
+    assert full.categories == ["appointments", "outcome_scores", "clinical_notes"] and not full.withheld
+    mid = d_from + (d_to - d_from) / 2
+    part = build_package(synth_source.engine, DisclosureRequest.from_conf(_conf(
+        requester.cert_pem, request_type="court_order", legal_basis="court_order", local_patient_id=pid,
+        categories=["appointments"], date_from=str(d_from), date_to=str(mid))))
+    assert 0 < part.counts["appointments"] < full.counts["appointments"]
+    dates = pd.to_datetime(_files(part)["appointments.csv"]["contact_at"])
+    assert dates.max().date() <= mid
+
+
+@pytest.mark.parametrize("rtype", sorted(POLICIES))
+def test_every_type_includes_only_allowed_categories(synth_source, requester, rtype):
+    pol = POLICIES[rtype]
+    pid, d_from, d_to = _patient_with_history(synth_source)
+    conf = _conf(requester.cert_pem, request_type=rtype, legal_basis=sorted(pol.legal_bases)[0].value,
+                 categories=[c.value for c in Category], date_from=str(d_from), date_to=str(d_to),
+                 local_patient_id=pid if pol.needs_patient else "",
+                 consent_status="given")
+    pkg = build_package(synth_source.engine, DisclosureRequest.from_conf(conf), opted_out=set(), pseudonym_key=KEY)
+    assert set(pkg.categories) == {c.value for c in pol.allowed}
+    assert set(pkg.withheld) == {c.value for c in Category} - {c.value for c in pol.allowed}
+
+
+def test_research_extract_is_deidentified_and_opt_outs_filtered(synth_source, requester):
+    f = synth_source.result.frames
+    req = DisclosureRequest.from_conf(_conf(
+        requester.cert_pem, request_type="research", legal_basis="research_deidentified",
+        categories=["demographics", "referrals", "appointments", "outcome_scores", "clinical_notes"],
+        date_from="2024-01-01", date_to="2024-12-31"))
+    refs = f["referral"][(pd.to_datetime(f["referral"].received_date) >= "2024-01-01")
+                         & (pd.to_datetime(f["referral"].received_date) <= "2024-12-31")]
+    cohort = f["patient"][f["patient"].local_patient_id.isin(refs.local_patient_id)]
+    numbers = sorted(n for n in cohort.nhs_number.dropna() if len(n) == 10)
+    opted = set(numbers[:5])
+    asked: list[list[str]] = []
+
+    def ndop(nums: list[str]) -> set[str]:  # the shape of issue 5's NDOP check
+        asked.append(nums)
+        return opted & set(nums)
+
+    pkg = build_package(synth_source.engine, req, opted_out=ndop, pseudonym_key=KEY)
+    assert "clinical_notes" in pkg.withheld
+    assert pkg.ndop["opted_out"] == 5 and pkg.ndop["included_patients"] < pkg.ndop["cohort_patients"]
+    blob = b"\n".join(pkg.files.values()).decode()
+    for _, p in cohort.iterrows():  # no identifier of any cohort patient appears anywhere
+        for v in (p.nhs_number, p.family_name, p.postcode, p.local_patient_id, str(p.birth_date)):
+            if isinstance(v, str) and len(v) > 3:
+                assert v not in blob
+    demo = _files(pkg)["demographics.csv"]
+    assert set(demo.columns) == {"pseudo_patient_id", "age_band_at_referral", "gender", "ethnic_category"}
+    opted_ids = set(cohort[cohort.nhs_number.isin(opted)].local_patient_id)
+    assert not {pseudonym(KEY, "patient", i) for i in opted_ids} & set(demo.pseudo_patient_id)
+    assert len(demo) == pkg.ndop["included_patients"]
+    # same key, same pseudonyms; another key, others
+    again = build_package(synth_source.engine, req, opted_out=opted, pseudonym_key=KEY)
+    assert again.files == pkg.files
+    other = build_package(synth_source.engine, req, opted_out=opted, pseudonym_key=b"z" * 32)
+    assert other.files["demographics.csv"] != pkg.files["demographics.csv"]
+    # months, never dates
+    assert _files(pkg)["referrals.csv"]["received_month"].str.fullmatch(r"\d{4}-\d{2}").all()
+
+
+def test_research_extract_needs_opt_outs_and_key(synth_source, requester):
+    req = DisclosureRequest.from_conf(_conf(requester.cert_pem, request_type="research",
+                                            legal_basis="research_s251", categories=["referrals"],
+                                            date_from="2024-01-01", date_to="2024-03-31"))
+    with pytest.raises(PackageError, match="opt-out"):
+        build_package(synth_source.engine, req, pseudonym_key=KEY)
+    with pytest.raises(PackageError, match="key"):
+        build_package(synth_source.engine, req, opted_out=set(), pseudonym_key=None)
+
+
+# ---- the gateway and the register ----------------------------------------------------------------------
+def _item(did: str, payload: bytes, recipient: str = "police:tvp") -> Outbound:
+    return Outbound(item_id=f"disclosure-{did}", purpose=Purpose.DISCLOSURE, recipient=recipient, channel="outbox",
+                    payload=payload, protection=Protection.CMS, disclosure_id=did)
+
+
+def test_gateway_refuses_disclosure_without_matching_approval(state_engine, tmp_path):
+    sender = OutboxSender(tmp_path / "outbox")
+    did = "dsc-test"
+    ledger = Ledger(state_engine)
+    for suffix in ("a", "b", "c", "d"):
+        ledger.record_intent([Intent(f"disclosure-{did}{suffix}", "disclosure_request", "disclosure", "r",
+                                     "police:tvp", "outbox")])
+    # no register entry at all
+    rep = gateway.release([_item(did + "a", b"package")], sender, state_engine)
+    assert rep.sent == [] and "approved disclosure register entry" in rep.refused[f"disclosure-{did}a"]
+    # requested but not yet decided
+    register.append(state_engine, did + "b", "requested", "caldicott", {})
+    rep = gateway.release([_item(did + "b", b"package")], sender, state_engine)
+    assert rep.sent == [] and rep.refused
+    # approved, but for other bytes / another recipient
+    import hashlib
+    register.append(state_engine, did + "c", "approved", "manager1",
+                    {"recipient": "police:tvp", "package_checksum": hashlib.sha256(b"package").hexdigest()})
+    rep = gateway.release([_item(did + "c", b"package, altered")], sender, state_engine)
+    assert "differs from the one approved" in rep.refused[f"disclosure-{did}c"]
+    rep = gateway.release([_item(did + "c", b"package", recipient="solicitor:x")], sender, state_engine)
+    assert "recipient differs" in rep.refused[f"disclosure-{did}c"]
+    assert ledger.get(f"disclosure-{did}c").state == State.HELD
+    # refused after approval: the latest decision wins
+    register.append(state_engine, did + "d", "approved", "manager1",
+                    {"recipient": "police:tvp", "package_checksum": hashlib.sha256(b"package").hexdigest()})
+    register.append(state_engine, did + "d", "refused", "manager2", {"reasons": "order withdrawn"})
+    rep = gateway.release([_item(did + "d", b"package")], sender, state_engine)
+    assert rep.sent == [] and rep.refused
+    assert not (tmp_path / "outbox").exists() or not any((tmp_path / "outbox").rglob("*.p7m"))
+
+
+def test_whole_flow_approve_release_notify(synth_source, state_engine, requester, tmp_path):
+    pid, d_from, d_to = _patient_with_history(synth_source)
+    req = DisclosureRequest.from_conf(_conf(requester.cert_pem, request_type="safeguarding",
+                                            legal_basis="safeguarding", local_patient_id=pid,
+                                            categories=["demographics", "appointments", "outcome_scores"],
+                                            date_from=str(d_from), date_to=str(d_to)))
+    did = flow.record_request(state_engine, req, "manager1")
+    summary = flow.make_package(synth_source.engine, state_engine, req)
+    assert summary["categories"] == ["demographics", "appointments"] and summary["withheld"] == ["outcome_scores"]
+    assert flow.make_package(synth_source.engine, state_engine, req)["package_checksum"] == summary["package_checksum"]
+    subject, body = flow.approval_text(summary, 60)
+    patient = synth_source.result.frames["patient"].set_index("local_patient_id").loc[pid]
+    for v in (pid, patient.nhs_number, patient.family_name, patient.postcode):
+        assert v not in subject + body
+    # incomplete approval: nothing released, still open
+    with pytest.raises(flow.DecisionIncomplete):
+        flow.record_decision(state_engine, summary, {"chosen_options": ["Approve"], "params_input": {
+            "reasons": "", "legal_basis_confirmed": False},
+            "responded_by_user": {"id": "manager1", "name": "manager1"}})
+    assert register.status(state_engine, did) == "open"
+    out = flow.record_decision(state_engine, summary, {"chosen_options": ["Approve"], "params_input": {
+        "reasons": "child at risk; necessary and proportionate", "legal_basis_confirmed": True, "tell_patient": True,
+        "not_told_reason": "n/a", "consulted": "Caldicott Guardian"},
+        "responded_by_user": {"id": "manager1", "name": "manager1"}})
+    assert out["outcome"] == "approved"
+    sender = OutboxSender(tmp_path / "outbox")
+    res = flow.release(state_engine, req, sender, did)
+    assert res["released"] and res["sent"] == 1
+    assert flow.release(state_engine, req, sender, did)["already_sent"] == 1  # exactly once
+    sent = next((tmp_path / "outbox").rglob("*.p7m")).read_bytes()
+    plain = decrypt_file(sent, requester.cert_pem, requester.key_pem)
+    assert set(zipfile.ZipFile(io.BytesIO(plain)).namelist()) == {"manifest.json", "demographics.csv",
+                                                                   "appointments.csv"}
+    letter = flow.notify_patient(synth_source.engine, state_engine, req, tmp_path / "out")
+    assert letter["letter"] and patient.family_name in (tmp_path / "out" / letter["letter"]).read_text()
+    assert register.status(state_engine, did) == "released"
+    with pytest.raises(flow.AlreadyDecided):
+        flow.record_request(state_engine, req, "manager1")
+    [row] = register.requests(state_engine)
+    assert row["status"] == "released" and row["decided_by"] == "manager1" and row["patient_told"] is True
+
+
+def test_refusal_and_timeout(synth_source, state_engine, requester, tmp_path):
+    pid, d_from, d_to = _patient_with_history(synth_source)
+    for ref, response in (("R1", {"chosen_options": ["Refuse"], "params_input": {"reasons": "no legal basis"},
+                                  "responded_by_user": {"id": "manager2", "name": "manager2"}}),
+                          ("R2", {"timed_out": True, "timeout_minutes": 1})):
+        req = DisclosureRequest.from_conf(_conf(requester.cert_pem, reference=ref, local_patient_id=pid,
+                                                date_from=str(d_from), date_to=str(d_to)))
+        flow.record_request(state_engine, req, "admin")
+        summary = flow.make_package(synth_source.engine, state_engine, req)
+        assert flow.record_decision(state_engine, summary, response)["outcome"] == "refused"
+        assert flow.release(state_engine, req, OutboxSender(tmp_path / "o"), "k")["released"] is False
+        letter = flow.write_refusal(state_engine, req, tmp_path / "out")["letter"]
+        text = (tmp_path / "out" / letter).read_text()
+        assert ref in text and pid not in text
+    rows = {r["reference"]: r for r in register.requests(state_engine)}
+    assert rows["R1"]["status"] == "refused" and not rows["R1"]["escalated"]
+    assert rows["R2"]["status"] == "refused" and rows["R2"]["escalated"]
