@@ -106,7 +106,7 @@ class SftpPeer:
         from caldicott.transport.sftp import paramiko_connector
 
         return paramiko_connector("127.0.0.1", self.port, self.username, host_key=host_key or self.host_key_line,
-                                  password=password or self.password, timeout=timeout, peer="test-peer")
+                                  password=password or self.password, timeout=timeout)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def _run(self, coro, timeout: float = 30):

@@ -23,7 +23,6 @@ from caldicott.transport.sftp import (
     HostKeyError,
     SftpClient,
     SftpSender,
-    connection_error,
     parse_host_key,
 )
 
@@ -53,9 +52,9 @@ def sftp_sender(conn_id: str, *, peer: str) -> SftpSender:
             presented = hook.client.get_transport().get_remote_server_key()
             if presented.get_name() != pinned.get_name() or presented.asbytes() != pinned.asbytes():
                 raise HostKeyError(f"{peer}: host key CHANGED (does not match the pinned host_key); nothing sent")
-        except Exception as exc:
+        except BaseException:
             _close(hook)
-            raise connection_error(exc, peer) from None
+            raise
         try:
             yield sftp
         finally:

@@ -88,9 +88,12 @@ def connection_error(exc: BaseException, peer: str) -> TransportError:
 
 
 def paramiko_connector(host: str, port: int, username: str, *, host_key: str, password: str | None = None,
-                       private_key: paramiko.PKey | None = None, timeout: float = 10.0,
-                       peer: str = "sftp peer") -> Connector:
-    """A connector that trusts exactly ``host_key`` for ``host:port`` (no system known_hosts, no agent)."""
+                       private_key: paramiko.PKey | None = None, timeout: float = 10.0) -> Connector:
+    """A connector that trusts exactly ``host_key`` for ``host:port`` (no system known_hosts, no agent).
+
+    Connection failures propagate as paramiko / socket exceptions; :class:`SftpSender` maps them to
+    :class:`TransportError` naming its own ``peer``.
+    """
     pinned = parse_host_key(host_key)
 
     @contextlib.contextmanager
@@ -104,9 +107,9 @@ def paramiko_connector(host: str, port: int, username: str, *, host_key: str, pa
                            look_for_keys=False, allow_agent=False, timeout=timeout, banner_timeout=timeout,
                            auth_timeout=timeout)
             sftp = client.open_sftp()
-        except Exception as exc:
+        except BaseException:
             client.close()
-            raise connection_error(exc, peer) from None
+            raise
         try:
             yield sftp
         finally:

@@ -1,0 +1,216 @@
+"""SFTP delivery against a real SSH/SFTP server on loopback (asyncssh, ``devtools/peers/sftp.py``).
+
+Files arrive whole, with the right bytes and permissions; a reader polling the directory never sees a
+partial file; a wrong host key is refused before anything is written; a peer that is down and comes
+back is delivered to on the next attempt; a re-run writes the same file name once. The Airflow adapter
+(``SFTPHook`` reading an ``AIRFLOW_CONN_*`` connection) is exercised the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import threading
+
+import asyncssh
+import pytest
+from caldicott.gateway import release
+from caldicott.policy.purposes import Protection, Purpose
+from caldicott.transport.base import Outbound, TransportError
+from caldicott.transport.ledger import Intent, Ledger, State
+from caldicott.transport.sftp import HostKeyError, SftpSender
+from caldicott.updates import deliver
+
+from devtools.peers.sftp import SftpPeer
+
+
+@pytest.fixture
+def peer(tmp_path):
+    with SftpPeer(tmp_path) as p:
+        yield p
+
+
+def _item(payload: bytes, name: str = "CT001_sessions_2026-10-14_csv-v1.csv", address: str = "/inbound/zp000",
+          iid: str = "referrer_updates-test1") -> Outbound:
+    return Outbound(iid, Purpose.REFERRER_UPDATE, "CT001", "sftp", payload, Protection.SFTP, address=address,
+                    headers={"filename": name}, facts={"contract_fields_applied": True})
+
+
+def _other_key() -> str:
+    return " ".join(asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode().split()[:2])
+
+
+def test_file_arrives_whole_with_owner_only_permissions(peer):
+    payload = b"contract_id,referrer_ods\r\nCT001,ZP000\r\n"
+    with SftpSender(peer.connector(), create_dirs=True) as sender:
+        ref = sender.send(_item(payload))
+    final = peer.root / "inbound/zp000/CT001_sessions_2026-10-14_csv-v1.csv"
+    assert ref == "/inbound/zp000/CT001_sessions_2026-10-14_csv-v1.csv"
+    assert final.read_bytes() == payload
+    assert final.stat().st_mode & 0o777 == 0o640
+    assert os.listdir(final.parent) == [final.name]          # no .part left behind
+
+
+def test_a_reader_polling_never_sees_a_partial_file(peer):
+    payload = os.urandom(24 * 1024 * 1024)
+    digest = hashlib.sha256(payload).hexdigest()
+    directory = peer.root / "inbound" / "big"
+    directory.mkdir(parents=True)
+    seen: list[tuple[str, int]] = []
+    bad: list[str] = []
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            for entry in os.scandir(directory):
+                if entry.name.endswith(".part"):
+                    seen.append((entry.name, entry.stat().st_size))
+                    continue
+                data = (directory / entry.name).read_bytes()
+                if len(data) != len(payload) or hashlib.sha256(data).hexdigest() != digest:
+                    bad.append(entry.name)
+                seen.append((entry.name, len(data)))
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        with SftpSender(peer.connector()) as sender:
+            sender.send(_item(payload, name="big.csv", address="/inbound/big"))
+    finally:
+        stop.set()
+        reader.join()
+    assert not bad, "a reader saw a final file that was not the whole, verified file"
+    assert any(name == "big.csv.part" for name, _ in seen), "the poller never saw the upload in flight"
+    assert (directory / "big.csv").read_bytes() == payload
+
+
+def test_wrong_host_key_is_refused_and_nothing_is_written(peer):
+    with (pytest.raises(HostKeyError, match="host key CHANGED") as info,
+          SftpSender(peer.connector(host_key=_other_key()), create_dirs=True) as sender):
+        sender.send(_item(b"a\r\n"))
+    assert info.value.retryable is False
+    assert list(peer.root.rglob("*")) == []
+
+
+def test_login_refused_is_retryable(peer):
+    with (pytest.raises(TransportError, match="login refused") as info,
+          SftpSender(peer.connector(password="wrong")) as sender):
+        sender.send(_item(b"a\r\n"))
+    assert info.value.retryable is True
+
+
+def _plan(state_engine, item: Outbound) -> None:
+    Ledger(state_engine).record_intent([Intent(item.item_id, "referrer_updates", item.purpose.value, "2026-10-14",
+                                               item.recipient, "sftp", "CT001")])
+
+
+def test_down_then_up_delivers_on_the_next_attempt(peer, state_engine):
+    item = _item(b"contract_id\r\nCT001\r\n")
+    _plan(state_engine, item)
+    peer.go_down()
+    with SftpSender(peer.connector(), peer="CT001", create_dirs=True) as sender:
+        report = release([item], sender, state_engine)
+    assert report.failed and "CT001" in report.failed[item.item_id]
+    assert Ledger(state_engine).get(item.item_id).state == State.FAILED
+    peer.come_up()
+    with SftpSender(peer.connector(), peer="CT001", create_dirs=True) as sender:
+        report = release([item], sender, state_engine)
+    assert report.sent == [item.item_id]
+    assert (peer.root / "inbound/zp000" / item.headers["filename"]).read_bytes() == item.payload
+
+
+def test_crash_mid_send_is_reconciled_by_checksum(peer, state_engine):
+    item = _item(b"contract_id\r\nCT001\r\n")
+    _plan(state_engine, item)
+    with SftpSender(peer.connector(), create_dirs=True) as sender:
+        sender.send(item)                          # it arrived ...
+    Ledger(state_engine).begin_send(item.item_id)  # ... but the worker died before recording it
+    with SftpSender(peer.connector()) as sender:
+        assert sender.already_delivered(item) is not None
+        assert sender.already_delivered(_item(b"other bytes")) is None
+        report = release([item], sender, state_engine)
+    assert report.already_sent == [item.item_id]
+    assert Ledger(state_engine).get(item.item_id).state == State.SENT
+
+
+def test_existing_file_is_replaced_atomically(peer):
+    with SftpSender(peer.connector(), create_dirs=True) as sender:
+        sender.send(_item(b"first\r\n"))
+        sender.send(_item(b"second version\r\n"))
+    assert (peer.root / "inbound/zp000/CT001_sessions_2026-10-14_csv-v1.csv").read_bytes() == b"second version\r\n"
+    assert len(os.listdir(peer.root / "inbound/zp000")) == 1
+
+
+def test_rerun_of_a_contract_is_idempotent(peer, state_engine, synth_source):
+    contracts = synth_source.result.frames["contract"]
+    cid = contracts.loc[contracts["transport"] == "sftp", "contract_id"].iloc[0]
+
+    def factory(options, contract):
+        return SftpSender(peer.connector(), peer=options.contract_id, create_dirs=True)
+
+    day = dt.date(2026, 10, 31)
+    first = deliver.deliver_contract(synth_source.engine, state_engine, cid, day, day + dt.timedelta(days=1),
+                                     day.isoformat(), factory, activity_month=dt.date(2026, 10, 1))
+    files = sorted(p.relative_to(peer.root) for p in peer.root.rglob("*.csv"))
+    stamps = {p: p.stat().st_mtime_ns for p in peer.root.rglob("*.csv")}
+    again = deliver.deliver_contract(synth_source.engine, state_engine, cid, day, day + dt.timedelta(days=1),
+                                     day.isoformat(), factory, activity_month=dt.date(2026, 10, 1))
+    assert first.files == {"sessions": "sent", "activity": "sent"}
+    assert again.files == {"sessions": "already_sent", "activity": "already_sent"}
+    assert sorted(p.relative_to(peer.root) for p in peer.root.rglob("*.csv")) == files
+    assert {p: p.stat().st_mtime_ns for p in peer.root.rglob("*.csv")} == stamps
+    assert [str(f.name) for f in files] == [f"{cid}_activity_2026-10_csv-v1.csv",
+                                            f"{cid}_sessions_2026-10-31_csv-v1.csv"]
+
+
+def test_peer_down_fails_naming_the_contract_only(peer, state_engine, synth_source):
+    contracts = synth_source.result.frames["contract"]
+    cid = contracts.loc[contracts["transport"] == "sftp", "contract_id"].iloc[0]
+    peer.go_down()
+    with pytest.raises(deliver.ContractDeliveryError) as info:
+        deliver.deliver_contract(synth_source.engine, state_engine, cid, dt.date(2026, 10, 20),
+                                 dt.date(2026, 10, 21), "2026-10-20",
+                                 lambda o, c: SftpSender(peer.connector(), peer=o.contract_id))
+    assert info.value.retryable
+    assert str(info.value).startswith(f"contract {cid}: 1 file(s) not delivered: {cid}: peer unavailable")
+
+
+# ---- the Airflow adapter: SFTPHook over an AIRFLOW_CONN_* connection ---------------------------------
+
+def _use_connection(monkeypatch, peer, **extra):
+    conn = peer.connection(**extra)
+    conn["extra"] = {k: v for k, v in conn["extra"].items() if v is not None}
+    monkeypatch.setenv("AIRFLOW_CONN_CALDICOTT_SFTP_TEST", json.dumps(conn))
+
+
+def test_airflow_adapter_delivers_through_sftphook(peer, monkeypatch):
+    from caldicott_airflow.sftp import sftp_sender
+
+    _use_connection(monkeypatch, peer)
+    with sftp_sender("caldicott_sftp_test", peer="CT001") as sender:
+        sender.send(_item(b"via hook\r\n"))
+        assert sender.already_delivered(_item(b"via hook\r\n"))
+    assert (peer.root / "inbound/zp000/CT001_sessions_2026-10-14_csv-v1.csv").read_bytes() == b"via hook\r\n"
+
+
+def test_airflow_adapter_refuses_a_changed_host_key(peer, monkeypatch):
+    from caldicott_airflow.sftp import sftp_sender
+
+    _use_connection(monkeypatch, peer, host_key=_other_key())
+    with (pytest.raises(HostKeyError, match="CT001: host key"),
+          sftp_sender("caldicott_sftp_test", peer="CT001") as sender):
+        sender.send(_item(b"x\r\n"))
+    assert list(peer.root.rglob("*")) == []
+
+
+def test_airflow_adapter_requires_a_pinned_host_key(peer, monkeypatch):
+    from caldicott_airflow.sftp import sftp_sender
+
+    _use_connection(monkeypatch, peer, host_key=None)
+    with pytest.raises(HostKeyError, match="no pinned host_key"):
+        sftp_sender("caldicott_sftp_test", peer="CT001")
+    _use_connection(monkeypatch, peer, host_key=None, no_host_key_check="true")
+    with pytest.raises(HostKeyError, match="disables host key checking"):
+        sftp_sender("caldicott_sftp_test", peer="CT001")
