@@ -51,8 +51,9 @@ _RULES: dict[Purpose, ReleaseRule] = {
         True, frozenset({Protection.SMIME, Protection.MESH}), ("gp_sharing_consent",),
         "direct care; the patient did not decline GP sharing at registration"),
     Purpose.PATIENT_COPY: ReleaseRule(
-        True, frozenset({Protection.SMIME, Protection.SECURE_GATEWAY, Protection.SFTP}), (),
-        "the patient's own information, copied to them ('no surprises')"),
+        True, frozenset({Protection.SMIME, Protection.SECURE_GATEWAY, Protection.SFTP, Protection.STAGED_ENCRYPTED}),
+        (), "the patient's own information, copied to them ('no surprises'); posted copies go to the "
+            "print-and-post batch, encrypted at rest"),
     Purpose.REFERRER_UPDATE: ReleaseRule(
         True, frozenset({Protection.SFTP, Protection.MESH, Protection.CMS}), ("contract_fields_applied",),
         "direct care / contract: only the fields the referrer's contract allows"),

@@ -1,0 +1,216 @@
+"""
+### GP assessment and discharge letters
+
+Once a day, for the previous day (London dates), finds every **assessment** completed (a referral's first
+attended assessment contact) and every **discharge** recorded, writes a letter for each from the
+service's Jinja2 templates, renders it to PDF and delivers it:
+
+* to the patient's **registered GP practice** — unless the patient declined GP sharing at registration
+  (then *withheld*: no GP letter; counted by letter id) — by the practice's channel:
+  `smime-email` (S/MIME, AES-256, to the practice certificate, via the `caldicott_smtp` connection; no
+  valid certificate ⇒ *held*, never sent plain) or `mesh` (GP Connect Send Document, FHIR STU3 ITK3
+  bundle, via `caldicott_mesh`);
+* a **copy to the patient**, always: `[secure]` e-mail through the NHSmail encryption gateway, S/MIME to the
+  patient's certificate, or the print-and-post batch (encrypted at rest, `caldicott_print`).
+
+Tasks: `plan_letters` (quarantine, withhold, hold, ledger intents; batches per practice and channel) →
+`send_batch` (mapped over batches, ids only in XCom) → `report` → `check_acks` (reads ITK3 infrastructure
+and business acks from the MESH inbox; **fails, alerting on-call, when MESH letters have no business
+ack after `ack_timeout_hours`** — the failure names letter ids only).
+
+* **Reads:** `caldicott_records` (read-only). **Writes:** `caldicott_state` (ledger, quarantine, acks).
+* **Safe to re-run:** every letter has a deterministic id per (referral, event, recipient); the ledger
+  sends each exactly once, however often the day is re-run or a task retried. Conf `{"day": "YYYY-MM-DD"}`
+  redoes one day; `{"start": ..., "end": ...}` a range (end exclusive).
+* **XCom / logs:** counts, batch ids, letter ids and referral ids only.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, task
+from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
+
+SMTP_CONN_ID = "caldicott_smtp"
+MESH_CONN_ID = "caldicott_mesh"
+PRINT_CONN_ID = "caldicott_print"
+
+
+def _interval(context) -> tuple:
+    import datetime as dt
+
+    from caldicott_airflow.intervals import daily_interval, run_key
+
+    conf = (context["dag_run"].conf if context.get("dag_run") is not None else None) or {}
+    if conf.get("start") and conf.get("end"):
+        first, end = dt.date.fromisoformat(conf["start"]), dt.date.fromisoformat(conf["end"])
+    else:
+        first, end = daily_interval(context)
+    return first, end, run_key(first, end)
+
+
+@dag(
+    dag_id="gp_letters",
+    schedule="0 6 * * *",
+    start_date=pendulum.datetime(2026, 10, 1, tz="Europe/London"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=[*COMMON_TAGS, "letters", "direct-care"],
+    default_args=default_args(),
+    params={
+        "ack_timeout_hours": Param(48, type="number", minimum=0,
+                                   description="Alert when a MESH letter has no business ack after this long."),
+        "ack_wait_seconds": Param(0, type="integer", minimum=0, maximum=900,
+                                  description="How long check_acks waits for this run's acks before checking."),
+        "fault_after_sends": Param(None, type=["null", "integer"],
+                                   description="TEST ONLY: crash each batch after this many sends."),
+    },
+)
+def gp_letters():
+    @task
+    def plan_letters(**context) -> dict:
+        """Find the interval's letters; quarantine / withhold / hold; record intents; return batches (ids)."""
+        from caldicott.letters.flow import plan
+        from caldicott_airflow.connections import records_engine, state_engine
+
+        first, end, key = _interval(context)
+        return plan(records_engine(), state_engine(), first, end, key)
+
+    @task
+    def batches(planned: dict) -> list[dict]:
+        return planned["batches"]
+
+    @task(max_active_tis_per_dagrun=2)
+    def send_batch(batch: dict, **context) -> dict:
+        """Render, protect and release one batch through the gateway; counts and ids only."""
+        import contextlib
+        from pathlib import Path
+
+        from airflow.exceptions import AirflowFailException
+        from airflow.sdk import BaseHook
+        from caldicott.letters.flow import SENDER_FOR, Channels
+        from caldicott.letters.flow import send_batch as send
+        from caldicott.letters.render import Service
+        from caldicott.transport.faults import CrashAfter, InjectedFault
+        from caldicott_airflow.connections import records_engine, state_engine
+
+        first, end, _ = _interval(context)
+        kind = SENDER_FOR[batch["channel"]]
+        service = Service()
+        with contextlib.ExitStack() as stack:
+            senders: dict = {}
+            from_addr, mailbox, print_cert = service.email, "", None
+            if kind == "smtp":
+                from airflow.providers.smtp.hooks.smtp import SmtpHook
+                from caldicott.transport.smtp import SmtpSender
+
+                hook = stack.enter_context(SmtpHook(SMTP_CONN_ID))
+                from_addr = hook.from_email or service.email
+                senders["smtp"] = SmtpSender(hook._smtp_client, from_addr)
+            elif kind == "mesh":
+                from caldicott.letters.gp_connect import WORKFLOW
+                from caldicott.transport.mesh import MeshSender
+                from caldicott_airflow.hooks.mesh import MeshHook
+
+                mesh = MeshHook(MESH_CONN_ID)
+                client = stack.enter_context(mesh)
+                mailbox = mesh.settings().mailbox
+                senders["mesh"] = MeshSender(client, WORKFLOW)
+            elif kind == "post":
+                from caldicott.transport.post import StagedPostSender
+
+                extra = BaseHook.get_connection(PRINT_CONN_ID).extra_dejson
+                print_cert = Path(extra["certificate_path"]).read_text()
+                senders["post"] = StagedPostSender(extra["staging_dir"])
+            channels = Channels(senders, service, from_addr, mailbox, print_cert)
+            fault = context["params"].get("fault_after_sends")
+            wrap = (lambda s: CrashAfter(s, int(fault))) if fault is not None else None
+            try:
+                result = send(records_engine(), state_engine(), batch, channels, first, end, wrap=wrap)
+            except InjectedFault as exc:
+                raise AirflowFailException(str(exc)) from None
+        if result["failed"]:
+            raise RuntimeError(f"batch {batch['batch_id']}: {result['failed']} letters failed to send "
+                               f"(ledger state 'failed'); retrying sends only those")
+        return result
+
+    @task(trigger_rule="none_failed")
+    def report(planned: dict, results: list[dict] | None = None, **context) -> dict:
+        """The run's report: counts by outcome, withheld / held / quarantined by reason (ids only)."""
+        from caldicott.letters.flow import FLOW
+        from caldicott.transport.ledger import Ledger
+        from caldicott_airflow.connections import state_engine
+
+        results = list(results or [])
+        totals = {k: sum(r.get(k, 0) for r in results) for k in ("sent", "already_sent", "refused", "failed",
+                                                                 "not_planned")}
+        out = {
+            "run_key": planned["run_key"], "letters": planned["letters"], **totals,
+            "batches": len(planned["batches"]), "planned": planned["counts"],
+            "withheld": planned["withheld"], "withheld_ids": planned["withheld_ids"],
+            "held_ids": planned["held_ids"], "quarantined_by_reason": planned["quarantined_by_reason"],
+            "ledger": Ledger(state_engine()).counts(FLOW, planned["run_key"]),
+        }
+        import logging
+
+        logging.getLogger("caldicott.gp_letters").info(
+            "gp_letters %s: sent=%d already_sent=%d withheld=%d held=%d quarantined=%s", out["run_key"],
+            out["sent"], out["already_sent"], len(out["withheld_ids"]), len(out["held_ids"]),
+            out["quarantined_by_reason"])
+        return out
+
+    @task(trigger_rule="none_failed", retries=0)
+    def check_acks(summary: dict, **context) -> dict:
+        """Read ITK3 acks from the MESH inbox; alert (fail) for MESH letters with no business ack in time."""
+        import datetime as dt
+        import time
+
+        from airflow.exceptions import AirflowFailException
+        from caldicott.letters import flow
+        from caldicott.transport.ledger import Ledger, State
+        from caldicott.transport.mesh import read_acks
+        from caldicott_airflow.connections import state_engine
+        from caldicott_airflow.hooks.mesh import MeshHook
+        from sqlalchemy import func, select
+
+        state = state_engine()
+        from caldicott.transport.ledger import ledger as ledger_table
+
+        def waiting() -> int:
+            with state.connect() as conn:
+                return conn.execute(select(func.count()).select_from(ledger_table).where(
+                    ledger_table.c.flow == flow.FLOW, ledger_table.c.channel == "mesh",
+                    ledger_table.c.state.in_([State.SENT.value, State.ACK_OVERDUE.value]))).scalar_one()
+
+        if waiting() == 0:
+            return {"acks_read": 0, "acked": 0, "overdue": 0}
+        params = context["params"]
+        deadline = time.monotonic() + int(params.get("ack_wait_seconds") or 0)
+        totals = {"acks_read": 0, "acked": 0, "negative": 0, "unmatched": 0}
+        with MeshHook(MESH_CONN_ID) as client:
+            while True:
+                got = flow.record_acks(state, list(read_acks(client)))
+                for k in totals:
+                    totals[k] += got.get(k, 0)
+                if waiting() == 0 or time.monotonic() >= deadline:
+                    break
+                time.sleep(2)
+        late = flow.overdue(state, dt.timedelta(hours=float(params["ack_timeout_hours"])))
+        result = {**totals, "overdue": len(late), "acks": flow.ack_summary(state),
+                  "ledger": Ledger(state).counts(flow.FLOW)}
+        if late:
+            raise AirflowFailException(
+                f"{len(late)} GP letter(s) sent over MESH have no business acknowledgement after "
+                f"{params['ack_timeout_hours']} h (ledger state ack_overdue). Check the practice's MESH "
+                f"mailbox / contact the practice; letter ids: {', '.join(late[:20])}"
+                + (" ..." if len(late) > 20 else ""))
+        return result
+
+    planned = plan_letters()
+    sent = send_batch.expand(batch=batches(planned))
+    summary = report(planned, sent)
+    check_acks(summary)
+
+
+gp_letters()

@@ -1,0 +1,180 @@
+"""NHS England's mesh-sandbox on 127.0.0.1, over mutual TLS, from its own virtual environment.
+
+mesh-sandbox pins a FastAPI that Airflow cannot share, so it runs from ``.venv-mesh`` (``make venv``
+builds it from ``requirements-mesh.txt``) as ``uvicorn mesh_sandbox.api:app --host 127.0.0.1`` with
+``STORE_MODE=memory``, ``AUTH_MODE=full`` (the NHSMESH HMAC header is checked against ``SHARED_KEY``) and
+TLS: a throw-away CA made here signs the server's certificate (for IP 127.0.0.1) and the client's, and
+uvicorn requires the client certificate, so the MESH connection is mutual TLS as in production. Clients
+verify the server with the CA **file** (DESIGN.md: ``verify=False`` breaks when ``REQUESTS_CA_BUNDLE`` is set).
+
+Mailboxes (mesh_sandbox/store/data/mailboxes.jsonl): X26ABC1 (Caldicott, the sender), X26ABC2 (the GP
+practices' mailbox in the synthetic data), X26ABC3 (referrers); password ``password``. The sandbox does no
+GP routing and no workflow permissions. ``airflow_env()`` gives ``AIRFLOW_CONN_CALDICOTT_MESH``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from devtools.airflow_env import free_port
+from devtools.paths import ROOT
+
+CONN_ID = "caldicott_mesh"
+SENDER_MAILBOX, GP_MAILBOX, REFERRER_MAILBOX = "X26ABC1", "X26ABC2", "X26ABC3"
+PASSWORD = "password"  # noqa: S105 - the sandbox's published test password
+MESH_VENV = ROOT / ".venv-mesh"
+
+
+def _key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _pem_key(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def make_tls(folder: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files (mode 0600 keys)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {k: str(folder / f"{k}.pem") for k in ("ca", "server", "server_key", "client", "client_key")}
+    if all(Path(p).exists() for p in paths.values()):
+        return paths
+    now = dt.datetime.now(dt.UTC)
+    ca_key = _key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Caldicott local MESH test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+          .not_valid_after(now + dt.timedelta(days=3650))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+
+    def leaf(cn: str, server: bool):
+        key = _key()
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3650))
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
+                                                   else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        if server:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                             x509.DNSName("localhost")]), critical=False)
+        return key, b.sign(ca_key, hashes.SHA256())
+
+    s_key, s_cert = leaf("127.0.0.1", True)
+    c_key, c_cert = leaf("caldicott-mesh-client", False)
+    for name, data in (("ca", ca.public_bytes(serialization.Encoding.PEM)),
+                       ("server", s_cert.public_bytes(serialization.Encoding.PEM)),
+                       ("client", c_cert.public_bytes(serialization.Encoding.PEM)),
+                       ("server_key", _pem_key(s_key)), ("client_key", _pem_key(c_key))):
+        fd = os.open(paths[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    return paths
+
+
+class MeshPeer:
+    """``with MeshPeer(folder) as mesh: mesh.settings(mesh.GP_MAILBOX)`` → a running sandbox."""
+
+    name = "mesh"
+    GP_MAILBOX = GP_MAILBOX
+    SENDER_MAILBOX = SENDER_MAILBOX
+
+    def __init__(self, root: Path, port: int | None = None, shared_key: str = "TestKey") -> None:
+        self.root = Path(root)
+        self.port = port or free_port()
+        self.shared_key = shared_key
+        self.proc: subprocess.Popen | None = None
+        self.tls = make_tls(self.root / "tls")
+        self.url = f"https://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> MeshPeer:
+        uvicorn = MESH_VENV / "bin" / "uvicorn"
+        if not uvicorn.exists():
+            raise RuntimeError(f"{uvicorn} missing: run `make venv` (mesh-sandbox lives in its own venv)")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHONPATH"))}
+        env.update({"STORE_MODE": "memory", "AUTH_MODE": "full", "SHARED_KEY": self.shared_key,
+                    "ENV": "local", "MAILBOXES_DATA_DIR": str(self.root / "store")})
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "mesh-sandbox.log", "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [str(uvicorn), "mesh_sandbox.api:app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--ssl-keyfile", self.tls["server_key"], "--ssl-certfile", self.tls["server"],
+             "--ssl-ca-certs", self.tls["ca"], "--ssl-cert-reqs", "2", "--log-level", "warning",
+             "--no-access-log"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(self.root))
+        self._wait(timeout)
+        return self
+
+    def _wait(self, timeout: float) -> None:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=self.tls["ca"])
+        ctx.load_cert_chain(self.tls["client"], self.tls["client_key"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"mesh-sandbox exited with {self.proc.returncode}; see {self.root}/mesh-sandbox.log")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", context=ctx, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"mesh-sandbox did not start in {timeout}s; see {self.root}/mesh-sandbox.log")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> MeshPeer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def settings(self, mailbox: str = SENDER_MAILBOX):
+        from caldicott.transport.mesh import MeshSettings
+
+        return MeshSettings(url=self.url, mailbox=mailbox, password=PASSWORD, shared_key=self.shared_key,
+                            ca_file=self.tls["ca"], cert_file=self.tls["client"], key_file=self.tls["client_key"])
+
+    def client(self, mailbox: str = SENDER_MAILBOX):
+        from caldicott.transport.mesh import make_client
+
+        return make_client(self.settings(mailbox))
+
+    def connection(self, mailbox: str = SENDER_MAILBOX) -> dict:
+        return {"conn_type": "mesh", "host": self.url, "login": mailbox, "password": PASSWORD,
+                "extra": {"shared_key": self.shared_key, "ca_file": self.tls["ca"], "client_cert": self.tls["client"],
+                          "client_key": self.tls["client_key"]}}
+
+    def airflow_env(self) -> dict[str, str]:
+        return {f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(self.connection())}
+
+
+def start_for_demo(workdir: Path) -> MeshPeer:
+    return MeshPeer(Path(workdir) / "mesh").start()

@@ -1,0 +1,238 @@
+"""Which letters a day needs, and what each says: read from the records source, no I/O beyond it.
+
+An interval's letters are:
+
+* **assessment** — a referral's *first* attended (AttendOrDNACode 5 or 6) assessment contact (AppType
+  ``01``) falls in the interval (London dates);
+* **discharge** — the referral's ``discharge_date`` is in the interval.
+
+Each becomes a :class:`LetterData` with everything the templates may show and the routing facts the
+policy needs. Nothing here decides who receives it (:mod:`caldicott.policy.letters`) or sends it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+from sqlalchemy import Engine, and_, select
+
+from caldicott.letters import outcomes
+from caldicott.records import queries, schema
+from caldicott.records.schema import SCORE_RANGES, SNOMED
+
+LONDON = "Europe/London"
+ATTENDED = ("5", "6")
+MISSED = ("3", "7")   # did not attend; arrived late and could not be seen
+WSAS_CODES = [SNOMED[k] for k in SNOMED if k.startswith("WSAS")]
+
+
+@dataclass
+class LetterData:
+    """One letter's content and routing facts (held in memory only; never in XCom or logs)."""
+
+    referral_id: str
+    event: str                         # "assessment" | "discharge"
+    event_date: dt.date
+    patient: dict
+    practice: dict | None
+    referral: dict
+    scores: dict = field(default_factory=dict)      # assessment: phq9, gad7, wsas
+    outcome: dict = field(default_factory=dict)     # discharge: attended, missed, first/last, recovery ...
+    problems: list[str] = field(default_factory=list)  # record-level reason codes (quarantine)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.referral_id, self.event
+
+
+def utc_bounds(start: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """London dates [start, end) as naive UTC instants (the source stores UTC)."""
+    lo = pd.Timestamp(start).tz_localize(LONDON).tz_convert("UTC").tz_localize(None).to_pydatetime()
+    hi = pd.Timestamp(end).tz_localize(LONDON).tz_convert("UTC").tz_localize(None).to_pydatetime()
+    return lo, hi
+
+
+def _in_chunks(engine: Engine, table, column, ids: Sequence[str], *where) -> pd.DataFrame:
+    frames = [queries.read(engine, select(table).where(column.in_(list(ids[i:i + 900])), *where))
+              for i in range(0, len(ids), 900)]
+    return pd.concat(frames, ignore_index=True) if frames else queries.read(engine, select(table).where(False))
+
+
+def find_events(engine: Engine, start: dt.date, end: dt.date) -> list[tuple[str, str, dt.date]]:
+    """``(referral_id, event, London date)`` for every letter the interval needs, sorted."""
+    lo, hi = utc_bounds(start, end)
+    cc = schema.care_contact
+    in_day = queries.read(engine, select(cc.c.service_request_id).where(
+        cc.c.contact_at >= lo, cc.c.contact_at < hi, cc.c.app_type == "01", cc.c.attend_code.in_(ATTENDED)))
+    events: list[tuple[str, str, dt.date]] = []
+    refs = sorted(set(in_day["service_request_id"]))
+    if refs:
+        first = _in_chunks(engine, cc, cc.c.service_request_id, refs,
+                           and_(cc.c.app_type == "01", cc.c.attend_code.in_(ATTENDED)))
+        first = first.sort_values("contact_at").groupby("service_request_id", sort=True).first()
+        for rid, row in first.iterrows():
+            at = pd.Timestamp(row["contact_at"])
+            if lo <= at.to_pydatetime() < hi:
+                local = at.tz_localize("UTC").tz_convert(LONDON).date()
+                events.append((str(rid), "assessment", local))
+    dis = queries.referrals_discharged(engine, start, end)
+    for rid, d in zip(dis["service_request_id"], dis["discharge_date"], strict=True):
+        events.append((str(rid), "discharge", pd.Timestamp(d).date()))
+    return sorted(events)
+
+
+def _none(v):
+    if v is None:
+        return None
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return v
+
+
+def _date(v) -> str | None:
+    v = _none(v)
+    return None if v is None else pd.Timestamp(v).strftime("%-d %B %Y")
+
+
+def load_letters(engine: Engine, events: Iterable[tuple[str, str, dt.date]]) -> list[LetterData]:
+    """Build the content of each letter in ``events`` from the source (a few queries, whatever the count)."""
+    events = list(events)
+    if not events:
+        return []
+    ref_ids = sorted({e[0] for e in events})
+    refs = _in_chunks(engine, schema.referral, schema.referral.c.service_request_id, ref_ids)
+    refs = refs.set_index("service_request_id")
+    pats = queries.patients(engine, sorted(set(refs["local_patient_id"])))
+    practices = queries.table(engine, "gp_practice").set_index("ods_code")
+    contacts = _in_chunks(engine, schema.care_contact, schema.care_contact.c.service_request_id, ref_ids)
+    contacts = contacts.drop(columns=["clinical_summary"])   # never read further: no session notes in letters
+    scores = _in_chunks(engine, schema.coded_assessment, schema.coded_assessment.c.service_request_id, ref_ids)
+
+    # record checks the letters depend on
+    from caldicott.records.checks import patient_problems, score_problems
+
+    all_nums = pats["nhs_number"]
+    problems_by_patient: dict[str, list[str]] = {}
+    for q in patient_problems(pats):
+        if q.reason_code in ("invalid_nhs_number", "duplicate_nhs_number"):
+            problems_by_patient.setdefault(q.record_id, []).append(q.reason_code)
+    # a duplicate elsewhere in the source counts too: ask the source about these numbers
+    dup = _duplicated_elsewhere(engine, pats)
+    for pid in dup:
+        problems_by_patient.setdefault(pid, []).append("duplicate_nhs_number")
+    bad_scores = {q.record_id for q in score_problems(scores)} if len(scores) else set()
+    bad_score_refs = set(scores.loc[scores["assessment_id"].isin(bad_scores), "service_request_id"])
+    del all_nums
+
+    pat_rows = {r["local_patient_id"]: r for r in pats.to_dict("records")}
+    prac_rows = {code: {"ods_code": code, **{k: _none(v) for k, v in row.items()}}
+                 for code, row in practices.to_dict("index").items()}
+    contacts_by_ref = {k: g for k, g in contacts.groupby("service_request_id", sort=False)}
+    scores_by_ref = {k: g for k, g in scores.groupby("service_request_id", sort=False)}
+
+    out: list[LetterData] = []
+    for rid, event, day in events:
+        if rid not in refs.index:
+            continue
+        ref = refs.loc[rid]
+        patient = {k: _none(v) for k, v in pat_rows.get(ref["local_patient_id"], {}).items()}
+        if not patient:
+            continue
+        practice = prac_rows.get(patient.get("gp_practice_code"))
+        referral = {k: _none(ref[k]) for k in ("received_date", "presenting_problem", "presenting_problem_code",
+                                               "assessment_plan", "discharge_date", "end_code",
+                                               "discharge_recommendations")}
+        problems = sorted(set(problems_by_patient.get(patient["local_patient_id"], [])))
+        if rid in bad_score_refs:
+            problems.append("score_out_of_range")
+        rec, dis = referral["received_date"], referral["discharge_date"]
+        if event == "discharge" and rec is not None and dis is not None and pd.Timestamp(dis) < pd.Timestamp(rec):
+            problems.append("discharge_before_referral")
+        letter = LetterData(rid, event, day, patient, practice, referral, problems=problems)
+        c = contacts_by_ref.get(rid)
+        s = scores_by_ref.get(rid)
+        if event == "assessment":
+            letter.scores = _assessment_scores(c, s)
+        else:
+            letter.outcome = _discharge_outcome(c, s, referral.get("end_code"))
+        out.append(letter)
+    return out
+
+
+def _duplicated_elsewhere(engine: Engine, pats: pd.DataFrame) -> set[str]:
+    nums = sorted({n for n in pats["nhs_number"].dropna().astype(str) if n})
+    if not nums:
+        return set()
+    t = schema.patient
+    same = _in_chunks(engine, t, t.c.nhs_number, nums)[["local_patient_id", "nhs_number"]]
+    counts = same.groupby("nhs_number")["local_patient_id"].nunique()
+    dup_numbers = set(counts[counts > 1].index)
+    return set(pats.loc[pats["nhs_number"].isin(dup_numbers), "local_patient_id"])
+
+
+def _assessment_scores(contacts: pd.DataFrame | None, scores: pd.DataFrame | None) -> dict:
+    out = {"phq9": None, "gad7": None, "wsas": None, "date": None}
+    if contacts is None:
+        return out
+    first = contacts[(contacts["app_type"] == "01") & contacts["attend_code"].isin(ATTENDED)]
+    if first.empty:
+        return out
+    first = first.sort_values("contact_at").iloc[0]
+    out["date"] = pd.Timestamp(first["contact_at"]).tz_localize("UTC").tz_convert(LONDON).strftime("%-d %B %Y")
+    if scores is None:
+        return out
+    at = scores[scores["care_contact_id"] == first["care_contact_id"]]
+    by_tool = dict(zip(at["tool_code"], at["score"], strict=True))
+    out["phq9"] = _int(by_tool.get(SNOMED["PHQ9"]))
+    out["gad7"] = _int(by_tool.get(SNOMED["GAD7"]))
+    wsas = [by_tool.get(c) for c in WSAS_CODES]
+    out["wsas"] = int(sum(wsas)) if all(w is not None for w in wsas) else None
+    return out
+
+
+def _int(v):
+    v = _none(v)
+    return None if v is None else int(v)
+
+
+def _series(scores: pd.DataFrame, tool: str) -> list[int]:
+    s = scores[scores["tool_code"] == tool].sort_values("assessed_at")
+    lo, hi = SCORE_RANGES[tool]
+    return [int(v) for v in s["score"] if lo <= v <= hi]
+
+
+def _discharge_outcome(contacts: pd.DataFrame | None, scores: pd.DataFrame | None, end_code) -> dict:
+    attended = missed = 0
+    if contacts is not None:
+        attended = int(contacts["attend_code"].isin(ATTENDED).sum())
+        missed = int(contacts["attend_code"].isin(MISSED).sum())
+    phq = _series(scores, SNOMED["PHQ9"]) if scores is not None else []
+    gad = _series(scores, SNOMED["GAD7"]) if scores is not None else []
+    wsas_first = wsas_last = None
+    if scores is not None:
+        w = scores[scores["tool_code"].isin(WSAS_CODES)]
+        if len(w):
+            totals = w.groupby("care_contact_id").agg(at=("assessed_at", "min"), total=("score", "sum"),
+                                                      n=("score", "size"))
+            totals = totals[totals["n"] == len(WSAS_CODES)].sort_values("at")
+            if len(totals):
+                wsas_first = int(totals["total"].iloc[0])
+                wsas_last = int(totals["total"].iloc[-1]) if len(totals) >= 2 else None
+    pf, pl = (phq[0], phq[-1]) if len(phq) >= 2 else (phq[0] if phq else None, None)
+    gf, gl = (gad[0], gad[-1]) if len(gad) >= 2 else (gad[0] if gad else None, None)
+    return {
+        "attended": attended, "missed": missed,
+        "phq9_first": pf, "phq9_last": pl, "gad7_first": gf, "gad7_last": gl,
+        "wsas_first": wsas_first, "wsas_last": wsas_last,
+        "recovered": outcomes.recovered(pf, gf, pl, gl),
+        "reliably_improved": outcomes.reliably_improved(pf, gf, pl, gl),
+        "recovery_text": outcomes.recovery_text(pf, gf, pl, gl),
+        "reliable_improvement_text": outcomes.reliable_text(pf, gf, pl, gl),
+        "end_reason": outcomes.END_REASONS.get(str(end_code), f"end code {end_code}" if end_code else "not recorded"),
+    }

@@ -1,0 +1,263 @@
+"""The ``gp_letters`` flow, Airflow-free: plan an interval, send one batch, check acknowledgements.
+
+* :func:`plan` finds the interval's letters, decides each recipient (:mod:`caldicott.policy.letters`),
+  quarantines what cannot go, records ledger intents (held ones as ``held``) and returns **batches** —
+  one per (recipient kind, channel, practice) — holding only opaque ids: referral id and event.
+* :func:`send_batch` re-reads those letters from the source, renders and protects each one, and releases
+  them through the gateway (:func:`caldicott.gateway.release`) with the channel's sender. Letters the
+  ledger already shows as delivered are skipped before rendering, so a re-run costs little and sends
+  nothing twice.
+* :func:`check_acks` reads ITK3 acknowledgements from the MESH inbox into ``letter_ack``, marks letters
+  with a positive business ack ``acked`` and flags letters still without one after ``overdue_after``.
+
+Returned dicts are for XCom: counts and opaque ids (letter id = ledger item id, referral id, batch id).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+
+from caldicott.db import insert_ignore, utcnow
+from caldicott.gateway import ReleaseReport, release
+from caldicott.letters import gp_connect, messages
+from caldicott.letters.build import LetterData, find_events, load_letters
+from caldicott.letters.render import Service, email_body, render_pdf
+from caldicott.letters.state_tables import letter_ack
+from caldicott.policy import letters as policy
+from caldicott.records.checks import POSTCODE_RE
+from caldicott.state.quarantine import Quarantined, quarantine
+from caldicott.transport.base import Outbound, Sender
+from caldicott.transport.ledger import DONE, Intent, Ledger, State, ledger
+
+log = logging.getLogger(__name__)
+FLOW = policy.FLOW
+RECORD_PROBLEMS = ("invalid_nhs_number", "duplicate_nhs_number", "score_out_of_range", "discharge_before_referral")
+
+
+def letter_id(referral_id: str, event: str, recipient_kind: str) -> str:
+    """Deterministic ledger id per (referral, event, recipient): the same letter always has the same id."""
+    from caldicott.transport.ledger import item_id
+
+    return item_id(FLOW, referral_id, event, recipient_kind)
+
+
+def _postcode_ok(pc) -> bool:
+    import re
+
+    return bool(pc) and re.fullmatch(POSTCODE_RE, str(pc)) is not None
+
+
+def decide(letter: LetterData) -> tuple[policy.Decision, policy.Decision]:
+    ok = not any(p in RECORD_PROBLEMS for p in letter.problems)
+    gp = policy.gp_decision(letter.patient, letter.practice, patient_ok=ok)
+    pat = policy.patient_decision(letter.patient, patient_ok=ok,
+                                  postcode_ok=_postcode_ok(letter.patient.get("postcode")))
+    return gp, pat
+
+
+def batch_id(run_key: str, route: policy.Route) -> str:
+    if route.recipient_kind == "gp":
+        return f"{run_key}/gp/{route.channel}/{route.recipient}"
+    return f"{run_key}/patient/{route.channel}"
+
+
+def plan(records: Engine, state: Engine, start: dt.date, end: dt.date, run_key: str) -> dict:
+    """Plan ``[start, end)``: quarantine, withhold, hold, record intents; return batches (ids only)."""
+    events = find_events(records, start, end)
+    letters = load_letters(records, events)
+    quarantined: list[Quarantined] = []
+    intents: list[Intent] = []
+    held: dict[str, str] = {}
+    withheld: list[str] = []
+    batches: dict[str, dict] = {}
+    counts: Counter = Counter()
+    for letter in letters:
+        for problem in letter.problems:
+            rtype, rid = ("referral", letter.referral_id) if problem in ("score_out_of_range",
+                                                                          "discharge_before_referral") \
+                else ("patient", letter.patient["local_patient_id"])
+            quarantined.append(Quarantined(rtype, rid, problem, policy.REASONS[problem]))
+        for d in decide(letter):
+            lid = letter_id(letter.referral_id, letter.event, d.recipient_kind)
+            if d.outcome == "withheld":
+                withheld.append(lid)
+                counts[f"{d.recipient_kind}_withheld"] += 1
+                continue
+            if d.outcome == "quarantined":
+                counts[f"{d.recipient_kind}_quarantined"] += 1
+                if d.reason:
+                    quarantined.append(Quarantined(d.record_type, d.record_id, d.reason, policy.REASONS[d.reason]))
+                continue
+            route = d.route
+            assert route is not None
+            bid = batch_id(run_key, route)
+            intents.append(Intent(lid, FLOW, route.purpose.value, run_key, route.recipient, route.channel, bid))
+            if d.outcome == "held":
+                held[lid] = d.reason or "held"
+                quarantined.append(Quarantined(d.record_type, d.record_id, d.reason, policy.REASONS[d.reason]))
+                counts[f"{d.recipient_kind}_held"] += 1
+                continue
+            counts[f"{d.recipient_kind}_planned"] += 1
+            b = batches.setdefault(bid, {"batch_id": bid, "kind": route.recipient_kind, "channel": route.channel,
+                                         "letters": []})
+            b["letters"].append([letter.referral_id, letter.event])
+    ledger_ = Ledger(state)
+    new = ledger_.record_intent(intents)
+    for lid, reason in held.items():
+        ledger_.hold(lid, f"{reason}: {policy.REASONS[reason]}")
+    quarantine(state, FLOW, run_key, quarantined)
+    by_reason = Counter(q.reason_code for q in quarantined)
+    log.info("gp_letters plan %s: %d letters, %d new intents, counts %s", run_key, len(letters), new, dict(counts))
+    return {
+        "run_key": run_key, "start": start.isoformat(), "end": end.isoformat(),
+        "letters": len(letters), "new_intents": new, "counts": dict(counts),
+        "withheld": {"gp_sharing_declined": len(withheld)}, "withheld_ids": sorted(withheld),
+        "held_ids": sorted(held), "quarantined_by_reason": dict(by_reason),
+        "batches": sorted(batches.values(), key=lambda b: b["batch_id"]),
+    }
+
+
+@dataclass
+class Channels:
+    """What a batch needs to leave: senders per channel, certificates, identities. Built by the caller."""
+
+    senders: dict[str, Sender]
+    service: Service
+    from_addr: str
+    sender_mailbox: str = ""
+    print_certificate_pem: str | None = None
+    workflow: str = gp_connect.WORKFLOW
+
+
+def outbound_items(letters: list[LetterData], kind: str, channel: str, batch: str, ch: Channels,
+                   skip: set[str]) -> Iterator[Outbound]:
+    """Render and protect each letter of a batch, lazily (one PDF in memory at a time)."""
+    body = email_body(ch.service)
+    for letter in letters:
+        lid = letter_id(letter.referral_id, letter.event, kind)
+        if lid in skip:
+            continue
+        gp, pat = decide(letter)
+        d = gp if kind == "gp" else pat
+        if d.route is None or d.route.channel != channel or d.outcome != "send":
+            continue   # the record changed since planning: leave the intent for the next run to re-plan
+        route = d.route
+        pdf = render_pdf(letter, kind, ch.service)
+        facts = {"gp_sharing_consent": bool(letter.patient.get("gp_sharing_consent", True))}
+        headers: dict[str, str] = {"batch": batch.replace("/", "_")}
+        if channel == "smime-email":
+            payload = messages.smime_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
+                                           certificate_pem=letter.practice["certificate_pem"], service=ch.service.name)
+        elif channel == "smime":
+            payload = messages.smime_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
+                                           certificate_pem=letter.patient["patient_certificate_pem"],
+                                           service=ch.service.name)
+        elif channel == "secure-email":
+            payload = messages.gateway_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
+                                             service=ch.service.name)
+        elif channel == "mesh":
+            patient = policy.minimum_patient(letter.patient, "gp")
+            payload = gp_connect.build_bundle(
+                lid, pdf=pdf, patient=patient, sender_ods=ch.service.ods_code, sender_mailbox=ch.sender_mailbox,
+                recipient_ods=route.recipient, recipient_mailbox=route.address,
+                title=f"{letter.event.title()} letter", event_date=letter.event_date,
+                sender_reference=f"{letter.referral_id}/{letter.event}")
+            headers.update({"workflow_id": ch.workflow, "filename": f"{lid}.json",
+                            "content_type": "application/fhir+json"})
+        elif channel == "post":
+            if not ch.print_certificate_pem:
+                continue   # no print house configured: stays intended, reported as pending
+            payload = messages.post_file(pdf, ch.print_certificate_pem)
+        else:
+            continue
+        yield Outbound(lid, route.purpose, route.recipient, channel, payload, route.protection,
+                       address=route.address, headers=headers, facts=facts)
+
+
+SENDER_FOR = {"smime-email": "smtp", "smime": "smtp", "secure-email": "smtp", "mesh": "mesh", "post": "post"}
+
+
+def send_batch(records: Engine, state: Engine, batch: dict, ch: Channels, start: dt.date, end: dt.date,
+               wrap: Callable[[Sender], Sender] | None = None) -> dict:
+    """Send one planned batch; returns counts and the ids of letters that failed (XCom-safe)."""
+    keys = {tuple(x) for x in batch["letters"]}
+    kind, channel = batch["kind"], batch["channel"]
+    ids = [letter_id(r, e, kind) for r, e in sorted(keys)]
+    entries = Ledger(state).entries(ids)
+    skip = {i for i, e in entries.items() if e.state in DONE or e.state == State.HELD}
+    report = ReleaseReport()
+    report.already_sent += sorted(i for i in skip if entries[i].state in DONE)
+    todo = [(r, e, d) for r, e, d in find_events(records, start, end) if (r, e) in keys
+            and letter_id(r, e, kind) not in skip]
+    if todo:
+        letters = load_letters(records, todo)
+        sender = ch.senders[SENDER_FOR[channel]]
+        if wrap is not None:
+            sender = wrap(sender)
+        report.merge(release(outbound_items(letters, kind, channel, batch["batch_id"], ch, skip), sender, state))
+    counts = report.counts()
+    log.info("gp_letters batch %s: %s", batch["batch_id"], counts)
+    return {"batch_id": batch["batch_id"], **counts, "failed_ids": sorted(report.failed),
+            "refused_ids": sorted(report.refused)}
+
+
+def record_acks(state: Engine, acks: list[tuple[str, bytes]]) -> dict:
+    """Store parsed ITK3 acks against their letters; mark letters with a positive business ack acked."""
+    if not acks:
+        return {"acks_read": 0, "acked": 0, "negative": 0, "unmatched": 0}
+    with state.connect() as conn:
+        rows = conn.execute(select(ledger.c.item_id).where(ledger.c.flow == FLOW, ledger.c.channel == "mesh")).all()
+    by_header = {gp_connect.message_header_id(r[0]): r[0] for r in rows}
+    stored, unmatched, negative = [], 0, 0
+    for mesh_id, body in acks:
+        parsed = gp_connect.parse_ack(body)
+        if parsed is None or parsed[0] not in by_header:
+            unmatched += 1
+            continue
+        header_id, kind, positive, code = parsed
+        negative += not positive
+        stored.append({"item_id": by_header[header_id], "kind": kind, "positive": positive, "code": code,
+                       "mesh_message_id": mesh_id, "received_at": utcnow()})
+    if stored:
+        with state.begin() as conn:
+            conn.execute(insert_ignore(conn, letter_ack), stored)
+    led = Ledger(state)
+    acked = 0
+    for row in stored:
+        if row["kind"] == "business" and row["positive"]:
+            acked += led.mark_acked(row["item_id"], f"business ack {row['code']}")
+    return {"acks_read": len(acks), "acked": acked, "negative": negative, "unmatched": unmatched}
+
+
+def overdue(state: Engine, after: dt.timedelta, now: dt.datetime | None = None) -> list[str]:
+    """MESH letters sent more than ``after`` ago with no positive business ack: marked ``ack_overdue``."""
+    cutoff = (now or utcnow()) - after
+    with state.connect() as conn:
+        ids = [r[0] for r in conn.execute(select(ledger.c.item_id).where(
+            ledger.c.flow == FLOW, ledger.c.channel == "mesh", ledger.c.state == State.SENT.value,
+            ledger.c.sent_at <= cutoff)).all()]
+        already = [r[0] for r in conn.execute(select(ledger.c.item_id).where(
+            ledger.c.flow == FLOW, ledger.c.channel == "mesh", ledger.c.state == State.ACK_OVERDUE.value)).all()]
+    led = Ledger(state)
+    for i in ids:
+        led.mark_ack_overdue(i)
+    return sorted(ids + already)
+
+
+def ack_summary(state: Engine) -> dict:
+    """Counts of acks by kind and sign (for the report)."""
+    with state.connect() as conn:
+        rows = conn.execute(select(letter_ack.c.kind, letter_ack.c.positive)).all()
+    c: dict[str, int] = defaultdict(int)
+    for kind, pos in rows:
+        c[f"{kind}_{'positive' if pos else 'negative'}"] += 1
+    return dict(c)
+
+
+__all__ = ["Channels", "letter_id", "overdue", "plan", "record_acks", "send_batch"]

@@ -1,0 +1,88 @@
+"""Letter text from Jinja2 templates a service can edit, rendered to PDF.
+
+Templates live in ``letters/templates`` (override the folder with ``CALDICOTT_LETTER_TEMPLATES``). The
+environment **autoescapes** everything and is strict about undefined names, so a template typo fails
+loudly in tests rather than printing blanks to a GP. Only the minimum-necessary fields
+(:mod:`caldicott.policy.letters`) are passed to a template: it cannot show what it is not given.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from caldicott.letters.build import LetterData
+from caldicott.letters.pdf import html_to_pdf
+from caldicott.policy.letters import minimum_patient
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@dataclass(frozen=True)
+class Service:
+    """The sending service as it signs its letters (configuration, not patient data)."""
+
+    name: str = "NHS Talking Therapies (Synthetic Service)"
+    address: str = "1 Example Street, Leeds LS1 1AA"
+    phone: str = "0113 000 0000"
+    signatory: str = "Clinical Lead"
+    ods_code: str = "ZZZ01"
+    email: str = "letters@talkingtherapies.nhs.example"
+
+
+@functools.cache
+def environment(folder: str | None = None) -> Environment:
+    folder = folder or os.environ.get("CALDICOTT_LETTER_TEMPLATES") or str(TEMPLATES)
+    return Environment(loader=FileSystemLoader(folder), autoescape=True, undefined=StrictUndefined,
+                       trim_blocks=True, lstrip_blocks=True)
+
+
+def _fmt_date(v) -> str:
+    if v is None:
+        return "not recorded"
+    if isinstance(v, str):
+        v = dt.date.fromisoformat(v[:10])
+    if isinstance(v, dt.datetime):
+        v = v.date()
+    return f"{v.day} {v:%B %Y}"
+
+
+def context(letter: LetterData, recipient_kind: str, service: Service) -> dict:
+    """What a template may see for this recipient (minimum necessary)."""
+    patient = minimum_patient(letter.patient, recipient_kind)
+    patient["birth_date"] = _fmt_date(patient.get("birth_date"))
+    referral = dict(letter.referral)
+    for k in ("received_date", "discharge_date"):
+        referral[k] = _fmt_date(referral.get(k))
+    practice = letter.practice or {}
+    return {
+        "recipient": recipient_kind,
+        "service": service,
+        "letter_date": _fmt_date(letter.event_date),
+        "patient": patient,
+        "practice": {"name": practice.get("name") or "your GP practice", "ods_code": practice.get("ods_code") or ""},
+        "gp_copy": bool(letter.patient.get("gp_sharing_consent", True)) and letter.practice is not None,
+        "referral": referral,
+        "assessment": {"date": letter.scores.get("date") or _fmt_date(letter.event_date)},
+        "scores": letter.scores,
+        "outcome": letter.outcome,
+    }
+
+
+def render_markup(letter: LetterData, recipient_kind: str, service: Service | None = None) -> str:
+    template = environment().get_template(f"{letter.event}.html.j2")
+    return template.render(**context(letter, recipient_kind, service or Service()))
+
+
+def render_pdf(letter: LetterData, recipient_kind: str, service: Service | None = None) -> bytes:
+    title = "Assessment letter" if letter.event == "assessment" else "Discharge letter"
+    return html_to_pdf(render_markup(letter, recipient_kind, service), title=title)
+
+
+def email_body(service: Service | None = None) -> str:
+    return environment().get_template("email_body.txt.j2").render(service=service or Service())

@@ -1,0 +1,155 @@
+"""GP letters policy: who gets a letter, by which channel, with which fields (one place, DESIGN.md).
+
+Rules, each stated in the run's report by code:
+
+* ``gp_sharing_declined`` — the patient declined sharing with their GP at registration: **no GP letter**;
+  the patient still gets their copy ("no surprises"). Counted as *withheld*, by letter id.
+* GP channel, chosen per practice from the records source: ``smime-email`` (S/MIME, AES-256, to the
+  practice's certificate) or ``mesh`` (GP Connect Send Document). A practice on ``smime-email`` without a
+  valid certificate gets **no plain fallback**: its letters are *held* (ledger) and the practice is
+  quarantined (``practice_certificate_missing``). Any other channel is quarantined
+  (``unknown_channel``).
+* Patient copy, always (unless the record itself is unusable): ``email`` → the provider's NHSmail
+  encryption gateway (``[secure]`` in the subject); ``smime`` → S/MIME to the patient's own certificate
+  (the gateway if that certificate is not usable); ``post`` → the print-and-post batch, encrypted at rest.
+* Records that cannot be addressed safely are quarantined: invalid or duplicated NHS number (both
+  letters), no / unknown GP practice (GP letter), unusable postcode for a posted copy, unknown copy channel.
+
+Minimum necessary: :data:`GP_FIELDS` and :data:`PATIENT_FIELDS` are the only source fields a letter may
+show; no session notes (``clinical_summary``) ever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from caldicott.crypto.keys import CertificateError, load_certificate
+from caldicott.policy.purposes import Protection, Purpose
+
+FLOW = "gp_letters"
+
+GP_CHANNELS = ("smime-email", "mesh")
+COPY_CHANNELS = ("email", "smime", "post")
+
+#: Patient fields a letter may carry (identifiers the GP needs to file it; address only on the patient's copy).
+GP_FIELDS = ("given_name", "family_name", "birth_date", "nhs_number")
+PATIENT_FIELDS = (*GP_FIELDS, "address_line", "postcode")
+#: Referral fields a letter may carry. Never ``clinical_summary`` (session notes).
+REFERRAL_FIELDS = ("received_date", "presenting_problem", "presenting_problem_code", "assessment_plan",
+                   "discharge_date", "end_code", "discharge_recommendations")
+
+REASONS = {
+    "gp_sharing_declined": "the patient declined sharing with their GP at registration; patient copy only",
+    "invalid_nhs_number": "NHS number missing, not ten digits, or its check digit is wrong",
+    "duplicate_nhs_number": "the same NHS number is held for more than one local patient",
+    "missing_gp_practice": "no registered GP practice is recorded",
+    "unknown_gp_practice": "the registered GP practice is not in the practice table",
+    "unknown_channel": "the practice's delivery channel is not one Caldicott supports (smime-email, mesh)",
+    "practice_certificate_missing": "smime-email practice without a valid certificate: letters held, never sent plain",
+    "practice_address_missing": "the practice has no e-mail address or MESH mailbox for its channel",
+    "unknown_copy_channel": "the patient's copy channel is not email, smime or post",
+    "patient_address_missing": "a posted copy needs an address line and a valid postcode",
+    "patient_email_missing": "an e-mailed copy needs an e-mail address",
+    "discharge_before_referral": "discharge date is before the referral was received",
+    "score_out_of_range": "a coded score is outside its tool's range",
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one letter goes: recipient kind, channel, protection and an opaque recipient id."""
+
+    recipient_kind: str        # "gp" | "patient"
+    channel: str               # "smime-email" | "mesh" | "secure-email" | "smime" | "post"
+    protection: Protection
+    recipient: str             # ODS code or local patient id (opaque ids only)
+    address: str = ""          # e-mail or MESH mailbox; not shown in XCom
+    purpose: Purpose = Purpose.GP_LETTER
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A routing outcome for one recipient of a letter: a route, or a reason it does not go."""
+
+    recipient_kind: str
+    route: Route | None = None
+    outcome: str = "send"      # "send" | "withheld" | "held" | "quarantined"
+    reason: str | None = None  # reason code
+    record_type: str | None = None
+    record_id: str | None = None
+
+
+def cert_ok(pem: str | None) -> bool:
+    try:
+        load_certificate(pem)
+    except CertificateError:
+        return False
+    return True
+
+
+def gp_decision(patient: dict, practice: dict | None, *, patient_ok: bool) -> Decision:
+    """The GP half of a letter (``patient_ok`` False when the record is already quarantined)."""
+    pid = patient["local_patient_id"]
+    if not patient_ok:
+        return Decision("gp", outcome="quarantined")
+    if not patient.get("gp_sharing_consent", True):
+        return Decision("gp", outcome="withheld", reason="gp_sharing_declined", record_type="patient", record_id=pid)
+    code = patient.get("gp_practice_code")
+    if not code:
+        return Decision("gp", outcome="quarantined", reason="missing_gp_practice", record_type="patient",
+                        record_id=pid)
+    if practice is None:
+        return Decision("gp", outcome="quarantined", reason="unknown_gp_practice", record_type="patient",
+                        record_id=pid)
+    channel = practice.get("channel")
+    if channel not in GP_CHANNELS:
+        return Decision("gp", outcome="quarantined", reason="unknown_channel", record_type="gp_practice",
+                        record_id=code)
+    if channel == "smime-email":
+        if not practice.get("email"):
+            return Decision("gp", outcome="quarantined", reason="practice_address_missing",
+                            record_type="gp_practice", record_id=code)
+        route = Route("gp", "smime-email", Protection.SMIME, code, practice["email"])
+        if not cert_ok(practice.get("certificate_pem")):
+            return Decision("gp", route=route, outcome="held", reason="practice_certificate_missing",
+                            record_type="gp_practice", record_id=code)
+        return Decision("gp", route=route)
+    if not practice.get("mesh_mailbox"):
+        return Decision("gp", outcome="quarantined", reason="practice_address_missing", record_type="gp_practice",
+                        record_id=code)
+    return Decision("gp", route=Route("gp", "mesh", Protection.MESH, code, practice["mesh_mailbox"]))
+
+
+def patient_decision(patient: dict, *, patient_ok: bool, postcode_ok: bool) -> Decision:
+    """The patient's own copy: always sent if the record is usable and a protected channel exists."""
+    pid = patient["local_patient_id"]
+    if not patient_ok:
+        return Decision("patient", outcome="quarantined")
+    channel = patient.get("copy_channel") or "email"
+    email = patient.get("email")
+    if channel == "smime" and email and cert_ok(patient.get("patient_certificate_pem")):
+        return Decision("patient", route=Route("patient", "smime", Protection.SMIME, pid, email,
+                                               Purpose.PATIENT_COPY))
+    if channel in ("email", "smime"):
+        if not email:
+            return Decision("patient", outcome="quarantined", reason="patient_email_missing", record_type="patient",
+                            record_id=pid)
+        return Decision("patient", route=Route("patient", "secure-email", Protection.SECURE_GATEWAY, pid, email,
+                                               Purpose.PATIENT_COPY))
+    if channel == "post":
+        if not (patient.get("address_line") and postcode_ok):
+            return Decision("patient", outcome="quarantined", reason="patient_address_missing",
+                            record_type="patient", record_id=pid)
+        return Decision("patient", route=Route("patient", "post", Protection.STAGED_ENCRYPTED, pid, "",
+                                               Purpose.PATIENT_COPY))
+    return Decision("patient", outcome="quarantined", reason="unknown_copy_channel", record_type="patient",
+                    record_id=pid)
+
+
+def minimum_patient(patient: dict, recipient_kind: str) -> dict:
+    """Only the fields the recipient may see."""
+    fields = GP_FIELDS if recipient_kind == "gp" else PATIENT_FIELDS
+    out = {f: patient.get(f) for f in fields}
+    nhs = str(out.get("nhs_number") or "")
+    out["nhs_number_spaced"] = f"{nhs[:3]} {nhs[3:6]} {nhs[6:]}" if len(nhs) == 10 else nhs
+    return out

@@ -1,0 +1,68 @@
+"""``MeshHook``: a ``mesh_client.MeshClient`` from an Airflow connection (default ``caldicott_mesh``).
+
+Connection fields: ``host`` = the MESH base URL (``https://msg.int.spine2.ncrs.nhs.uk`` in integration,
+``https://127.0.0.1:<port>`` for the local sandbox), ``login`` = mailbox id, ``password`` = mailbox
+password. Extras: ``shared_key`` (the environment's HMAC key), ``ca_file`` (CA bundle that verifies the
+server: always a file, never ``verify=False``), ``client_cert`` / ``client_key`` (the mailbox's TLS
+client certificate and key, paths). Example::
+
+    AIRFLOW_CONN_CALDICOTT_MESH='{"conn_type": "mesh", "host": "https://127.0.0.1:8700", "login": "X26ABC1",
+      "password": "...", "extra": {"shared_key": "...", "ca_file": "/etc/caldicott/mesh-ca.pem",
+      "client_cert": "/etc/caldicott/mesh.crt", "client_key": "/etc/caldicott/mesh.key"}}'
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import BaseHook
+
+
+class MeshHook(BaseHook):
+    conn_name_attr = "mesh_conn_id"
+    default_conn_name = "caldicott_mesh"
+    conn_type = "mesh"
+    hook_name = "MESH (NHS England)"
+
+    def __init__(self, mesh_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.mesh_conn_id = mesh_conn_id
+        self._client = None
+
+    def settings(self):
+        from caldicott.transport.mesh import MeshSettings
+
+        conn = self.get_connection(self.mesh_conn_id)
+        extra = conn.extra_dejson or {}
+        if not extra.get("shared_key"):
+            raise ValueError(f"connection {self.mesh_conn_id!r} has no shared_key extra")
+        return MeshSettings(url=conn.host, mailbox=conn.login, password=conn.password or "",
+                            shared_key=extra["shared_key"], ca_file=extra.get("ca_file"),
+                            cert_file=extra.get("client_cert"), key_file=extra.get("client_key"))
+
+    def get_conn(self):
+        """An open MeshClient (handshake done); close it with :meth:`close` or use the hook in ``with``."""
+        if self._client is None:
+            from caldicott.transport.mesh import make_client
+
+            self._client = make_client(self.settings())
+            self._client.handshake()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self):
+        return self.get_conn()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            self.get_conn()
+            return True, "MESH handshake succeeded"
+        except Exception as exc:
+            return False, f"MESH handshake failed: {type(exc).__name__}"
+        finally:
+            self.close()
