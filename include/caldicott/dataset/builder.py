@@ -1,0 +1,347 @@
+"""Build the monthly IAPT / NHS Talking Therapies data set tables for one reporting period.
+
+The builder maps the records source (:mod:`caldicott.records.schema`) onto the physical tables and
+columns of NHS England's intermediate database (``IDS000Header`` ... ``IDS607CodedScoreAssessmentAct``)
+with whole-column pandas / pyarrow operations only: a national-size month (a million open referrals)
+must build in seconds, so there is no per-row Python anywhere here.
+
+Reporting periods are Europe/London calendar months. ``care_contact.contact_at`` and
+``coded_assessment.assessed_at`` are UTC instants, so the period ``[first, next_first)`` in London is
+turned into a UTC half-open interval before reading: a contact at 2026-05-31T23:30Z is 00:30 BST on
+1 June and belongs to June.
+
+Every frame carries a hidden ``_rid`` column (the source's opaque record id) used for quarantine and
+dropped by the writer; the written tables hold physical columns only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, and_, func, or_, select
+
+from caldicott.records import schema
+from caldicott.records.queries import read
+
+LONDON = "Europe/London"
+VERSIONS = ("2.0", "2.1")
+DEFAULT_VERSION = "2.1"
+#: "General Medical Practice Code not known" (NHS Data Dictionary default code), used when the source has none.
+GP_NOT_KNOWN = "V81999"
+#: SourceOfReferralIAPT codes of the source are already data set codes; AppType codes that count as treatment.
+TREATMENT_APP_TYPES = ("02", "03", "04")
+ATTENDED = ("5", "6")
+PHQ9, GAD7 = schema.SNOMED["PHQ9"], schema.SNOMED["GAD7"]
+
+#: Physical columns of each table this builder writes, in order (the intermediate database's names).
+COLUMNS: dict[str, list[str]] = {
+    "IDS000Header": ["DatSetVer", "OrgIDProv", "OrgIDSubmit", "PrimSystemInUse", "ReportingPeriodStartDate",
+                     "ReportingPeriodEndDate", "DateTimeDatSetCreate"],
+    "IDS001MPI": ["LocalPatientId", "OrgIDLocalPatientId", "NHSNumber", "NHSNumberStatus", "PersonBirthDate",
+                  "Postcode", "Gender", "EthnicCategory"],
+    "IDS002GP": ["LocalPatientId", "GMPCodeReg", "StartDateGMPRegistration", "EndDateGMPRegistration"],
+    "IDS101Referral": ["ServiceRequestId", "LocalPatientId", "OrgIDComm", "ReferralRequestReceivedDate",
+                       "SourceOfReferralIAPT", "ServDischDate", "EndCode"],
+    "IDS201CareContact": ["CareContactId", "ServiceRequestId", "CareContDate", "CareContTime", "AttendOrDNACode",
+                          "AppType", "ConsMechanism", "ClinContDurOfCareCont"],
+    "IDS202CareActivity": ["CareActId", "CareContactId", "CareProfLocalId", "ClinContactDurOfCareAct"],
+    "IDS603PresentingComplaints": ["ServiceRequestId", "FindSchemeInUse", "PresComp", "PresCompDate"],
+    "IDS606CodedScoreAssessmentRefer": ["ServiceRequestId", "CodedAssToolType", "PersScore", "AssToolCompDate",
+                                        "AssToolCompTime"],
+    "IDS607CodedScoreAssessmentAct": ["CareActId", "CodedAssToolType", "PersScore"],
+}
+TABLES = tuple(COLUMNS)
+#: Which table each opaque record id belongs to, for quarantine entries.
+RECORD_TYPE = {t: t for t in TABLES}
+#: FindSchemeInUse for ICD-10 codes (the source records presenting complaints as ICD-10).
+FIND_SCHEME_ICD10 = "01"
+
+
+@dataclass(frozen=True)
+class Period:
+    """A reporting month ``[first, end)`` in London local dates."""
+
+    first: dt.date
+    end: dt.date
+
+    @classmethod
+    def month(cls, year: int, month: int) -> Period:
+        first = dt.date(year, month, 1)
+        return cls(first, (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1))
+
+    @property
+    def last(self) -> dt.date:
+        return self.end - dt.timedelta(days=1)
+
+    @property
+    def key(self) -> str:
+        return self.first.strftime("%Y-%m")
+
+    def utc_bounds(self) -> tuple[dt.datetime, dt.datetime]:
+        """The London-midnight boundaries as naive UTC datetimes (the source stores UTC instants)."""
+        b = (pd.DatetimeIndex([pd.Timestamp(self.first), pd.Timestamp(self.end)]).tz_localize(LONDON)
+             .tz_convert("UTC").tz_localize(None))
+        return b[0].to_pydatetime(), b[1].to_pydatetime()
+
+
+@dataclass
+class SourceMonth:
+    """What the builder needs from the records source for one period (plain frames, source column names).
+
+    ``history`` has one row per referral in ``referrals`` with whole-life facts the national measures
+    need: ``first_treatment_at`` (UTC), ``treatment_contacts`` (attended treatment contacts ever),
+    ``first_phq9``/``last_phq9``/``first_gad7``/``last_gad7`` (first and last scores, for discharges).
+    """
+
+    patients: pd.DataFrame
+    referrals: pd.DataFrame
+    contacts: pd.DataFrame
+    assessments: pd.DataFrame
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def sizes(self) -> dict[str, int]:
+        return {"patients": len(self.patients), "referrals": len(self.referrals), "contacts": len(self.contacts),
+                "assessments": len(self.assessments)}
+
+
+@dataclass
+class Dataset:
+    """The built tables (physical names, plus the hidden ``_rid``) and what went into them."""
+
+    period: Period
+    version: str
+    tables: dict[str, pd.DataFrame]
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(df) for name, df in self.tables.items()}
+
+    def copy(self) -> Dataset:
+        return Dataset(self.period, self.version, {k: v.copy() for k, v in self.tables.items()}, self.history)
+
+
+# ---- reading the source ---------------------------------------------------------------------------------
+
+def _open_in_period(t, period: Period):
+    """Referrals open at some point in the period: received before its end, not discharged before its start."""
+    return and_(t.c.received_date < period.end,
+                or_(t.c.discharge_date.is_(None), t.c.discharge_date >= period.first))
+
+
+def read_source(engine: Engine, period: Period) -> SourceMonth:
+    """Read one period's rows from the records source (bound parameters; SQLite or PostgreSQL)."""
+    r, c, a, p = schema.referral, schema.care_contact, schema.coded_assessment, schema.patient
+    start_utc, end_utc = period.utc_bounds()
+    open_ids = select(r.c.service_request_id).where(_open_in_period(r, period))
+    referrals = read(engine, select(r.c.service_request_id, r.c.local_patient_id, r.c.commissioner_code,
+                                    r.c.received_date, r.c.source_of_referral, r.c.discharge_date, r.c.end_code,
+                                    r.c.presenting_problem_code)
+                     .where(_open_in_period(r, period)))
+    pat_ids = select(r.c.local_patient_id).where(_open_in_period(r, period))
+    patients = read(engine, select(p.c.local_patient_id, p.c.nhs_number, p.c.birth_date, p.c.postcode, p.c.gender,
+                                   p.c.ethnic_category, p.c.gp_practice_code, p.c.dataset_objection_pre2020,
+                                   p.c.dataset_objection_date)
+                    .where(p.c.local_patient_id.in_(pat_ids)))
+    contacts = read(engine, select(c.c.care_contact_id, c.c.service_request_id, c.c.contact_at, c.c.duration_minutes,
+                                   c.c.app_type, c.c.attend_code, c.c.cons_mechanism, c.c.clinician_id)
+                    .where(c.c.contact_at >= start_utc, c.c.contact_at < end_utc,
+                           c.c.service_request_id.in_(open_ids)))
+    assessments = read(engine, select(a.c.assessment_id, a.c.service_request_id, a.c.care_contact_id, a.c.tool_code,
+                                      a.c.score, a.c.assessed_at)
+                       .where(a.c.assessed_at >= start_utc, a.c.assessed_at < end_utc,
+                              a.c.service_request_id.in_(open_ids)))
+    # whole-life facts for the measures: aggregated in the database, not read row by row
+    treat = read(engine, select(c.c.service_request_id, func.min(c.c.contact_at).label("first_treatment_at"),
+                                func.count().label("treatment_contacts"))
+                 .where(c.c.service_request_id.in_(open_ids), c.c.attend_code.in_(ATTENDED),
+                        c.c.app_type.in_(TREATMENT_APP_TYPES))
+                 .group_by(c.c.service_request_id))
+    discharged = select(r.c.service_request_id).where(r.c.discharge_date >= period.first,
+                                                      r.c.discharge_date < period.end)
+    scores = read(engine, select(a.c.service_request_id, a.c.tool_code, a.c.score, a.c.assessed_at)
+                  .where(a.c.service_request_id.in_(discharged), a.c.tool_code.in_([PHQ9, GAD7])))
+    return SourceMonth(patients, referrals, contacts, assessments,
+                       history(referrals["service_request_id"], treat, scores))
+
+
+def history(referral_ids: pd.Series, treat: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per referral: first treatment instant, attended treatment count, first/last PHQ-9 and GAD-7."""
+    h = pd.DataFrame({"service_request_id": referral_ids.astype(str).to_numpy()}).set_index("service_request_id")
+    if len(treat):
+        t = treat.set_index("service_request_id")
+        h["first_treatment_at"] = pd.to_datetime(t["first_treatment_at"]).reindex(h.index)
+        h["treatment_contacts"] = t["treatment_contacts"].reindex(h.index).fillna(0).astype("int64")
+    else:
+        h["first_treatment_at"] = pd.NaT
+        h["treatment_contacts"] = 0
+    if len(scores):
+        s = scores.assign(assessed_at=pd.to_datetime(scores["assessed_at"])).sort_values(
+            ["service_request_id", "tool_code", "assessed_at"], kind="stable")
+        g = s.groupby(["service_request_id", "tool_code"], sort=False)["score"]
+        first, last = g.first().unstack(), g.last().unstack()
+        for code, name in ((PHQ9, "phq9"), (GAD7, "gad7")):
+            h[f"first_{name}"] = first[code].reindex(h.index) if code in first else np.nan
+            h[f"last_{name}"] = last[code].reindex(h.index) if code in last else np.nan
+    else:
+        for name in ("first_phq9", "last_phq9", "first_gad7", "last_gad7"):
+            h[name] = np.nan
+    return h.reset_index()
+
+
+# ---- building the tables ---------------------------------------------------------------------------------
+
+def _s(values) -> pd.Series:
+    """A nullable pyarrow-backed string column (fast vectorised regex in validation)."""
+    return pd.Series(values, dtype="string[pyarrow]") if not isinstance(values, pd.Series) else \
+        values.astype("string[pyarrow]").reset_index(drop=True)
+
+
+def _date(values) -> pd.Series:
+    return pd.to_datetime(pd.Series(values).reset_index(drop=True), errors="coerce").astype("datetime64[s]")
+
+
+def _local(instants) -> pd.Series:
+    """UTC naive instants -> naive London wall-clock times."""
+    s = pd.to_datetime(pd.Series(instants).reset_index(drop=True))
+    return s.dt.tz_localize("UTC").dt.tz_convert(LONDON).dt.tz_localize(None)
+
+
+def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, org_provider: str = "ZZZ01",
+          org_submitter: str | None = None, system: str = "Caldicott",
+          created_at: dt.datetime | None = None) -> Dataset:
+    """Map one period of source rows to the data set tables (vectorised; no validation here)."""
+    if version not in VERSIONS:
+        raise ValueError(f"data set version {version!r} is not supported (one of {', '.join(VERSIONS)})")
+    created = created_at or dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    header = pd.DataFrame({
+        "DatSetVer": _s([version]), "OrgIDProv": _s([org_provider]), "OrgIDSubmit": _s([org_submitter or org_provider]),
+        "PrimSystemInUse": _s([system]), "ReportingPeriodStartDate": _date([period.first]),
+        "ReportingPeriodEndDate": _date([period.last]), "DateTimeDatSetCreate": pd.Series([created]).astype(
+            "datetime64[s]"), "_rid": _s(["header"])})
+
+    p = src.patients
+    pid = _s(p["local_patient_id"])
+    nhs = _s(p["nhs_number"])
+    mpi = pd.DataFrame({
+        "LocalPatientId": pid, "OrgIDLocalPatientId": _s(np.full(len(p), org_provider, dtype=object)), "NHSNumber": nhs,
+        "NHSNumberStatus": _s(np.where(nhs.notna().to_numpy(), "01", "07")), "PersonBirthDate": _date(p["birth_date"]),
+        "Postcode": _s(p["postcode"]), "Gender": _s(p["gender"]), "EthnicCategory": _s(p["ethnic_category"]),
+        "_rid": pid})
+    gp_code = _s(p["gp_practice_code"])
+    gp_code = gp_code.where(gp_code.notna() & (gp_code.str.strip() != ""), GP_NOT_KNOWN)
+    gp = pd.DataFrame({"LocalPatientId": pid, "GMPCodeReg": gp_code,
+                       "StartDateGMPRegistration": _date(np.full(len(p), None)),
+                       "EndDateGMPRegistration": _date(np.full(len(p), None)), "_rid": pid})
+
+    r = src.referrals
+    rid = _s(r["service_request_id"])
+    disch = _date(r["discharge_date"])
+    after = (disch >= pd.Timestamp(period.end)).to_numpy()  # discharged after the period: still open at its end
+    disch = disch.mask(after)
+    end_code = _s(r["end_code"]).mask(after)
+    received = _date(r["received_date"])
+    ref = pd.DataFrame({
+        "ServiceRequestId": rid, "LocalPatientId": _s(r["local_patient_id"]), "OrgIDComm": _s(r["commissioner_code"]),
+        "ReferralRequestReceivedDate": received, "SourceOfReferralIAPT": _s(r["source_of_referral"]),
+        "ServDischDate": disch, "EndCode": end_code, "_rid": rid})
+    new = (received >= pd.Timestamp(period.first)).to_numpy()
+    has_code = _s(r["presenting_problem_code"]).notna().to_numpy() if "presenting_problem_code" in r else \
+        np.zeros(len(r), bool)
+    pres = pd.DataFrame({"ServiceRequestId": rid[new & has_code], "FindSchemeInUse": FIND_SCHEME_ICD10,
+                         "PresComp": _s(r["presenting_problem_code"])[new & has_code] if has_code.any() else _s([]),
+                         "PresCompDate": received[new & has_code], "_rid": rid[new & has_code]}
+                        ).reset_index(drop=True)
+    pres["FindSchemeInUse"] = _s(pres["FindSchemeInUse"])
+
+    c = src.contacts
+    cid = _s(c["care_contact_id"])
+    local = _local(c["contact_at"])
+    contact = pd.DataFrame({
+        "CareContactId": cid, "ServiceRequestId": _s(c["service_request_id"]),
+        "CareContDate": local.dt.floor("D").astype("datetime64[s]"), "CareContTime": _s(local.dt.strftime("%H:%M:%S")),
+        "AttendOrDNACode": _s(c["attend_code"]), "AppType": _s(c["app_type"]), "ConsMechanism": _s(c["cons_mechanism"]),
+        "ClinContDurOfCareCont": pd.Series(c["duration_minutes"]).reset_index(drop=True).astype("Int64"), "_rid": cid})
+
+    # one care activity per contact that was attended or holds scores; CareActId derived from the contact id
+    a = src.assessments
+    a_contact = _s(a["care_contact_id"])
+    scored = pd.Index(a_contact.dropna().unique())
+    attended = contact["AttendOrDNACode"].isin(list(ATTENDED)).to_numpy()
+    act_mask = attended | contact["CareContactId"].isin(scored).to_numpy()
+    act_contacts = contact.loc[act_mask]
+    act_id = _s(act_contacts["CareContactId"].str.cat(np.full(len(act_contacts), "-1", dtype=object)))
+    activity = pd.DataFrame({
+        "CareActId": act_id, "CareContactId": _s(act_contacts["CareContactId"]),
+        "CareProfLocalId": _s(c["clinician_id"]).loc[act_mask].reset_index(drop=True) if "clinician_id" in c
+        else _s(np.full(len(act_contacts), None)),
+        "ClinContactDurOfCareAct": act_contacts["ClinContDurOfCareCont"].reset_index(drop=True), "_rid": act_id})
+
+    aid = _s(a["assessment_id"])
+    at_contact = a_contact.notna().to_numpy()
+    a_local = _local(a["assessed_at"])
+    refer = pd.DataFrame({
+        "ServiceRequestId": _s(a["service_request_id"])[~at_contact],
+        "CodedAssToolType": _s(a["tool_code"])[~at_contact],
+        "PersScore": _s(pd.Series(a["score"]).astype("Int64").astype("string"))[~at_contact],
+        "AssToolCompDate": a_local[~at_contact].dt.floor("D").astype("datetime64[s]"),
+        "AssToolCompTime": _s(a_local[~at_contact].dt.strftime("%H:%M:%S")), "_rid": aid[~at_contact]}
+    ).reset_index(drop=True)
+    act = pd.DataFrame({
+        "CareActId": _s(a_contact[at_contact].str.cat(np.full(int(at_contact.sum()), "-1", dtype=object))),
+        "CodedAssToolType": _s(a["tool_code"])[at_contact],
+        "PersScore": _s(pd.Series(a["score"]).astype("Int64").astype("string"))[at_contact], "_rid": aid[at_contact]}
+    ).reset_index(drop=True)
+
+    tables = {"IDS000Header": header, "IDS001MPI": mpi, "IDS002GP": gp, "IDS101Referral": ref,
+              "IDS201CareContact": contact, "IDS202CareActivity": activity, "IDS603PresentingComplaints": pres,
+              "IDS606CodedScoreAssessmentRefer": refer, "IDS607CodedScoreAssessmentAct": act}
+    for name, df in tables.items():
+        tables[name] = df.reset_index(drop=True)[[*COLUMNS[name], "_rid"]]
+    return Dataset(period, version, tables, src.history)
+
+
+# ---- removing records with everything that hangs off them -------------------------------------------------
+
+def cascade(ds: Dataset) -> dict[str, pd.Series]:
+    """Drop, in place, the records whose parent is gone; return the dropped ``_rid`` per table.
+
+    Parents: IDS002/IDS101 → IDS001 (LocalPatientId); IDS201/IDS603/IDS606 → IDS101 (ServiceRequestId);
+    IDS202 → IDS201 (CareContactId); IDS607 → IDS202 (CareActId). A patient left with no referral goes too
+    (IDS00146). One pass in parent-to-child order then the orphaned-patient sweep reaches a fixed point.
+    """
+    t = ds.tables
+    dropped: dict[str, list[pd.Series]] = {}
+
+    def keep(name: str, mask: np.ndarray) -> None:
+        if (~mask).any():
+            dropped.setdefault(name, []).append(t[name]["_rid"][~mask])
+            t[name] = t[name].loc[mask].reset_index(drop=True)
+
+    ids = t["IDS001MPI"]["LocalPatientId"]
+    keep("IDS002GP", t["IDS002GP"]["LocalPatientId"].isin(ids).to_numpy())
+    keep("IDS101Referral", t["IDS101Referral"]["LocalPatientId"].isin(ids).to_numpy())
+    with_ref = t["IDS101Referral"]["LocalPatientId"]
+    keep("IDS001MPI", t["IDS001MPI"]["LocalPatientId"].isin(with_ref).to_numpy())
+    keep("IDS002GP", t["IDS002GP"]["LocalPatientId"].isin(t["IDS001MPI"]["LocalPatientId"]).to_numpy())
+    sri = t["IDS101Referral"]["ServiceRequestId"]
+    for name in ("IDS201CareContact", "IDS603PresentingComplaints", "IDS606CodedScoreAssessmentRefer"):
+        keep(name, t[name]["ServiceRequestId"].isin(sri).to_numpy())
+    keep("IDS202CareActivity", t["IDS202CareActivity"]["CareContactId"].isin(t["IDS201CareContact"]["CareContactId"])
+         .to_numpy())
+    keep("IDS607CodedScoreAssessmentAct", t["IDS607CodedScoreAssessmentAct"]["CareActId"]
+         .isin(t["IDS202CareActivity"]["CareActId"]).to_numpy())
+    return {k: pd.concat(v, ignore_index=True) for k, v in dropped.items()}
+
+
+def drop(ds: Dataset, table: str, rids) -> dict[str, pd.Series]:
+    """Remove the records of ``table`` whose ``_rid`` is in ``rids`` and everything depending on them."""
+    df = ds.tables[table]
+    mask = df["_rid"].isin(pd.Index(rids)).to_numpy()
+    removed = {table: df["_rid"][mask].reset_index(drop=True)} if mask.any() else {}
+    ds.tables[table] = df.loc[~mask].reset_index(drop=True)
+    for k, v in cascade(ds).items():
+        removed[k] = pd.concat([removed[k], v], ignore_index=True) if k in removed else v
+    return removed

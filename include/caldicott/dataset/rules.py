@@ -1,0 +1,600 @@
+"""Validation of the built tables against the IAPT v2.0 rule catalogue, vectorised.
+
+Each :class:`Rule` carries its catalogue code, severity and message (read from the catalogue file beside
+this module, ``iapt_v2_0_validation_rules.tsv``) and a check over whole columns: a record rule returns
+a boolean mask over its table (True = the record fails); a file rule returns a bool. Every rule also
+knows how to break a valid record (``bad``), so the unit tests check every registered rule with one
+passing and one failing record without a hand-written case per rule.
+
+:func:`screen` applies the rules the way NHS England's receiving side would, but *before* the file is
+written: records failing a reject-file record check (invalid NHS number, postcode or birth date,
+duplicated NHS number or local patient id) or a reject-record rule are removed and quarantined with the
+rule's code; records left without their parent are removed with the reject-group code (``IDS10101`` ...);
+warnings are counted. What is left passes every implemented reject rule, so the file is not rejected.
+
+String columns are pyarrow-backed, so the format checks run as RE2 regexes in Arrow, not Python loops.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from caldicott.dataset.builder import COLUMNS, VERSIONS, Dataset, cascade
+from caldicott.records.schema import SCORE_RANGES
+from caldicott.state.quarantine import Quarantined
+
+CATALOGUE_PATH = Path(__file__).with_name("iapt_v2_0_validation_rules.tsv")
+
+
+def _catalogue() -> dict[str, tuple[str, str, str]]:
+    with CATALOGUE_PATH.open(newline="") as fh:
+        return {r["rule_code"]: (r["severity"], r["table_prefix"], r["message"])
+                for r in csv.DictReader(fh, delimiter="\t")}
+
+
+CATALOGUE = _catalogue()
+REJECT_FILE, REJECT_GROUP, REJECT_RECORD, WARNING = "REJECT_FILE", "REJECT_GROUP", "REJECT_RECORD", "WARNING"
+
+Check = Callable[[Dataset], "np.ndarray | bool"]
+Breaker = Callable[[Dataset], None]
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    table: str                    # physical table the mask is over ("FILE" for file rules)
+    check: Check
+    bad: Breaker                  # makes row 0 of ``table`` (or the file) fail this rule
+    file_level: bool = False      # True: check returns one bool for the whole file
+
+    @property
+    def severity(self) -> str:
+        return CATALOGUE[self.code][0]
+
+    @property
+    def message(self) -> str:
+        return CATALOGUE[self.code][2]
+
+
+REGISTRY: dict[str, Rule] = {}
+
+
+def _register(rule: Rule) -> Rule:
+    if rule.code not in CATALOGUE:
+        raise KeyError(f"{rule.code} is not in the rule catalogue")
+    if rule.code in REGISTRY:
+        raise KeyError(f"{rule.code} registered twice")
+    REGISTRY[rule.code] = rule
+    return rule
+
+
+def implemented() -> list[str]:
+    """Catalogue codes implemented here, sorted."""
+    return sorted(REGISTRY)
+
+
+# ---- vectorised helpers ---------------------------------------------------------------------------------
+
+def _b(x) -> np.ndarray:
+    """Nullable boolean → numpy bool (NA → False)."""
+    if isinstance(x, np.ndarray):
+        return x.astype(bool)
+    return pd.Series(x).fillna(False).to_numpy(dtype=bool)
+
+
+def _blank(s: pd.Series) -> np.ndarray:
+    if s.dtype.kind in "Mm" or str(s.dtype).startswith(("Int", "int", "float")):
+        return s.isna().to_numpy()
+    return s.isna().to_numpy() | _b(s.str.strip() == "")
+
+
+def _set(ds: Dataset, table: str, col: str, value) -> None:
+    df = ds.tables[table]
+    if df[col].dtype.kind == "M":
+        df[col] = df[col].astype(object)
+        df.loc[0, col] = value
+        df[col] = pd.to_datetime(df[col], errors="coerce").astype("datetime64[s]")
+    elif str(df[col].dtype) == "Int64":
+        df[col] = df[col].astype(object)
+        df.loc[0, col] = value
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    else:
+        df[col] = df[col].astype(object)
+        df.loc[0, col] = value
+        df[col] = df[col].astype("string[pyarrow]")
+
+
+def _setter(table: str, col: str, value) -> Breaker:
+    return lambda ds: _set(ds, table, col, value)
+
+
+def _lookup(keys: pd.Series, parent: pd.DataFrame, key: str, col: str) -> pd.Series:
+    """``parent[col]`` for each key (first match), aligned with ``keys``."""
+    p = parent.drop_duplicates(key)
+    idx = pd.Index(p[key]).get_indexer(keys)
+    vals = p[col].to_numpy()
+    out = pd.Series(vals[np.where(idx < 0, 0, idx)] if len(vals) else np.full(len(keys), None), index=keys.index)
+    out[idx < 0] = None
+    return out.astype(parent[col].dtype) if len(vals) else out
+
+
+def _period_start(ds: Dataset) -> pd.Timestamp:
+    return pd.Timestamp(ds.period.first)
+
+
+def _period_end(ds: Dataset) -> pd.Timestamp:
+    """Last day of the period (inclusive), as the data set's date columns are dates."""
+    return pd.Timestamp(ds.period.last)
+
+
+def blank(code: str, table: str, col: str) -> Rule:
+    return _register(Rule(code, table, lambda ds: _blank(ds.tables[table][col]), _setter(table, col, None)))
+
+
+def fmt(code: str, table: str, col: str, regex: str, bad_value: str) -> Rule:
+    """Populated but not matching ``regex`` (the data dictionary's format for the item)."""
+    def check(ds: Dataset) -> np.ndarray:
+        s = ds.tables[table][col]
+        if s.dtype.kind in "M":
+            return np.zeros(len(s), bool)
+        s = s.astype("string[pyarrow]") if str(s.dtype) != "string" else s
+        return ~_blank(s) & ~_b(s.str.fullmatch(regex))
+    return _register(Rule(code, table, check, _setter(table, col, bad_value)))
+
+
+def one_of(code: str, table: str, col: str, allowed, bad_value: str) -> Rule:
+    allowed = list(allowed)
+    return _register(Rule(code, table, lambda ds: ~_blank(ds.tables[table][col]) &
+                          ~ds.tables[table][col].isin(allowed).to_numpy(dtype=bool),
+                          _setter(table, col, bad_value)))
+
+
+def custom(code: str, table: str, check: Check, bad: Breaker, *, file_level: bool = False) -> Rule:
+    return _register(Rule(code, table, check, bad, file_level))
+
+
+# ---- formats and code lists (IAPT v2 data dictionary) ---------------------------------------------------
+
+ORG = r"[A-Z0-9]{3,5}"             # ODS organisation / commissioner / provider code
+GMP = r"[A-Z][0-9]{5}"             # General Medical Practice code
+ID20 = r"[!-~][ -~]{0,19}"         # an20 identifiers: printable ASCII, first not a space
+POSTCODE = r"[A-Z]{1,2}[0-9][A-Z0-9]? [0-9][A-Z]{2}"
+NHS_STATUS = [f"{i:02d}" for i in range(1, 9)]
+GENDER = ["1", "2", "9", "X"]
+ETHNIC = [*"ABCDEFGHJKLMNPRSZ", "99"]
+ATTEND = ["2", "3", "4", "5", "6", "7"]
+APP_TYPE = ["01", "02", "03", "04", "05", "06", "07"]
+CONS_MECH = ["01", "02", "04", "05", "06", "98"]
+FIND_SCHEME = ["01", "02", "03", "04", "05", "06"]
+ICD10 = r"[A-Z][0-9]{2}(\.[0-9X]{1,2})?"
+SNOMED_RE = r"[0-9]{6,18}"
+TOOLS = list(SCORE_RANGES)
+EARLIEST_BIRTH = pd.Timestamp("1890-01-01")
+
+H, MPI, GP, REF, CC, ACT = ("IDS000Header", "IDS001MPI", "IDS002GP", "IDS101Referral", "IDS201CareContact",
+                            "IDS202CareActivity")
+PRES, A606, A607 = "IDS603PresentingComplaints", "IDS606CodedScoreAssessmentRefer", "IDS607CodedScoreAssessmentAct"
+
+
+# ---- IDS000 header --------------------------------------------------------------------------------------
+blank("IDS00001", H, "DatSetVer")
+custom("IDS00003", H, lambda ds: ~_blank(ds.tables[H]["DatSetVer"]) &
+       ~ds.tables[H]["DatSetVer"].isin(list(VERSIONS)).to_numpy(dtype=bool), _setter(H, "DatSetVer", "9.9"))
+fmt("IDS00004", H, "DatSetVer", r"[0-9]{1,2}\.[0-9]{1,2}", "two")
+blank("IDS00028", H, "OrgIDProv")
+fmt("IDS00029", H, "OrgIDProv", ORG, "not a code")
+blank("IDS00031", H, "OrgIDSubmit")
+fmt("IDS00032", H, "OrgIDSubmit", ORG, "not a code")
+blank("IDS00012", H, "PrimSystemInUse")
+fmt("IDS00013", H, "PrimSystemInUse", r"[ -~]{1,50}", "x" * 60)
+blank("IDS00014", H, "ReportingPeriodStartDate")
+custom("IDS00016", H, lambda ds: _b(ds.tables[H]["ReportingPeriodStartDate"] != _period_start(ds)),
+       _setter(H, "ReportingPeriodStartDate", "1999-01-01"))
+blank("IDS00017", H, "ReportingPeriodEndDate")
+custom("IDS00019", H, lambda ds: _b(ds.tables[H]["ReportingPeriodEndDate"] != _period_end(ds)),
+       _setter(H, "ReportingPeriodEndDate", "1999-01-31"))
+blank("IDS00020", H, "DateTimeDatSetCreate")
+custom("IDS00027", H, lambda ds: _b(ds.tables[H]["DateTimeDatSetCreate"] >
+                                    pd.Timestamp(dt.datetime.now(dt.UTC).replace(tzinfo=None)) + pd.Timedelta(hours=1)),
+       _setter(H, "DateTimeDatSetCreate", "2999-01-01 00:00:00"))
+
+# ---- file rules -----------------------------------------------------------------------------------------
+
+
+def _structure(ds: Dataset) -> bool:
+    return any(name not in ds.tables or [c for c in ds.tables[name].columns if c != "_rid"] != cols
+               for name, cols in COLUMNS.items())
+
+
+def _drop_col(ds: Dataset) -> None:
+    ds.tables[MPI] = ds.tables[MPI].drop(columns=["Gender"])
+
+
+def _empty(table: str) -> Breaker:
+    return lambda ds: ds.tables.__setitem__(table, ds.tables[table].iloc[0:0])
+
+
+custom("IDSREJ001", "FILE", _structure, _drop_col, file_level=True)
+custom("IDSREJ002", "FILE", lambda ds: len(ds.tables[H]) == 0, _empty(H), file_level=True)
+custom("IDSREJ003", "FILE", lambda ds: len(ds.tables[MPI]) == 0, _empty(MPI), file_level=True)
+custom("IDSREJ004", "FILE", lambda ds: len(ds.tables[REF]) == 0, _empty(REF), file_level=True)
+custom("IDSREJ005", "FILE", lambda ds: len(ds.tables[GP]) == 0, _empty(GP), file_level=True)
+custom("IDSREJ015", "FILE", lambda ds: len(ds.tables[H]) != 1,
+       lambda ds: ds.tables.__setitem__(H, pd.concat([ds.tables[H]] * 2, ignore_index=True)), file_level=True)
+
+
+def _in_period_records(ds: Dataset) -> bool:
+    """IDSREJ012: nothing in the file is for the period (no referral open in it, no contact in it)."""
+    ref = ds.tables[REF]
+    open_ref = (_b(ref["ReferralRequestReceivedDate"] <= _period_end(ds)) &
+                ~_b(ref["ServDischDate"] < _period_start(ds)))
+    return not open_ref.any()
+
+
+custom("IDSREJ012", "FILE", _in_period_records,
+       lambda ds: ds.tables.__setitem__(REF, ds.tables[REF].assign(
+           ReferralRequestReceivedDate=pd.Timestamp("2000-01-01"), ServDischDate=pd.Timestamp("2000-01-02"))),
+       file_level=True)
+
+# The reject-file checks that single out records: screened record by record so the rest can go.
+
+
+def nhs_invalid(s: pd.Series) -> np.ndarray:
+    """True where a populated NHS number is not a valid one (format, check digit, mirrored, all zeros).
+
+    Pure integer arithmetic over the column: no per-row Python (cf. ``records.nhs_numbers.valid_mask``).
+    """
+    present = ~_blank(s)
+    ten = _b(s.str.fullmatch(r"[0-9]{10}"))
+    out = present.copy()
+    if not ten.any():
+        return out
+    v = s[ten].astype("int64").to_numpy()
+    d = (v[:, None] // (10 ** np.arange(9, -1, -1))) % 10
+    total = d[:, :9] @ np.arange(10, 1, -1)
+    check = 11 - total % 11
+    check = np.where(check == 11, 0, check)
+    mirrored = (d[:, :5] == d[:, :4:-1]).all(axis=1)
+    ok = (check != 10) & (check == d[:, 9]) & ~mirrored & (v != 0)
+    out[ten] = ~ok
+    return out
+
+
+custom("IDSREJ006", MPI, lambda ds: nhs_invalid(ds.tables[MPI]["NHSNumber"]), _setter(MPI, "NHSNumber", "9990000019"))
+fmt("IDSREJ007", MPI, "Postcode", POSTCODE, "LS11AB")
+custom("IDSREJ008", MPI, lambda ds: _b(ds.tables[MPI]["PersonBirthDate"] > _period_end(ds)) |
+       _b(ds.tables[MPI]["PersonBirthDate"] < EARLIEST_BIRTH), _setter(MPI, "PersonBirthDate", "2999-01-01"))
+
+
+def _dup(table: str, cols: list[str]) -> Check:
+    def check(ds: Dataset) -> np.ndarray:
+        df = ds.tables[table]
+        key = df[cols]
+        present = ~np.logical_or.reduce([_blank(df[c]) for c in cols]) if len(cols) == 1 else np.ones(len(df), bool)
+        return present & df.duplicated(cols, keep=False).to_numpy() if len(key) else np.zeros(0, bool)
+    return check
+
+
+def _copy_row1_to_row0(table: str, cols: list[str]) -> Breaker:
+    def bad(ds: Dataset) -> None:
+        df = ds.tables[table]
+        for c in cols:
+            df[c] = df[c].astype(object)
+            df.loc[0, c] = df.loc[1, c]
+            df[c] = df[c].astype("string[pyarrow]")
+    return bad
+
+
+custom("IDSREJ009", MPI, _dup(MPI, ["NHSNumber"]), _copy_row1_to_row0(MPI, ["NHSNumber"]))
+custom("IDSREJ010", MPI, _dup(MPI, ["LocalPatientId"]), _copy_row1_to_row0(MPI, ["LocalPatientId"]))
+
+# ---- IDS001 MPI -----------------------------------------------------------------------------------------
+blank("IDS00101", MPI, "LocalPatientId")
+fmt("IDS00102", MPI, "LocalPatientId", ID20, "X" * 21)
+blank("IDS00151", MPI, "OrgIDLocalPatientId")
+fmt("IDS00152", MPI, "OrgIDLocalPatientId", ORG, "bad code!")
+custom("IDS00153", MPI, lambda ds: ~_blank(ds.tables[MPI]["OrgIDLocalPatientId"]) & _b(
+    ds.tables[MPI]["OrgIDLocalPatientId"] != (ds.tables[H]["OrgIDProv"].iloc[0] if len(ds.tables[H]) else "")),
+    _setter(MPI, "OrgIDLocalPatientId", "ZZZ99"))
+blank("IDS00111", MPI, "NHSNumber")
+fmt("IDS00115", MPI, "NHSNumberStatus", r"[0-9]{2}", "1")
+one_of("IDS00116", MPI, "NHSNumberStatus", NHS_STATUS, "42")
+custom("IDS00117", MPI, lambda ds: ~_blank(ds.tables[MPI]["NHSNumber"]) & _b(ds.tables[MPI]["NHSNumberStatus"] == "07"),
+       _setter(MPI, "NHSNumberStatus", "07"))
+blank("IDS00162", MPI, "NHSNumberStatus")
+custom("IDS00118", MPI, lambda ds: _blank(ds.tables[MPI]["NHSNumber"]) & _blank(ds.tables[MPI]["NHSNumberStatus"]),
+       lambda ds: (_set(ds, MPI, "NHSNumber", None), _set(ds, MPI, "NHSNumberStatus", None)))
+custom("IDS00161", MPI, lambda ds: _blank(ds.tables[MPI]["NHSNumber"]) &
+       ds.tables[MPI]["NHSNumberStatus"].isin(["01", "02"]).to_numpy(dtype=bool),
+       lambda ds: (_set(ds, MPI, "NHSNumber", None), _set(ds, MPI, "NHSNumberStatus", "01")))
+blank("IDS00120", MPI, "PersonBirthDate")
+blank("IDS00123", MPI, "Postcode")
+blank("IDS00129", MPI, "Gender")
+fmt("IDS00130", MPI, "Gender", r"[0-9X]", "MM")
+one_of("IDS00131", MPI, "Gender", GENDER, "7")
+fmt("IDS00132", MPI, "EthnicCategory", r"[A-Z]{1,2}|[0-9]{2}", "a1")
+one_of("IDS00133", MPI, "EthnicCategory", ETHNIC, "Q")
+
+# ---- IDS002 GP ------------------------------------------------------------------------------------------
+custom("IDS00220", GP, lambda ds: ~ds.tables[GP]["LocalPatientId"].isin(ds.tables[MPI]["LocalPatientId"])
+       .to_numpy(dtype=bool), _setter(GP, "LocalPatientId", "NOPATIENT"))
+custom("IDS00221", GP, _dup(GP, ["LocalPatientId", "GMPCodeReg", "StartDateGMPRegistration"]),
+       lambda ds: ds.tables.__setitem__(GP, pd.concat([ds.tables[GP].iloc[[0]], ds.tables[GP]], ignore_index=True)))
+custom("IDS00222", GP, lambda ds: ds.tables[GP]["EndDateGMPRegistration"].isna().to_numpy() &
+       ds.tables[GP].duplicated("LocalPatientId", keep=False).to_numpy() &
+       ~ds.tables[GP].duplicated(["LocalPatientId", "GMPCodeReg", "StartDateGMPRegistration"], keep=False).to_numpy(),
+       lambda ds: ds.tables.__setitem__(GP, pd.concat([ds.tables[GP].iloc[[0]].assign(
+           GMPCodeReg=pd.Series(["B99999"], dtype="string[pyarrow]")), ds.tables[GP]], ignore_index=True)))
+blank("IDS00201", GP, "LocalPatientId")
+fmt("IDS00202", GP, "LocalPatientId", ID20, "X" * 21)
+blank("IDS00203", GP, "GMPCodeReg")
+fmt("IDS00204", GP, "GMPCodeReg", GMP, "12345")
+custom("IDS00211", GP, lambda ds: _b(ds.tables[GP]["StartDateGMPRegistration"] >
+                                    _period_end(ds) + pd.Timedelta(days=1)),
+       _setter(GP, "StartDateGMPRegistration", "2999-01-01"))
+custom("IDS00212", GP, lambda ds: _b(ds.tables[GP]["StartDateGMPRegistration"] < _lookup(
+    ds.tables[GP]["LocalPatientId"], ds.tables[MPI], "LocalPatientId", "PersonBirthDate")),
+    _setter(GP, "StartDateGMPRegistration", "1890-01-02"))
+custom("IDS00214", GP, lambda ds: _b(ds.tables[GP]["EndDateGMPRegistration"] < _period_start(ds)),
+       _setter(GP, "EndDateGMPRegistration", "1990-01-01"))
+custom("IDS00215", GP, lambda ds: _b(ds.tables[GP]["EndDateGMPRegistration"] > _period_end(ds)),
+       _setter(GP, "EndDateGMPRegistration", "2999-01-01"))
+custom("IDS00216", GP, lambda ds: _b(ds.tables[GP]["EndDateGMPRegistration"] <
+                                    ds.tables[GP]["StartDateGMPRegistration"]),
+       lambda ds: (_set(ds, GP, "StartDateGMPRegistration", ds.period.last.isoformat()),
+                   _set(ds, GP, "EndDateGMPRegistration", ds.period.first.isoformat())))
+
+# ---- IDS101 referral ------------------------------------------------------------------------------------
+custom("IDS10101", REF, lambda ds: ~ds.tables[REF]["LocalPatientId"].isin(ds.tables[MPI]["LocalPatientId"])
+       .to_numpy(dtype=bool), _setter(REF, "LocalPatientId", "NOPATIENT"))
+custom("IDS10103", REF, _dup(REF, ["ServiceRequestId"]), _copy_row1_to_row0(REF, ["ServiceRequestId"]))
+blank("IDS10104", REF, "ServiceRequestId")
+fmt("IDS10105", REF, "ServiceRequestId", ID20, "X" * 21)
+blank("IDS10106", REF, "LocalPatientId")
+fmt("IDS10107", REF, "LocalPatientId", ID20, "X" * 21)
+blank("IDS10108", REF, "OrgIDComm")
+fmt("IDS10109", REF, "OrgIDComm", ORG, "bad code!")
+blank("IDS10111", REF, "ReferralRequestReceivedDate")
+custom("IDS10113", REF, lambda ds: _b(ds.tables[REF]["ReferralRequestReceivedDate"] > _period_end(ds)),
+       _setter(REF, "ReferralRequestReceivedDate", "2999-01-01"))
+custom("IDS10140", REF, lambda ds: _b(ds.tables[REF]["ReferralRequestReceivedDate"] < _lookup(
+    ds.tables[REF]["LocalPatientId"], ds.tables[MPI], "LocalPatientId", "PersonBirthDate")),
+    _setter(REF, "ReferralRequestReceivedDate", "1890-01-02"))
+fmt("IDS10117", REF, "SourceOfReferralIAPT", r"[A-Z0-9]{2}", "B")
+fmt("IDS10135", REF, "EndCode", r"[0-9]{2}", "4")
+custom("IDS10137", REF, lambda ds: ds.tables[REF]["ServDischDate"].notna().to_numpy() &
+       _blank(ds.tables[REF]["EndCode"]),
+       lambda ds: (_set(ds, REF, "ServDischDate", ds.period.last.isoformat()), _set(ds, REF, "EndCode", None)))
+custom("IDS10138", REF, lambda ds: ds.tables[REF]["ServDischDate"].isna().to_numpy() &
+       ~_blank(ds.tables[REF]["EndCode"]),
+       lambda ds: (_set(ds, REF, "ServDischDate", None), _set(ds, REF, "EndCode", "46")))
+custom("IDS10128", REF, lambda ds: _b(ds.tables[REF]["ServDischDate"] < ds.tables[REF]["ReferralRequestReceivedDate"]),
+       lambda ds: (_set(ds, REF, "ReferralRequestReceivedDate", ds.period.last.isoformat()),
+                   _set(ds, REF, "ServDischDate", ds.period.first.isoformat()), _set(ds, REF, "EndCode", "46")))
+custom("IDS10139", REF, lambda ds: _b(ds.tables[REF]["ServDischDate"] > _period_end(ds)),
+       lambda ds: (_set(ds, REF, "ServDischDate", "2999-01-01"), _set(ds, REF, "EndCode", "46")))
+
+# ---- IDS201 care contact --------------------------------------------------------------------------------
+custom("IDS20142", CC, lambda ds: ~ds.tables[CC]["ServiceRequestId"].isin(ds.tables[REF]["ServiceRequestId"])
+       .to_numpy(dtype=bool), _setter(CC, "ServiceRequestId", "NOREFERRAL"))
+custom("IDS20143", CC, _dup(CC, ["CareContactId"]), _copy_row1_to_row0(CC, ["CareContactId"]))
+blank("IDS20101", CC, "CareContactId")
+fmt("IDS20102", CC, "CareContactId", ID20, "X" * 21)
+blank("IDS20103", CC, "ServiceRequestId")
+fmt("IDS20104", CC, "ServiceRequestId", ID20, "X" * 21)
+blank("IDS20106", CC, "CareContDate")
+custom("IDS20108", CC, lambda ds: _b(ds.tables[CC]["CareContDate"] > _period_end(ds)),
+       _setter(CC, "CareContDate", "2999-01-01"))
+custom("IDS20170", CC, lambda ds: _b(ds.tables[CC]["CareContDate"] < _period_start(ds)),
+       _setter(CC, "CareContDate", "1999-01-01"))
+custom("IDS20171", CC, lambda ds: _b(ds.tables[CC]["CareContDate"] < _lookup(
+    ds.tables[CC]["ServiceRequestId"], ds.tables[REF], "ServiceRequestId", "ReferralRequestReceivedDate")),
+    lambda ds: (_set(ds, REF, "ReferralRequestReceivedDate", ds.period.last.isoformat()),
+                _set(ds, CC, "ServiceRequestId", ds.tables[REF]["ServiceRequestId"].iloc[0]),
+                _set(ds, CC, "CareContDate", ds.period.first.isoformat())))
+fmt("IDS20109", CC, "CareContTime", r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]", "25:61")
+fmt("IDS20127", CC, "AttendOrDNACode", r"[0-9]", "55")
+one_of("IDS20128", CC, "AttendOrDNACode", ATTEND, "8")
+custom("IDS20114", CC, lambda ds: _b(ds.tables[CC]["ClinContDurOfCareCont"] < 0) |
+       _b(ds.tables[CC]["ClinContDurOfCareCont"] > 9999), _setter(CC, "ClinContDurOfCareCont", -5))
+blank("IDS20154", CC, "AppType")
+fmt("IDS20155", CC, "AppType", r"[0-9]{2}", "1")
+one_of("IDS20156", CC, "AppType", APP_TYPE, "42")
+fmt("IDS20119", CC, "ConsMechanism", r"[0-9]{2}", "1")
+one_of("IDS20120", CC, "ConsMechanism", CONS_MECH, "42")
+
+
+def _dup_attended(ds: Dataset) -> np.ndarray:
+    df = ds.tables[CC]
+    att = df["AttendOrDNACode"].isin(["5", "6"]).to_numpy(dtype=bool)
+    dup = df.duplicated(["ServiceRequestId", "CareContDate", "CareContTime", "AttendOrDNACode"], keep=False).to_numpy()
+    return att & dup
+
+
+def _make_dup_attended(ds: Dataset) -> None:
+    df = ds.tables[CC]
+    row = df.iloc[[0]].assign(CareContactId=pd.Series(["DUPCONTACT"], dtype="string[pyarrow]"),
+                              AttendOrDNACode=pd.Series(["5"], dtype="string[pyarrow]"))
+    _set(ds, CC, "AttendOrDNACode", "5")
+    ds.tables[CC] = pd.concat([ds.tables[CC], row], ignore_index=True)
+
+
+custom("IDS20168", CC, _dup_attended, _make_dup_attended)
+custom("IDS20169", CC, lambda ds: ds.tables[CC]["AttendOrDNACode"].isin(["5", "6"]).to_numpy(dtype=bool) &
+       ~ds.tables[CC]["CareContactId"].isin(ds.tables[ACT]["CareContactId"]).to_numpy(dtype=bool),
+       lambda ds: (_set(ds, CC, "AttendOrDNACode", "5"),
+                   ds.tables.__setitem__(ACT, ds.tables[ACT][ds.tables[ACT]["CareContactId"] !=
+                                                              ds.tables[CC]["CareContactId"].iloc[0]]
+                                         .reset_index(drop=True))))
+
+# ---- IDS202 care activity -------------------------------------------------------------------------------
+custom("IDS20224", ACT, lambda ds: ~ds.tables[ACT]["CareContactId"].isin(ds.tables[CC]["CareContactId"])
+       .to_numpy(dtype=bool), _setter(ACT, "CareContactId", "NOCONTACT"))
+custom("IDS20225", ACT, _dup(ACT, ["CareActId"]), _copy_row1_to_row0(ACT, ["CareActId"]))
+blank("IDS20201", ACT, "CareActId")
+fmt("IDS20202", ACT, "CareActId", ID20, "X" * 21)
+blank("IDS20203", ACT, "CareContactId")
+fmt("IDS20204", ACT, "CareContactId", ID20, "X" * 21)
+fmt("IDS20205", ACT, "CareProfLocalId", ID20, "X" * 21)
+custom("IDS20206", ACT, lambda ds: _b(ds.tables[ACT]["ClinContactDurOfCareAct"] < 0) |
+       _b(ds.tables[ACT]["ClinContactDurOfCareAct"] > 9999), _setter(ACT, "ClinContactDurOfCareAct", -5))
+
+# ---- IDS603 presenting complaints -----------------------------------------------------------------------
+custom("IDS60301", PRES, lambda ds: ~ds.tables[PRES]["ServiceRequestId"].isin(ds.tables[REF]["ServiceRequestId"])
+       .to_numpy(dtype=bool), _setter(PRES, "ServiceRequestId", "NOREFERRAL"))
+custom("IDS60302", PRES, _dup(PRES, ["ServiceRequestId", "PresCompDate", "PresComp"]),
+       lambda ds: ds.tables.__setitem__(PRES, pd.concat([ds.tables[PRES].iloc[[0]], ds.tables[PRES]],
+                                                        ignore_index=True)))
+blank("IDS60303", PRES, "ServiceRequestId")
+fmt("IDS60304", PRES, "ServiceRequestId", ID20, "X" * 21)
+blank("IDS60305", PRES, "FindSchemeInUse")
+fmt("IDS60306", PRES, "FindSchemeInUse", r"[0-9]{2}", "1")
+one_of("IDS60307", PRES, "FindSchemeInUse", FIND_SCHEME, "42")
+blank("IDS60308", PRES, "PresComp")
+fmt("IDS60309", PRES, "PresComp", r"[ -~]{1,20}", "X" * 30)
+custom("IDS60310", PRES, lambda ds: _b(ds.tables[PRES]["FindSchemeInUse"] == "01") &
+       ~_blank(ds.tables[PRES]["PresComp"]) & ~_b(ds.tables[PRES]["PresComp"].str.fullmatch(ICD10)),
+       _setter(PRES, "PresComp", "depression"))
+custom("IDS60314", PRES, lambda ds: _b(ds.tables[PRES]["PresCompDate"] > _period_end(ds)),
+       _setter(PRES, "PresCompDate", "2999-01-01"))
+custom("IDS60316", PRES, lambda ds: _b(ds.tables[PRES]["PresCompDate"] < _lookup(
+    _lookup(ds.tables[PRES]["ServiceRequestId"], ds.tables[REF], "ServiceRequestId", "LocalPatientId"),
+    ds.tables[MPI], "LocalPatientId", "PersonBirthDate")), _setter(PRES, "PresCompDate", "1890-01-02"))
+
+# ---- IDS606 / IDS607 coded scored assessments -----------------------------------------------------------
+
+
+def _score_bad(table: str) -> Check:
+    """Populated, a whole number, but outside the tool's range (PHQ-9 0-27, GAD-7 0-21, WSAS 0-8)."""
+    def check(ds: Dataset) -> np.ndarray:
+        df = ds.tables[table]
+        score = pd.to_numeric(df["PersScore"].astype(object), errors="coerce").to_numpy(dtype=float)
+        tool = df["CodedAssToolType"].astype(object)
+        lo = tool.map({k: v[0] for k, v in SCORE_RANGES.items()}).to_numpy(dtype=float)
+        hi = tool.map({k: v[1] for k, v in SCORE_RANGES.items()}).to_numpy(dtype=float)
+        with np.errstate(invalid="ignore"):
+            return ~np.isnan(score) & ~np.isnan(lo) & ((score < lo) | (score > hi))
+    return check
+
+
+for _t, (c_dup, c_blank_tool, c_fmt_tool, c_ref_tool, c_blank_score, c_fmt_score, c_range) in {
+    A606: ("IDS60616", "IDS60603", "IDS60604", "IDS60613", "IDS60605", "IDS60606", "IDS60615"),
+    A607: ("IDS60709", "IDS60703", "IDS60704", "IDS60710", "IDS60705", "IDS60706", "IDS60711"),
+}.items():
+    key = (["ServiceRequestId", "AssToolCompDate", "AssToolCompTime", "CodedAssToolType"] if _t == A606
+           else ["CareActId", "CodedAssToolType"])
+    custom(c_dup, _t, _dup(_t, key), (lambda t: lambda ds: ds.tables.__setitem__(
+        t, pd.concat([ds.tables[t].iloc[[0]], ds.tables[t]], ignore_index=True)))(_t))
+    blank(c_blank_tool, _t, "CodedAssToolType")
+    fmt(c_fmt_tool, _t, "CodedAssToolType", SNOMED_RE, "PHQ9")
+    one_of(c_ref_tool, _t, "CodedAssToolType", TOOLS, "123456789")
+    blank(c_blank_score, _t, "PersScore")
+    fmt(c_fmt_score, _t, "PersScore", r"[0-9]{1,3}", "1.5")
+    custom(c_range, _t, _score_bad(_t), _setter(_t, "PersScore", "31"))
+
+custom("IDS60612", A606, lambda ds: ~ds.tables[A606]["ServiceRequestId"].isin(ds.tables[REF]["ServiceRequestId"])
+       .to_numpy(dtype=bool), _setter(A606, "ServiceRequestId", "NOREFERRAL"))
+blank("IDS60601", A606, "ServiceRequestId")
+fmt("IDS60602", A606, "ServiceRequestId", ID20, "X" * 21)
+blank("IDS60608", A606, "AssToolCompDate")
+custom("IDS60610", A606, lambda ds: _b(ds.tables[A606]["AssToolCompDate"] > _period_end(ds)),
+       _setter(A606, "AssToolCompDate", "2999-01-01"))
+custom("IDS60618", A606, lambda ds: _b(ds.tables[A606]["AssToolCompDate"] < _period_start(ds)),
+       _setter(A606, "AssToolCompDate", "1999-01-01"))
+custom("IDS60617", A606, lambda ds: _b(ds.tables[A606]["AssToolCompDate"] < _lookup(
+    ds.tables[A606]["ServiceRequestId"], ds.tables[REF], "ServiceRequestId", "ReferralRequestReceivedDate")),
+    lambda ds: (_set(ds, REF, "ReferralRequestReceivedDate", ds.period.last.isoformat()),
+                _set(ds, A606, "ServiceRequestId", ds.tables[REF]["ServiceRequestId"].iloc[0]),
+                _set(ds, A606, "AssToolCompDate", ds.period.first.isoformat())))
+fmt("IDS60614", A606, "AssToolCompTime", r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]", "7pm")
+custom("IDS60708", A607, lambda ds: ~ds.tables[A607]["CareActId"].isin(ds.tables[ACT]["CareActId"])
+       .to_numpy(dtype=bool), _setter(A607, "CareActId", "NOACTIVITY"))
+blank("IDS60701", A607, "CareActId")
+fmt("IDS60702", A607, "CareActId", ID20, "X" * 21)
+
+
+# ---- applying the rules ---------------------------------------------------------------------------------
+
+#: Table → the reject-group code for a record whose parent was removed (see builder.cascade).
+ORPHAN_CODE = {GP: "IDS00220", REF: "IDS10101", MPI: "IDS00146", CC: "IDS20142", PRES: "IDS60301",
+               A606: "IDS60612", ACT: "IDS20224", A607: "IDS60708"}
+#: Reject-file rules that single out records: screened out (quarantined) before writing.
+FILE_RECORD_CODES = ("IDSREJ006", "IDSREJ007", "IDSREJ008", "IDSREJ009", "IDSREJ010")
+
+
+@dataclass
+class ScreenResult:
+    """What screening did: counts per rule, quarantined items, and any file-level failure left."""
+
+    failures: dict[str, int] = field(default_factory=dict)     # code -> failing records (all severities)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    file_failures: list[str] = field(default_factory=list)     # reject-file codes still failing after screening
+    removed: dict[str, int] = field(default_factory=dict)      # table -> records removed
+
+    @property
+    def by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for q in self.quarantined:
+            out[q.reason_code] = out.get(q.reason_code, 0) + 1
+        return dict(sorted(out.items()))
+
+
+def evaluate(ds: Dataset, codes: list[str] | None = None) -> dict[str, np.ndarray | bool]:
+    """Run rules (all by default) without changing anything: code -> mask (record rules) or bool (file)."""
+    return {code: REGISTRY[code].check(ds) for code in (codes or implemented())}
+
+
+def _items(table: str, rids: pd.Series, code: str) -> list[Quarantined]:
+    msg = CATALOGUE[code][2]
+    return [Quarantined(table, str(r), code, msg) for r in rids.tolist()]
+
+
+def screen(ds: Dataset) -> ScreenResult:
+    """Validate ``ds`` and remove, in place, every record that would be rejected; see the module doc."""
+    res = ScreenResult()
+    before = ds.counts()
+    record_rules = [r for r in REGISTRY.values() if not r.file_level]
+    masks = {r.code: np.asarray(r.check(ds), dtype=bool) for r in record_rules}
+    for code, m in masks.items():
+        if m.any():
+            res.failures[code] = int(m.sum())
+    drop_by_table: dict[str, np.ndarray] = {}
+    for r in record_rules:
+        if r.severity == WARNING or not masks[r.code].any():
+            continue
+        m = masks[r.code]
+        res.quarantined += _items(r.table, ds.tables[r.table]["_rid"][m], r.code)
+        drop_by_table[r.table] = drop_by_table.get(r.table, np.zeros(len(m), bool)) | m
+    for table, m in drop_by_table.items():
+        ds.tables[table] = ds.tables[table].loc[~m].reset_index(drop=True)
+    for table, rids in cascade(ds).items():
+        res.quarantined += _items(table, rids, ORPHAN_CODE[table])
+        res.failures[ORPHAN_CODE[table]] = res.failures.get(ORPHAN_CODE[table], 0) + len(rids)
+    for r in REGISTRY.values():
+        if r.file_level and r.check(ds):
+            res.file_failures.append(r.code)
+            res.failures[r.code] = 1
+    if before.get(MPI) and not len(ds.tables[MPI]):
+        res.file_failures.append("IDSREJ101")
+        res.failures["IDSREJ101"] = 1
+    for code in FILE_RECORD_CODES:  # must hold after screening, or the file would be rejected
+        if np.asarray(REGISTRY[code].check(ds)).any():  # pragma: no cover - screening removed them
+            res.file_failures.append(code)
+    after = ds.counts()
+    res.removed = {t: before[t] - after.get(t, 0) for t in before if before[t] != after.get(t, 0)}
+    return res
+
+
+def failure_counts_by_severity(failures: dict[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for code, n in failures.items():
+        sev = CATALOGUE.get(code, ("?",))[0]
+        out[sev] = out.get(sev, 0) + n
+    return out

@@ -1,0 +1,146 @@
+"""Which opt-outs apply to the monthly data set's outputs, and the statement each run writes about them.
+
+Outputs of the ``monthly_dataset`` flow and the rule for each (DESIGN.md, "Which opt-out applies where"):
+
+* **mandated submission** (IAPT / NHS Talking Therapies data set to NHS England): required by law (Data
+  Provision Notice under s259(5) Health and Social Care Act 2012). The national data opt-out does NOT apply
+  to data required by law, and since 1 September 2020 patients cannot opt out of this data set
+  specifically: NDOP patients are KEPT. NHS England applies the opt-out downstream.
+* **pre-September-2020 objection** (data set v1.5): a patient who asked, before 1 September 2020, not to be
+  included in national analyses. Configurable (:class:`Pre2020Rule`): by default the objection is honoured
+  for referrals received before 1 September 2020 (the referral it was given in, including referrals
+  spanning the change, per the transition guidance) and not for later referrals.
+* **commissioner / local planning extract**: not required by law, not direct care: the national data
+  opt-out APPLIES; patients whose status is unknown (no valid NHS number, or no reply yet) are left out too.
+
+Every run writes :func:`statement` (rule → output → counts) beside its outputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+
+import numpy as np
+import pandas as pd
+
+from caldicott.dataset.builder import Dataset, drop
+
+CUTOVER = dt.date(2020, 9, 1)
+
+
+class Pre2020Rule(StrEnum):
+    REFERRALS_BEFORE_CUTOVER = "referrals_before_cutover"   # default: honour it for referrals before 1 Sep 2020
+    WHOLE_PATIENT = "whole_patient"                           # leave the patient out of every submission
+    IGNORE = "ignore"                                         # submit everything (legal advice says so)
+
+
+MANDATED = "mandated_submission"
+PLANNING = "commissioner_extract"
+
+RULES = {
+    "ndop_not_applied_required_by_law": {
+        "output": MANDATED,
+        "why": "Required by law (Data Provision Notice, s259(5) Health and Social Care Act 2012); the national "
+               "data opt-out does not apply to data required by law. NHS England applies it downstream.",
+    },
+    "pre2020_dataset_objection": {
+        "output": MANDATED,
+        "why": "Before 1 September 2020 (data set v1.5) patients could ask not to be included in national "
+               "analyses; the configured mode says which of their referrals are left out.",
+    },
+    "ndop_applied": {
+        "output": PLANNING,
+        "why": "Planning extract under a sharing agreement: not required by law and not direct care, so the "
+               "national data opt-out applies (checked with NHS England over MESH, SPINE_NTT_UPHOLDING).",
+    },
+    "ndop_status_unknown_excluded": {
+        "output": PLANNING,
+        "why": "A patient whose opt-out status could not be checked (no valid NHS number, no reply) is left out.",
+    },
+}
+
+
+def apply_pre2020(ds: Dataset, patients: pd.DataFrame, mode: Pre2020Rule | str) -> dict:
+    """Remove, in place, what the pre-2020 objection rule excludes; return counts (no ids)."""
+    mode = Pre2020Rule(mode)
+    if mode == Pre2020Rule.IGNORE or "dataset_objection_pre2020" not in patients:
+        return {"mode": mode.value, "patients": 0, "referrals": 0}
+    obj = patients["dataset_objection_pre2020"].fillna(False).astype(bool).to_numpy()
+    when = pd.to_datetime(patients.get("dataset_objection_date"), errors="coerce")
+    before = (when < pd.Timestamp(CUTOVER)).fillna(True).to_numpy() if when is not None else np.ones(len(obj), bool)
+    objectors = pd.Index(patients["local_patient_id"][obj & before].astype(str))
+    ref = ds.tables["IDS101Referral"]
+    mine = ref["LocalPatientId"].isin(objectors).to_numpy(dtype=bool).copy()
+    if mode == Pre2020Rule.REFERRALS_BEFORE_CUTOVER:
+        mine &= (ref["ReferralRequestReceivedDate"] < pd.Timestamp(CUTOVER)).to_numpy(dtype=bool)
+    removed = drop(ds, "IDS101Referral", ref["_rid"][mine])
+    return {"mode": mode.value, "patients": len(removed.get("IDS001MPI", [])),
+            "referrals": int(mine.sum()), "records_removed": {k: len(v) for k, v in removed.items()}}
+
+
+def planning_extract(ds: Dataset, *, org_provider: str) -> pd.DataFrame:
+    """The commissioner / local planning extract: one row per referral, no direct identifiers.
+
+    Carries the NHS number only in a column the caller drops after the opt-out filter (``_nhs``).
+    """
+    ref = ds.tables["IDS101Referral"]
+    mpi = ds.tables["IDS001MPI"].drop_duplicates("LocalPatientId").set_index("LocalPatientId")
+    cc = ds.tables["IDS201CareContact"]
+    attended = cc["AttendOrDNACode"].isin(["5", "6"]).to_numpy(dtype=bool)
+    per_ref = cc.assign(att=attended).groupby("ServiceRequestId", observed=True)["att"].agg(["size", "sum"])
+    birth = ref["LocalPatientId"].map(mpi["PersonBirthDate"])
+    age = ((pd.Timestamp(ds.period.first) - pd.to_datetime(birth)).dt.days // 365.25)
+    band = pd.cut(age, [0, 18, 25, 35, 45, 55, 65, 200], right=False,
+                  labels=["<18", "18-24", "25-34", "35-44", "45-54", "55-64", "65+"]).astype(str)
+    out = pd.DataFrame({
+        "ReportingPeriod": ds.period.key, "OrgIDProv": org_provider, "OrgIDComm": ref["OrgIDComm"].to_numpy(),
+        "ServiceRequestId": ref["ServiceRequestId"].to_numpy(),
+        "ReferralReceivedMonth": ref["ReferralRequestReceivedDate"].dt.strftime("%Y-%m").to_numpy(),
+        "SourceOfReferralIAPT": ref["SourceOfReferralIAPT"].to_numpy(),
+        "Discharged": ref["ServDischDate"].notna().to_numpy(), "EndCode": ref["EndCode"].to_numpy(),
+        "AgeBand": band.to_numpy(), "Gender": ref["LocalPatientId"].map(mpi["Gender"]).to_numpy(),
+        "EthnicCategory": ref["LocalPatientId"].map(mpi["EthnicCategory"]).to_numpy(),
+        "ContactsInMonth": ref["ServiceRequestId"].map(per_ref["size"]).fillna(0).astype(int).to_numpy(),
+        "AttendedInMonth": ref["ServiceRequestId"].map(per_ref["sum"]).fillna(0).astype(int).to_numpy(),
+        "_nhs": ref["LocalPatientId"].map(mpi["NHSNumber"]).to_numpy(),
+    })
+    return out
+
+
+def apply_ndop(extract: pd.DataFrame, opted_out: set[str],
+               checked: set[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Drop opted-out patients (and those whose status is unknown) from the planning extract."""
+    from caldicott.policy.ndop import filter_opted_out
+
+    nhs = extract["_nhs"].astype(object)
+    before = len(extract)
+    kept = filter_opted_out(extract, "_nhs", opted_out)
+    n_out = before - len(kept)
+    unknown = kept["_nhs"].isna().to_numpy().copy()
+    if checked is not None:
+        unknown |= ~kept["_nhs"].isin(list(checked)).to_numpy(dtype=bool)
+    kept = kept.loc[~unknown]
+    counts = {"rows_before": before, "removed_ndop": n_out, "removed_unknown": int(unknown.sum()),
+              "rows_after": len(kept), "patients_opted_out": len(set(nhs.dropna()) & opted_out)}
+    return kept.drop(columns=["_nhs"]).reset_index(drop=True), counts
+
+
+def statement(period_key: str, *, mandated_counts: dict, pre2020: dict, ndop_in_mandated: int,
+              planning: dict | None, ndop_source: str) -> dict:
+    """The opt-out statement for a run: which rule applied to which output, with counts (no patient data)."""
+    applied = [
+        {"rule": "ndop_not_applied_required_by_law", "output": MANDATED, **RULES["ndop_not_applied_required_by_law"],
+         "counts": {"ndop_patients_kept_in_submission": ndop_in_mandated}},
+        {"rule": "pre2020_dataset_objection", "output": MANDATED, **RULES["pre2020_dataset_objection"],
+         "counts": pre2020},
+    ]
+    if planning is not None:
+        applied += [
+            {"rule": "ndop_applied", "output": PLANNING, **RULES["ndop_applied"],
+             "counts": {k: planning[k] for k in ("rows_before", "removed_ndop", "rows_after")}},
+            {"rule": "ndop_status_unknown_excluded", "output": PLANNING, **RULES["ndop_status_unknown_excluded"],
+             "counts": {"removed_unknown": planning["removed_unknown"]}},
+        ]
+    return {"reporting_period": period_key, "ndop_check": ndop_source, "outputs": {MANDATED: mandated_counts},
+            "rules": applied}
