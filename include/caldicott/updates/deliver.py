@@ -26,7 +26,7 @@ from caldicott.policy.referrer_updates import COLUMN_SET, FLOW, ContractOptions,
 from caldicott.records import schema
 from caldicott.records.queries import read
 from caldicott.state.quarantine import quarantine
-from caldicott.transport.base import Outbound, Sender
+from caldicott.transport.base import Outbound, Sender, TransportError
 from caldicott.transport.ledger import DONE, Intent, Ledger, item_id
 from caldicott.updates import build
 
@@ -107,8 +107,9 @@ def _package(options: ContractOptions, contract: dict, kind: str, period: str, d
             held[iid] = f"referrer certificate unusable: {exc}"
     headers = {"filename": file_name(options.contract_id, kind, period, encrypted=encrypted),
                "column_set": COLUMN_SET, "kind": kind}
-    if options.transport == "mesh":
-        headers["mesh_workflow"] = str(contract.get("mesh_workflow") or "")
+    headers["content_type"] = "application/pkcs7-mime" if encrypted else "text/csv"
+    if options.transport == "mesh":  # the names caldicott.transport.mesh.MeshSender reads
+        headers["workflow_id"] = str(contract.get("mesh_workflow") or "")
     address = str(contract.get("remote_path") or "") if options.transport == "sftp" else str(
         contract.get("mesh_mailbox") or "")
     return Outbound(item_id=iid, purpose=Purpose.REFERRER_UPDATE, recipient=options.contract_id,
@@ -165,7 +166,7 @@ def deliver_contract(records: Engine, state: Engine, contract_id: str, first: dt
     ledger.record_intent(Intent(i.item_id, FLOW, Purpose.REFERRER_UPDATE.value, item_runs[i.item_id],
                                 options.contract_id, options.transport, batch_id=options.contract_id)
                          for i in items)
-    sender = None if len(held) == len(items) else sender_factory(options, contract)
+    sender = None if len(held) == len(items) else _sender(sender_factory, options, contract)
     if sender is None:
         for i in items:
             held.setdefault(i.item_id, f"not delivered: transport not available ({options.transport})")
@@ -211,6 +212,17 @@ def deliver_contract(records: Engine, state: Engine, contract_id: str, first: dt
                 f"contract {options.contract_id}: {len(errors)} file(s) not delivered: {errors[0]}",
                 retryable=retryable)
     return result
+
+
+def _sender(factory: SenderFactory, options: ContractOptions, contract: dict) -> Sender | None:
+    """The contract's sender; a configuration problem becomes a ContractDeliveryError naming the contract."""
+    try:
+        return factory(options, contract)
+    except TransportError as exc:
+        raise ContractDeliveryError(f"contract {options.contract_id}: {exc}", retryable=exc.retryable) from None
+    except Exception as exc:  # e.g. the connection is not defined (or the secrets backend is down)
+        raise ContractDeliveryError(
+            f"contract {options.contract_id}: transport not configured ({type(exc).__name__})") from None
 
 
 def summarise(results: list[dict]) -> dict:
