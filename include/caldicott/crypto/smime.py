@@ -40,9 +40,9 @@ def _cert(pem: str | bytes) -> x509.Certificate:
 def open_envelope(message: bytes, certificate_pem: str | bytes, key_pem: str | bytes) -> bytes:
     """The recipient's side: decrypt an S/MIME message (outer headers allowed) to its MIME entity."""
     return pkcs7.pkcs7_decrypt_smime(message, _cert(certificate_pem), load_private_key(key_pem),
-                                     [pkcs7.PKCS7Options.Binary])
+                                     [])
 
 
 def open_der(der: bytes, certificate_pem: str | bytes, key_pem: str | bytes) -> bytes:
     return pkcs7.pkcs7_decrypt_der(der, _cert(certificate_pem), load_private_key(key_pem),
-                                   [pkcs7.PKCS7Options.Binary])
+                                   [])
