@@ -10,6 +10,8 @@ has to hold the record back.
 * **Reads:** connection `caldicott_records` (read-only). **Writes:** connection `caldicott_state`.
 * **XCom / logs:** counts per reason code only. Find the records with the runbook's quarantine query.
 * **Safe to re-run:** findings are keyed by (run, record, reason); a re-run adds nothing.
+* **Deadline:** on-call staff are alerted if a day's scan has not finished by 06:00 London, before the
+  day's flows start (a manual re-run of a past day alerts at once: its deadline has passed).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
+from caldicott_airflow.deadlines import daily_finish_by
 
 
 @dag(
@@ -28,6 +31,7 @@ from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
     doc_md=__doc__,
     tags=[*COMMON_TAGS, "data-quality"],
     default_args=default_args(),
+    deadline=daily_finish_by(hour=6, name="records_quality not finished by 06:00"),
 )
 def records_quality():
     @task

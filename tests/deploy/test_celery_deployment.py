@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -66,6 +69,29 @@ def redis_queue():
         client.close()
     except Exception as exc:  # cleanup is best effort; the db number is ours alone
         print(f"redis cleanup: {type(exc).__name__}")
+
+
+class _Alerts(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.server.alerts.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def oncall_webhook():
+    """A webhook receiver on loopback standing in for the on-call paging integration."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Alerts)
+    server.alerts = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/oncall", server.alerts
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class Workers:
@@ -129,7 +155,8 @@ def test_celery_executor_imports():
         pytest.fail(f"CeleryExecutor cannot load with celery {celery.__version__}: {exc}; pin celery==5.6.3")
 
 
-def test_records_quality_runs_on_celery_workers(tmp_path, pg_url, redis_queue):
+def test_records_quality_runs_on_celery_workers(tmp_path, pg_url, redis_queue, oncall_webhook):
+    webhook_url, alerts = oncall_webhook
     ws = Workspace(tmp_path / "workspace")
     seed(ws, patients=200, seed_value=3)
     migrate(make_engine(sqlite_url(ws.state_db)))
@@ -144,11 +171,12 @@ def test_records_quality_runs_on_celery_workers(tmp_path, pg_url, redis_queue):
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": redis_queue,
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
             "AIRFLOW__CORE__PARALLELISM": "2",
+            "CALDICOTT_ONCALL_WEBHOOK": webhook_url,
         })
     migrate_metadata(env)
 
     workers = Workers(env, redis_queue, tmp_path / "airflow" / "stack-logs")
-    stack = AirflowStack(env, components=("api-server", "scheduler", "dag-processor"))
+    stack = AirflowStack(env, components=("api-server", "scheduler", "dag-processor", "triggerer"))
     try:
         workers.start()
         stack.start(timeout=300)
@@ -175,6 +203,15 @@ def test_records_quality_runs_on_celery_workers(tmp_path, pg_url, redis_queue):
         counts = stack.xcom("records_quality", run_id, "scan_records")
         assert counts and counts["quarantined"] == sum(counts_by_reason(
             make_engine(sqlite_url(ws.state_db)), "records_quality", "2026-11-01").values())
+        # records_quality carries a 06:00 deadline; this run's logical date is long past, so the scheduler
+        # marks it missed and the triggerer runs the callback from plugins/: an alert reaches the webhook.
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not any(a.get("run_id") == run_id for a in alerts):
+            time.sleep(2)
+        missed = [a for a in alerts if a.get("run_id") == run_id]
+        assert missed, "no deadline alert reached the on-call webhook"
+        assert missed[0]["kind"] == "deadline_missed" and missed[0]["dag_id"] == "records_quality"
+        assert missed[0]["alert"] == "records_quality not finished by 06:00"
     finally:
         try:
             stack.stop()
