@@ -25,6 +25,14 @@ POSTCODE = re.compile(r"\b[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}\b", re.I)
 PATIENTISH_KEY = re.compile(r"(?i)nhs|given|family|surname|first_?name|last_?name|patient_name|birth|dob|"
                             r"postcode|address|email|phone")
 
+# Tasks allowed fewer than one retry, each with its reason. Keep this short: a retry is what saves
+# on-call staff from being paged for a transient fault.
+RETRIES_EXEMPT = {
+    # Fails on purpose (AirflowFailException, which never retries anyway) to alert on missing GP acks.
+    # Dropping retries=0 there would let transient MESH errors retry, and this entry could go.
+    ("gp_letters", "check_acks"): "deliberate alerting failure",
+}
+
 
 @pytest.fixture(scope="module")
 def dagbag():
@@ -63,7 +71,8 @@ def test_dag_policy(dagbag, path):
         for task in dag.tasks:
             where = f"{dag.dag_id}.{task.task_id}"
             assert task.owner and task.owner != "airflow", f"{where}: owner must be set (not 'airflow')"
-            assert task.retries >= 1, f"{where}: retries must be >= 1"
+            if (dag.dag_id, task.task_id) not in RETRIES_EXEMPT:
+                assert task.retries >= 1, f"{where}: retries must be >= 1"
             callbacks = task.on_failure_callback or []
             if not isinstance(callbacks, list | tuple):
                 callbacks = [callbacks]
