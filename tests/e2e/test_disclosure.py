@@ -1,0 +1,138 @@
+"""The disclosure_request DAG through a real scheduler: approved over REST by an assigned service manager,
+refused, timed out (escalated, then refused), and a user who is not an assigned approver cannot answer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import sqlite3
+import time
+import zipfile
+
+import pytest
+from caldicott.crypto.cms import decrypt_file
+from caldicott.crypto.keys import make_identity
+from caldicott.db import make_engine, sqlite_url
+from caldicott.disclosure import register
+
+pytestmark = pytest.mark.e2e
+
+DAG_ID = "disclosure_request"
+TASK = "approve_disclosure"
+
+
+def wait_task_state(stack, run_id: str, task_id: str, want: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = stack.task_states(DAG_ID, run_id)
+        if states.get(task_id) == want:
+            return
+        if stack.run_state(DAG_ID, run_id) in ("failed", "success"):
+            break
+        time.sleep(2)
+    raise AssertionError(f"{task_id} never reached {want}: {states}")
+
+
+def request_conf(e2e, reference: str, cert_pem: bytes, **over) -> dict:
+    db = sqlite3.connect(e2e.workspace.records_db)
+    pid, first, last = db.execute(
+        "SELECT r.local_patient_id, MIN(c.contact_at), MAX(c.contact_at) FROM referral r "
+        "JOIN care_contact c ON c.service_request_id = r.service_request_id "
+        "GROUP BY r.local_patient_id ORDER BY COUNT(*) DESC LIMIT 1").fetchone()
+    conf = {"request_type": "court_order", "reference": reference, "requester_organisation": "Oxford Crown Court",
+            "requester_person": "Clerk to the court", "authority_check": "sealed order seen; court office called",
+            "purpose": "criminal trial", "necessity": "ordered by the judge", "legal_basis": "court_order",
+            "local_patient_id": pid, "categories": ["demographics", "appointments", "clinical_notes"],
+            "date_from": first[:10], "date_to": last[:10], "urgency": "urgent",
+            "consent_status": "not_sought", "recipient_certificate_pem": cert_pem.decode(),
+            "approval_timeout_minutes": 30}
+    conf.update(over)
+    return conf
+
+
+def answer(stack, run_id: str, user: str, option: str, **form) -> tuple[int, dict]:
+    params = {"reasons": "", "legal_basis_confirmed": False, "tell_patient": True, "not_told_reason": "n/a",
+              "consulted": ""}
+    params.update(form)
+    return stack.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{TASK}/-1/hitlDetails",
+                     {"chosen_options": [option], "params_input": params}, user=user)
+
+
+def test_disclosures_approved_refused_timed_out(e2e):
+    stack = e2e.stack
+    ident = make_identity("Oxford Crown Court")
+    now = dt.datetime.now(dt.UTC)
+    runs = {
+        "approve": stack.trigger(DAG_ID, now, request_conf(e2e, "E2E-APPROVE", ident.cert_pem)),
+        "refuse": stack.trigger(DAG_ID, now + dt.timedelta(seconds=1),
+                                request_conf(e2e, "E2E-REFUSE", ident.cert_pem, request_type="police",
+                                             legal_basis="crime_prevention", requester_organisation="A Police")),
+        "timeout": stack.trigger(DAG_ID, now + dt.timedelta(seconds=2),
+                                 request_conf(e2e, "E2E-TIMEOUT", ident.cert_pem, approval_timeout_minutes=0.2)),
+    }
+    for run_id in runs.values():
+        wait_task_state(stack, run_id, TASK, "awaiting_input")
+
+    # what the approver sees names the request, never the patient
+    status, detail = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{runs['approve']}/taskInstances/{TASK}/-1/hitlDetails",
+                               user="manager1")
+    assert status == 200, detail
+    conf = request_conf(e2e, "x", ident.cert_pem)
+    assert conf["local_patient_id"] not in detail["subject"] + detail["body"]
+    assert "Court order" in detail["subject"] and "| Appointments" in detail["body"]
+    assert {u["id"] for u in detail["assigned_users"]} == {"manager1", "manager2"}
+
+    # not an assigned approver: the admin cannot answer, nor can a viewer
+    for user in ("admin", "viewer1"):
+        status, _ = answer(stack, runs["approve"], user, "Approve", reasons="x", legal_basis_confirmed=True)
+        assert status == 403, (user, status)
+
+    status, body = answer(stack, runs["approve"], "manager1", "Approve", reasons="order of the court; proportionate",
+                          legal_basis_confirmed=True, consulted="Caldicott Guardian")
+    assert status == 200, body
+    status, body = answer(stack, runs["refuse"], "manager2", "Refuse",
+                          reasons="no court order and no consent; not necessary")
+    assert status == 200, body
+    status, _ = answer(stack, runs["refuse"], "manager1", "Approve", reasons="again", legal_basis_confirmed=True)
+    assert status == 409
+
+    for name, run_id in runs.items():
+        try:
+            final = stack.wait_run(DAG_ID, run_id, timeout=180)
+        except TimeoutError:
+            final = "timeout"
+        assert final == "success", (name, stack.task_states(DAG_ID, run_id))
+
+    state = make_engine(sqlite_url(e2e.workspace.state_db))
+    rows = {r["reference"]: r for r in register.requests(state)}
+    approved = rows["E2E-APPROVE"]
+    assert approved["status"] == "released" and approved["decided_by"] == "manager1" and approved["patient_told"]
+    dec = register.decision(state, approved["disclosure_id"])
+    assert dec["details"]["legal_basis_confirmed"] and dec["details"]["consulted"] == "Caldicott Guardian"
+    assert dec["details"]["categories"] == ["demographics", "appointments", "clinical_notes"]
+    # the file in the outbox is exactly what was approved, and only the requester can open it
+    outbox = e2e.workspace.outputs / "disclosure-outbox"
+    [sent] = [p for p in outbox.rglob("*.p7m") if approved["disclosure_id"] in p.name]
+    import hashlib
+    assert hashlib.sha256(sent.read_bytes()).hexdigest() == approved["released_checksum"] \
+        == dec["details"]["package_checksum"]
+    names = zipfile.ZipFile(io.BytesIO(decrypt_file(sent.read_bytes(), ident.cert_pem, ident.key_pem))).namelist()
+    assert set(names) == {"manifest.json", "demographics.csv", "appointments.csv", "clinical_notes.csv"}
+    assert (e2e.workspace.outputs / "disclosures" / approved["disclosure_id"] / "patient_notification.txt").exists()
+    states = stack.task_states(DAG_ID, runs["approve"])
+    assert states["write_refusal_letter"] == "skipped" and states["notify_patient"] == "success"
+
+    refused = rows["E2E-REFUSE"]
+    assert refused["status"] == "refused" and refused["decided_by"] == "manager2" and not refused["escalated"]
+    assert (e2e.workspace.outputs / "disclosures" / refused["disclosure_id"] / "refusal_letter.txt").exists()
+    assert stack.task_states(DAG_ID, runs["refuse"])["release_package"] == "skipped"
+
+    timed = rows["E2E-TIMEOUT"]
+    assert timed["status"] == "refused" and timed["escalated"] and timed["decided_by"] == "caldicott"
+    assert (e2e.workspace.outputs / "disclosures" / timed["disclosure_id"] / "refusal_letter.txt").exists()
+    assert not [p for p in outbox.rglob("*.p7m") if timed["disclosure_id"] in p.name or
+                refused["disclosure_id"] in p.name]
+    # XCom of the approval step holds the form answers and ids only
+    xc = stack.xcom(DAG_ID, runs["approve"], "build_package")
+    assert xc["record_counts"]["appointments"] > 0 and conf["local_patient_id"] not in str(xc)
