@@ -196,7 +196,7 @@ def history(referral_ids: pd.Series, treat: pd.DataFrame, scores: pd.DataFrame) 
 def _s(values) -> pd.Series:
     """A nullable pyarrow-backed string column (fast vectorised regex in validation)."""
     return pd.Series(values, dtype="string[pyarrow]") if not isinstance(values, pd.Series) else \
-        values.astype("string[pyarrow]").reset_index(drop=True)
+        values.astype("string[pyarrow]")
 
 
 def _date(values) -> pd.Series:
@@ -216,6 +216,8 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     if version not in VERSIONS:
         raise ValueError(f"data set version {version!r} is not supported (one of {', '.join(VERSIONS)})")
     created = created_at or dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    src = SourceMonth(*(f.reset_index(drop=True) for f in (src.patients, src.referrals, src.contacts,
+                                                            src.assessments)), history=src.history)
     header = pd.DataFrame({
         "DatSetVer": _s([version]), "OrgIDProv": _s([org_provider]), "OrgIDSubmit": _s([org_submitter or org_provider]),
         "PrimSystemInUse": _s([system]), "ReportingPeriodStartDate": _date([period.first]),
@@ -271,7 +273,7 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     scored = pd.Index(a_contact.dropna().unique())
     attended = contact["AttendOrDNACode"].isin(list(ATTENDED)).to_numpy()
     act_mask = attended | contact["CareContactId"].isin(scored).to_numpy()
-    act_contacts = contact.loc[act_mask]
+    act_contacts = contact.loc[act_mask].reset_index(drop=True)
     act_id = _s(act_contacts["CareContactId"].str.cat(np.full(len(act_contacts), "-1", dtype=object)))
     activity = pd.DataFrame({
         "CareActId": act_id, "CareContactId": _s(act_contacts["CareContactId"]),

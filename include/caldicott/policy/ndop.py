@@ -267,3 +267,42 @@ class FakeNdopService:
     def fetch_reply(self, message_ref: str) -> bytes | None:
         p = self.root / f"{message_ref}.reply"
         return p.read_bytes() if p.exists() else None
+
+
+# ---- over MESH ---------------------------------------------------------------------------------------------
+
+class MeshNdopTransport:
+    """NDOP requests over MESH (workflow ``SPINE_NTT_UPHOLDING``) with a ``mesh_client.MeshClient``.
+
+    The request goes to ``service_mailbox`` as ``<request_id>.dat``; the reply is recognised in the inbox by
+    its workflow (``SPINE_NTT_UPHOLDING`` or ``..._RESPONSE``) and the same file name, downloaded and
+    acknowledged. Other messages in the inbox are left alone (other flows read them).
+    """
+
+    def __init__(self, client, service_mailbox: str, workflow_id: str = WORKFLOW_ID) -> None:
+        self.client = client
+        self.mailbox = service_mailbox
+        self.workflow_id = workflow_id
+
+    def send_request(self, payload: bytes, *, request_id: str) -> str:
+        filename = f"{request_id}.dat"
+        message_id = self.client.send_message(self.mailbox, payload, workflow_id=self.workflow_id,
+                                              local_id=request_id, filename=filename,
+                                              content_type="text/plain")
+        return f"{message_id}:{filename}"
+
+    def fetch_reply(self, message_ref: str) -> bytes | None:
+        filename = message_ref.split(":", 1)[1]
+        for message_id in list(self.client.iterate_message_ids()):
+            msg = self.client.retrieve_message(message_id)
+            try:
+                workflow = getattr(msg, "workflow_id", "") or ""
+                name = getattr(msg, "filename", "") or ""
+                if not workflow.startswith(self.workflow_id) or name != filename:
+                    continue
+                body = msg.read()
+            finally:
+                msg.close()
+            self.client.acknowledge_message(message_id)
+            return body
+        return None

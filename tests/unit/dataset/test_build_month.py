@@ -1,0 +1,242 @@
+"""A month built from the seeded source, against counts computed independently from the generator's frames;
+the BST boundary; the opt-out matrix; the encrypted archive; staging exactly once; the submission register."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from caldicott.dataset import pipeline, rules, state_tables
+from caldicott.dataset.builder import Period, SourceMonth, build, read_source
+from caldicott.dataset.writer import decrypt, encrypt, load_key, new_key, read_archive
+from caldicott.db import make_engine, sqlite_url
+from caldicott.policy import dataset as policy
+from caldicott.policy.ndop import FakeNdopService, NdopChecker
+from caldicott.records import schema
+from caldicott.transport.ledger import Ledger
+from caldicott.transport.staging import StagingSender
+from cryptography.exceptions import InvalidTag
+from sqlalchemy import insert
+
+SEPT = Period.month(2026, 9)
+
+
+def expected_counts(frames: dict[str, pd.DataFrame], period: Period) -> dict[str, int]:
+    """Plain pandas over the generator's frames, written without the builder's code."""
+    ref, cc, ca = frames["referral"], frames["care_contact"], frames["coded_assessment"]
+    rec, dis = pd.to_datetime(ref["received_date"]), pd.to_datetime(ref["discharge_date"])
+    open_ = ref[(rec < pd.Timestamp("2026-10-01")) & (dis.isna() | (dis >= pd.Timestamp("2026-09-01")))]
+    # London midnight 1 Sep 2026 = 23:00 UTC 31 Aug (BST); 1 Oct 2026 = 23:00 UTC 30 Sep (BST)
+    lo, hi = pd.Timestamp("2026-08-31 23:00"), pd.Timestamp("2026-09-30 23:00")
+    at = pd.to_datetime(cc["contact_at"])
+    contacts = cc[(at >= lo) & (at < hi) & cc["service_request_id"].isin(open_["service_request_id"])]
+    sat = pd.to_datetime(ca["assessed_at"])
+    scores = ca[(sat >= lo) & (sat < hi) & ca["service_request_id"].isin(open_["service_request_id"])]
+    with_activity = (contacts["attend_code"].isin(["5", "6"])
+                     | contacts["care_contact_id"].isin(scores["care_contact_id"]))
+    new = open_[pd.to_datetime(open_["received_date"]) >= pd.Timestamp("2026-09-01")]
+    return {"IDS000Header": 1, "IDS001MPI": open_["local_patient_id"].nunique(),
+            "IDS002GP": open_["local_patient_id"].nunique(), "IDS101Referral": len(open_),
+            "IDS201CareContact": len(contacts), "IDS202CareActivity": int(with_activity.sum()),
+            "IDS603PresentingComplaints": int(new["presenting_problem_code"].notna().sum()),
+            "IDS606CodedScoreAssessmentRefer": int(scores["care_contact_id"].isna().sum()),
+            "IDS607CodedScoreAssessmentAct": int(scores["care_contact_id"].notna().sum())}
+
+
+def test_month_from_seeded_source_matches_independent_counts(synth_source):
+    ds = build(read_source(synth_source.engine, SEPT), SEPT)
+    want = expected_counts(synth_source.result.frames, SEPT)
+    assert ds.counts() == want
+    assert want["IDS101Referral"] > 20 and want["IDS201CareContact"] > 20
+    res = rules.screen(ds)
+    assert res.file_failures == []
+    bad = synth_source.manifest["bad"]
+    q = {(x.reason_code, x.record_id) for x in res.quarantined}
+    in_month = set(want and build(read_source(synth_source.engine, SEPT), SEPT).tables["IDS001MPI"]["LocalPatientId"])
+    for pid in set(bad["invalid_nhs_number"]) & in_month:
+        assert ("IDSREJ006", pid) in q
+    for pid in set(bad["postcode_without_space"]) & in_month:
+        assert ("IDSREJ007", pid) in q
+    for aid in bad["score_out_of_range"]:
+        if aid in set(read_source(synth_source.engine, SEPT).assessments["assessment_id"]):
+            assert ("IDS60711", aid) in q
+
+
+def test_planted_faults_in_the_month_are_quarantined_with_their_codes(synth_source):
+    src = read_source(synth_source.engine, SEPT)
+    p = src.patients
+    p.loc[0, "nhs_number"] = p.loc[0, "nhs_number"][:9] + str((int(p.loc[0, "nhs_number"][9]) + 1) % 10)
+    p.loc[1, "postcode"] = "LS11AB"
+    p.loc[2, "birth_date"] = dt.date(2030, 1, 1)
+    p.loc[4, "nhs_number"] = p.loc[3, "nhs_number"]
+    ids = p["local_patient_id"].tolist()
+    ds = build(src, SEPT)
+    res = rules.screen(ds)
+    q = {(x.reason_code, x.record_id) for x in res.quarantined}
+    assert {("IDSREJ006", ids[0]), ("IDSREJ007", ids[1]), ("IDSREJ008", ids[2]), ("IDSREJ009", ids[3]),
+            ("IDSREJ009", ids[4])} <= q
+    assert not set(ids[:5]) & set(ds.tables["IDS001MPI"]["LocalPatientId"])
+    for code in rules.FILE_RECORD_CODES:
+        assert not np.asarray(rules.REGISTRY[code].check(ds)).any()
+    # their referrals went with them, with the reject-group code
+    theirs = set(src.referrals.loc[src.referrals["local_patient_id"].isin(ids[:5]), "service_request_id"])
+    quarantined_refs = {x.record_id for x in res.quarantined if x.record_type == "IDS101Referral"}
+    assert theirs and theirs <= quarantined_refs
+    assert not theirs & set(ds.tables["IDS101Referral"]["ServiceRequestId"])
+    assert {x.reason_code for x in res.quarantined if x.record_id in theirs and x.record_type == "IDS101Referral"} \
+        <= {"IDS10101", "IDS10128", "IDS10140"}
+
+
+def _records_db(tmp_path: Path):
+    engine = make_engine(sqlite_url(tmp_path / "records.db"))
+    schema.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(schema.patient), [{"local_patient_id": "P1", "nhs_number": "9990000018",
+                                               "given_name": "A", "family_name": "B", "birth_date": dt.date(1990, 1, 1),
+                                               "postcode": "LS1 1AB", "gender": "2", "ethnic_category": "A",
+                                               "gp_practice_code": "Z84000", "copy_channel": "post",
+                                               "gp_sharing_consent": True}])
+        conn.execute(insert(schema.referral), [{"service_request_id": "R1", "local_patient_id": "P1",
+                                                "source_of_referral": "B1", "commissioner_code": "ZC1",
+                                                "received_date": dt.date(2026, 4, 1)}])
+        conn.execute(insert(schema.care_contact), [
+            {"care_contact_id": cid, "service_request_id": "R1", "contact_at": at, "app_type": "02",
+             "attend_code": "5", "cons_mechanism": "01"}
+            for cid, at in [("C-MAY", dt.datetime(2026, 5, 31, 22, 59)),    # 23:59 BST 31 May
+                            ("C-JUN", dt.datetime(2026, 5, 31, 23, 30)),    # 00:30 BST 1 June
+                            ("C-OCT", dt.datetime(2026, 10, 31, 23, 30)),   # 23:30 GMT 31 Oct (BST ended 25 Oct)
+                            ("C-NOV", dt.datetime(2026, 11, 1, 0, 30))]])
+    return engine
+
+
+def test_bst_boundaries_are_london_dates(tmp_path):
+    engine = _records_db(tmp_path)
+    june = build(read_source(engine, Period.month(2026, 6)), Period.month(2026, 6)).tables["IDS201CareContact"]
+    may = build(read_source(engine, Period.month(2026, 5)), Period.month(2026, 5)).tables["IDS201CareContact"]
+    october = build(read_source(engine, Period.month(2026, 10)), Period.month(2026, 10)).tables["IDS201CareContact"]
+    assert june["CareContactId"].tolist() == ["C-JUN"]
+    assert str(june["CareContDate"][0].date()) == "2026-06-01" and june["CareContTime"][0] == "00:30:00"
+    assert may["CareContactId"].tolist() == ["C-MAY"] and may["CareContTime"][0] == "23:59:00"
+    assert october["CareContactId"].tolist() == ["C-OCT"]
+    assert Period.month(2026, 6).utc_bounds() == (dt.datetime(2026, 5, 31, 23), dt.datetime(2026, 6, 30, 23))
+    assert Period.month(2026, 11).utc_bounds() == (dt.datetime(2026, 11, 1), dt.datetime(2026, 12, 1))
+
+
+def test_read_source_on_postgresql_matches_sqlite(synth_source, pg_url):
+    from caldicott.records import synth
+
+    engine = make_engine(pg_url)
+    synth.write(synth_source.result, engine)
+    a = build(read_source(engine, SEPT), SEPT)
+    b = build(read_source(synth_source.engine, SEPT), SEPT)
+    assert a.counts() == b.counts()
+
+
+def _tiny_with_objector():
+    from tests.unit.dataset.test_rules import tiny_source
+
+    src = tiny_source()
+    src.patients["dataset_objection_pre2020"] = [None, None, True]
+    src.patients["dataset_objection_date"] = [None, None, dt.date(2020, 6, 1)]
+    extra = src.referrals.iloc[[2]].assign(service_request_id="R3OLD", received_date=dt.date(2020, 6, 1))
+    src.referrals = pd.concat([src.referrals, extra], ignore_index=True)
+    return src
+
+
+@pytest.mark.parametrize(("mode", "kept_refs"), [
+    ("referrals_before_cutover", {"R1", "R2", "R3"}),
+    ("whole_patient", {"R1", "R2"}),
+    ("ignore", {"R1", "R2", "R3", "R3OLD"}),
+])
+def test_pre2020_objection_rule_is_configurable(mode, kept_refs):
+    src = _tiny_with_objector()
+    ds = build(src, SEPT)
+    counts = policy.apply_pre2020(ds, src.patients, mode)
+    assert set(ds.tables["IDS101Referral"]["ServiceRequestId"]) == kept_refs
+    assert counts["mode"] == mode
+    assert ("P3" in set(ds.tables["IDS001MPI"]["LocalPatientId"])) == (mode != "whole_patient")
+
+
+def test_optout_matrix_and_submission_flow(synth_source, state_engine, tmp_path):
+    """NDOP patient IN the mandated tables and NOT in the commissioner extract; staged once; confirmed."""
+    key = load_key(new_key())
+    s = pipeline.Settings(work_dir=tmp_path / "work", key=key, intermediate_db=True)
+    out = pipeline.build_validate_write(synth_source.engine, state_engine, SEPT, s)
+    assert out["state"] == "written" and out["rows"]["IDS101Referral"] > 0
+    numbers = pipeline.mpi_numbers(state_engine, SEPT, s)
+    ndop_number = numbers[0]
+    fake = FakeNdopService(tmp_path / "ndop", opted_out=[ndop_number])
+    checker = NdopChecker(state_engine, fake, work_dir=tmp_path / "req")
+    checker.send(numbers, pipeline.ndop_request_id(SEPT))
+    assert checker.collect(pipeline.ndop_request_id(SEPT))
+    status = checker.status(numbers)
+    assert status.complete and status.opted_out == {ndop_number}
+    blob, counts = pipeline.planning_extract(state_engine, SEPT, s, status.opted_out, set(numbers), "test double")
+
+    tables = read_archive(Path(state_tables.get(state_engine, "2026-09")["archive_path"]), key)
+    mpi = tables["IDS001MPI"]
+    assert ndop_number in set(mpi["NHSNumber"])                                  # IN the mandated submission
+    pid = mpi.loc[mpi["NHSNumber"] == ndop_number, "LocalPatientId"].iloc[0]
+    ref = tables["IDS101Referral"]
+    theirs = set(ref.loc[ref["LocalPatientId"] == pid, "ServiceRequestId"])
+    extract = pd.read_csv(io.BytesIO(decrypt(blob, key)))
+    assert theirs and not theirs & set(extract["ServiceRequestId"])              # NOT in the extract
+    assert "NHSNumber" not in extract.columns and "_nhs" not in extract.columns
+    assert counts["planning"]["removed_ndop"] == len(theirs)
+    stmt = json.loads((s.month_dir(SEPT) / "optout_statement.json").read_text())
+    rules_applied = {r["rule"]: r for r in stmt["rules"]}
+    assert rules_applied["ndop_not_applied_required_by_law"]["counts"]["ndop_patients_kept_in_submission"] == 1
+    assert rules_applied["ndop_applied"]["output"] == "commissioner_extract"
+
+    # archive: one file per table + manifest with counts and checksums (+ intermediate database)
+    plain = decrypt(Path(state_tables.get(state_engine, "2026-09")["archive_path"]).read_bytes(), key)
+    with zipfile.ZipFile(io.BytesIO(plain)) as zf:
+        names = set(zf.namelist())
+        manifest = json.loads(zf.read("manifest.json"))
+        import hashlib
+
+        for name, meta in manifest["files"].items():
+            assert hashlib.sha256(zf.read(name)).hexdigest() == meta["sha256"]
+    assert {"manifest.json", "intermediate.sqlite", "IDS001MPI.parquet",
+            "IDS607CodedScoreAssessmentAct.parquet"} <= names
+    assert manifest["tables"]["IDS101Referral"]["rows"] == out["rows"]["IDS101Referral"]
+    with pytest.raises(ValueError):
+        decrypt(Path(state_tables.get(state_engine, "2026-09")["archive_path"]).read_bytes(), load_key(new_key()))
+
+    # staged exactly once through the gateway, then confirmed
+    sender = StagingSender(tmp_path / "staging")
+    first = pipeline.stage(state_engine, SEPT, s, sender)
+    second = pipeline.stage(state_engine, SEPT, s, sender)
+    assert first["sent"] == 1 and second["already_sent"] == 1 and second["sent"] == 0
+    assert len(list((tmp_path / "staging" / "2026-09").glob("*.zip.enc"))) == 1
+    assert state_tables.get(state_engine, "2026-09")["state"] == "staged"
+    with pytest.raises(ValueError):
+        pipeline.confirm(state_engine, SEPT, "x", "admin")
+    pipeline.confirm(state_engine, SEPT, "SDCS-2026-09-01", "admin")
+    row = state_tables.get(state_engine, "2026-09")
+    assert row["state"] == "submitted" and row["submission_reference"] == "SDCS-2026-09-01"
+    assert Ledger(state_engine).get(first["item_id"]).state == "acked"
+    # a re-run of a staged month does not rebuild it
+    assert pipeline.build_validate_write(synth_source.engine, state_engine, SEPT, s)["rebuilt"] is False
+    # the report exists and carries counts, not identifiers
+    html = (s.month_dir(SEPT) / "report.html").read_text()
+    assert "data:image/png;base64," in html and ndop_number not in html
+
+
+def test_encryption_round_trip_and_tamper_detection():
+    key = load_key(new_key())
+    blob = encrypt(b"data", key)
+    assert decrypt(blob, key) == b"data"
+    with pytest.raises(InvalidTag):
+        decrypt(blob[:-1] + bytes([blob[-1] ^ 1]), key)
+
+
+def test_unsupported_version_is_refused():
+    with pytest.raises(ValueError):
+        build(SourceMonth(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame()), SEPT, version="1.5")
