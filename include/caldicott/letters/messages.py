@@ -7,9 +7,9 @@ Subjects and file names never carry patient data (DESIGN.md): only the service's
 
 from __future__ import annotations
 
-import email.policy
+import base64
 import email.utils
-from email.message import EmailMessage
+import hashlib
 
 from caldicott.crypto.smime import envelope, envelope_der
 
@@ -22,11 +22,28 @@ def message_id(item_id: str) -> str:
     return f"<{item_id}@{DOMAIN}>"
 
 
-def _inner(pdf: bytes, body: str, filename: str) -> EmailMessage:
-    msg = EmailMessage(policy=email.policy.SMTP)
-    msg.set_content(body)
-    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=filename)
-    return msg
+def _boundary(item_id: str) -> str:
+    return "=_caldicott_" + hashlib.sha256(item_id.encode()).hexdigest()[:20]
+
+
+def _b64_lines(data: bytes) -> bytes:
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+def _inner_bytes(pdf: bytes, body: str, filename: str, boundary: str) -> bytes:
+    """The same multipart/mixed entity as :func:`_inner`, written directly (the email package's generator
+    costs more than rendering the letter). Parts are base64, so the boundary can never occur in them."""
+    return b"".join([
+        f'Content-Type: multipart/mixed; boundary="{boundary}"\r\nMIME-Version: 1.0\r\n\r\n'.encode(),
+        f"--{boundary}\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n".encode(),
+        _b64_lines(body.encode()),
+        f"--{boundary}\r\nContent-Type: application/pdf\r\n"
+        f'Content-Disposition: attachment; filename="{filename}"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\n".encode(),
+        _b64_lines(pdf),
+        f"--{boundary}--\r\n".encode(),
+    ])
 
 
 def _headers(item_id: str, sender: str, to: str, subject: str) -> list[tuple[str, str]]:
@@ -37,7 +54,7 @@ def _headers(item_id: str, sender: str, to: str, subject: str) -> list[tuple[str
 def smime_email(item_id: str, *, pdf: bytes, body: str, sender: str, to: str, certificate_pem: str | bytes,
                 service: str, filename: str = "letter.pdf") -> bytes:
     """An RFC 5322 message whose whole content (body and PDF) is S/MIME encrypted to ``certificate_pem``."""
-    inner = _inner(pdf, body, filename).as_bytes(policy=email.policy.SMTP)
+    inner = _inner_bytes(pdf, body, filename, _boundary(item_id))
     enveloped = envelope(inner, certificate_pem)
     head = "".join(f"{k}: {v}\r\n" for k, v in _headers(item_id, sender, to, SUBJECT.format(service=service)))
     return head.encode() + enveloped
@@ -47,10 +64,9 @@ def gateway_email(item_id: str, *, pdf: bytes, body: str, sender: str, to: str, 
                   filename: str = "letter.pdf") -> bytes:
     """A message for the provider's NHSmail encryption gateway: ``[secure]`` in the subject makes it
     encrypt the message to the (non-NHSmail) patient address before it leaves NHSmail."""
-    msg = _inner(pdf, body, filename)
-    for k, v in _headers(item_id, sender, to, f"{SECURE_TAG} " + SUBJECT.format(service=service)):
-        msg[k] = v
-    return msg.as_bytes(policy=email.policy.SMTP)
+    head = "".join(f"{k}: {v}\r\n" for k, v in _headers(item_id, sender, to,
+                                                        f"{SECURE_TAG} " + SUBJECT.format(service=service)))
+    return head.encode() + _inner_bytes(pdf, body, filename, _boundary(item_id))
 
 
 def post_file(pdf: bytes, certificate_pem: str | bytes) -> bytes:

@@ -147,20 +147,27 @@ def html_to_pdf(markup: str, *, title: str = "Letter") -> bytes:
         _attach_fonts(pdf)
     pdf.add_page()
     width = pdf.w - pdf.l_margin - pdf.r_margin
+    bottom = pdf.h - 18
+    y = pdf.t_margin
     for tag, runs in blocks:
         size, gap = {"h1": (15, 3), "h2": (12, 2)}.get(tag, (10.5, 2))
         height = size * 0.5
         if tag in ("h1", "h2"):
-            pdf.ln(1)
+            y += 1
             runs = [(True, t) for _, t in runs]
         if tag == "li":
             runs = [(False, "•  "), *runs]
-        for line in _wrap(runs, size, width, family, pdf):
+        for line in _wrap(runs, size, width, family):
+            if y + height > bottom:
+                pdf.add_page()
+                y = pdf.t_margin
+            x = pdf.l_margin
             for bold, text, w in line:
                 pdf.set_font(family, "B" if bold else "", size)
-                pdf.cell(w, height, text)
-            pdf.ln(height)
-        pdf.ln(gap)
+                pdf.text(x, y + height * 0.78, text)
+                x += w
+            y += height
+        y += gap
     return bytes(pdf.output())
 
 
@@ -174,23 +181,36 @@ def _fits_core(blocks) -> bool:
     return True
 
 
-def _widths(family: str, bold: bool, pdf: FPDF):
+@functools.cache
+def _width_table(family: str, bold: bool) -> dict[str, float]:
+    """Glyph advance per character (font units per 1000 em), for every character the face can print."""
     if family == FAMILY:
-        return _prototype(bold).cw, ord
-    pdf.set_font(family, "B" if bold else "")
-    cw = pdf.current_font.cw
-    return cw, lambda c: c.encode(CORE_ENCODING).decode("latin-1")
+        cw = _prototype(bold).cw
+        return {chr(c): cw[c] for c in UNICODES}
+    from fpdf.fonts import CORE_FONTS_CHARWIDTHS
+
+    cw = CORE_FONTS_CHARWIDTHS[family + ("B" if bold else "")]
+    table = {}
+    for i in range(256):
+        try:
+            ch = bytes([i]).decode(CORE_ENCODING)
+        except UnicodeDecodeError:
+            continue
+        table[ch] = cw[chr(i)]
+    return table
 
 
-def _wrap(runs: list[tuple[bool, str]], size: float, width: float, family: str,
-          pdf: FPDF) -> list[list[tuple[bool, str, float]]]:
+@functools.lru_cache(maxsize=50_000)
+def _word_width(family: str, bold: bool, word: str) -> float:
+    """Width of ``word`` at 1 pt, in mm (words repeat across letters: cached)."""
+    table = _width_table(family, bold)
+    default = table.get("?", 500)
+    return sum(table.get(c, default) for c in word) / 1000 * 25.4 / 72
+
+
+def _wrap(runs: list[tuple[bool, str]], size: float, width: float,
+          family: str) -> list[list[tuple[bool, str, float]]]:
     """Greedy word wrap with cached glyph widths (fpdf2's own breaker is quadratic in paragraph length)."""
-    tables = {b: _widths(family, b, pdf) for b in (False, True)}
-
-    def _text_width(text: str, bold: bool, size: float) -> float:
-        cw, key = tables[bold]
-        return sum(cw[key(c)] for c in text) * size / 1000 * 25.4 / 72
-
     lines: list[list[tuple[bool, str, float]]] = []
     line: list[tuple[bool, str, float]] = []
     used = 0.0
@@ -199,15 +219,15 @@ def _wrap(runs: list[tuple[bool, str]], size: float, width: float, family: str,
             lines.append(line)
             line, used = [], 0.0
             continue
-        for word in re.findall(r"\S+\s*|\s+", text):
-            w = _text_width(word, bold, size)
-            if used + _text_width(word.rstrip(), bold, size) > width and line:
+        for word in _WORDS.findall(text):
+            w = _word_width(family, bold, word) * size
+            if line and used + _word_width(family, bold, word.rstrip()) * size > width:
                 lines.append(line)
                 line, used = [], 0.0
                 word = word.lstrip()
                 if not word:
                     continue
-                w = _text_width(word, bold, size)
+                w = _word_width(family, bold, word) * size
             if line and line[-1][0] == bold:
                 prev = line[-1]
                 line[-1] = (bold, prev[1] + word, prev[2] + w)
@@ -217,6 +237,9 @@ def _wrap(runs: list[tuple[bool, str]], size: float, width: float, family: str,
     if line:
         lines.append(line)
     return lines
+
+
+_WORDS = re.compile(r"\S+\s*|\s+")
 
 
 def pdf_text(data: bytes) -> str:

@@ -1,0 +1,154 @@
+"""The gp_letters DAG through a real scheduler, with the real SMTP server, mesh-sandbox and print house.
+
+Runs ranges of months (conf ``start``/``end``) so the 400-patient source yields enough letters and hits
+the planted faults. Ranges are kept apart per test (letter ids do not depend on the run, so overlapping
+runs would see each other's letters): June 2025 - July 2026 = consent, quarantine, acks and idempotent
+re-run; August - September 2026 = crash mid-batch; October 2026 = no acknowledgement ⇒ alert.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+
+import pytest
+from caldicott.db import make_engine, sqlite_url
+from caldicott.letters.build import find_events, load_letters
+from caldicott.letters.flow import letter_id
+from caldicott.state.quarantine import entries
+from caldicott.transport.ledger import Ledger
+
+from devtools.peers.gp_responder import GpResponder
+
+pytestmark = pytest.mark.e2e
+DAG = "gp_letters"
+
+
+def _run(e2e, conf: dict, logical: dt.datetime, timeout: float = 600) -> tuple[str, str]:
+    run_id = e2e.stack.trigger(DAG, logical, conf=conf)
+    return run_id, e2e.stack.wait_run(DAG, run_id, timeout=timeout)
+
+
+def _delivered_smtp(e2e) -> list[str]:
+    """Ledger ids of letters in the SMTP server's mailbox, one entry per delivery (duplicates kept)."""
+    out = []
+    for m in e2e.peers["smtp"].messages():
+        mid = (m["Message-ID"] or "").strip("<>")
+        if mid.startswith("gp_letters-"):
+            out.append(mid.split("@")[0])
+    return out
+
+
+def _letters(e2e, start, end):
+    records = make_engine(sqlite_url(e2e.workspace.records_db), readonly=True)
+    return load_letters(records, find_events(records, start, end))
+
+
+def test_letters_consent_quarantine_acks_and_idempotent_rerun(e2e):
+    mesh = e2e.peers["mesh"]
+    conf = {"start": "2025-06-01", "end": "2026-08-01", "ack_timeout_hours": 0, "ack_wait_seconds": 120}
+    with GpResponder(mesh.client(mesh.GP_MAILBOX), interval=0.5) as gp:
+        run_id, state = _run(e2e, conf, dt.datetime(2026, 8, 1, 6, tzinfo=dt.UTC))
+        assert state == "success", e2e.stack.task_states(DAG, run_id)
+    report = e2e.stack.xcom(DAG, run_id, "report")
+    acks = e2e.stack.xcom(DAG, run_id, "check_acks")
+    assert report["sent"] > 0 and report["failed"] == 0
+
+    letters = _letters(e2e, dt.date(2025, 6, 1), dt.date(2026, 8, 1))
+    smtp_ids = _delivered_smtp(e2e)
+    mesh_ids = [local_id for _, local_id, _ in gp.received]
+    post_ids = [p.name.split(".")[0] for p in e2e.peers["print_house"].files()]
+    delivered = smtp_ids + mesh_ids + post_ids
+    assert len(delivered) == len(set(delivered)) == report["sent"]
+
+    # consent declined: no GP letter, but the patient's copy
+    declined = [lt for lt in letters if not lt.patient["gp_sharing_consent"] and not lt.problems]
+    assert declined, "the synthetic month should hold a patient who declined GP sharing"
+    for lt in declined:
+        gp_id, pat_id = letter_id(lt.referral_id, lt.event, "gp"), letter_id(lt.referral_id, lt.event, "patient")
+        assert gp_id in report["withheld_ids"] and gp_id not in delivered
+        assert pat_id in delivered
+    assert report["withheld"]["gp_sharing_declined"] == len(report["withheld_ids"])
+
+    # quarantine and held, with reasons
+    state_db = make_engine(sqlite_url(e2e.workspace.state_db))
+    found = entries(state_db, DAG, report["run_key"])
+    reasons = {q.reason_code for q in found}
+    manifest = json.loads(e2e.workspace.manifest.read_text())["bad"]
+    assert {"unknown_channel", "practice_certificate_missing"} <= reasons
+    assert {q.record_id for q in found if q.reason_code == "unknown_channel"} == \
+        set(manifest["practice_unknown_channel"])
+    for lt in letters:
+        pid = lt.patient["local_patient_id"]
+        if pid in manifest["missing_gp_practice"]:
+            assert any(q.record_id == pid and q.reason_code == "missing_gp_practice" for q in found)
+        if pid in manifest["invalid_nhs_number"]:
+            assert any(q.record_id == pid and q.reason_code == "invalid_nhs_number" for q in found)
+            assert letter_id(lt.referral_id, lt.event, "patient") not in delivered
+    ledger = Ledger(state_db)
+    for held in report["held_ids"]:
+        assert ledger.get(held).state == "held" and held not in delivered
+
+    # acks: every MESH letter acknowledged (infrastructure + business), none overdue
+    assert mesh_ids and acks["overdue"] == 0
+    assert all(ledger.get(i).state == "acked" for i in mesh_ids)
+
+    # nothing patient-identifying in XCom
+    records = sqlite3.connect(e2e.workspace.records_db)
+    names = {f for (f,) in records.execute("SELECT family_name FROM patient")}
+    numbers = [n for (n,) in records.execute("SELECT nhs_number FROM patient") if n]
+    blob = json.dumps([report, acks])
+    assert not any(n in blob for n in numbers) and not any(f" {n}" in blob or f'"{n}' in blob for n in names)
+
+    # re-run the same interval: nothing is sent twice
+    run2, state2 = _run(e2e, conf, dt.datetime(2026, 8, 1, 7, tzinfo=dt.UTC))
+    assert state2 == "success"
+    again = e2e.stack.xcom(DAG, run2, "report")
+    assert again["sent"] == 0 and again["already_sent"] == report["sent"]
+    assert sorted(_delivered_smtp(e2e)) == sorted(smtp_ids)
+
+
+def test_crash_mid_batch_then_rerun_sends_each_letter_exactly_once(e2e):
+    mesh = e2e.peers["mesh"]
+    before = set(_delivered_smtp(e2e))
+    conf = {"start": "2026-08-01", "end": "2026-10-01", "ack_timeout_hours": 48}
+    run1, state1 = _run(e2e, {**conf, "fault_after_sends": 2}, dt.datetime(2026, 10, 1, 6, tzinfo=dt.UTC))
+    assert state1 == "failed"
+    states = e2e.stack.task_states(DAG, run1)
+    assert states.get("send_batch") in ("failed", None) or "failed" in json.dumps(states)
+    partial = [i for i in _delivered_smtp(e2e) if i not in before]
+    run2, state2 = _run(e2e, conf, dt.datetime(2026, 10, 1, 7, tzinfo=dt.UTC))
+    assert state2 == "success", e2e.stack.task_states(DAG, run2)
+    report = e2e.stack.xcom(DAG, run2, "report")
+    smtp_new = [i for i in _delivered_smtp(e2e) if i not in before]
+    assert len(smtp_new) == len(set(smtp_new)) and len(partial) < len(smtp_new)
+    gp = mesh.client(mesh.GP_MAILBOX)
+    local_ids = []
+    for mid in gp.list_messages():
+        msg = gp.retrieve_message(mid)
+        local_ids.append(msg.local_id)
+        msg.close()
+        gp.acknowledge_message(mid)
+    assert len(local_ids) == len(set(local_ids))
+    post_new = [p for p in e2e.peers["print_house"].files() if "2026-08-01" in str(p)]
+    planned_total = sum(v for k, v in report["planned"].items() if k.endswith("_planned"))
+    assert len(smtp_new) + len(local_ids) + len(post_new) == planned_total
+    # a patient with no registered practice: GP letter quarantined, patient copy still sent
+    manifest = json.loads(e2e.workspace.manifest.read_text())["bad"]
+    found = entries(make_engine(sqlite_url(e2e.workspace.state_db)), DAG, report["run_key"])
+    no_gp = [lt for lt in _letters(e2e, dt.date(2026, 8, 1), dt.date(2026, 10, 1))
+             if lt.patient["local_patient_id"] in manifest["missing_gp_practice"]]
+    for lt in no_gp:
+        assert any(q.record_id == lt.patient["local_patient_id"] and q.reason_code == "missing_gp_practice"
+                   for q in found)
+
+
+def test_missing_acknowledgement_raises_an_alert(e2e):
+    conf = {"start": "2026-10-01", "end": "2026-11-01", "ack_timeout_hours": 0, "ack_wait_seconds": 0}
+    run_id, state = _run(e2e, conf, dt.datetime(2026, 11, 1, 6, tzinfo=dt.UTC))
+    assert state == "failed"
+    states = e2e.stack.task_states(DAG, run_id)
+    assert states["check_acks"] == "failed" and states["report"] == "success"
+    ledger = Ledger(make_engine(sqlite_url(e2e.workspace.state_db)))
+    assert ledger.counts(DAG).get("ack_overdue", 0) > 0
