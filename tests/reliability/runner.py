@@ -1,0 +1,316 @@
+"""Run one flow step in a separate process and, when asked, SIGKILL it at a chosen point.
+
+Two ways to use it:
+
+* ``python tests/reliability/runner.py JOB.json`` runs one job and exits (used for the disk-full case,
+  which runs inside a private mount namespace with a tiny tmpfs).
+* ``python tests/reliability/runner.py --serve`` is a *zygote*: it imports the flows once, then reads one
+  JSON job per line on stdin, ``fork()``s a child per job, waits for it and writes one JSON line back:
+  ``{"rc": <exit code or -signal>, "result": <what the child wrote, or null>}``. The child is a real,
+  separate process; killing it with SIGKILL is exactly what the kernel does to an OOM-killed or
+  ``kill -9``'d Airflow worker (no ``finally``, no atexit, no flush). Forking saves re-importing pandas,
+  cryptography and the flows for each of the ~30 kill points, which keeps the suite inside its CI budget.
+  The zygote starts no threads and opens no connections, so forking it is safe; each child builds its own
+  engines and clients.
+
+A job names the flow step and its peers, and optionally ``kill: {"at": POINT, "n": N}``:
+
+``after_intent``   after the step recorded its ledger intents, before anything was sent
+``before_send``    as the N-th send starts, before a byte reaches the peer
+``mid_send``       during the N-th transfer: SMTP after DATA and half the message; SFTP after half the
+                   ``.part`` file was written (synchronously, so the peer holds it); staging after half the
+                   ``.part`` file was written
+``before_rename``  staging only: the N-th ``.part`` file is complete but not yet renamed
+``after_send``     the peer accepted the N-th item (SMTP 250, MESH 202, SFTP rename done, staging rename
+                   done) but the ledger has not recorded it: the dangerous window
+``after_mark``     right after the ledger committed ``sent`` for the N-th item
+``reconcile``      inside the N-th ``already_delivered`` call (a crash while recovering from a crash)
+
+The child writes its result (counts / ids only) to ``job["result_path"]`` before exiting normally.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def die() -> None:
+    """SIGKILL this process: no cleanup of any kind runs."""
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Killer:
+    """A Sender wrapper that kills the process at the job's kill point (see the module docstring)."""
+
+    def __init__(self, inner, at: str, n: int) -> None:
+        self.inner = inner
+        self.channel = inner.channel
+        self.at = at
+        self.n = n
+        self.sends = 0
+        self.checks = 0
+
+    def send(self, item):
+        self.sends += 1
+        hit = self.sends == self.n
+        if hit and self.at == "before_send":
+            die()
+        if hit and self.at in ("mid_send", "before_rename"):
+            _arm_mid_send(self.inner, self.at)
+        ref = self.inner.send(item)
+        if hit and self.at == "after_send":
+            die()
+        return ref
+
+    def already_delivered(self, item):
+        self.checks += 1
+        if self.at == "reconcile" and self.checks == self.n:
+            die()
+        return self.inner.already_delivered(item)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+def _arm_mid_send(sender, at: str) -> None:
+    """Make the next transfer of ``sender`` die half-way (channel-specific)."""
+    channel = sender.channel
+    if channel == "smtp":
+        sender.client = _HalfSmtp(sender.client)
+    elif channel == "sftp":
+        import paramiko
+
+        original = paramiko.SFTPFile.write
+        paramiko.SFTPFile.set_pipelined = lambda self, pipelined=True: None  # every write acknowledged
+
+        def half_write(self, data):
+            data = bytes(data)
+            original(self, data[: max(1, len(data) // 2)])
+            self.flush()
+            die()
+
+        paramiko.SFTPFile.write = half_write
+    elif channel == "staging":
+        import pathlib
+
+        from caldicott.transport import staging
+
+        if at == "before_rename":
+            pathlib.Path.replace = lambda self, target: die()
+        else:
+            real_fdopen = os.fdopen
+
+            class HalfFile:
+                def __init__(self, fh) -> None:
+                    self.fh = fh
+
+                def __enter__(self):
+                    return self
+
+                def __exit__(self, *exc) -> None:
+                    self.fh.close()
+
+                def write(self, data) -> None:
+                    self.fh.write(bytes(data)[: max(1, len(data) // 2)])
+                    self.fh.flush()
+                    os.fsync(self.fh.fileno())
+                    die()
+
+            staging.os.fdopen = lambda fd, mode="r", *a, **k: HalfFile(real_fdopen(fd, mode, *a, **k))
+    else:
+        raise ValueError(f"no mid-send kill point for channel {channel}")
+
+
+class _HalfSmtp:
+    """An smtplib client stand-in that starts DATA, sends half the message, then dies (no final '.')."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def sendmail(self, from_addr, to_addrs, msg: bytes):
+        c = self.client
+        c.ehlo_or_helo_if_needed()
+        c.mail(from_addr)
+        for rcpt in to_addrs:
+            c.rcpt(rcpt)
+        code, _ = c.docmd("DATA")
+        assert code == 354, code
+        c.send(bytes(msg)[: len(msg) // 2])
+        die()
+
+
+def _arm_ledger(at: str, n: int) -> None:
+    from caldicott.transport.ledger import Ledger
+
+    if at == "after_mark":
+        original = Ledger.mark_sent
+        seen = {"n": 0}
+
+        def mark_sent(self, item_id, **kw):
+            ok = original(self, item_id, **kw)
+            seen["n"] += 1
+            if seen["n"] == n:
+                die()
+            return ok
+
+        Ledger.mark_sent = mark_sent
+    elif at == "after_intent":
+        original_intent = Ledger.record_intent
+
+        def record_intent(self, intents):
+            out = original_intent(self, intents)
+            die()
+            return out
+
+        Ledger.record_intent = record_intent
+
+
+def _wrap(kill):
+    if not kill or kill["at"] in ("after_mark", "after_intent"):
+        return lambda s: s
+    return lambda s: Killer(s, kill["at"], kill["n"])
+
+
+# ---- the flow steps ------------------------------------------------------------------------------
+
+def run_letters(job: dict) -> dict:
+    import smtplib
+
+    from caldicott.db import make_engine
+    from caldicott.letters import flow, gp_connect
+    from caldicott.letters.render import Service
+    from caldicott.transport.mesh import MeshSender, MeshSettings, make_client
+    from caldicott.transport.smtp import SmtpSender
+
+    records = make_engine(job["records_url"], readonly=True)
+    state = make_engine(job["state_url"])
+    start, end = dt.date.fromisoformat(job["start"]), dt.date.fromisoformat(job["end"])
+    if job.get("plan"):
+        flow.plan(records, state, start, end, job["run_key"])
+    senders = {}
+    client = None
+    if job.get("smtp_port"):
+        client = smtplib.SMTP("127.0.0.1", job["smtp_port"], timeout=job.get("smtp_timeout", 30))
+        senders["smtp"] = SmtpSender(client, job.get("from_addr", "letters@nhs.example"))
+    if job.get("mesh"):
+        senders["mesh"] = MeshSender(make_client(MeshSettings(**job["mesh"])), gp_connect.WORKFLOW)
+    channels = flow.Channels(senders, Service(), "letters@nhs.example", job.get("sender_mailbox", "X26ABC1"))
+    out = flow.send_batch(records, state, job["batch"], channels, start, end, wrap=_wrap(job.get("kill")))
+    if client is not None:
+        client.quit()
+    return out
+
+
+def run_updates(job: dict) -> dict:
+    from caldicott.db import make_engine
+    from caldicott.transport.sftp import SftpSender, paramiko_connector
+    from caldicott.updates import deliver
+
+    records = make_engine(job["records_url"], readonly=True)
+    state = make_engine(job["state_url"])
+    s = job["sftp"]
+    wrap = _wrap(job.get("kill"))
+
+    def factory(options, contract):
+        conn = paramiko_connector("127.0.0.1", s["port"], s["username"], host_key=s["host_key"],
+                                  password=s["password"], timeout=10)
+        return wrap(SftpSender(conn, peer=options.contract_id, create_dirs=True))
+
+    first, end = dt.date.fromisoformat(job["first"]), dt.date.fromisoformat(job["end"])
+    month = dt.date.fromisoformat(job["activity_month"]) if job.get("activity_month") else None
+    try:
+        res = deliver.deliver_contract(records, state, job["contract_id"], first, end, job["run_key"], factory,
+                                       activity_month=month)
+    except deliver.ContractDeliveryError as exc:
+        return {"error": str(exc), "retryable": exc.retryable}
+    return res.as_dict()
+
+
+def run_dataset(job: dict) -> dict:
+    from caldicott.dataset import pipeline
+    from caldicott.dataset.builder import Period
+    from caldicott.db import make_engine
+    from caldicott.transport.staging import StagingSender
+
+    state = make_engine(job["state_url"])
+    year, month = (int(x) for x in job["month"].split("-")[:2])
+    period = Period.month(year, month)
+    s = pipeline.Settings(work_dir=Path(job["work_dir"]), key=bytes.fromhex(job["key_hex"]))
+    sender = _wrap(job.get("kill"))(StagingSender(Path(job["staging"])))
+    first = pipeline.stage(state, period, s, sender)
+    blob = Path(job["extract_blob"]).read_bytes()
+    second = pipeline.stage_extract(state, period, s, blob, sender)
+    return {"submission": first, "extract": second}
+
+
+FLOWS = {"letters": run_letters, "updates": run_updates, "dataset": run_dataset}
+
+
+def run(job: dict) -> None:
+    kill = job.get("kill")
+    if kill:
+        _arm_ledger(kill["at"], kill["n"])
+    result = FLOWS[job["flow"]](job)
+    Path(job["result_path"]).write_text(json.dumps(result, default=str))
+
+
+def _child(job: dict) -> int:
+    try:
+        run(job)
+        return 0
+    except BaseException as exc:  # report the type only; the message is checked by the test, not printed
+        Path(job["result_path"]).write_text(json.dumps({"exception": type(exc).__name__, "message": str(exc)}))
+        return 3
+
+
+def serve() -> int:
+    """The zygote loop: one job per stdin line, one reply per stdout line."""
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        Path(job["result_path"]).unlink(missing_ok=True)
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                code = _child(job)
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        rp = Path(job["result_path"])
+        result = json.loads(rp.read_text()) if rp.exists() else None
+        sys.stdout.write(json.dumps({"rc": rc, "result": result}) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def preload() -> None:
+    """Import everything a child needs, once, in the zygote (no threads, no sockets)."""
+    import smtplib  # noqa: F401
+
+    import paramiko  # noqa: F401
+    from caldicott.dataset import pipeline  # noqa: F401
+    from caldicott.letters import flow, gp_connect  # noqa: F401
+    from caldicott.letters.render import Service  # noqa: F401
+    from caldicott.transport import mesh, sftp, smtp, staging  # noqa: F401
+    from caldicott.updates import deliver  # noqa: F401
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve"]:
+        preload()
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        raise SystemExit(serve())
+    _job = json.loads(Path(sys.argv[1]).read_text())
+    raise SystemExit(_child(_job))
