@@ -84,11 +84,13 @@ SMTP_CASES = [  # (kill points in order, raw duplicates the dangerous window mus
 
 @pytest.mark.parametrize(("kills", "dups"), SMTP_CASES, ids=lambda v: v if isinstance(v, int) else
                          "+".join(f"{k['at']}{k['n']}" for k in v))
-def test_letters_smtp_killed_and_rerun(kills, dups, zygote, synth_source, tmp_path):
-    url, state = new_state(tmp_path)
+def test_letters_smtp_killed_and_rerun(kills, dups, zygote, synth_source, smtp_planned, tmp_path):
+    if kills[0]["at"] == "after_intent":   # the child plans (and dies right after recording intents)
+        url, state = new_state(tmp_path)
+        batch = smtp_planned["batch"]
+    else:
+        url, state, batch = _copy_planned(smtp_planned, tmp_path)
     with SmtpPeer(tmp_path / "smtp") as smtp:
-        batch = _plan_batch(synth_source.engine, state, SMTP_MONTH, SMTP_BATCH) \
-            if kills[0]["at"] != "after_intent" else _batch_without_plan(synth_source, tmp_path)
         start, end = _month(SMTP_MONTH)
         job = {"flow": "letters", "records_url": synth_source.url, "state_url": url, "batch": batch,
                "start": start, "end": end, "run_key": SMTP_MONTH, "smtp_port": smtp.port,
@@ -96,6 +98,7 @@ def test_letters_smtp_killed_and_rerun(kills, dups, zygote, synth_source, tmp_pa
         survived, result, again = _run_until_done(zygote, job, kills)
         ids = _letter_ids(batch)
         msgs = smtp.messages()
+    assert result["failed"] == 0 and result["refused"] == 0
     assert again["sent"] == 0 and again["already_sent"] == len(ids)
     got = [m["Message-ID"] for m in msgs]
     assert set(got) == {message_id(i) for i in ids}, "a planned letter is missing at the SMTP server"
@@ -109,10 +112,24 @@ def test_letters_smtp_killed_and_rerun(kills, dups, zygote, synth_source, tmp_pa
     print(f"smtp {kills}: {len(ids)} letters, {len(set(got))} distinct Message-IDs, {raw_dups} raw duplicate(s)")
 
 
-def _batch_without_plan(synth_source, tmp_path) -> dict:
-    """The batch as a plan would make it, computed in a scratch state (the child does the real plan)."""
-    _, scratch = new_state(tmp_path / "scratch")
-    return _plan_batch(synth_source.engine, scratch, SMTP_MONTH, SMTP_BATCH)
+@pytest.fixture(scope="module")
+def smtp_planned(synth_source, tmp_path_factory) -> dict:
+    """The SMTP month planned once into a template state database; cases copy it (planning is idempotent)."""
+    root = tmp_path_factory.mktemp("smtp-plan")
+    _, state = new_state(root)
+    batch = _plan_batch(synth_source.engine, state, SMTP_MONTH, SMTP_BATCH)
+    with state.begin() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    state.dispose()
+    return {"path": root / "state.db", "batch": batch}
+
+
+def _copy_planned(planned: dict, tmp_path: Path):
+    from caldicott.db import make_engine, sqlite_url
+
+    shutil.copy(planned["path"], tmp_path / "state.db")
+    url = sqlite_url(tmp_path / "state.db")
+    return url, make_engine(url), planned["batch"]
 
 
 # ---- GP letters over MESH (GP Connect Send Document) -------------------------------------------------
@@ -149,7 +166,7 @@ def test_letters_mesh_killed_and_rerun(month, batch_id, kills, zygote, mesh_peer
     s = mesh_peer.settings(mesh_peer.SENDER_MAILBOX)
     job = {"flow": "letters", "records_url": synth_source.url, "state_url": url, "batch": batch, "start": start,
            "end": end, "run_key": month, "mesh": s.__dict__}
-    survived, result, again = _run_until_done(zygote, job, kills)
+    survived, _result, again = _run_until_done(zygote, job, kills)
     ids = _letter_ids(batch)
     got = _gp_inbox(mesh_peer, ids)
     assert again["sent"] == 0 and again["already_sent"] == len(ids)
@@ -219,7 +236,7 @@ KEY = bytes(range(32))
 def dataset_written(synth_source, tmp_path_factory):
     """The month built, validated and written once; each case copies its state database."""
     root = tmp_path_factory.mktemp("dataset")
-    url, state = new_state(root)
+    _url, state = new_state(root)
     s = pipeline.Settings(work_dir=root / "work", key=KEY)
     pipeline.build_validate_write(synth_source.engine, state, OCT, s)
     numbers = set(pipeline.mpi_numbers(state, OCT, s))
@@ -248,7 +265,7 @@ def test_dataset_staging_killed_and_rerun(kills, zygote, dataset_written, tmp_pa
     staging = tmp_path / "staging"
     job = {"flow": "dataset", "state_url": url, "month": OCT.key, "work_dir": dataset_written["work_dir"],
            "key_hex": KEY.hex(), "staging": staging, "extract_blob": dataset_written["blob"]}
-    survived, result, again = _run_until_done(zygote, job, kills)
+    survived, _result, again = _run_until_done(zygote, job, kills)
     assert again["submission"]["already_sent"] == 1 and again["extract"]["already_sent"] == 1
     assert again["submission"]["sent"] == 0 and again["extract"]["sent"] == 0
     files = {str(p.relative_to(staging)): p for p in staging.rglob("*") if p.is_file()}
