@@ -172,3 +172,25 @@ class SftpPeer:
 
 def start_for_demo(workdir: Path) -> SftpPeer:
     return SftpPeer(Path(workdir)).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m devtools.peers.sftp WORKDIR``: serve until stdin closes; print the connection as JSON.
+
+    Lets a benchmark run the server in a process of its own, so its CPU and memory are not counted
+    as the client's.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("workdir", type=Path)
+    args = parser.parse_args(argv)
+    with SftpPeer(args.workdir) as peer:
+        print(json.dumps({**peer.connection(), "root": str(peer.root)}), flush=True)
+        sys.stdin.read()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
