@@ -44,7 +44,7 @@ def _letters(root: Path, n: int):
     return base, keys
 
 
-def child(channel: str, n: int, chunk: int) -> dict:
+def child(channel: str, n: int, chunk: int, peers: dict) -> dict:
     from caldicott.db import make_engine, sqlite_url
     from caldicott.gateway import release
     from caldicott.letters import flow, gp_connect
@@ -55,9 +55,7 @@ def child(channel: str, n: int, chunk: int) -> dict:
     from caldicott.transport.post import StagedPostSender
     from caldicott.transport.smtp import SmtpSender
 
-    from devtools.peers.mesh import MeshPeer
     from devtools.peers.print_house import PrintHouse
-    from devtools.peers.smtp import SmtpPeer
 
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -81,38 +79,31 @@ def child(channel: str, n: int, chunk: int) -> dict:
         batch = f"bench/{channel}"
         Ledger(state).record_intent(Intent(flow.letter_id(lt.referral_id, lt.event, kind), flow.FLOW, "x", "bench",
                                            "r", channel, batch) for lt in letters)
-        printer = PrintHouse(root / "print")
-        smtp_peer = SmtpPeer(root / "smtp").start() if channel in ("smime-email", "secure-email") else None
-        mesh_peer = MeshPeer(root / "mesh").start() if channel == "mesh" else None
-        try:
-            if smtp_peer:
-                client = smtplib.SMTP("127.0.0.1", smtp_peer.port)
-                sender = SmtpSender(client, "letters@nhs.example")
-            elif mesh_peer:
-                client = mesh_peer.client(mesh_peer.SENDER_MAILBOX)
-                sender = MeshSender(client, gp_connect.WORKFLOW)
-            else:
-                sender = StagedPostSender(printer.staging)
-            ch = flow.Channels({sender_key(channel): sender}, Service(), "letters@nhs.example", "X26ABC1",
-                               printer.cert_path.read_text())
-            rates = []
-            t0 = time.perf_counter()
-            sent = 0
-            for start in range(0, n, chunk):
-                part = letters[start:start + chunk]
-                t = time.perf_counter()
-                report = release(flow.outbound_items(part, kind, channel, batch, ch, set()), sender, state)
-                rates.append(len(report.sent) / (time.perf_counter() - t))
-                sent += len(report.sent)
-                assert not report.failed and not report.refused, report.counts()
-            total = time.perf_counter() - t0
-            delivered = len(smtp_peer.files()) if smtp_peer else (len(printer.files()) if channel == "post" else sent)
-        finally:
-            if smtp_peer:
-                smtp_peer.stop()
-            if mesh_peer:
-                mesh_peer.stop()
-        return {"channel": channel, "letters": n, "sent": sent, "delivered": delivered, "seconds": total,
+        printer = PrintHouse(Path(peers["print_root"]))
+        if channel in ("smime-email", "secure-email"):
+            client = smtplib.SMTP("127.0.0.1", peers["smtp_port"])
+            sender = SmtpSender(client, "letters@nhs.example")
+        elif channel == "mesh":
+            from caldicott.transport.mesh import MeshSettings, make_client
+
+            client = make_client(MeshSettings(**peers["mesh"]))
+            sender = MeshSender(client, gp_connect.WORKFLOW)
+        else:
+            sender = StagedPostSender(printer.staging)
+        ch = flow.Channels({sender_key(channel): sender}, Service(), "letters@nhs.example", "X26ABC1",
+                           printer.cert_path.read_text())
+        rates = []
+        t0 = time.perf_counter()
+        sent = 0
+        for start in range(0, n, chunk):
+            part = letters[start:start + chunk]
+            t = time.perf_counter()
+            report = release(flow.outbound_items(part, kind, channel, batch, ch, set()), sender, state)
+            rates.append(len(report.sent) / (time.perf_counter() - t))
+            sent += len(report.sent)
+            assert not report.failed and not report.refused, report.counts()
+        total = time.perf_counter() - t0
+        return {"channel": channel, "letters": n, "sent": sent, "seconds": total,
                 "rate": n / total, "median_chunk_rate": statistics.median(rates), "peak_rss_mib": peak_rss_mib()}
 
 
@@ -128,18 +119,38 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--channels", nargs="*", default=list(CHANNELS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--peers", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.letters, args.chunk)))
+        print(json.dumps(child(args.child, args.letters, args.chunk, json.loads(args.peers))))
         return
+    # the peers run outside the measured process (SMTP in a thread here, mesh-sandbox in its own process)
+    from devtools.peers.mesh import MeshPeer
+    from devtools.peers.print_house import PrintHouse
+    from devtools.peers.smtp import SmtpPeer
+
     rows = []
-    for channel in args.channels:
-        out = subprocess.run([sys.executable, "-m", "bench.gp_letters", "--child", channel, "--letters",
-                              str(args.letters), "--chunk", str(args.chunk)], capture_output=True, text=True,
-                             check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(rows[-1], flush=True)
+    with tempfile.TemporaryDirectory() as d, SmtpPeer(Path(d) / "smtp") as smtp, MeshPeer(Path(d) / "mesh") as mesh:
+        printer = PrintHouse(Path(d) / "print")
+        peers = {"smtp_port": smtp.port, "print_root": str(printer.root),
+                 "mesh": dataclasses.asdict(mesh.settings(mesh.SENDER_MAILBOX))}
+        for channel in args.channels:
+            before = (len(smtp.files()), len(printer.files()))
+            out = subprocess.run([sys.executable, "-m", "bench.gp_letters", "--child", channel, "--letters",
+                                  str(args.letters), "--chunk", str(args.chunk), "--peers", json.dumps(peers)],
+                                 capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            if channel == "mesh":
+                gp = mesh.client(mesh.GP_MAILBOX)
+                row["delivered"] = sum(1 for _ in gp.iterate_message_ids())
+                gp.close()
+            elif channel == "post":
+                row["delivered"] = len(printer.files()) - before[1]
+            else:
+                row["delivered"] = len(smtp.files()) - before[0]
+            rows.append(row)
+            print(row, flush=True)
     lines = "\n".join(f"| {r['channel']} | {r['letters']:,} | {r['delivered']:,} | {r['rate']:.0f} | "
                       f"{r['median_chunk_rate']:.0f} | {r['peak_rss_mib']:.0f} |" for r in rows)
     body = f"""Command: `python -m bench.gp_letters --letters {args.letters}` ({machine()}; the 2 cores were shared

@@ -52,7 +52,8 @@ def _interval(context) -> tuple:
 @dag(
     dag_id="gp_letters",
     schedule="0 6 * * *",
-    start_date=pendulum.datetime(2026, 10, 1, tz="Europe/London"),
+    # early, so a manual run for any old day (logical date) gets its tasks; catchup stays off
+    start_date=pendulum.datetime(2020, 4, 1, tz="Europe/London"),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
@@ -87,8 +88,8 @@ def gp_letters():
         import contextlib
         from pathlib import Path
 
-        from airflow.exceptions import AirflowFailException
         from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowFailException
         from caldicott.letters.flow import SENDER_FOR, Channels
         from caldicott.letters.flow import send_batch as send
         from caldicott.letters.render import Service
@@ -160,13 +161,13 @@ def gp_letters():
             out["quarantined_by_reason"])
         return out
 
-    @task(trigger_rule="none_failed", retries=0)
+    @task(trigger_rule="none_failed")
     def check_acks(summary: dict, **context) -> dict:
         """Read ITK3 acks from the MESH inbox; alert (fail) for MESH letters with no business ack in time."""
         import datetime as dt
         import time
 
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
         from caldicott.letters import flow
         from caldicott.transport.ledger import Ledger, State
         from caldicott.transport.mesh import read_acks
