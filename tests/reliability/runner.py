@@ -251,7 +251,81 @@ def run_dataset(job: dict) -> dict:
     return {"submission": first, "extract": second}
 
 
-FLOWS = {"letters": run_letters, "updates": run_updates, "dataset": run_dataset}
+def run_staging_disk_full(job: dict) -> dict:
+    """Stage one encrypted file into a staging folder that is full, then again once there is space.
+
+    With ``inject`` false the folder is a tiny tmpfs (mounted by the caller in a private mount namespace)
+    and "space is freed" by remounting it larger; with ``inject`` true the file layer raises ENOSPC half-way
+    through the write instead (for machines where mounting is not allowed).
+    """
+    import errno
+    import hashlib
+    import subprocess
+
+    from caldicott.db import make_engine
+    from caldicott.gateway import release
+    from caldicott.policy.purposes import Protection, Purpose
+    from caldicott.transport import staging
+    from caldicott.transport.base import Outbound, TransportError
+    from caldicott.transport.ledger import Intent, Ledger
+
+    state = make_engine(job["state_url"])
+    root = Path(job["staging"])
+    payload = hashlib.shake_256(b"caldicott").digest(job["payload_kib"] * 1024)
+    item = Outbound("monthly_dataset-diskfull", Purpose.MANDATED_DATASET, "named-submitter", "staging", payload,
+                    Protection.STAGED_ENCRYPTED, address="2026-10", headers={"filename": "iapt_2026-10.zip.enc"},
+                    facts={"validated": True})
+    Ledger(state).record_intent([Intent(item.item_id, "monthly_dataset", Purpose.MANDATED_DATASET.value, "2026-10",
+                                        "named-submitter", "staging", "2026-10")])
+    sender = staging.StagingSender(root)
+    real_fdopen = os.fdopen
+    if job["inject"]:
+        class Full:
+            def __init__(self, fh) -> None:
+                self.fh = fh
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc) -> None:
+                self.fh.close()
+
+            def write(self, data) -> None:
+                self.fh.write(bytes(data)[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        staging.os.fdopen = lambda fd, mode="r", *a, **k: Full(real_fdopen(fd, mode, *a, **k))
+    out: dict = {}
+    try:
+        sender.send(item)
+        out["errno"] = None
+    except TransportError as exc:
+        out["retryable"] = exc.retryable
+        cause = exc.__cause__
+        out["errno"] = errno.errorcode.get(getattr(cause, "errno", None) or 0)
+    out["first"] = release([item], sender, state).counts()
+    entry = Ledger(state).get(item.item_id)
+    out["state_after_failure"] = entry.state.value
+    with state.connect() as conn:
+        from caldicott.transport.ledger import ledger
+        from sqlalchemy import select
+        out["error"] = conn.execute(select(ledger.c.detail).where(ledger.c.item_id == item.item_id)).scalar_one()
+    final = root / "2026-10" / "iapt_2026-10.zip.enc"
+    out["final_after_failure"] = final.exists()
+    out["parts_after_failure"] = [p.name for p in root.rglob("*.part")]
+    # space comes back
+    if job["inject"]:
+        staging.os.fdopen = real_fdopen
+    else:
+        subprocess.run(["mount", "-o", "remount,size=4m", str(root)], check=True)
+    out["second"] = release([item], sender, state).counts()
+    out["final_ok"] = final.exists() and final.read_bytes() == payload
+    out["parts_left"] = [p.name for p in root.rglob("*.part")]
+    return out
+
+
+FLOWS = {"letters": run_letters, "updates": run_updates, "dataset": run_dataset,
+         "staging_disk_full": run_staging_disk_full}
 
 
 def run(job: dict) -> None:
