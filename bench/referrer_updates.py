@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         t0 = time.perf_counter()
@@ -164,7 +166,8 @@ def main() -> None:
     deliver_row = ("**build + deliver all files** (per contract: read, build, ledger intents, SSH connect with "
                    "pinned key, upload `.part`, re-read + sha256, rename)")
     body = "\n".join([
-        f"Command: `{cmd}` ({machine()}; the SFTP server is asyncssh in a separate process on loopback).",
+        f"Command: `{cmd}` ({machine()}; the SFTP server is asyncssh in a separate process on loopback; "
+        f"load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end: the cores were shared).",
         "",
         f"A large provider's day: {args.contracts} contracts (all SFTP, half with clinical summaries), "
         f"{last['sessions_read']:,} sessions on {DAY}; {last['files']} files, {last['rows']:,} data rows, "

@@ -269,3 +269,23 @@ def test_synthetic_no_summaries_contract_over_a_month(synth_source, state_engine
     for item in sender.items:
         for text in SUMMARIES:
             assert text.encode() not in item.payload
+
+
+def test_missing_connection_fails_naming_the_contract_only(tiny, state_engine):
+    def factory(options, contract):
+        raise LookupError("The conn_id `x` isn't defined")
+
+    with pytest.raises(deliver.ContractDeliveryError) as info:
+        deliver.deliver_contract(tiny, state_engine, "CTA", dt.date(2026, 7, 1), dt.date(2026, 7, 2), "2026-07-01",
+                                 factory)
+    assert str(info.value) == "contract CTA: transport not configured (LookupError)"
+    assert Ledger(state_engine).counts("referrer_updates") == {State.INTENDED.value: 1}
+
+
+def test_rerun_of_a_delivered_interval_builds_nothing(tiny, state_engine):
+    sender = _Capture()
+    args = (tiny, state_engine, "CTA", dt.date(2026, 7, 1), dt.date(2026, 7, 2), "2026-07-01")
+    first = deliver.deliver_contract(*args, lambda o, c: sender)
+    again = deliver.deliver_contract(*args, lambda o, c: pytest.fail("no sender is needed on a re-run"))
+    assert first.files == {"sessions": "sent"} and first.rows == {"sessions": 2}
+    assert again.files == {"sessions": "already_sent"} and len(sender.items) == 1

@@ -160,9 +160,17 @@ def deliver_contract(records: Engine, state: Engine, contract_id: str, first: dt
     """Build, plan and release one contract's files for ``[first, end)``; idempotent per interval."""
     contract = contract if contract is not None else load_contract(records, contract_id)
     options = build.contract_options(contract)
+    ledger = Ledger(state)
+    planned = {"sessions": item_id(FLOW, options.contract_id, "sessions", period_key(first, end))}
+    if activity_month is not None and options.include_activity:
+        planned["activity"] = item_id(FLOW, options.contract_id, "activity", activity_month.strftime("%Y-%m"))
+    known = ledger.entries(list(planned.values()))
+    if all(i in known and known[i].state in DONE for i in planned.values()):
+        # a re-run of a delivered interval: nothing to build, nothing to send
+        return ContractResult(options.contract_id, files=dict.fromkeys(planned, "already_sent"),
+                              rules=rules_applied(options))
     items, result, held, item_runs = build_items(records, state, contract, first, end, run_key,
                                                  activity_month=activity_month, known_orgs=known_orgs)
-    ledger = Ledger(state)
     ledger.record_intent(Intent(i.item_id, FLOW, Purpose.REFERRER_UPDATE.value, item_runs[i.item_id],
                                 options.contract_id, options.transport, batch_id=options.contract_id)
                          for i in items)
