@@ -139,7 +139,9 @@ def monthly_dataset():
               "staging folder. Decrypt it with `python -m caldicott.dataset.writer decrypt`, upload it through "
               "the SDCS Cloud portal, then enter the portal's submission reference here."),
         options=["Uploaded"],
-        params={"submission_reference": Param("", type="string", minLength=3, maxLength=100,
+        # no default and no minLength: task params are validated when the task starts, before anyone answers;
+        # the reference itself is checked when it is recorded (record_submission)
+        params={"submission_reference": Param(None, type=["null", "string"], maxLength=100,
                                               description="SDCS Cloud submission reference")},
         response_timeout=dt.timedelta(days=25),
     )

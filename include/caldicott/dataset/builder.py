@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Engine, and_, func, or_, select
 
 from caldicott.records import schema
@@ -54,6 +56,17 @@ COLUMNS: dict[str, list[str]] = {
     "IDS607CodedScoreAssessmentAct": ["CareActId", "CodedAssToolType", "PersScore"],
 }
 TABLES = tuple(COLUMNS)
+#: Low-cardinality code columns, held as categoricals: checks run once per distinct value, not per row.
+CATEGORICAL: dict[str, tuple[str, ...]] = {
+    "IDS001MPI": ("OrgIDLocalPatientId", "NHSNumberStatus", "Gender", "EthnicCategory"),
+    "IDS002GP": ("GMPCodeReg",),
+    "IDS101Referral": ("OrgIDComm", "SourceOfReferralIAPT", "EndCode"),
+    "IDS201CareContact": ("CareContTime", "AttendOrDNACode", "AppType", "ConsMechanism"),
+    "IDS202CareActivity": ("CareProfLocalId",),
+    "IDS603PresentingComplaints": ("FindSchemeInUse", "PresComp"),
+    "IDS606CodedScoreAssessmentRefer": ("CodedAssToolType", "PersScore", "AssToolCompTime"),
+    "IDS607CodedScoreAssessmentAct": ("CodedAssToolType", "PersScore"),
+}
 #: Which table each opaque record id belongs to, for quarantine entries.
 RECORD_TYPE = {t: t for t in TABLES}
 #: FindSchemeInUse for ICD-10 codes (the source records presenting complaints as ICD-10).
@@ -193,6 +206,50 @@ def history(referral_ids: pd.Series, treat: pd.DataFrame, scores: pd.DataFrame) 
 
 # ---- building the tables ---------------------------------------------------------------------------------
 
+def _arrow(values) -> pa.Array | pa.ChunkedArray:
+    if isinstance(values, (pd.Series, pd.Index)) and values.dtype.kind not in "OUS" and str(values.dtype) != "string":
+        return pa.array(values.astype("string[pyarrow]"))
+    arr = pa.array(values) if not isinstance(values, (pa.Array, pa.ChunkedArray)) else values
+    if not pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.large_string())
+    return arr
+
+
+def isin(s: pd.Series, values) -> np.ndarray:
+    """``s.isin(values)`` as a numpy bool array, in Arrow (pandas' own is a Python loop for arrow strings)."""
+    if len(s) == 0:
+        return np.zeros(0, dtype=bool)
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        cats = s.cat.categories
+        hit = isin(pd.Series(cats, dtype="string[pyarrow]"), values) if len(cats) else np.zeros(0, bool)
+        codes = s.cat.codes.to_numpy()
+        return np.where(codes >= 0, hit[np.maximum(codes, 0)] if len(hit) else False, False)
+    vals = list(values) if isinstance(values, (set, frozenset, tuple)) else values
+    value_set = _arrow(pd.Series(vals, dtype="string[pyarrow]") if isinstance(vals, list) else vals)
+    if isinstance(value_set, pa.ChunkedArray):
+        value_set = value_set.combine_chunks()
+    out = pc.is_in(_arrow(s), value_set=value_set, skip_nulls=True)
+    return np.asarray(out.to_numpy(zero_copy_only=False), dtype=bool).copy()
+
+
+def index_in(keys: pd.Series, values: pd.Series) -> np.ndarray:
+    """Position of each key in ``values`` (-1 where absent), in Arrow."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    value_set = _arrow(values)
+    if isinstance(value_set, pa.ChunkedArray):
+        value_set = value_set.combine_chunks()
+    out = pc.index_in(_arrow(keys), value_set=value_set, skip_nulls=True).fill_null(-1)
+    return np.asarray(out.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def suffix(s: pd.Series, text: str) -> pd.Series:
+    """Each value with ``text`` appended (Arrow kernel)."""
+    lit = pa.scalar(text, pa.large_string())
+    joined = pc.binary_join_element_wise(_arrow(s), lit, pa.scalar("", pa.large_string()))
+    return pd.Series(joined.to_pandas(types_mapper=pd.ArrowDtype), index=s.index).astype("string[pyarrow]")
+
+
 def _s(values) -> pd.Series:
     """A nullable pyarrow-backed string column (fast vectorised regex in validation)."""
     return pd.Series(values, dtype="string[pyarrow]") if not isinstance(values, pd.Series) else \
@@ -201,6 +258,13 @@ def _s(values) -> pd.Series:
 
 def _date(values) -> pd.Series:
     return pd.to_datetime(pd.Series(values).reset_index(drop=True), errors="coerce").astype("datetime64[s]")
+
+
+def _hms(local: pd.Series) -> pd.Series:
+    """HH:MM:SS of naive datetimes (Arrow kernel; pandas' strftime is a Python loop)."""
+    arr = pa.array(local.astype("datetime64[s]").to_numpy(), type=pa.timestamp("s"))
+    return pd.Series(pc.strftime(arr, format="%H:%M:%S").to_pandas(types_mapper=pd.ArrowDtype),
+                     index=local.index).astype("string[pyarrow]")
 
 
 def _local(instants) -> pd.Series:
@@ -263,7 +327,7 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     local = _local(c["contact_at"])
     contact = pd.DataFrame({
         "CareContactId": cid, "ServiceRequestId": _s(c["service_request_id"]),
-        "CareContDate": local.dt.floor("D").astype("datetime64[s]"), "CareContTime": _s(local.dt.strftime("%H:%M:%S")),
+        "CareContDate": local.dt.floor("D").astype("datetime64[s]"), "CareContTime": _hms(local),
         "AttendOrDNACode": _s(c["attend_code"]), "AppType": _s(c["app_type"]), "ConsMechanism": _s(c["cons_mechanism"]),
         "ClinContDurOfCareCont": pd.Series(c["duration_minutes"]).reset_index(drop=True).astype("Int64"), "_rid": cid})
 
@@ -271,10 +335,10 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     a = src.assessments
     a_contact = _s(a["care_contact_id"])
     scored = pd.Index(a_contact.dropna().unique())
-    attended = contact["AttendOrDNACode"].isin(list(ATTENDED)).to_numpy()
-    act_mask = attended | contact["CareContactId"].isin(scored).to_numpy()
+    attended = isin(contact["AttendOrDNACode"], list(ATTENDED))
+    act_mask = attended | isin(contact["CareContactId"], scored)
     act_contacts = contact.loc[act_mask].reset_index(drop=True)
-    act_id = _s(act_contacts["CareContactId"].str.cat(np.full(len(act_contacts), "-1", dtype=object)))
+    act_id = suffix(act_contacts["CareContactId"], "-1")
     activity = pd.DataFrame({
         "CareActId": act_id, "CareContactId": _s(act_contacts["CareContactId"]),
         "CareProfLocalId": _s(c["clinician_id"]).loc[act_mask].reset_index(drop=True) if "clinician_id" in c
@@ -289,10 +353,10 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
         "CodedAssToolType": _s(a["tool_code"])[~at_contact],
         "PersScore": _s(pd.Series(a["score"]).astype("Int64").astype("string"))[~at_contact],
         "AssToolCompDate": a_local[~at_contact].dt.floor("D").astype("datetime64[s]"),
-        "AssToolCompTime": _s(a_local[~at_contact].dt.strftime("%H:%M:%S")), "_rid": aid[~at_contact]}
+        "AssToolCompTime": _hms(a_local[~at_contact]), "_rid": aid[~at_contact]}
     ).reset_index(drop=True)
     act = pd.DataFrame({
-        "CareActId": _s(a_contact[at_contact].str.cat(np.full(int(at_contact.sum()), "-1", dtype=object))),
+        "CareActId": suffix(a_contact[at_contact], "-1"),
         "CodedAssToolType": _s(a["tool_code"])[at_contact],
         "PersScore": _s(pd.Series(a["score"]).astype("Int64").astype("string"))[at_contact], "_rid": aid[at_contact]}
     ).reset_index(drop=True)
@@ -301,7 +365,10 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
               "IDS201CareContact": contact, "IDS202CareActivity": activity, "IDS603PresentingComplaints": pres,
               "IDS606CodedScoreAssessmentRefer": refer, "IDS607CodedScoreAssessmentAct": act}
     for name, df in tables.items():
-        tables[name] = df.reset_index(drop=True)[[*COLUMNS[name], "_rid"]]
+        df = df.reset_index(drop=True)[[*COLUMNS[name], "_rid"]]
+        for col in CATEGORICAL.get(name, ()):
+            df[col] = df[col].astype("category")
+        tables[name] = df
     return Dataset(period, version, tables, src.history)
 
 
@@ -323,25 +390,25 @@ def cascade(ds: Dataset) -> dict[str, pd.Series]:
             t[name] = t[name].loc[mask].reset_index(drop=True)
 
     ids = t["IDS001MPI"]["LocalPatientId"]
-    keep("IDS002GP", t["IDS002GP"]["LocalPatientId"].isin(ids).to_numpy())
-    keep("IDS101Referral", t["IDS101Referral"]["LocalPatientId"].isin(ids).to_numpy())
+    keep("IDS002GP", isin(t["IDS002GP"]["LocalPatientId"], ids))
+    keep("IDS101Referral", isin(t["IDS101Referral"]["LocalPatientId"], ids))
     with_ref = t["IDS101Referral"]["LocalPatientId"]
-    keep("IDS001MPI", t["IDS001MPI"]["LocalPatientId"].isin(with_ref).to_numpy())
-    keep("IDS002GP", t["IDS002GP"]["LocalPatientId"].isin(t["IDS001MPI"]["LocalPatientId"]).to_numpy())
+    keep("IDS001MPI", isin(t["IDS001MPI"]["LocalPatientId"], with_ref))
+    keep("IDS002GP", isin(t["IDS002GP"]["LocalPatientId"], t["IDS001MPI"]["LocalPatientId"]))
     sri = t["IDS101Referral"]["ServiceRequestId"]
     for name in ("IDS201CareContact", "IDS603PresentingComplaints", "IDS606CodedScoreAssessmentRefer"):
-        keep(name, t[name]["ServiceRequestId"].isin(sri).to_numpy())
-    keep("IDS202CareActivity", t["IDS202CareActivity"]["CareContactId"].isin(t["IDS201CareContact"]["CareContactId"])
-         .to_numpy())
-    keep("IDS607CodedScoreAssessmentAct", t["IDS607CodedScoreAssessmentAct"]["CareActId"]
-         .isin(t["IDS202CareActivity"]["CareActId"]).to_numpy())
+        keep(name, isin(t[name]["ServiceRequestId"], sri))
+    keep("IDS202CareActivity", isin(t["IDS202CareActivity"]["CareContactId"], t["IDS201CareContact"]["CareContactId"]))
+    keep("IDS607CodedScoreAssessmentAct", isin(t["IDS607CodedScoreAssessmentAct"]["CareActId"],
+                                               t["IDS202CareActivity"]["CareActId"]))
     return {k: pd.concat(v, ignore_index=True) for k, v in dropped.items()}
 
 
 def drop(ds: Dataset, table: str, rids) -> dict[str, pd.Series]:
     """Remove the records of ``table`` whose ``_rid`` is in ``rids`` and everything depending on them."""
     df = ds.tables[table]
-    mask = df["_rid"].isin(pd.Index(rids)).to_numpy()
+    mask = isin(df["_rid"], pd.Series(list(rids) if not isinstance(rids, pd.Series) else rids,
+                                      dtype="string[pyarrow]"))
     removed = {table: df["_rid"][mask].reset_index(drop=True)} if mask.any() else {}
     ds.tables[table] = df.loc[~mask].reset_index(drop=True)
     for k, v in cascade(ds).items():

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from caldicott.dataset.builder import COLUMNS, VERSIONS, Dataset, cascade
+from caldicott.dataset.builder import COLUMNS, VERSIONS, Dataset, cascade, index_in, isin
 from caldicott.records.schema import SCORE_RANGES
 from caldicott.state.quarantine import Quarantined
 
@@ -92,6 +92,11 @@ def _b(x) -> np.ndarray:
 def _blank(s: pd.Series) -> np.ndarray:
     if s.dtype.kind in "Mm" or str(s.dtype).startswith(("Int", "int", "float")):
         return s.isna().to_numpy()
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        cats = pd.Series(s.cat.categories, dtype="string[pyarrow]")
+        empty = _b(cats.str.strip() == "")
+        codes = s.cat.codes.to_numpy()
+        return np.where(codes >= 0, empty[np.maximum(codes, 0)] if len(empty) else False, True)
     return s.isna().to_numpy() | _b(s.str.strip() == "")
 
 
@@ -118,7 +123,7 @@ def _setter(table: str, col: str, value) -> Breaker:
 def _lookup(keys: pd.Series, parent: pd.DataFrame, key: str, col: str) -> pd.Series:
     """``parent[col]`` for each key (first match), aligned with ``keys``."""
     p = parent.drop_duplicates(key)
-    idx = pd.Index(p[key]).get_indexer(keys)
+    idx = index_in(keys, p[key])
     vals = p[col].to_numpy()
     out = pd.Series(vals[np.where(idx < 0, 0, idx)] if len(vals) else np.full(len(keys), None), index=keys.index)
     out[idx < 0] = None
@@ -144,6 +149,11 @@ def fmt(code: str, table: str, col: str, regex: str, bad_value: str) -> Rule:
         s = ds.tables[table][col]
         if s.dtype.kind in "M":
             return np.zeros(len(s), bool)
+        if isinstance(s.dtype, pd.CategoricalDtype):   # once per distinct value
+            cats = pd.Series(s.cat.categories, dtype="string[pyarrow]")
+            bad = ~_b(cats.str.fullmatch(regex)) & ~_blank(cats)
+            codes = s.cat.codes.to_numpy()
+            return np.where(codes >= 0, bad[np.maximum(codes, 0)] if len(bad) else False, False)
         s = s.astype("string[pyarrow]") if str(s.dtype) != "string" else s
         return ~_blank(s) & ~_b(s.str.fullmatch(regex))
     return _register(Rule(code, table, check, _setter(table, col, bad_value)))
@@ -152,7 +162,13 @@ def fmt(code: str, table: str, col: str, regex: str, bad_value: str) -> Rule:
 def one_of(code: str, table: str, col: str, allowed, bad_value: str) -> Rule:
     allowed = list(allowed)
     return _register(Rule(code, table, lambda ds: ~_blank(ds.tables[table][col]) &
-                          ~ds.tables[table][col].isin(allowed).to_numpy(dtype=bool),
+                          ~isin(ds.tables[table][col], allowed),
+                          _setter(table, col, bad_value)))
+
+
+def orphan(code: str, table: str, col: str, parent: str, parent_col: str, bad_value: str) -> Rule:
+    """Reject-group rule: no valid parent record (e.g. IDS10101: no IDS001 for this LocalPatientId)."""
+    return _register(Rule(code, table, lambda ds: ~isin(ds.tables[table][col], ds.tables[parent][parent_col]),
                           _setter(table, col, bad_value)))
 
 
@@ -186,7 +202,7 @@ PRES, A606, A607 = "IDS603PresentingComplaints", "IDS606CodedScoreAssessmentRefe
 # ---- IDS000 header --------------------------------------------------------------------------------------
 blank("IDS00001", H, "DatSetVer")
 custom("IDS00003", H, lambda ds: ~_blank(ds.tables[H]["DatSetVer"]) &
-       ~ds.tables[H]["DatSetVer"].isin(list(VERSIONS)).to_numpy(dtype=bool), _setter(H, "DatSetVer", "9.9"))
+       ~isin(ds.tables[H]["DatSetVer"], list(VERSIONS)), _setter(H, "DatSetVer", "9.9"))
 fmt("IDS00004", H, "DatSetVer", r"[0-9]{1,2}\.[0-9]{1,2}", "two")
 blank("IDS00028", H, "OrgIDProv")
 fmt("IDS00029", H, "OrgIDProv", ORG, "not a code")
@@ -312,7 +328,7 @@ blank("IDS00162", MPI, "NHSNumberStatus")
 custom("IDS00118", MPI, lambda ds: _blank(ds.tables[MPI]["NHSNumber"]) & _blank(ds.tables[MPI]["NHSNumberStatus"]),
        lambda ds: (_set(ds, MPI, "NHSNumber", None), _set(ds, MPI, "NHSNumberStatus", None)))
 custom("IDS00161", MPI, lambda ds: _blank(ds.tables[MPI]["NHSNumber"]) &
-       ds.tables[MPI]["NHSNumberStatus"].isin(["01", "02"]).to_numpy(dtype=bool),
+       isin(ds.tables[MPI]["NHSNumberStatus"], ["01", "02"]),
        lambda ds: (_set(ds, MPI, "NHSNumber", None), _set(ds, MPI, "NHSNumberStatus", "01")))
 blank("IDS00120", MPI, "PersonBirthDate")
 blank("IDS00123", MPI, "Postcode")
@@ -323,8 +339,7 @@ fmt("IDS00132", MPI, "EthnicCategory", r"[A-Z]{1,2}|[0-9]{2}", "a1")
 one_of("IDS00133", MPI, "EthnicCategory", ETHNIC, "Q")
 
 # ---- IDS002 GP ------------------------------------------------------------------------------------------
-custom("IDS00220", GP, lambda ds: ~ds.tables[GP]["LocalPatientId"].isin(ds.tables[MPI]["LocalPatientId"])
-       .to_numpy(dtype=bool), _setter(GP, "LocalPatientId", "NOPATIENT"))
+orphan("IDS00220", GP, "LocalPatientId", MPI, "LocalPatientId", "NOPATIENT")
 custom("IDS00221", GP, _dup(GP, ["LocalPatientId", "GMPCodeReg", "StartDateGMPRegistration"]),
        lambda ds: ds.tables.__setitem__(GP, pd.concat([ds.tables[GP].iloc[[0]], ds.tables[GP]], ignore_index=True)))
 custom("IDS00222", GP, lambda ds: ds.tables[GP]["EndDateGMPRegistration"].isna().to_numpy() &
@@ -352,8 +367,7 @@ custom("IDS00216", GP, lambda ds: _b(ds.tables[GP]["EndDateGMPRegistration"] <
                    _set(ds, GP, "EndDateGMPRegistration", ds.period.first.isoformat())))
 
 # ---- IDS101 referral ------------------------------------------------------------------------------------
-custom("IDS10101", REF, lambda ds: ~ds.tables[REF]["LocalPatientId"].isin(ds.tables[MPI]["LocalPatientId"])
-       .to_numpy(dtype=bool), _setter(REF, "LocalPatientId", "NOPATIENT"))
+orphan("IDS10101", REF, "LocalPatientId", MPI, "LocalPatientId", "NOPATIENT")
 custom("IDS10103", REF, _dup(REF, ["ServiceRequestId"]), _copy_row1_to_row0(REF, ["ServiceRequestId"]))
 blank("IDS10104", REF, "ServiceRequestId")
 fmt("IDS10105", REF, "ServiceRequestId", ID20, "X" * 21)
@@ -382,8 +396,7 @@ custom("IDS10139", REF, lambda ds: _b(ds.tables[REF]["ServDischDate"] > _period_
        lambda ds: (_set(ds, REF, "ServDischDate", "2999-01-01"), _set(ds, REF, "EndCode", "46")))
 
 # ---- IDS201 care contact --------------------------------------------------------------------------------
-custom("IDS20142", CC, lambda ds: ~ds.tables[CC]["ServiceRequestId"].isin(ds.tables[REF]["ServiceRequestId"])
-       .to_numpy(dtype=bool), _setter(CC, "ServiceRequestId", "NOREFERRAL"))
+orphan("IDS20142", CC, "ServiceRequestId", REF, "ServiceRequestId", "NOREFERRAL")
 custom("IDS20143", CC, _dup(CC, ["CareContactId"]), _copy_row1_to_row0(CC, ["CareContactId"]))
 blank("IDS20101", CC, "CareContactId")
 fmt("IDS20102", CC, "CareContactId", ID20, "X" * 21)
@@ -413,7 +426,7 @@ one_of("IDS20120", CC, "ConsMechanism", CONS_MECH, "42")
 
 def _dup_attended(ds: Dataset) -> np.ndarray:
     df = ds.tables[CC]
-    att = df["AttendOrDNACode"].isin(["5", "6"]).to_numpy(dtype=bool)
+    att = isin(df["AttendOrDNACode"], ["5", "6"])
     dup = df.duplicated(["ServiceRequestId", "CareContDate", "CareContTime", "AttendOrDNACode"], keep=False).to_numpy()
     return att & dup
 
@@ -427,16 +440,15 @@ def _make_dup_attended(ds: Dataset) -> None:
 
 
 custom("IDS20168", CC, _dup_attended, _make_dup_attended)
-custom("IDS20169", CC, lambda ds: ds.tables[CC]["AttendOrDNACode"].isin(["5", "6"]).to_numpy(dtype=bool) &
-       ~ds.tables[CC]["CareContactId"].isin(ds.tables[ACT]["CareContactId"]).to_numpy(dtype=bool),
+custom("IDS20169", CC, lambda ds: isin(ds.tables[CC]["AttendOrDNACode"], ["5", "6"]) &
+       ~isin(ds.tables[CC]["CareContactId"], ds.tables[ACT]["CareContactId"]),
        lambda ds: (_set(ds, CC, "AttendOrDNACode", "5"),
                    ds.tables.__setitem__(ACT, ds.tables[ACT][ds.tables[ACT]["CareContactId"] !=
                                                               ds.tables[CC]["CareContactId"].iloc[0]]
                                          .reset_index(drop=True))))
 
 # ---- IDS202 care activity -------------------------------------------------------------------------------
-custom("IDS20224", ACT, lambda ds: ~ds.tables[ACT]["CareContactId"].isin(ds.tables[CC]["CareContactId"])
-       .to_numpy(dtype=bool), _setter(ACT, "CareContactId", "NOCONTACT"))
+orphan("IDS20224", ACT, "CareContactId", CC, "CareContactId", "NOCONTACT")
 custom("IDS20225", ACT, _dup(ACT, ["CareActId"]), _copy_row1_to_row0(ACT, ["CareActId"]))
 blank("IDS20201", ACT, "CareActId")
 fmt("IDS20202", ACT, "CareActId", ID20, "X" * 21)
@@ -447,8 +459,7 @@ custom("IDS20206", ACT, lambda ds: _b(ds.tables[ACT]["ClinContactDurOfCareAct"] 
        _b(ds.tables[ACT]["ClinContactDurOfCareAct"] > 9999), _setter(ACT, "ClinContactDurOfCareAct", -5))
 
 # ---- IDS603 presenting complaints -----------------------------------------------------------------------
-custom("IDS60301", PRES, lambda ds: ~ds.tables[PRES]["ServiceRequestId"].isin(ds.tables[REF]["ServiceRequestId"])
-       .to_numpy(dtype=bool), _setter(PRES, "ServiceRequestId", "NOREFERRAL"))
+orphan("IDS60301", PRES, "ServiceRequestId", REF, "ServiceRequestId", "NOREFERRAL")
 custom("IDS60302", PRES, _dup(PRES, ["ServiceRequestId", "PresCompDate", "PresComp"]),
        lambda ds: ds.tables.__setitem__(PRES, pd.concat([ds.tables[PRES].iloc[[0]], ds.tables[PRES]],
                                                         ignore_index=True)))
@@ -471,14 +482,25 @@ custom("IDS60316", PRES, lambda ds: _b(ds.tables[PRES]["PresCompDate"] < _lookup
 # ---- IDS606 / IDS607 coded scored assessments -----------------------------------------------------------
 
 
+def _per_value(s: pd.Series, fn) -> np.ndarray:
+    """``fn`` over the distinct values of a categorical (then taken by code), or over the whole column."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        vals = fn(pd.Series(s.cat.categories)) if len(s.cat.categories) else np.zeros(0)
+        codes = s.cat.codes.to_numpy()
+        return np.where(codes >= 0, vals[np.maximum(codes, 0)] if len(vals) else np.nan, np.nan)
+    return fn(s)
+
+
 def _score_bad(table: str) -> Check:
     """Populated, a whole number, but outside the tool's range (PHQ-9 0-27, GAD-7 0-21, WSAS 0-8)."""
     def check(ds: Dataset) -> np.ndarray:
         df = ds.tables[table]
-        score = pd.to_numeric(df["PersScore"].astype(object), errors="coerce").to_numpy(dtype=float)
-        tool = df["CodedAssToolType"].astype(object)
-        lo = tool.map({k: v[0] for k, v in SCORE_RANGES.items()}).to_numpy(dtype=float)
-        hi = tool.map({k: v[1] for k, v in SCORE_RANGES.items()}).to_numpy(dtype=float)
+        score = _per_value(df["PersScore"], lambda v: pd.to_numeric(v.astype(object), errors="coerce")
+                           .to_numpy(dtype=float))
+        lo = _per_value(df["CodedAssToolType"], lambda v: v.astype(object).map(
+            {k: r[0] for k, r in SCORE_RANGES.items()}).to_numpy(dtype=float))
+        hi = _per_value(df["CodedAssToolType"], lambda v: v.astype(object).map(
+            {k: r[1] for k, r in SCORE_RANGES.items()}).to_numpy(dtype=float))
         with np.errstate(invalid="ignore"):
             return ~np.isnan(score) & ~np.isnan(lo) & ((score < lo) | (score > hi))
     return check
@@ -499,8 +521,7 @@ for _t, (c_dup, c_blank_tool, c_fmt_tool, c_ref_tool, c_blank_score, c_fmt_score
     fmt(c_fmt_score, _t, "PersScore", r"[0-9]{1,3}", "1.5")
     custom(c_range, _t, _score_bad(_t), _setter(_t, "PersScore", "31"))
 
-custom("IDS60612", A606, lambda ds: ~ds.tables[A606]["ServiceRequestId"].isin(ds.tables[REF]["ServiceRequestId"])
-       .to_numpy(dtype=bool), _setter(A606, "ServiceRequestId", "NOREFERRAL"))
+orphan("IDS60612", A606, "ServiceRequestId", REF, "ServiceRequestId", "NOREFERRAL")
 blank("IDS60601", A606, "ServiceRequestId")
 fmt("IDS60602", A606, "ServiceRequestId", ID20, "X" * 21)
 blank("IDS60608", A606, "AssToolCompDate")
@@ -514,8 +535,7 @@ custom("IDS60617", A606, lambda ds: _b(ds.tables[A606]["AssToolCompDate"] < _loo
                 _set(ds, A606, "ServiceRequestId", ds.tables[REF]["ServiceRequestId"].iloc[0]),
                 _set(ds, A606, "AssToolCompDate", ds.period.first.isoformat())))
 fmt("IDS60614", A606, "AssToolCompTime", r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]", "7pm")
-custom("IDS60708", A607, lambda ds: ~ds.tables[A607]["CareActId"].isin(ds.tables[ACT]["CareActId"])
-       .to_numpy(dtype=bool), _setter(A607, "CareActId", "NOACTIVITY"))
+orphan("IDS60708", A607, "CareActId", ACT, "CareActId", "NOACTIVITY")
 blank("IDS60701", A607, "CareActId")
 fmt("IDS60702", A607, "CareActId", ID20, "X" * 21)
 

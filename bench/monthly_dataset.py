@@ -1,0 +1,241 @@
+"""Benchmark: a national-scale month of the IAPT data set built, validated and written (issue 5).
+
+``python -m bench.monthly_dataset [--referrals 1000000 --contacts 2500000 --assessments 5000000]
+[--ratio-referrals 50000]``
+
+1. Generates the source frames of one month directly with numpy (reported separately: it stands in for
+   reading the records source, which is timed on its own with ``read_source`` over SQLite for the
+   ratio month), then times ``build`` (+ pre-2020 rule), ``screen`` (every registered rule, quarantine
+   decisions) and ``write`` (Parquet per table, manifest, zip, AES-256-GCM; without and with the intermediate
+   SQLite database). Peak RSS of the process.
+2. Speed ratio against the row-by-row reference builder + validator (``bench/reference_monthly_dataset.py``)
+   on a smaller month, with a check that both quarantine the same records for the rules both implement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from caldicott.dataset import rules
+from caldicott.dataset.builder import Period, SourceMonth, build, history
+from caldicott.dataset.writer import load_key, new_key, write
+from caldicott.policy.dataset import apply_pre2020
+from caldicott.records.nhs_numbers import synthetic_numbers
+from caldicott.records.schema import SNOMED
+
+from bench.results import machine, peak_rss_mib, write_section
+
+PERIOD = Period.month(2026, 9)
+
+
+def _ids(prefix: str, n: int, width: int) -> np.ndarray:
+    return np.char.add(prefix, np.char.zfill(np.arange(1, n + 1).astype(str), width)).astype(object)
+
+
+def national_month(referrals: int, contacts: int, assessments: int, seed: int = 1, bad_share: float = 0.001
+                   ) -> SourceMonth:
+    """One month's source frames at any scale, generated directly (no database), with a few bad records."""
+    rng = np.random.default_rng(seed)
+    n_pat = min(800_000, max(10, int(referrals / 1.25)))
+    pid = _ids("P", n_pat, 8)
+    nhs = synthetic_numbers(rng, n_pat).astype(object)
+    birth = np.datetime64("2008-09-01") - rng.integers(0, 60 * 365, n_pat).astype("timedelta64[D]")
+    outward = np.array(["LS1", "LS6", "BD7", "HX1", "WF3", "S10", "M14", "YO31"])
+    inward = (rng.integers(1, 10, n_pat).astype(str).astype(object)
+              + rng.choice(list("ABDEFGHJLNPQRSTUWXYZ"), n_pat).astype(object)
+              + rng.choice(list("ABDEFGHJLNPQRSTUWXYZ"), n_pat).astype(object))
+    postcode = rng.choice(outward, n_pat).astype(object) + " " + inward
+    patients = pd.DataFrame({
+        "local_patient_id": pid, "nhs_number": nhs, "birth_date": birth, "postcode": postcode,
+        "gender": rng.choice(np.array(["1", "2", "9"]), n_pat, p=[0.38, 0.61, 0.01]).astype(object),
+        "ethnic_category": rng.choice(np.array(list("ABCDEFGHJKLMNPRSZ")), n_pat).astype(object),
+        "gp_practice_code": np.char.add("Z8", np.char.zfill(rng.integers(0, 9000, n_pat).astype(str), 4))
+        .astype(object),
+        "dataset_objection_pre2020": None, "dataset_objection_date": None})
+    n_bad = max(1, int(n_pat * bad_share))
+    bad = rng.choice(n_pat, size=4 * n_bad, replace=False).reshape(4, n_bad)
+    patients.loc[bad[0], "nhs_number"] = "9990000019"                       # check digit wrong
+    patients.loc[bad[1], "postcode"] = "LS11AB"                             # no space
+    patients.loc[bad[2], "birth_date"] = np.datetime64("2030-01-01")        # in the future
+    patients.loc[bad[3], "nhs_number"] = patients.loc[bad[3][::-1], "nhs_number"].to_numpy()  # pairs share
+    patients.loc[bad[3][n_bad // 2: n_bad - n_bad // 2], "nhs_number"] = None  # odd middle one: no number
+
+    ref_pat = np.concatenate([np.arange(n_pat), rng.integers(0, n_pat, referrals - n_pat)])
+    received = np.datetime64("2026-09-30") - rng.integers(0, 600, referrals).astype("timedelta64[D]")
+    discharged = rng.random(referrals) < 0.12
+    disch = np.where(discharged, np.datetime64("2026-09-01") + rng.integers(0, 30, referrals).astype("timedelta64[D]"),
+                     np.datetime64("NaT"))
+    disch = np.where(discharged & (disch < received), received, disch)
+    rid = _ids("R", referrals, 9)
+    refs = pd.DataFrame({
+        "service_request_id": rid, "local_patient_id": pid[ref_pat], "commissioner_code": "ZC1",
+        "received_date": received,
+        "source_of_referral": rng.choice(np.array(["B1", "A1", "C1"]), referrals).astype(object),
+        "discharge_date": disch, "end_code": np.where(discharged, rng.choice(np.array(["46", "47", "12"]), referrals),
+                                                      None).astype(object),
+        "presenting_problem_code": rng.choice(np.array(["F32", "F41.1", "F41.2", "F43.1"]), referrals).astype(object)})
+
+    c_ref = rng.integers(0, referrals, contacts)
+    start = np.maximum(received[c_ref], np.datetime64("2026-09-01")).astype("datetime64[m]")
+    end = np.where(discharged[c_ref], disch[c_ref], np.datetime64("2026-09-30")).astype("datetime64[m]")
+    span = np.maximum(1, (end - start).astype(np.int64) // (24 * 60) + 1)
+    local = start + (rng.integers(0, 1 << 30, contacts) % span * 24 * 60).astype("timedelta64[m]") \
+        + rng.choice(np.array([9 * 60, 11 * 60, 14 * 60, 17 * 60 + 30]), contacts).astype("timedelta64[m]")
+    at = (pd.DatetimeIndex(local).tz_localize("Europe/London", ambiguous="NaT", nonexistent="shift_forward")
+          .tz_convert("UTC").tz_localize(None))
+    attend = rng.choice(np.array(["5", "6", "3", "2", "4"]), contacts, p=[0.82, 0.05, 0.08, 0.03, 0.02]).astype(object)
+    cid = _ids("C", contacts, 10)
+    contacts_df = pd.DataFrame({
+        "care_contact_id": cid, "service_request_id": rid[c_ref], "contact_at": at,
+        "duration_minutes": rng.choice(np.array([30, 45, 60]), contacts),
+        "app_type": rng.choice(np.array(["01", "02", "03"]), contacts, p=[0.2, 0.7, 0.1]).astype(object),
+        "attend_code": attend, "cons_mechanism": rng.choice(np.array(["01", "02", "04"]), contacts).astype(object),
+        "clinician_id": np.char.add("CL", rng.integers(100, 999, contacts).astype(str)).astype(object)})
+
+    a_contact = np.flatnonzero(np.isin(attend, ["5", "6"]))
+    per = int(np.ceil(assessments / max(1, len(a_contact))))
+    tools = [SNOMED["PHQ9"], SNOMED["GAD7"], SNOMED["WSAS_WORK"], SNOMED["WSAS_HOME"]][:max(2, per)]
+    a_idx = np.repeat(a_contact, len(tools))[:assessments]
+    tool = np.tile(np.array(tools, dtype=object), len(a_contact))[:assessments]
+    hi = pd.Series(tool).map({SNOMED["PHQ9"]: 27, SNOMED["GAD7"]: 21}).fillna(8).to_numpy(int)
+    score = rng.integers(0, hi + 1)
+    score[rng.choice(len(score), size=n_bad, replace=False)] = 31
+    assess = pd.DataFrame({
+        "assessment_id": _ids("A", len(a_idx), 10), "service_request_id": rid[c_ref[a_idx]],
+        "care_contact_id": cid[a_idx], "tool_code": tool, "score": score, "assessed_at": at[a_idx]})
+    h_treat = pd.DataFrame({"service_request_id": rid, "first_treatment_at": pd.to_datetime(received)
+                            + pd.to_timedelta(rng.integers(5, 90, referrals), unit="D"),
+                            "treatment_contacts": rng.integers(0, 12, referrals)})
+    disc_ids = rid[discharged]
+    n_d = len(disc_ids)
+    h_scores = pd.DataFrame({
+        "service_request_id": np.repeat(disc_ids, 4),
+        "tool_code": np.tile(np.array([SNOMED["PHQ9"], SNOMED["GAD7"]] * 2, dtype=object), n_d),
+        "score": rng.integers(0, 22, 4 * n_d),
+        "assessed_at": np.tile(np.array(["2026-01-01", "2026-01-01", "2026-09-01", "2026-09-01"],
+                                        dtype="datetime64[s]"), n_d)})
+    return SourceMonth(patients, refs, contacts_df, assess, history(refs["service_request_id"], h_treat, h_scores))
+
+
+def run_pipeline(src: SourceMonth, out: Path, key: bytes, *, intermediate_db: bool) -> dict:
+    t0 = time.perf_counter()
+    ds = build(src, PERIOD)
+    apply_pre2020(ds, src.patients, "referrals_before_cutover")
+    t1 = time.perf_counter()
+    res = rules.screen(ds)
+    t2 = time.perf_counter()
+    written = write(ds, out, key, with_intermediate_db=False)
+    t3 = time.perf_counter()
+    timing = {"build": t1 - t0, "validate": t2 - t1, "write": t3 - t2}
+    if intermediate_db:
+        write(ds, out, key, name="with_db.zip.enc", with_intermediate_db=True)
+        timing["write_with_intermediate_db"] = time.perf_counter() - t3
+    return {"timing": timing, "counts": ds.counts(), "quarantined": len(res.quarantined),
+            "by_reason": res.by_reason, "bytes": written.size, "file_failures": res.file_failures}
+
+
+def ratio(n_referrals: int, key: bytes) -> dict:
+    from bench.reference_monthly_dataset import reference_build_validate
+
+    src = national_month(n_referrals, int(n_referrals * 2.5), n_referrals * 5, seed=3)
+    t0 = time.perf_counter()
+    ds = build(src, PERIOD)
+    res = rules.screen(ds)
+    t_vec = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref_tables, ref_q = reference_build_validate(src, PERIOD)
+    t_ref = time.perf_counter() - t0
+    vec_q = {(q.record_type, q.record_id, q.reason_code) for q in res.quarantined}
+    common = {c for _, _, c in ref_q}
+    vec_common = {x for x in vec_q if x[2] in common}
+    agree = vec_common == set(ref_q)
+    counts_agree = {k: len(v) for k, v in ref_tables.items()} == {k: v for k, v in ds.counts().items()
+                                                                  if k in ref_tables}
+    return {"referrals": n_referrals, "vectorised_s": t_vec, "reference_s": t_ref, "ratio": t_ref / t_vec,
+            "quarantine_agrees": agree, "counts_agree": counts_agree, "reference_rules": len(common),
+            "vectorised_rules": len(rules.REGISTRY)}
+
+
+def read_source_timing(n_patients: int) -> dict:
+    """``read_source`` over a SQLite records source seeded by the generator (the real read path)."""
+    from caldicott.dataset.builder import read_source
+    from caldicott.db import make_engine, sqlite_url
+    from caldicott.records import synth
+
+    with tempfile.TemporaryDirectory() as d:
+        url = sqlite_url(Path(d) / "records.db")
+        synth.write(synth.generate(n_patients, 7), make_engine(url))
+        engine = make_engine(url, readonly=True)
+        t0 = time.perf_counter()
+        src = read_source(engine, PERIOD)
+        return {"patients": n_patients, "read_s": time.perf_counter() - t0, **src.sizes()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--referrals", type=int, default=1_000_000)
+    parser.add_argument("--contacts", type=int, default=2_500_000)
+    parser.add_argument("--assessments", type=int, default=5_000_000)
+    parser.add_argument("--ratio-referrals", type=int, default=50_000)
+    parser.add_argument("--read-patients", type=int, default=100_000)
+    parser.add_argument("--no-intermediate-db", action="store_true")
+    parser.add_argument("--no-write-results", action="store_true")
+    args = parser.parse_args()
+    key = load_key(new_key())
+    t0 = time.perf_counter()
+    src = national_month(args.referrals, args.contacts, args.assessments)
+    gen = time.perf_counter() - t0
+    sizes = src.sizes()
+    with tempfile.TemporaryDirectory() as d:
+        big = run_pipeline(src, Path(d), key, intermediate_db=not args.no_intermediate_db)
+    del src
+    gc.collect()
+    peak = peak_rss_mib()
+    rt = ratio(args.ratio_referrals, key)
+    rd = read_source_timing(args.read_patients) if args.read_patients else None
+    t = big["timing"]
+    total = t["build"] + t["validate"] + t["write"]
+    cmd = (f"python -m bench.monthly_dataset --referrals {args.referrals} --contacts {args.contacts} "
+           f"--assessments {args.assessments} --ratio-referrals {args.ratio_referrals}")
+    rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in t.items())
+    body = f"""Command: `{cmd}` ({machine()}), {dt.date.today().isoformat()}.
+
+National-scale month (source frames generated directly: {sizes['patients']:,} patients, {sizes['referrals']:,}
+referrals, {sizes['contacts']:,} care contacts, {sizes['assessments']:,} assessment rows; generation
+{gen:.1f} s, not counted):
+
+| stage | s |
+|---|---|
+{rows}
+| **build + validate + write (Parquet archive, encrypted)** | **{total:.1f}** |
+
+Peak RSS {peak:,.0f} MiB. {len(rules.REGISTRY)} rules evaluated; {big['quarantined']:,} records quarantined
+({', '.join(f'{k} {v:,}' for k, v in big['by_reason'].items())});
+file-level failures left: {big['file_failures'] or 'none'}.
+Rows written: {', '.join(f'{k} {v:,}' for k, v in big['counts'].items())}; archive {big['bytes'] / 2**20:,.0f} MiB.
+"""
+    if rd:
+        body += (f"\nReading the source (``read_source`` over SQLite, {rd['patients']:,}-patient synthetic service, "
+                 f"one month: {rd['referrals']:,} referrals, {rd['contacts']:,} contacts, {rd['assessments']:,} "
+                 f"scores + aggregates): {rd['read_s']:.1f} s.\n")
+    body += f"""
+Row-by-row reference (`bench/reference_monthly_dataset.py`: plain Python loops over dicts, builder + the
+{rt['reference_rules']} rules it implements) vs the vectorised builder + all {rt['vectorised_rules']} rules, on a
+{rt['referrals']:,}-referral month: reference {rt['reference_s']:.1f} s, vectorised {rt['vectorised_s']:.2f} s,
+**ratio {rt['ratio']:.0f}x**; same quarantine decisions for the shared rules: {rt['quarantine_agrees']}; same table
+counts: {rt['counts_agree']}.
+"""
+    if not args.no_write_results:
+        write_section("Monthly data set", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
