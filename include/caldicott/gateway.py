@@ -106,12 +106,20 @@ def release(items: Iterable[Outbound], sender: Sender, state_engine: Engine) -> 
             if (e := ledger.get(item.item_id)) is not None and e.state in DONE:
                 report.already_sent.append(item.item_id)
             continue
-        if prev == State.SENDING:
-            ref = sender.already_delivered(item)
+        if prev in (State.SENDING, State.FAILED):
+            # SENDING: a worker died mid-send. FAILED: the last attempt's outcome may be unknown (a timeout or
+            # a reply lost after the peer accepted). Either way the item may have arrived: ask before resending.
+            try:
+                ref = sender.already_delivered(item)
+            except TransportError as exc:
+                ledger.mark_failed(item.item_id, str(exc))
+                report.failed[item.item_id] = str(exc)
+                log.warning("reconcile failed: item=%s channel=%s error=%s", item.item_id, sender.channel, exc)
+                continue
             if ref is not None:
                 ledger.mark_sent(item.item_id, checksum=item.checksum, transport_ref=ref)
                 report.already_sent.append(item.item_id)
-                log.info("reconciled after crash: item=%s was delivered (%s)", item.item_id, sender.channel)
+                log.info("reconciled: item=%s was delivered (%s)", item.item_id, sender.channel)
                 continue
         try:
             ref = sender.send(item)
