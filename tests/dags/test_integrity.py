@@ -27,11 +27,9 @@ PATIENTISH_KEY = re.compile(r"(?i)nhs|given|family|surname|first_?name|last_?nam
 
 # Tasks allowed fewer than one retry, each with its reason. Keep this short: a retry is what saves
 # on-call staff from being paged for a transient fault.
-RETRIES_EXEMPT = {
-    # Fails on purpose (AirflowFailException, which never retries anyway) to alert on missing GP acks.
-    # Dropping retries=0 there would let transient MESH errors retry, and this entry could go.
-    ("gp_letters", "check_acks"): "deliberate alerting failure",
-}
+# A task that fails on purpose to alert should raise AirflowFailException (never retried) rather than
+# set retries=0, so that its transient faults still retry. Format: {(dag_id, task_id): "reason"}.
+RETRIES_EXEMPT: dict[tuple[str, str], str] = {}
 
 
 @pytest.fixture(scope="module")
