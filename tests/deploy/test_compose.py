@@ -84,6 +84,8 @@ def test_deployment_shape(model):
         for folder in ("dags", "plugins", "include"):
             mount = targets[f"/opt/airflow/{folder}"]
             assert Path(mount["source"]) == ROOT / folder and mount.get("read_only")
+        assert targets["/opt/airflow/secrets"].get("read_only"), "secrets must be mounted read-only"
+        assert env["AIRFLOW__SECRETS__BACKEND"].endswith("LocalFilesystemBackend")
     assert services["airflow-worker"]["command"] == ["celery", "worker"]
     assert services["airflow-apiserver"]["build"]["dockerfile"] == "deploy/Dockerfile"
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
