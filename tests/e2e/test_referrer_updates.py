@@ -90,3 +90,64 @@ def test_referrer_updates_deliver_over_sftp_once(e2e):
     assert numbers and not any(n in blob for n in numbers)
     for text in SUMMARIES:
         assert text not in blob
+
+
+def test_a_contract_with_a_changed_host_key_fails_alone(e2e):
+    """One contract's peer presents another host key: its task fails at once (no retry), naming the contract;
+    the other contracts deliver; the report fails the run naming that contract."""
+    import asyncssh
+
+    ws, peer = e2e.workspace, e2e.peers["sftp"]
+    day = busiest_day(ws.records_db) - dt.timedelta(days=1)
+    conn = peer.connection()
+    other_key = " ".join(asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode().split()[:2])
+    status, _ = e2e.stack.api("POST", "/connections", {
+        "connection_id": "caldicott_sftp_wrong_key", "conn_type": "sftp", "host": conn["host"], "port": conn["port"],
+        "login": conn["login"], "password": conn["password"],
+        "extra": json.dumps({**conn["extra"], "host_key": other_key})})
+    assert status in (200, 201)
+    records = make_engine(sqlite_url(ws.records_db), readonly=True)
+    contracts = build.active_contracts(records)
+    sftp = contracts[contracts["transport"] == "sftp"]
+    bad, good = sftp.iloc[0], sftp.iloc[1]
+    db = sqlite3.connect(ws.records_db)
+    try:
+        with db:
+            db.execute("UPDATE contract SET connection_id = 'caldicott_sftp_wrong_key' WHERE contract_id = ?",
+                       (bad["contract_id"],))
+        logical = dt.datetime(2026, 11, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=10)
+        run_id = e2e.stack.trigger(DAG_ID, logical, conf={"day": day.isoformat()},
+                                   run_id=f"e2e__{DAG_ID}__badkey__{time.time_ns()}")
+        assert e2e.stack.wait_run(DAG_ID, run_id, timeout=600) == "failed"
+    finally:
+        with db:
+            db.execute("UPDATE contract SET connection_id = ? WHERE contract_id = ?",
+                       (bad["connection_id"], bad["contract_id"]))
+        db.close()
+    _, data = e2e.stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")
+    planned = e2e.stack.xcom(DAG_ID, run_id, "plan")        # map index i is planned[i]
+    tis = {(t["task_id"], planned[t["map_index"]] if t["map_index"] >= 0 else None): t
+           for t in data["task_instances"]}
+    assert tis[("deliver", bad["contract_id"])]["state"] == "failed"
+    assert tis[("deliver", bad["contract_id"])]["try_number"] == 1, "a changed host key must not be retried"
+    assert tis[("deliver", good["contract_id"])]["state"] == "success"
+    assert tis[("report", None)]["state"] == "failed"
+
+    name = f"_sessions_{day.isoformat()}_csv-v1.csv"
+    assert (peer.root / good["remote_path"].lstrip("/") / f"{good['contract_id']}{name}").exists()
+    assert not (peer.root / bad["remote_path"].lstrip("/") / f"{bad['contract_id']}{name}").exists()
+    state = make_engine(sqlite_url(ws.state_db))
+    ledger = Ledger(state)
+    from caldicott.transport.ledger import item_id
+
+    entry = ledger.get(item_id("referrer_updates", bad["contract_id"], "sessions", day.isoformat()))
+    assert entry.state == "failed"
+    assert "host key CHANGED" in ledger_detail(state, entry.item_id)
+
+
+def ledger_detail(engine, iid: str) -> str:
+    from caldicott.transport.ledger import ledger
+    from sqlalchemy import select
+
+    with engine.connect() as conn:
+        return conn.execute(select(ledger.c.detail).where(ledger.c.item_id == iid)).scalar_one()
