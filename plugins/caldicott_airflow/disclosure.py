@@ -38,8 +38,11 @@ def approvers() -> list[dict[str, str]]:
 
 
 def decision_form() -> dict[str, Param]:
-    """The approver's form. Fields say what the register must hold; none may carry patient identifiers."""
-    return {
+    """The approver's form. Fields say what the register must hold; none may carry patient identifiers.
+
+    ``source="task"``: the HITL operator shows only task-level params in its form (not the DAG's request form).
+    """
+    form = {
         "reasons": Param("", type="string", title="Reasons for your decision",
                          description="Why disclosure is (or is not) necessary and proportionate. Required to "
                                      "approve. Do not type patient identifiers."),
@@ -61,6 +64,9 @@ def decision_form() -> dict[str, Param]:
         "consulted": Param("", type="string", title="Who was consulted",
                            description="e.g. Caldicott Guardian, Data Protection Officer, legal adviser, clinician"),
     }
+    for p in form.values():
+        p.source = "task"
+    return form
 
 
 def _post(url: str, msg: dict) -> None:
@@ -110,7 +116,8 @@ class DisclosureApprovalOperator(HITLOperator):
                  **kwargs) -> None:
         kwargs.setdefault("subject", "Disclosure request awaiting a decision")
         kwargs.setdefault("assigned_users", approvers())
-        kwargs.setdefault("params", decision_form())
+        # Airflow's operator metaclass passes the DAG's params in ``params``; the form is ours, always.
+        kwargs["params"] = decision_form()
         if kwargs.get("defaults"):
             raise ValueError("a disclosure approval must have no default answer")
         super().__init__(options=[APPROVE, REFUSE], multiple=False, **kwargs)
@@ -118,8 +125,11 @@ class DisclosureApprovalOperator(HITLOperator):
         self.escalation = escalation or EscalationNotifier()
 
     def _timeout_minutes(self, context) -> float:
+        run = context.get("dag_run")
+        conf = (getattr(run, "conf", None) or {}) if run is not None else {}
         params = context.get("params") or {}
-        return float(params.get("approval_timeout_minutes") or DEFAULT_TIMEOUT_MINUTES)
+        value = conf.get("approval_timeout_minutes") or params.get("approval_timeout_minutes")
+        return float(value or DEFAULT_TIMEOUT_MINUTES)
 
     def execute(self, context):
         from caldicott.disclosure.flow import approval_text

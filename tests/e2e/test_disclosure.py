@@ -80,7 +80,7 @@ def test_disclosures_approved_refused_timed_out(e2e):
     assert status == 200, detail
     conf = request_conf(e2e, "x", ident.cert_pem)
     assert conf["local_patient_id"] not in detail["subject"] + detail["body"]
-    assert "Court order" in detail["subject"] and "| Appointments" in detail["body"]
+    assert "Court order" in detail["subject"] and "- Appointments" in detail["body"]
     assert {u["id"] for u in detail["assigned_users"]} == {"manager1", "manager2"}
 
     # not an assigned approver: the admin cannot answer, nor can a viewer

@@ -83,8 +83,8 @@ def approval_text(summary: Mapping[str, Any], timeout_minutes: float) -> tuple[s
     """Subject and Markdown body of the approval request: ids, names and counts only, never the patient."""
     pol = policy_for(summary["request_type"])
     subject = f"Disclosure {summary['disclosure_id']}: {pol.label} — approve or refuse"
-    cats = "\n".join(f"| {CATEGORY_LABELS[Category(c)]} | {summary['record_counts'].get(c, 0)} |"
-                     for c in summary["categories"]) or "| (none) | 0 |"
+    cats = "\n".join(f"- {CATEGORY_LABELS[Category(c)]}: **{summary['record_counts'].get(c, 0)}** records"
+                     for c in summary["categories"]) or "- (nothing: no category asked for is allowed)"
     withheld = ", ".join(summary["withheld"]) or "none"
     lines = [
         f"**Request** `{summary['disclosure_id']}` — {pol.label}, urgency **{summary.get('urgency', 'routine')}**",
@@ -92,7 +92,7 @@ def approval_text(summary: Mapping[str, Any], timeout_minutes: float) -> tuple[s
         f"**Legal basis claimed** {legal_basis_text(summary['legal_basis'])}",
         f"**Consent** {summary.get('consent_status', 'not_sought')}",
         f"**Date range** {summary['date_from']} to {summary['date_to']}",
-        "", "| Category | Records |", "|---|---|", cats, "",
+        "**What would be disclosed**\n\n" + cats,
         f"**Withheld (not permitted for this request type)** {withheld}",
     ]
     if summary.get("deidentified"):

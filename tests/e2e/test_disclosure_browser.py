@@ -1,0 +1,83 @@
+"""A service manager approves a held disclosure in the Airflow UI: headless Debian chromium driven by
+Playwright logs in as manager1, opens Required Actions, finds the request by its disclosure id, fills in
+the decision form, approves, and the package is released through the gateway to the outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from caldicott.crypto.keys import make_identity
+from caldicott.db import make_engine, sqlite_url
+from caldicott.disclosure import register
+from caldicott.disclosure.request import DisclosureRequest
+
+from tests.e2e.test_disclosure import DAG_ID, TASK, request_conf, wait_task_state
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _browser_or_skip():
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run does)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright Python package is not installed")
+    return sync_playwright
+
+
+def test_manager_approves_in_the_ui_and_the_package_is_released(e2e, tmp_path):
+    sync_playwright = _browser_or_skip()
+    stack = e2e.stack
+    ident = make_identity("Family Court")
+    conf = request_conf(e2e, "UI-APPROVE-1", ident.cert_pem, request_type="safeguarding",
+                        legal_basis="safeguarding", requester_organisation="County Council Children's Services",
+                        categories=["demographics", "appointments", "care_plans"])
+    did = DisclosureRequest.from_conf(conf).disclosure_id
+    run_id = stack.trigger(DAG_ID, dt.datetime.now(dt.UTC), conf)
+    wait_task_state(stack, run_id, TASK, "awaiting_input")
+    password = __import__("devtools.airflow_env", fromlist=["passwords"]).passwords(Path(stack.env["AIRFLOW_HOME"]))
+
+    shots = Path(os.environ.get("CALDICOTT_SCREENSHOTS", tmp_path))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
+                                    args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.set_default_timeout(60_000)
+            page.goto(stack.base + "/")
+            page.fill("input[name=username]", "manager1")
+            page.fill("input[name=password]", password["manager1"])
+            page.keyboard.press("Enter")
+            page.get_by_text("Required Actions").first.click()
+            page.get_by_role("link", name="View all required actions").click()
+            page.get_by_role("link", name=f"Disclosure {did}").click()
+            page.locator("#element_reasons").fill("Child protection enquiry (s47); necessary and proportionate")
+            box = page.locator("input[name=element_legal_basis_confirmed]")
+            box.locator("xpath=..").click()  # the switch's visible control
+            assert box.is_checked()
+            page.locator("#element_consulted").fill("Caldicott Guardian; safeguarding lead")
+            page.screenshot(path=str(shots / "disclosure_form_filled.png"))
+            page.get_by_role("button", name="Approve").click()
+            page.get_by_text("response successful").first.wait_for()
+            page.screenshot(path=str(shots / "disclosure_approved.png"))
+        finally:
+            browser.close()
+
+    assert stack.wait_run(DAG_ID, run_id, timeout=300) == "success", stack.task_states(DAG_ID, run_id)
+    state = make_engine(sqlite_url(e2e.workspace.state_db))
+    dec = register.decision(state, did)
+    assert dec["event"] == "approved" and dec["actor"] == "manager1"
+    assert dec["details"]["consulted"] == "Caldicott Guardian; safeguarding lead"
+    assert register.status(state, did) == "released"
+    released = register.latest(state, did, register.RELEASED)["details"]
+    assert released["package_checksum"] == dec["details"]["package_checksum"]
+    assert list((e2e.workspace.outputs / "disclosure-outbox").rglob(f"{did}.zip.p7m"))
