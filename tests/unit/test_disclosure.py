@@ -266,3 +266,22 @@ def test_refusal_and_timeout(synth_source, state_engine, requester, tmp_path):
     rows = {r["reference"]: r for r in register.requests(state_engine)}
     assert rows["R1"]["status"] == "refused" and not rows["R1"]["escalated"]
     assert rows["R2"]["status"] == "refused" and rows["R2"]["escalated"]
+
+
+def test_report_lists_open_approved_refused(state_engine, tmp_path):
+    import hashlib
+
+    from caldicott.disclosure import report
+
+    register.append(state_engine, "dsc-a", "requested", "api", {"request_type": "police", "reference": "A"})
+    register.append(state_engine, "dsc-b", "requested", "api", {"request_type": "dwp", "reference": "B"})
+    register.append(state_engine, "dsc-b", "approved", "manager1",
+                    {"recipient": "dwp:x", "package_checksum": hashlib.sha256(b"p").hexdigest()})
+    register.append(state_engine, "dsc-c", "requested", "api", {"request_type": "solicitor", "reference": "C"})
+    register.append(state_engine, "dsc-c", "refused", "manager2", {"reasons": "no consent"})
+    statuses = {r["reference"]: r["status"] for r in report.rows(state_engine)}
+    assert statuses == {"A": "open", "B": "approved", "C": "refused"}
+    assert [r["reference"] for r in report.rows(state_engine, "open")] == ["A"]
+    url = str(state_engine.url)
+    assert report.main(["--url", url, "--csv", str(tmp_path / "r.csv"), "--html", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.csv").read_text().count("\n") == 4 and "manager2" in (tmp_path / "r.html").read_text()

@@ -38,9 +38,9 @@ Dear {name},
 
 Information we have shared about you
 
-We are writing to let you know that {SERVICE} has shared some of the information we hold about you with
-{request['requester_organisation']} ({policy_for(request['request_type']).label}, their reference
-{request['reference']}).
+We are writing to let you know that {SERVICE} has shared some of the information we hold
+about you with {request['requester_organisation']}.
+Kind of request: {policy_for(request['request_type']).label}; their reference: {request['reference']}.
 
 What we shared, covering {request['date_from']} to {request['date_to']}:
 {items}
