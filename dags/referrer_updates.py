@@ -12,8 +12,8 @@ options: `docs/referrer_updates.md`.
   the contract id): build the file(s), record ledger intents, release through the gateway; `report`
   totals the run and fails it if any contract's files did not arrive.
 * **Transports:** SFTP through the contract's Airflow connection (`connection_id`, host key pinned
-  in its `host_key` extra): upload `name.part`, verify size and sha256, rename. MESH contracts are
-  held in the ledger ("transport not available") until the MESH sender is wired in.
+  in its `host_key` extra): upload `name.part`, verify size and sha256, rename. MESH contracts go
+  from Caldicott's mailbox (connection `caldicott_mesh`) to the contract's mailbox and workflow id.
 * **Failures:** a referrer that is down or refuses login makes only that contract's task retry
   (with backoff) and then fail, naming the contract; other contracts still deliver. A changed host
   key fails at once, sends nothing, and is not retried.
@@ -73,18 +73,13 @@ def referrer_updates():
         from caldicott.updates.deliver import ContractDeliveryError, deliver_contract
         from caldicott_airflow.connections import records_engine, state_engine
         from caldicott_airflow.intervals import daily_interval, run_key
-        from caldicott_airflow.sftp import sftp_sender
+        from caldicott_airflow.referrer_senders import sender_for
 
         context["contract_id"] = contract_id
         first, end = daily_interval(context)
         conf = (context["dag_run"].conf or {}) if context.get("dag_run") is not None else {}
         month = (dt.date.fromisoformat(conf["activity_month"] + "-01") if conf.get("activity_month")
                  else activity_month_for(first, end))
-
-        def sender_for(options, contract):
-            if options.transport == "sftp" and contract.get("connection_id"):
-                return sftp_sender(str(contract["connection_id"]), peer=options.contract_id)
-            return None  # MESH (or unknown): held in the ledger as "transport not available"
 
         try:
             result = deliver_contract(records_engine(), state_engine(), contract_id, first, end,

@@ -2,8 +2,8 @@
 
 One mapped task per contract; SFTP contracts' files arrive (sessions for the day, activity for the
 month), with exactly the rows the domain computes and without summary text where the contract has
-none; the MESH contract is held in the ledger; a re-run delivers nothing twice; XCom carries no
-patient data.
+none; the MESH contract's files reach its mailbox on the mesh-sandbox; a re-run delivers nothing twice;
+XCom carries no patient data.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_referrer_updates_deliver_over_sftp_once(e2e):
     sftp = contracts[contracts["transport"] == "sftp"]
     mesh = contracts[contracts["transport"] == "mesh"]
     assert report["contracts"] == len(contracts)
-    assert report["files"] == {"sent": 2 * len(sftp), "held": 2 * len(mesh)}
+    assert report["files"] == {"sent": 2 * len(contracts)}
     assert report["not_delivered"] == []
 
     orgs = build.known_organisations(records)
@@ -75,13 +75,26 @@ def test_referrer_updates_deliver_over_sftp_once(e2e):
                          orgs)[0]) for r in mesh["referrer_org_code"])
 
     state = make_engine(sqlite_url(ws.state_db))
-    assert Ledger(state).counts("referrer_updates", day.isoformat()) == {"sent": len(sftp), "held": len(mesh)}
+    assert Ledger(state).counts("referrer_updates", day.isoformat()) == {"sent": len(contracts)}
+
+    # the MESH contract's files are in the referrer's mailbox, once each, with the contract's workflow id
+    from caldicott.transport.ledger import item_id
+
+    for c in mesh.to_dict("records"):
+        wanted = {item_id("referrer_updates", c["contract_id"], "sessions", day.isoformat()),
+                  item_id("referrer_updates", c["contract_id"], "activity", "2026-10")}
+        with e2e.peers["mesh"].client(c["mesh_mailbox"]) as box:
+            found = [box.retrieve_message(m) for m in box.list_messages()]
+            mine = [(m.local_id, m.workflow_id) for m in found if m.local_id in wanted]
+            for m in found:
+                m.close()
+        assert sorted(mine) == sorted((i, c["mesh_workflow"]) for i in wanted)
 
     # re-run the same day: nothing is sent again, the same files stay (no duplicates, untouched)
     before = {p: p.stat().st_mtime_ns for p in peer.root.rglob("*") if p.is_file()}
     run2 = _trigger(e2e, day, nth=1)
     again = e2e.stack.xcom(DAG_ID, run2, "report")
-    assert again["files"] == {"already_sent": 2 * len(sftp), "held": 2 * len(mesh)}
+    assert again["files"] == {"already_sent": 2 * len(contracts)}
     assert {p: p.stat().st_mtime_ns for p in peer.root.rglob("*") if p.is_file()} == before
 
     # XCom carries ids and counts only
