@@ -64,10 +64,14 @@ PARAMS = {
     "urgency": Param("routine", type="string", enum=["routine", "urgent", "immediate_risk"], title="Urgency"),
     "consent_status": Param("not_sought", type="string", title="Patient consent",
                             enum=["given", "refused", "not_sought", "not_possible", "not_required"]),
-    "channel": Param("outbox", type="string", enum=["outbox", "smime-email", "sftp"], title="Delivery",
-                     description="outbox: encrypted file for a named person to send by the agreed route"),
+    "channel": Param("outbox", type="string", enum=["outbox", "sftp"], title="Delivery",
+                     description="outbox: encrypted file for a named person to send by the agreed route; "
+                                 "sftp: to the requester's server"),
     "recipient_address": Param("", type="string", title="Recipient address",
-                               description="e-mail address or SFTP directory, for smime-email / sftp"),
+                               description="SFTP directory on the requester's server (channel sftp)"),
+    "connection_id": Param("", type="string", title="Airflow connection of the requester's server",
+                           description="channel sftp: SSH connection with a pinned host_key "
+                                       "(default caldicott_sftp_disclosure)"),
     "recipient_certificate_pem": Param(type="string", format="multiline", title="Recipient's certificate (PEM)",
                                        description="The package is encrypted to it; nothing leaves unencrypted"),
     "approval_timeout_minutes": Param(DEFAULT_TIMEOUT_MINUTES, type="number", minimum=0.1,
@@ -117,7 +121,7 @@ def disclosure_request():
 
         req = DisclosureRequest.from_conf(dict(context["params"]))
         pol = policy_for(req.request_type)
-        kw = {"opted_out": ndop_source(), "pseudonym_key": pseudonym_key()} if pol.deidentify else {}
+        kw = {"opted_out": ndop_source(state_engine()), "pseudonym_key": pseudonym_key()} if pol.deidentify else {}
         try:
             return make_package(records_engine(), state_engine(), req, **kw)
         except (PackageError, CertificateError) as exc:

@@ -4,9 +4,13 @@
 * Outbox (channel ``outbox``): ``CALDICOTT_DISCLOSURE_OUTBOX``, default ``<output dir>/disclosure-outbox``.
 * Pseudonymisation key for research extracts: the password of connection ``caldicott_pseudonym_key``, or
   ``CALDICOTT_PSEUDONYM_KEY``; at least 16 bytes. Without one, research extracts are not built.
-* National data opt-out for research extracts: ``CALDICOTT_NDOP_OPTED_OUT_FILE`` (opted-out NHS numbers, one
-  a line, from the latest NDOP check, kept no longer than the NDOP rules allow). Without one, research
-  extracts are not built: the opt-out is never assumed to be empty.
+* National data opt-out for research extracts: the time-limited NDOP cache in the state database
+  (:mod:`caldicott.policy.ndop`); every cohort number must have a current answer, else the extract is not
+  built. ``CALDICOTT_NDOP_OPTED_OUT_FILE`` (opted-out NHS numbers, one a line) overrides it, for tests.
+  The opt-out is never assumed to be empty.
+* Channel ``sftp``: the Airflow SSH/SFTP connection named in the request's ``connection_id`` (default
+  ``caldicott_sftp_disclosure``), host key pinned (``plugins/caldicott_airflow/sftp.py``); the remote
+  directory is ``recipient_address``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ def sender_for(req: DisclosureRequest):
         from caldicott.disclosure.outbox import OutboxSender
 
         return OutboxSender(outbox_dir())
-    raise ConfigMissing(f"channel {req.channel} is not configured for disclosures here; use outbox")
+    if req.channel == "sftp":
+        from caldicott_airflow.sftp import sftp_sender
+
+        return sftp_sender(req.connection_id or "caldicott_sftp_disclosure", peer=req.recipient)
+    raise ConfigMissing(f"channel {req.channel} is not configured for disclosures here; use outbox or sftp")
 
 
 def pseudonym_key() -> bytes | None:
@@ -53,8 +61,13 @@ def pseudonym_key() -> bytes | None:
     return key.encode() if key else None
 
 
-def ndop_source() -> set[str] | None:
+def ndop_source(state=None):
+    """Opted-out numbers (file override) or a lookup in the NDOP cache of the state database."""
     path = os.environ.get("CALDICOTT_NDOP_OPTED_OUT_FILE")
-    if not path:
+    if path:
+        return {line.strip().rstrip(",") for line in Path(path).read_text().splitlines() if line.strip()}
+    if state is None:
         return None
-    return {line.strip().rstrip(",") for line in Path(path).read_text().splitlines() if line.strip()}
+    from caldicott.disclosure.package import ndop_from_cache
+
+    return ndop_from_cache(state)

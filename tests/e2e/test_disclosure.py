@@ -136,3 +136,33 @@ def test_disclosures_approved_refused_timed_out(e2e):
     # XCom of the approval step holds the form answers and ids only
     xc = stack.xcom(DAG_ID, runs["approve"], "build_package")
     assert xc["record_counts"]["appointments"] > 0 and conf["local_patient_id"] not in str(xc)
+
+
+def test_approved_disclosure_released_over_sftp(e2e):
+    """channel sftp: the approved package lands on the requester's SFTP server (pinned host key), atomically."""
+    peer = e2e.peers.get("sftp")
+    if peer is None:
+        pytest.skip("no SFTP stand-in peer in this checkout")
+    stack = e2e.stack
+    ident = make_identity("Solicitors LLP")
+    conf = request_conf(e2e, "E2E-SFTP", ident.cert_pem, request_type="solicitor", legal_basis="consent",
+                        consent_status="given", requester_organisation="Example Solicitors LLP",
+                        categories=["referrals", "outcome_scores"], channel="sftp",
+                        connection_id="caldicott_sftp_referrer", recipient_address="/disclosures/example-llp")
+    run_id = stack.trigger(DAG_ID, dt.datetime.now(dt.UTC), conf)
+    wait_task_state(stack, run_id, TASK, "awaiting_input")
+    status, body = answer(stack, run_id, "manager2", "Approve", reasons="patient's signed consent seen",
+                          legal_basis_confirmed=True, tell_patient=False, not_told_reason="patient_already_knows",
+                          consulted="none")
+    assert status == 200, body
+    assert stack.wait_run(DAG_ID, run_id, timeout=300) == "success", stack.task_states(DAG_ID, run_id)
+    state = make_engine(sqlite_url(e2e.workspace.state_db))
+    row = next(r for r in register.requests(state) if r["reference"] == "E2E-SFTP")
+    landed = peer.root / "disclosures" / "example-llp" / f"{row['disclosure_id']}.zip.p7m"
+    import hashlib
+    assert hashlib.sha256(landed.read_bytes()).hexdigest() == row["released_checksum"]
+    assert not list(landed.parent.glob("*.part"))
+    assert register.latest(state, row["disclosure_id"], register.PATIENT_NOT_NOTIFIED)["details"]["reason"] \
+        == "patient_already_knows"
+    names = zipfile.ZipFile(io.BytesIO(decrypt_file(landed.read_bytes(), ident.cert_pem, ident.key_pem))).namelist()
+    assert set(names) == {"manifest.json", "referrals.csv", "outcome_scores.csv"}

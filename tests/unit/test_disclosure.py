@@ -285,3 +285,25 @@ def test_report_lists_open_approved_refused(state_engine, tmp_path):
     url = str(state_engine.url)
     assert report.main(["--url", url, "--csv", str(tmp_path / "r.csv"), "--html", str(tmp_path / "r.html")]) == 0
     assert (tmp_path / "r.csv").read_text().count("\n") == 4 and "manager2" in (tmp_path / "r.html").read_text()
+
+
+def test_research_uses_the_ndop_cache_and_refuses_unchecked_numbers(synth_source, state_engine, requester):
+    from caldicott.db import utcnow
+    from caldicott.disclosure.package import ndop_from_cache
+    from caldicott.policy.ndop import ndop_cache, nhs_hash
+
+    req = DisclosureRequest.from_conf(_conf(requester.cert_pem, request_type="research", legal_basis="research_s251",
+                                            categories=["demographics"], date_from="2024-01-01",
+                                            date_to="2024-06-30"))
+    lookup = ndop_from_cache(state_engine)
+    with pytest.raises(PackageError, match="no current check"):
+        build_package(synth_source.engine, req, opted_out=lookup, pseudonym_key=KEY)
+    f = synth_source.result.frames
+    numbers = sorted({n for n in f["patient"].nhs_number.dropna() if len(n) == 10})
+    now = utcnow()
+    with state_engine.begin() as conn:
+        conn.execute(ndop_cache.insert(), [
+            {"nhs_hash": h, "opted_out": i % 10 == 0, "checked_at": now, "expires_at": now + dt.timedelta(days=1),
+             "request_id": "t"} for i, h in enumerate(nhs_hash(numbers))])
+    pkg = build_package(synth_source.engine, req, opted_out=lookup, pseudonym_key=KEY)
+    assert pkg.ndop["opted_out"] > 0 and pkg.counts["demographics"] == pkg.ndop["included_patients"]

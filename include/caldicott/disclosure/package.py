@@ -287,3 +287,21 @@ def legal_basis_text(basis: str) -> str:
 def checksum(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
+
+
+def ndop_from_cache(state: Engine) -> Callable[[list[str]], set[str]]:
+    """Opt-outs from the time-limited NDOP cache (:mod:`caldicott.policy.ndop`, filled by the opt-out check).
+
+    Every cohort number must have a current answer: if any has none, the extract is not built (the check is
+    run first, over MESH, and answers within about an hour); the opt-out is never assumed.
+    """
+    from caldicott.policy.ndop import NdopChecker
+
+    def lookup(numbers: list[str]) -> set[str]:
+        status = NdopChecker(state, None).status(numbers)  # type: ignore[arg-type] - reads the cache only
+        if not status.complete:
+            raise PackageError(f"national data opt-out: {status.pending} of {len(set(numbers))} cohort NHS numbers "
+                               "have no current check; run the opt-out check for the cohort first")
+        return set(status.opted_out)
+
+    return lookup

@@ -16,7 +16,7 @@ from caldicott.transport.ledger import item_id
 
 URGENCY = ("routine", "urgent", "immediate_risk")
 CONSENT_STATUS = ("given", "refused", "not_sought", "not_possible", "not_required")
-CHANNELS = ("outbox", "smime-email", "sftp")
+CHANNELS = ("outbox", "sftp")
 
 
 class RequestInvalid(ValueError):
@@ -42,6 +42,7 @@ class DisclosureRequest:
     requester_org_code: str = ""
     channel: str = "outbox"
     recipient_address: str = ""
+    connection_id: str = ""
     recipient_certificate_pem: str = field(default="", repr=False)
 
     @property
@@ -118,5 +119,6 @@ class DisclosureRequest:
             date_from=d_from, date_to=d_to, urgency=urgency, consent_status=consent, local_patient_id=patient,
             requester_org_code=str(conf.get("requester_org_code") or "").strip(), channel=channel,
             recipient_address=str(conf.get("recipient_address") or "").strip(),
+            connection_id=str(conf.get("connection_id") or "").strip(),
             recipient_certificate_pem=str(conf["recipient_certificate_pem"]),
         )
