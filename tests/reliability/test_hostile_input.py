@@ -317,6 +317,17 @@ def test_hostile_records_through_every_flow(case, base, tmp_path_factory):
     letters = _letters(records, state, base, bad_pat, bad_ref)
     rows = _updates(records, state, bad_pat)
     kept = _dataset(records, state, base, bad_pat, bad_ref, tmp / "work")
+    # what the flows wrote about the bad records names rules and opaque ids, never the hostile values
+    with state.connect() as conn:
+        said = [" ".join(str(v) for v in r) for r in conn.exec_driver_sql(
+            "SELECT record_id, reason_code, reason FROM quarantine UNION ALL "
+            "SELECT item_id, state, COALESCE(detail, '') FROM delivery_ledger")]
+    # only distinctive values: a short or plain alphanumeric string could match a rule's wording or a hash
+    values = [v for v in (*texts, garbage) if (len(v.strip()) >= 6 and not v.replace(" ", "").isascii())
+              or (len(v) >= 6 and any(c in v for c in "'{}<>;$="))]
+    leaks = sum(1 for v in values if any(v in line for line in said))
+    figure("leaks found in quarantine / ledger text", leaks)
+    assert leaks == 0, "a hostile value was copied into the quarantine or the ledger"
     records.dispose()
     state.dispose()
     n_bad = len(bad_pat) + len(bad_ref)
