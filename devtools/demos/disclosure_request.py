@@ -47,6 +47,9 @@ def _wait_awaiting(stack, run_id: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stack.task_states(DAG_ID, run_id).get(TASK) == "awaiting_input":
+            # Airflow 3.3: answering within seconds of the task parking races the scheduler's handling of the
+            # parked attempt (it retries the task and asks again). A person never answers that fast.
+            time.sleep(15)
             return
         if stack.run_state(DAG_ID, run_id) in ("success", "failed"):
             return
