@@ -23,6 +23,10 @@ ATTEND = {"2", "3", "4", "5", "6", "7"}
 APP_TYPE = {"01", "02", "03", "04", "05", "06", "07"}
 GENDER = {"1", "2", "9", "X"}
 ETHNIC = set("ABCDEFGHJKLMNPRSZ") | {"99"}
+#: The rules evaluated here (plus the reject-group cascade, which both implementations always run).
+CODES = ("IDSREJ006", "IDSREJ007", "IDSREJ008", "IDSREJ009", "IDSREJ010", "IDS00102", "IDS00131", "IDS00133",
+         "IDS10113", "IDS10140", "IDS10128", "IDS20108", "IDS20170", "IDS20171", "IDS20128", "IDS20156",
+         "IDS60615", "IDS60613", "IDS60711", "IDS60710")
 
 
 def _none(v):
