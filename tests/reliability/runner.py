@@ -25,6 +25,8 @@ A job names the flow step and its peers, and optionally ``kill: {"at": POINT, "n
                    done) but the ledger has not recorded it: the dangerous window
 ``after_mark``     right after the ledger committed ``sent`` for the N-th item
 ``reconcile``      inside the N-th ``already_delivered`` call (a crash while recovering from a crash)
+``mid_archive``    data set build: half the encrypted archive's ``.part`` written
+``before_register`` data set build: the archive is whole on disk, the state database does not know it yet
 
 The child writes its result (counts / ids only) to ``job["result_path"]`` before exiting normally.
 """
@@ -80,6 +82,16 @@ class Killer:
             close()
 
 
+def _os_with(**overrides):
+    """A copy of the ``os`` module with some functions replaced, to patch ONE module's view of ``os``."""
+    import types
+
+    proxy = types.ModuleType("os")
+    proxy.__dict__.update(os.__dict__)
+    proxy.__dict__.update(overrides)
+    return proxy
+
+
 def _arm_mid_send(sender, at: str) -> None:
     """Make the next transfer of ``sender`` die half-way (channel-specific)."""
     channel = sender.channel
@@ -124,7 +136,7 @@ def _arm_mid_send(sender, at: str) -> None:
                     os.fsync(self.fh.fileno())
                     die()
 
-            staging.os.fdopen = lambda fd, mode="r", *a, **k: HalfFile(real_fdopen(fd, mode, *a, **k))
+            staging.os = _os_with(fdopen=lambda fd, mode="r", *a, **k: HalfFile(real_fdopen(fd, mode, *a, **k)))
     else:
         raise ValueError(f"no mid-send kill point for channel {channel}")
 
@@ -251,6 +263,45 @@ def run_dataset(job: dict) -> dict:
     return {"submission": first, "extract": second}
 
 
+def run_dataset_build(job: dict) -> dict:
+    """Build, validate and write the month's encrypted archive, then stage it (kill points inside the build)."""
+    from caldicott.dataset import pipeline, writer
+    from caldicott.dataset.builder import Period
+    from caldicott.db import make_engine
+    from caldicott.transport.staging import StagingSender
+
+    kill = job.get("kill") or {}
+    if kill.get("at") == "mid_archive":        # half the archive's .part written, then SIGKILL
+        real_fdopen = os.fdopen
+
+        class HalfFile:
+            def __init__(self, fh) -> None:
+                self.fh = fh
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc) -> None:
+                self.fh.close()
+
+            def write(self, data) -> None:
+                self.fh.write(bytes(data)[: max(1, len(data) // 2)])
+                self.fh.flush()
+                die()
+
+        writer.os = _os_with(fdopen=lambda fd, mode="r", *a, **k: HalfFile(real_fdopen(fd, mode, *a, **k)))
+    elif kill.get("at") == "before_register":  # archive whole on disk, the state database does not know it
+        pipeline.state_tables.register = lambda *a, **k: die()
+    records = make_engine(job["records_url"], readonly=True)
+    state = make_engine(job["state_url"])
+    year, month = (int(x) for x in job["month"].split("-")[:2])
+    period = Period.month(year, month)
+    s = pipeline.Settings(work_dir=Path(job["work_dir"]), key=bytes.fromhex(job["key_hex"]))
+    built = pipeline.build_validate_write(records, state, period, s)
+    staged = pipeline.stage(state, period, s, StagingSender(Path(job["staging"])))
+    return {"build": {"state": built["state"], "rebuilt": built["rebuilt"]}, "stage": staged}
+
+
 def run_staging_disk_full(job: dict) -> dict:
     """Stage one encrypted file into a staging folder that is full, then again once there is space.
 
@@ -294,7 +345,7 @@ def run_staging_disk_full(job: dict) -> dict:
                 self.fh.write(bytes(data)[: len(data) // 2])
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        staging.os.fdopen = lambda fd, mode="r", *a, **k: Full(real_fdopen(fd, mode, *a, **k))
+        staging.os = _os_with(fdopen=lambda fd, mode="r", *a, **k: Full(real_fdopen(fd, mode, *a, **k)))
     out: dict = {}
     try:
         sender.send(item)
@@ -315,7 +366,7 @@ def run_staging_disk_full(job: dict) -> dict:
     out["parts_after_failure"] = [p.name for p in root.rglob("*.part")]
     # space comes back
     if job["inject"]:
-        staging.os.fdopen = real_fdopen
+        staging.os = os
     else:
         subprocess.run(["mount", "-o", "remount,size=4m", str(root)], check=True)
     out["second"] = release([item], sender, state).counts()
@@ -324,7 +375,7 @@ def run_staging_disk_full(job: dict) -> dict:
     return out
 
 
-FLOWS = {"letters": run_letters, "updates": run_updates, "dataset": run_dataset,
+FLOWS = {"letters": run_letters, "updates": run_updates, "dataset": run_dataset, "dataset_build": run_dataset_build,
          "staging_disk_full": run_staging_disk_full}
 
 

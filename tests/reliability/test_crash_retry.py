@@ -281,3 +281,34 @@ def test_dataset_staging_killed_and_rerun(kills, zygote, dataset_written, tmp_pa
     figure("kill points survived", survived)
     figure("kill points survived: data set staging", survived)
     print(f"staging {kills}: 2 files, each once, whole, no .part left")
+
+
+def test_dataset_build_killed_then_staged_whole(zygote, synth_source, tmp_path):
+    """Kills inside the build (half-written archive; archive written but not registered), then build + stage."""
+    from caldicott.dataset import state_tables
+    from caldicott.dataset.writer import read_archive
+
+    url, state = new_state(tmp_path)
+    work, staging = tmp_path / "work", tmp_path / "staging"
+    job = {"flow": "dataset_build", "records_url": synth_source.url, "state_url": url, "month": OCT.key,
+           "work_dir": work, "key_hex": KEY.hex(), "staging": staging}
+    rc, _ = zygote.run({**job, "kill": {"at": "mid_archive", "n": 1}})
+    parts = list(work.rglob("*.zip.enc.part"))
+    assert rc == KILLED and len(parts) == 1 and state_tables.get(state, OCT.key) is None, (rc, parts)
+    assert not list(work.rglob("*.zip.enc")), "a half archive is visible under its final name"
+    kills = [{"at": "before_register", "n": 1}]
+    survived, result, again = _run_until_done(zygote, job, kills)
+    survived += 1
+    kills = [{"at": "mid_archive", "n": 1}, *kills]
+    assert result["stage"]["sent"] == 1 and again["stage"]["already_sent"] == 1
+    assert again["build"]["rebuilt"] is False
+    staged = [p for p in staging.rglob("*") if p.is_file()]
+    assert len(staged) == 1 and not list(work.rglob("*.part")), (staged, list(work.rglob("*.part")))
+    row = state_tables.get(state, OCT.key)
+    assert staged[0].read_bytes() == Path(row["archive_path"]).read_bytes()
+    tables = read_archive(staged[0], KEY)
+    assert {k: len(v) for k, v in tables.items() if k in row["row_counts"]} == row["row_counts"]
+    assert Ledger(state).get(item_id(pipeline.FLOW, OCT.key, "submission")).state in DONE
+    figure("kill points survived", survived)
+    figure("kill points survived: data set build", survived)
+    print(f"data set build {kills}: one archive staged, whole, decrypts to the registered row counts")

@@ -303,7 +303,7 @@ def _dataset(records, state, base, bad_pat, bad_ref, tmp) -> int:
 TRIED = {"examples": 0, "hostile values": 0}
 
 
-@settings(max_examples=6, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
+@settings(max_examples=5, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.data_too_large])
 @given(case=hostile_case())
