@@ -16,7 +16,13 @@ Use in a DAG file (cheap to import: no I/O)::
 Deadlines count from the run's **logical date**, which for a scheduled run is its scheduled time
 (London, when the DAG's start_date is in Europe/London). A manual re-run of an old day or month has a
 logical date in the past, so its deadline has already passed and it alerts at once; the alert says
-``run_type: manual`` so on-call staff can tell. ``dag.test()`` skips deadlines altogether.
+``run_type: manual`` so on-call staff can tell.
+
+``dag.test()`` / ``airflow dags test`` do not evaluate deadlines, and in Airflow 3.3.2 they crash when a
+run with a DAG-level deadline *succeeds* (``DagRun.update_state`` looks the alerts up by id and gets
+the SDK objects: ``'dict' object has no attribute 'hex'``). So the helpers return ``None`` (no
+deadline) when ``CALDICOTT_DEADLINES=off``: set it for ``dag.test()``-based tests and local debugging,
+never in a deployment (the dag-processor and scheduler must see the same DAG).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 
 from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
@@ -67,6 +74,11 @@ async def deadline_missed(alert: str = "deadline", webhook_url: str | None = Non
     return {"alert": alert, "sent": sent}
 
 
+def deadlines_enabled() -> bool:
+    """False when ``CALDICOTT_DEADLINES=off`` (for ``dag.test()``; see the module docs)."""
+    return os.environ.get("CALDICOTT_DEADLINES", "on").strip().lower() not in ("off", "0", "false", "no")
+
+
 def _callback(alert: str, webhook_url: str | None, email: str | None) -> AsyncCallback:
     kwargs = {"alert": alert}
     if webhook_url:
@@ -78,7 +90,7 @@ def _callback(alert: str, webhook_url: str | None, email: str | None) -> AsyncCa
 
 def daily_finish_by(hour: int, minute: int = 0, *, scheduled_at: dt.time = dt.time(0, 0),
                     name: str | None = None, webhook_url: str | None = None,
-                    email: str | None = None) -> DeadlineAlert:
+                    email: str | None = None) -> DeadlineAlert | None:
     """Alert when a daily run scheduled at ``scheduled_at`` has not finished by ``hour:minute`` that day.
 
     ``scheduled_at`` is the time of day in the DAG's schedule (``"0 6 * * *"`` → ``dt.time(6)``).
@@ -88,13 +100,15 @@ def daily_finish_by(hour: int, minute: int = 0, *, scheduled_at: dt.time = dt.ti
     if due <= dt.timedelta(0):
         raise ValueError("the finish-by time must be after the scheduled time on the same day")
     alert = name or f"daily run not finished by {hour:02d}:{minute:02d}"
+    if not deadlines_enabled():
+        return None
     return DeadlineAlert(reference=DeadlineReference.DAGRUN_LOGICAL_DATE, interval=due,
                          callback=_callback(alert, webhook_url, email), name=alert)
 
 
 def submission_window(alert_day: int = 20, alert_hour: int = 12, *, scheduled_day: int = 1,
                       scheduled_at: dt.time = dt.time(0, 0), name: str | None = None,
-                      webhook_url: str | None = None, email: str | None = None) -> DeadlineAlert:
+                      webhook_url: str | None = None, email: str | None = None) -> DeadlineAlert | None:
     """Alert when the monthly run has not finished by day ``alert_day``, ``alert_hour``:00 of its month.
 
     The SDCS submission window opens on the 1st and closes about the 22nd-29th (published calendar):
@@ -106,5 +120,7 @@ def submission_window(alert_day: int = 20, alert_hour: int = 12, *, scheduled_da
     due = (dt.timedelta(days=alert_day - scheduled_day, hours=alert_hour)
            - dt.timedelta(hours=scheduled_at.hour, minutes=scheduled_at.minute))
     alert = name or f"monthly submission not finished by day {alert_day} {alert_hour:02d}:00"
+    if not deadlines_enabled():
+        return None
     return DeadlineAlert(reference=DeadlineReference.DAGRUN_LOGICAL_DATE, interval=due,
                          callback=_callback(alert, webhook_url, email), name=alert)

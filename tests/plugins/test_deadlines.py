@@ -65,3 +65,10 @@ def test_deadline_callback_through_the_callback_trigger(webhook, monkeypatch):
     assert msg["deadline"] == "2026-11-02T09:00:00Z"
     raw = webhook.received[0]["body"].decode()
     assert "9991914722" not in raw and "Olivia" not in raw  # the run's conf never travels
+
+
+def test_deadlines_can_be_switched_off_for_dag_test(monkeypatch):
+    monkeypatch.setenv("CALDICOTT_DEADLINES", "off")
+    assert daily_finish_by(hour=9) is None and submission_window() is None
+    monkeypatch.setenv("CALDICOTT_DEADLINES", "on")
+    assert daily_finish_by(hour=9) is not None
