@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, String, and_, cast, func, or_, select
 
 from caldicott.records import schema
 from caldicott.records.queries import read
@@ -144,37 +144,46 @@ def _open_in_period(t, period: Period):
                 or_(t.c.discharge_date.is_(None), t.c.discharge_date >= period.first))
 
 
+def _text(col):
+    """Read a typed column as text: a loosely typed source (SQLite) can hold values its type cannot parse, and
+    the driver would raise on them; the builder parses with ``errors="coerce"`` and the rules quarantine."""
+    return cast(col, String).label(col.name)
+
+
 def read_source(engine: Engine, period: Period) -> SourceMonth:
     """Read one period's rows from the records source (bound parameters; SQLite or PostgreSQL)."""
     r, c, a, p = schema.referral, schema.care_contact, schema.coded_assessment, schema.patient
     start_utc, end_utc = period.utc_bounds()
     open_ids = select(r.c.service_request_id).where(_open_in_period(r, period))
     referrals = read(engine, select(r.c.service_request_id, r.c.local_patient_id, r.c.commissioner_code,
-                                    r.c.received_date, r.c.source_of_referral, r.c.discharge_date, r.c.end_code,
+                                    _text(r.c.received_date), r.c.source_of_referral, _text(r.c.discharge_date),
+                                    r.c.end_code,
                                     r.c.presenting_problem_code)
                      .where(_open_in_period(r, period)))
     pat_ids = select(r.c.local_patient_id).where(_open_in_period(r, period))
-    patients = read(engine, select(p.c.local_patient_id, p.c.nhs_number, p.c.birth_date, p.c.postcode, p.c.gender,
-                                   p.c.ethnic_category, p.c.gp_practice_code, p.c.dataset_objection_pre2020,
+    patients = read(engine, select(p.c.local_patient_id, p.c.nhs_number, _text(p.c.birth_date), p.c.postcode,
+                                   p.c.gender, p.c.ethnic_category, p.c.gp_practice_code, p.c.dataset_objection_pre2020,
                                    p.c.dataset_objection_date)
                     .where(p.c.local_patient_id.in_(pat_ids)))
-    contacts = read(engine, select(c.c.care_contact_id, c.c.service_request_id, c.c.contact_at, c.c.duration_minutes,
+    contacts = read(engine, select(c.c.care_contact_id, c.c.service_request_id, _text(c.c.contact_at),
+                                   _text(c.c.duration_minutes),
                                    c.c.app_type, c.c.attend_code, c.c.cons_mechanism, c.c.clinician_id)
                     .where(c.c.contact_at >= start_utc, c.c.contact_at < end_utc,
                            c.c.service_request_id.in_(open_ids)))
     assessments = read(engine, select(a.c.assessment_id, a.c.service_request_id, a.c.care_contact_id, a.c.tool_code,
-                                      a.c.score, a.c.assessed_at)
+                                      _text(a.c.score), _text(a.c.assessed_at))
                        .where(a.c.assessed_at >= start_utc, a.c.assessed_at < end_utc,
                               a.c.service_request_id.in_(open_ids)))
     # whole-life facts for the measures: aggregated in the database, not read row by row
-    treat = read(engine, select(c.c.service_request_id, func.min(c.c.contact_at).label("first_treatment_at"),
+    treat = read(engine, select(c.c.service_request_id,
+                                func.min(cast(c.c.contact_at, String)).label("first_treatment_at"),
                                 func.count().label("treatment_contacts"))
                  .where(c.c.service_request_id.in_(open_ids), c.c.attend_code.in_(ATTENDED),
                         c.c.app_type.in_(TREATMENT_APP_TYPES))
                  .group_by(c.c.service_request_id))
     discharged = select(r.c.service_request_id).where(r.c.discharge_date >= period.first,
                                                       r.c.discharge_date < period.end)
-    scores = read(engine, select(a.c.service_request_id, a.c.tool_code, a.c.score, a.c.assessed_at)
+    scores = read(engine, select(a.c.service_request_id, a.c.tool_code, _text(a.c.score), _text(a.c.assessed_at))
                   .where(a.c.service_request_id.in_(discharged), a.c.tool_code.in_([PHQ9, GAD7])))
     return SourceMonth(patients, referrals, contacts, assessments,
                        history(referrals["service_request_id"], treat, scores))
@@ -185,13 +194,15 @@ def history(referral_ids: pd.Series, treat: pd.DataFrame, scores: pd.DataFrame) 
     h = pd.DataFrame({"service_request_id": referral_ids.astype(str).to_numpy()}).set_index("service_request_id")
     if len(treat):
         t = treat.set_index("service_request_id")
-        h["first_treatment_at"] = pd.to_datetime(t["first_treatment_at"]).reindex(h.index)
+        h["first_treatment_at"] = pd.to_datetime(t["first_treatment_at"], errors="coerce",
+                                                 format="ISO8601").reindex(h.index)
         h["treatment_contacts"] = t["treatment_contacts"].reindex(h.index).fillna(0).astype("int64")
     else:
         h["first_treatment_at"] = pd.NaT
         h["treatment_contacts"] = 0
     if len(scores):
-        s = scores.assign(assessed_at=pd.to_datetime(scores["assessed_at"])).sort_values(
+        s = scores.assign(assessed_at=pd.to_datetime(scores["assessed_at"], errors="coerce", format="ISO8601"),
+                          score=pd.to_numeric(scores["score"], errors="coerce")).sort_values(
             ["service_request_id", "tool_code", "assessed_at"], kind="stable")
         g = s.groupby(["service_request_id", "tool_code"], sort=False)["score"]
         first, last = g.first().unstack(), g.last().unstack()
@@ -257,7 +268,30 @@ def _s(values) -> pd.Series:
 
 
 def _date(values) -> pd.Series:
-    return pd.to_datetime(pd.Series(values).reset_index(drop=True), errors="coerce").astype("datetime64[s]")
+    return pd.to_datetime(pd.Series(values).reset_index(drop=True), errors="coerce",
+                          format="ISO8601").astype("datetime64[s]")
+
+
+#: An unparseable birth date is held as this impossible date, so IDSREJ008 quarantines the record.
+UNPARSEABLE_BIRTH = pd.Timestamp("2999-12-31")
+
+
+def _score_text(v) -> pd.Series:
+    """PersScore as text: integers as digits; anything else as given (the format rule quarantines it)."""
+    v = pd.Series(v).reset_index(drop=True)
+    if pd.api.types.is_integer_dtype(v):
+        return v.astype("Int64").astype("string[pyarrow]")
+    if pd.api.types.is_float_dtype(v):
+        f = v.astype("Float64")
+        whole = (f.round() == f).fillna(False).to_numpy(dtype=bool)
+        out = f.astype("string[pyarrow]")
+        out[whole] = f[whole].astype("Int64").astype("string[pyarrow]")
+        return out
+    num = pd.to_numeric(v, errors="coerce")
+    whole = num.notna() & (num.round() == num)
+    out = v.astype(object).where(v.notna(), None).astype("string[pyarrow]")
+    out[whole.to_numpy(dtype=bool)] = num[whole].astype("Int64").astype("string[pyarrow]")
+    return out
 
 
 def _hms(local: pd.Series) -> pd.Series:
@@ -269,7 +303,7 @@ def _hms(local: pd.Series) -> pd.Series:
 
 def _local(instants) -> pd.Series:
     """UTC naive instants -> naive London wall-clock times."""
-    s = pd.to_datetime(pd.Series(instants).reset_index(drop=True))
+    s = pd.to_datetime(pd.Series(instants).reset_index(drop=True), errors="coerce", format="ISO8601")
     return s.dt.tz_localize("UTC").dt.tz_convert(LONDON).dt.tz_localize(None)
 
 
@@ -291,9 +325,11 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     p = src.patients
     pid = _s(p["local_patient_id"])
     nhs = _s(p["nhs_number"])
+    birth = _date(p["birth_date"])
+    birth = birth.mask(birth.isna().to_numpy() & pd.Series(p["birth_date"]).notna().to_numpy(), UNPARSEABLE_BIRTH)
     mpi = pd.DataFrame({
         "LocalPatientId": pid, "OrgIDLocalPatientId": _s(np.full(len(p), org_provider, dtype=object)), "NHSNumber": nhs,
-        "NHSNumberStatus": _s(np.where(nhs.notna().to_numpy(), "01", "07")), "PersonBirthDate": _date(p["birth_date"]),
+        "NHSNumberStatus": _s(np.where(nhs.notna().to_numpy(), "01", "07")), "PersonBirthDate": birth,
         "Postcode": _s(p["postcode"]), "Gender": _s(p["gender"]), "EthnicCategory": _s(p["ethnic_category"]),
         "_rid": pid})
     gp_code = _s(p["gp_practice_code"])
@@ -329,7 +365,8 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
         "CareContactId": cid, "ServiceRequestId": _s(c["service_request_id"]),
         "CareContDate": local.dt.floor("D").astype("datetime64[s]"), "CareContTime": _hms(local),
         "AttendOrDNACode": _s(c["attend_code"]), "AppType": _s(c["app_type"]), "ConsMechanism": _s(c["cons_mechanism"]),
-        "ClinContDurOfCareCont": pd.Series(c["duration_minutes"]).reset_index(drop=True).astype("Int64"), "_rid": cid})
+        "ClinContDurOfCareCont": pd.to_numeric(pd.Series(c["duration_minutes"]).reset_index(drop=True),
+                                               errors="coerce").astype("Int64"), "_rid": cid})
 
     # one care activity per contact that was attended or holds scores; CareActId derived from the contact id
     a = src.assessments
@@ -351,14 +388,14 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     refer = pd.DataFrame({
         "ServiceRequestId": _s(a["service_request_id"])[~at_contact],
         "CodedAssToolType": _s(a["tool_code"])[~at_contact],
-        "PersScore": _s(pd.Series(a["score"]).astype("Int64").astype("string"))[~at_contact],
+        "PersScore": _score_text(a["score"])[~at_contact],
         "AssToolCompDate": a_local[~at_contact].dt.floor("D").astype("datetime64[s]"),
         "AssToolCompTime": _hms(a_local[~at_contact]), "_rid": aid[~at_contact]}
     ).reset_index(drop=True)
     act = pd.DataFrame({
         "CareActId": suffix(a_contact[at_contact], "-1"),
         "CodedAssToolType": _s(a["tool_code"])[at_contact],
-        "PersScore": _s(pd.Series(a["score"]).astype("Int64").astype("string"))[at_contact], "_rid": aid[at_contact]}
+        "PersScore": _score_text(a["score"])[at_contact], "_rid": aid[at_contact]}
     ).reset_index(drop=True)
 
     tables = {"IDS000Header": header, "IDS001MPI": mpi, "IDS002GP": gp, "IDS101Referral": ref,

@@ -73,7 +73,7 @@ def test_planted_faults_in_the_month_are_quarantined_with_their_codes(synth_sour
     p = src.patients
     p.loc[0, "nhs_number"] = p.loc[0, "nhs_number"][:9] + str((int(p.loc[0, "nhs_number"][9]) + 1) % 10)
     p.loc[1, "postcode"] = "LS11AB"
-    p.loc[2, "birth_date"] = dt.date(2030, 1, 1)
+    p.loc[2, "birth_date"] = "2030-01-01"
     p.loc[4, "nhs_number"] = p.loc[3, "nhs_number"]
     ids = p["local_patient_id"].tolist()
     ds = build(src, SEPT)
@@ -240,3 +240,37 @@ def test_encryption_round_trip_and_tamper_detection():
 def test_unsupported_version_is_refused():
     with pytest.raises(ValueError):
         build(SourceMonth(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame()), SEPT, version="1.5")
+
+
+def test_values_the_column_type_cannot_hold_are_quarantined_not_fatal(tmp_path):
+    """A loosely typed (SQLite) source can hold text in DATE / DATETIME / INTEGER columns (reliability finding 7)."""
+    import sqlite3
+
+    engine = _records_db(tmp_path)
+    with engine.begin() as conn:
+        conn.execute(insert(schema.patient), [{"local_patient_id": "P2", "nhs_number": "9990000026",
+                                               "given_name": "C", "family_name": "D", "birth_date": dt.date(1991, 1, 1),
+                                               "postcode": "LS1 1AB", "gender": "1", "ethnic_category": "A",
+                                               "copy_channel": "post", "gp_sharing_consent": True}])
+        conn.execute(insert(schema.referral), [{"service_request_id": "R2", "local_patient_id": "P2",
+                                                "source_of_referral": "B1", "commissioner_code": "ZC1",
+                                                "received_date": dt.date(2026, 4, 1)}])
+        conn.execute(insert(schema.coded_assessment), [
+            {"assessment_id": "A-OK", "service_request_id": "R1", "care_contact_id": "C-JUN",
+             "tool_code": "720433000", "score": 12, "assessed_at": dt.datetime(2026, 5, 31, 23, 30)},
+            {"assessment_id": "A-TEXT", "service_request_id": "R1", "care_contact_id": "C-JUN",
+             "tool_code": "445455005", "score": 0, "assessed_at": dt.datetime(2026, 5, 31, 23, 30)}])
+    raw = sqlite3.connect(tmp_path / "records.db")
+    raw.execute("UPDATE patient SET birth_date = 'not a date' WHERE local_patient_id = 'P2'")
+    raw.execute("UPDATE coded_assessment SET score = 'twelve' WHERE assessment_id = 'A-TEXT'")
+    raw.execute("UPDATE care_contact SET contact_at = '2026-06-31 25:00:00' WHERE care_contact_id = 'C-MAY'")
+    raw.commit()
+    raw.close()
+    june = Period.month(2026, 6)
+    ds = build(read_source(engine, june), june)
+    res = rules.screen(ds)
+    q = {(x.reason_code, x.record_id) for x in res.quarantined}
+    assert ("IDSREJ008", "P2") in q                       # unparseable birth date: would reject the file
+    assert ("IDS60706", "A-TEXT") in q                    # text score: incorrect format
+    assert ds.tables["IDS607CodedScoreAssessmentAct"]["_rid"].tolist() == ["A-OK"]
+    assert res.file_failures == []
