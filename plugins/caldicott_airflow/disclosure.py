@@ -9,6 +9,8 @@
   escalates (:class:`EscalationNotifier`) and returns ``timed_out``, which the next task records as an
   escalation and a refusal. An answer whose form does not validate is passed on as an incomplete answer
   (the next task records it and fails: nothing is released).
+* :class:`ApproverNotifier` — when a request starts waiting, tells the approvers (``CALDICOTT_APPROVER_WEBHOOK``)
+  with the link to its Required Action page.
 * :class:`EscalationNotifier` — tells the Caldicott Guardian / on-call: ``CALDICOTT_GUARDIAN_WEBHOOK``
   (JSON POST; falls back to ``CALDICOTT_ONCALL_WEBHOOK``) and always the task log. Ids only.
 """
@@ -109,6 +111,29 @@ class EscalationNotifier(BaseNotifier):
         return sent
 
 
+class ApproverNotifier(BaseNotifier):
+    """A disclosure is waiting: tell the approvers (``CALDICOTT_APPROVER_WEBHOOK``, JSON POST) with the link to
+    its Required Action page. Ids only; always in the task log."""
+
+    template_fields = ()
+
+    def notify(self, context) -> None:
+        ti = context.get("task_instance") or context.get("ti")
+        summary = (ti.xcom_pull(task_ids="build_package") if ti is not None else None) or {}
+        link = None
+        try:
+            link = HITLOperator.generate_link_to_ui_from_context(context=context)
+        except (ValueError, KeyError, AttributeError) as exc:
+            log.info("no link to the Required Action page (%s)", type(exc).__name__)
+        msg = {"kind": "disclosure_awaiting_decision", "disclosure_id": summary.get("disclosure_id"),
+               "request_type": summary.get("request_type"), "urgency": summary.get("urgency"),
+               "approvers": [u["id"] for u in approvers()], "link": link}
+        log.info("caldicott disclosure awaiting a decision: %s", json.dumps(msg, default=str))
+        url = os.environ.get("CALDICOTT_APPROVER_WEBHOOK")
+        if url:
+            _post(url, msg)
+
+
 class DisclosureApprovalOperator(HITLOperator):
     """Hold a disclosure for a service manager's decision (see the module docstring)."""
 
@@ -116,6 +141,7 @@ class DisclosureApprovalOperator(HITLOperator):
                  **kwargs) -> None:
         kwargs.setdefault("subject", "Disclosure request awaiting a decision")
         kwargs.setdefault("assigned_users", approvers())
+        kwargs.setdefault("notifiers", [ApproverNotifier()])
         # Airflow's operator metaclass passes the DAG's params in ``params``; the form is ours, always.
         kwargs["params"] = decision_form()
         if kwargs.get("defaults"):

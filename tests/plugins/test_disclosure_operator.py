@@ -60,3 +60,14 @@ def test_answer_with_invalid_form_is_passed_on_as_incomplete():
              "responded_at": dt.datetime.now(dt.UTC), "responded_by_user": {"id": "manager1", "name": "manager1"}}
     out = op.execute_complete({"ti": _Ti(), "params": {}}, event)
     assert out["form_invalid"] and out["params_input"] == {}
+
+
+def test_approvers_are_told_a_request_waits(monkeypatch):
+    from caldicott_airflow.disclosure import ApproverNotifier
+
+    posted = []
+    monkeypatch.setattr("caldicott_airflow.disclosure._post", lambda url, msg: posted.append(msg))
+    monkeypatch.setenv("CALDICOTT_APPROVER_WEBHOOK", "http://127.0.0.1:9/hook")
+    assert any(isinstance(n, ApproverNotifier) for n in _op().notifiers)
+    ApproverNotifier().notify({"ti": _Ti(), "task_instance": _Ti()})
+    assert posted and posted[0]["disclosure_id"] == "dsc-1" and posted[0]["kind"] == "disclosure_awaiting_decision"
