@@ -9,7 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 KEY_MARKERS = re.compile(r"-----BEGIN (?:RSA |EC |OPENSSH |ENCRYPTED )?PRIVATE KEY-----|-----BEGIN CERTIFICATE-----")
 # assignments of literal secrets in config-like files (a FERNET key is 44 url-safe base64 chars)
-SECRET_ASSIGN = re.compile(r"(?i)(fernet_key|jwt_secret|secret_key|password)\s*[:=]\s*['\"]?[A-Za-z0-9_\-+/]{16,}")
+# (placeholders that say CHANGE-ME are what an example file should hold)
+SECRET_ASSIGN = re.compile(
+    r"(?i)(fernet_key|jwt_secret|secret_key|password)\s*[:=]\s*['\"]?(?!CHANGE-ME)[A-Za-z0-9_\-+/]{16,}")
 
 
 def tracked_files() -> list[Path]:
