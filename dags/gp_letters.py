@@ -27,9 +27,12 @@ ack after `ack_timeout_hours`** — the failure names letter ids only).
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pendulum
 from airflow.sdk import Param, dag, task
 from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
+from caldicott_airflow.deadlines import daily_finish_by
 
 SMTP_CONN_ID = "caldicott_smtp"
 MESH_CONN_ID = "caldicott_mesh"
@@ -37,8 +40,6 @@ PRINT_CONN_ID = "caldicott_print"
 
 
 def _interval(context) -> tuple:
-    import datetime as dt
-
     from caldicott_airflow.intervals import daily_interval, run_key
 
     conf = (context["dag_run"].conf if context.get("dag_run") is not None else None) or {}
@@ -59,6 +60,8 @@ def _interval(context) -> tuple:
     doc_md=__doc__,
     tags=[*COMMON_TAGS, "letters", "direct-care"],
     default_args=default_args(),
+    # on-call hears if the day's letters are not out by 10:00 (the run starts at 06:00)
+    deadline=daily_finish_by(hour=10, scheduled_at=dt.time(6), name="gp_letters not finished by 10:00"),
     params={
         "ack_timeout_hours": Param(48, type="number", minimum=0,
                                    description="Alert when a MESH letter has no business ack after this long."),

@@ -16,7 +16,7 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     """Return an engine for ``url`` with the settings each backend needs to be safe here.
 
     SQLite gets WAL journaling (readers never block the single writer, so a letters run can read the
-    source while the demo seeds another) and a busy timeout; ``readonly`` opens the file with
+    source while the demo seeds another) with synchronous=NORMAL, and a busy timeout; ``readonly`` opens the file with
     ``mode=ro`` so the records source cannot be written through a Caldicott engine by mistake.
     """
     if url.startswith("sqlite"):
@@ -30,6 +30,9 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
             cur = dbapi_conn.cursor()
             if not readonly:
                 cur.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: a commit survives the process being killed (what the ledger must survive);
+                # only a power cut may lose the last commits. Production state is PostgreSQL.
+                cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
