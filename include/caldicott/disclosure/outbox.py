@@ -10,10 +10,10 @@ script watching the outbox never sees half a file; ``already_delivered`` checks 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from caldicott.transport.base import Outbound, TransportError
+from caldicott.transport.staging import write_atomically
 
 
 class OutboxSender:
@@ -31,14 +31,7 @@ class OutboxSender:
     def send(self, item: Outbound) -> str:
         path = self._path(item)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            part = path.with_name(path.name + ".part")
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(item.payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(part, path)
+            write_atomically(path, item.payload, mode=0o640, dir_mode=0o750)
         except OSError as exc:
             raise TransportError(f"outbox write failed: {type(exc).__name__}") from None
         return str(path.relative_to(self.directory))

@@ -8,10 +8,10 @@ and an item's file existing *is* its delivery: :meth:`already_delivered` looks f
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from caldicott.transport.base import Outbound, TransportError
+from caldicott.transport.staging import write_atomically
 
 SUFFIX = ".pdf.p7m"
 
@@ -29,14 +29,7 @@ class StagedPostSender:
     def send(self, item: Outbound) -> str:
         target = self.path(item)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_name(target.name + ".part")
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(item.payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(part, target)
+            write_atomically(target, item.payload, mode=0o600, dir_mode=0o700)
         except OSError as exc:
             raise TransportError(f"item {item.item_id}: staging write failed ({type(exc).__name__})") from exc
         return str(target.relative_to(self.root))

@@ -36,14 +36,7 @@ class StagingSender:
     def send(self, item: Outbound) -> str:
         path = self._path(item)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            part = path.with_name(path.name + ".part")
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(item.payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            part.replace(path)
+            write_atomically(path, item.payload, mode=0o600, dir_mode=0o700)
         except OSError as exc:
             raise TransportError(f"staging write failed: {type(exc).__name__}") from exc
         return str(path)
@@ -53,3 +46,24 @@ class StagingSender:
         if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == item.checksum:
             return str(path)
         return None
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o600, dir_mode: int = 0o700) -> None:
+    """Write ``data`` to ``path`` so a reader sees no file or the whole file, never part of one.
+
+    Writes ``name.part`` (created with ``mode``, fsynced), then renames it over ``path``. On failure the
+    ``.part`` is removed, so a full disk leaves nothing behind. Shared by every sender that delivers to a
+    local folder (staging, print-and-post, disclosure outbox). Raises OSError.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
+    part = path.with_name(path.name + ".part")
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(part, path)
+    except OSError:
+        part.unlink(missing_ok=True)
+        raise
