@@ -155,9 +155,29 @@ class AirflowStack:
         if run_id:
             body["dag_run_id"] = run_id
         status, data = self.api("POST", f"/dags/{dag_id}/dagRuns", body)
+        if status == 409 and not run_id:
+            return self.rerun(dag_id, logical_date)
         if status not in (200, 201):
             raise RuntimeError(f"trigger {dag_id} failed: {status} {data}")
         return data["dag_run_id"]
+
+    def rerun(self, dag_id: str, logical_date: dt.datetime) -> str:
+        """Clear the existing run for ``logical_date`` so every task runs again (how on-call redoes a day).
+
+        Airflow allows one run per logical date; re-running the demo clears that run instead, which is
+        also the proof that every task is idempotent: the second pass finds the work done.
+        """
+        stamp = logical_date.isoformat().replace("+00:00", "Z")
+        status, data = self.api("GET", f"/dags/{dag_id}/dagRuns?logical_date_gte={stamp}&logical_date_lte={stamp}")
+        runs = data.get("dag_runs", []) if status == 200 else []
+        if not runs:
+            raise RuntimeError(f"{dag_id}: a run for {stamp} exists but could not be found ({status})")
+        run_id = runs[0]["dag_run_id"]
+        status, data = self.api("POST", f"/dags/{dag_id}/clearTaskInstances",
+                                {"dry_run": False, "dag_run_id": run_id, "only_failed": False, "reset_dag_runs": True})
+        if status != 200:
+            raise RuntimeError(f"clearing {dag_id} {run_id} failed: {status} {data}")
+        return run_id
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         status, data = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
