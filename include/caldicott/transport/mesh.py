@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import requests
+from mesh_client import MeshError
 
 from caldicott.transport.base import Outbound, TransportError
 
@@ -67,7 +68,10 @@ class MeshSender:
             code = exc.response.status_code if exc.response is not None else None
             raise TransportError(f"item {item.item_id}: MESH HTTP {code}",
                                  retryable=code is None or code >= 500) from exc
-        except Exception as exc:  # mesh_client.MeshError, connection errors
+        except MeshError as exc:  # MESH answered with an error document (e.g. 403 forbidden): not transient
+            raise TransportError(f"item {item.item_id}: MESH refused the message (MeshError)",
+                                 retryable=False) from exc
+        except Exception as exc:  # connection errors, timeouts
             raise TransportError(f"item {item.item_id}: MESH error {type(exc).__name__}") from exc
 
     def already_delivered(self, item: Outbound) -> str | None:

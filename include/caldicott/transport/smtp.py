@@ -35,6 +35,9 @@ class SmtpSender:
             refused = self.client.sendmail(self.from_addr, [item.address], item.payload)
         except smtplib.SMTPRecipientsRefused as exc:
             raise TransportError(f"item {item.item_id}: recipient refused by SMTP server", retryable=False) from exc
+        except smtplib.SMTPResponseException as exc:  # 5xx is the server's final word; 4xx means try later
+            raise TransportError(f"item {item.item_id}: SMTP {exc.smtp_code} ({type(exc).__name__})",
+                                 retryable=not 500 <= exc.smtp_code < 600) from exc
         except (smtplib.SMTPException, OSError) as exc:
             raise TransportError(f"item {item.item_id}: SMTP error {type(exc).__name__}") from exc
         if refused:
