@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import threading
 from pathlib import Path
 
 import asyncssh
+
+# asyncssh logs every channel open and close at INFO: noise in the demo's summary, not news
+logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 CONN_ID = "caldicott_sftp_referrer"
 USER = "referrer"
