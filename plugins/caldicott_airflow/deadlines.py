@@ -65,13 +65,18 @@ def deadline_message(alert: str, context: dict | None) -> dict:
 
 
 async def deadline_missed(alert: str = "deadline", webhook_url: str | None = None, email: str | None = None,
-                          context: dict | None = None, **_: object) -> dict:
-    """Deadline callback (runs on the triggerer): alert on-call staff. Never raises."""
+                          context: dict | None = None, **_: object) -> str:
+    """Deadline callback (runs on the triggerer): alert on-call staff. Never raises.
+
+    Returns a short string: Airflow 3.3.2 stores the return value in its ``callback`` table, and on SQLite a
+    dict there makes the triggerer crash (sqlite3 cannot bind a dict), taking every deferred task with it.
+    """
     from caldicott_airflow.notifiers import dispatch
 
     msg = deadline_message(alert, context)
     sent = await asyncio.to_thread(dispatch, msg, webhook_url=webhook_url, email=email)
-    return {"alert": alert, "sent": sent}
+    channels = [k for k, v in (sent or {}).items() if v] if isinstance(sent, dict) else []
+    return f"{alert}: alerted via {', '.join(channels) or 'task log only'}"
 
 
 def deadlines_enabled() -> bool:

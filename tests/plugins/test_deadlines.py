@@ -72,3 +72,16 @@ def test_deadlines_can_be_switched_off_for_dag_test(monkeypatch):
     assert daily_finish_by(hour=9) is None and submission_window() is None
     monkeypatch.setenv("CALDICOTT_DEADLINES", "on")
     assert daily_finish_by(hour=9) is not None
+
+
+def test_deadline_callback_returns_text_the_triggerer_can_store(monkeypatch):
+    """Airflow stores the callback's return value; a dict crashed the triggerer on SQLite (seen in the demo)."""
+    import asyncio
+
+    from caldicott_airflow.deadlines import deadline_missed
+
+    monkeypatch.delenv("CALDICOTT_ONCALL_WEBHOOK", raising=False)
+    monkeypatch.delenv("CALDICOTT_ONCALL_EMAIL", raising=False)
+    out = asyncio.run(deadline_missed("gp_letters not finished by 10:00",
+                                      context={"dag_run": {"dag_id": "gp_letters", "dag_run_id": "r1"}}))
+    assert isinstance(out, str) and out.startswith("gp_letters not finished by 10:00")
