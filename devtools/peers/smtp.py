@@ -17,6 +17,7 @@ import email
 import email.policy
 import itertools
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -24,6 +25,9 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 
 from devtools.airflow_env import free_port
+
+# aiosmtpd logs every connection at INFO under 'mail.log': noise in the demo's summary, not news
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 CONN_ID = "caldicott_smtp"
 FROM_ADDR = "letters@talkingtherapies.nhs.example"
