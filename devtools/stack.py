@@ -69,7 +69,11 @@ class AirflowStack:
                 cmd += ["-p", str(self.port)]
             self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                                 start_new_session=True)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:  # a component died or never became healthy: stop the others, leave nothing behind
+            self.stop()
+            raise
         return self
 
     def wait_ready(self, timeout: float) -> None:
