@@ -46,6 +46,23 @@ def migrate_metadata(env: dict[str, str]) -> None:
         raise RuntimeError(f"airflow db migrate failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
 
 
+def stop_process_groups(procs, grace: float = 30) -> None:
+    """SIGTERM each process's group (started with ``start_new_session``), then SIGKILL what outlives ``grace``."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 class AirflowStack:
     """A running local Airflow. ``with AirflowStack(env) as af: af.trigger(...)``."""
 
@@ -93,17 +110,7 @@ class AirflowStack:
         raise TimeoutError(f"airflow did not become healthy in {timeout}s; see {self.home}/stack-logs")
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=max(1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_process_groups(self.procs.values(), grace=30)
         self.procs.clear()
 
     def __enter__(self) -> AirflowStack:

@@ -13,11 +13,8 @@ log files from the shared Airflow home), the scheduler too, and Celery workers o
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-import os
-import signal
 import socket
 import subprocess
 import threading
@@ -35,7 +32,7 @@ from sqlalchemy import create_engine, text
 from devtools.airflow_env import airflow_env, free_port
 from devtools.bootstrap import Workspace, seed
 from devtools.paths import venv_bin
-from devtools.stack import AirflowStack, migrate_metadata
+from devtools.stack import AirflowStack, migrate_metadata, stop_process_groups
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -131,17 +128,7 @@ class Workers:
         raise TimeoutError(f"workers did not answer a ping in {timeout}s: {out[-500:]}")
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=max(1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_process_groups(self.procs.values(), grace=60)
 
 
 def test_celery_executor_imports():
