@@ -63,7 +63,7 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o600, dir_mode: in
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(part, path)
+        part.replace(path)
     except OSError:
         part.unlink(missing_ok=True)
         raise
