@@ -112,9 +112,7 @@ def release(items: Iterable[Outbound], sender: Sender, state_engine: Engine) -> 
             try:
                 ref = sender.already_delivered(item)
             except TransportError as exc:
-                ledger.mark_failed(item.item_id, str(exc))
-                report.failed[item.item_id] = str(exc)
-                log.warning("reconcile failed: item=%s channel=%s error=%s", item.item_id, sender.channel, exc)
+                _record_failure(ledger, report, item, sender, "reconcile", exc)
                 continue
             if ref is not None:
                 ledger.mark_sent(item.item_id, checksum=item.checksum, transport_ref=ref)
@@ -124,12 +122,18 @@ def release(items: Iterable[Outbound], sender: Sender, state_engine: Engine) -> 
         try:
             ref = sender.send(item)
         except TransportError as exc:
-            ledger.mark_failed(item.item_id, str(exc))
-            report.failed[item.item_id] = str(exc)
-            log.warning("send failed: item=%s channel=%s error=%s", item.item_id, sender.channel, exc)
+            _record_failure(ledger, report, item, sender, "send", exc)
             continue
         ledger.mark_sent(item.item_id, checksum=item.checksum, transport_ref=ref)
         report.sent.append(item.item_id)
     summary = Counter({k: v for k, v in report.counts().items() if v})
     log.info("release via %s: %s", sender.channel, dict(summary) or "nothing to do")
     return report
+
+
+def _record_failure(ledger: Ledger, report: ReleaseReport, item: Outbound, sender: Sender, step: str,
+                    exc: TransportError) -> None:
+    """A transport error leaves the item ``failed`` (retried by the next attempt) and in the run's report."""
+    ledger.mark_failed(item.item_id, str(exc))
+    report.failed[item.item_id] = str(exc)
+    log.warning("%s failed: item=%s channel=%s error=%s", step, item.item_id, sender.channel, exc)
