@@ -168,7 +168,13 @@ def write(ds: Dataset, out_dir: Path, key: bytes, *, name: str | None = None, wi
 
 def read_archive(path: Path, key: bytes) -> dict[str, pd.DataFrame]:
     """Decrypt and read every table back (for tests and for the submitter's own checks)."""
-    with zipfile.ZipFile(io.BytesIO(decrypt(path.read_bytes(), key))) as zf:
+    return read_archive_bytes(path.read_bytes(), key)
+
+
+def read_archive_bytes(blob: bytes, key: bytes) -> dict[str, pd.DataFrame]:
+    """The tables (and ``manifest``) of an encrypted archive held in memory: what an intermediary received over
+    MESH or SFTP reads back without touching the disk unencrypted."""
+    with zipfile.ZipFile(io.BytesIO(decrypt(blob, key))) as zf:
         out = {n.removesuffix(".parquet"): pq.read_table(io.BytesIO(zf.read(n))).to_pandas()
                for n in zf.namelist() if n.endswith(".parquet")}
         out["manifest"] = json.loads(zf.read("manifest.json"))

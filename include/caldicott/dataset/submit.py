@@ -1,0 +1,231 @@
+"""Which route the month's submission takes, and sending it by that route exactly once (no Airflow import).
+
+NHS England's SDCS Cloud portal has no public upload API, so the default route (``staged``) stages the encrypted
+archive for the named submitter, who uploads it by hand and enters the portal's reference at a human step. A
+service that submits through an intermediary (a commissioning support unit, a system supplier) can instead send
+the same encrypted archive there automatically:
+
+* ``mesh`` — one MESH message to the intermediary's mailbox with the agreed workflow id
+  (:class:`caldicott.transport.mesh.MeshSender`); the reference recorded is the MESH message id;
+* ``sftp`` — an atomic, checksum-verified upload to the intermediary's server with a pinned host key
+  (:class:`caldicott.transport.sftp.SftpSender`); the reference recorded is the remote path.
+
+Whatever the route, the archive goes through the release gateway (purpose ``mandated_dataset``, fact
+``validated``, protection ``staged-encrypted`` / ``mesh`` / ``sftp``) as the SAME ledger item
+(``item_id("monthly_dataset", month, "submission")``), so a month leaves once, by one route:
+
+* a re-run finds the item ``sent`` and sends nothing, by whichever route is asked for this time, and reports
+  the route that actually carried it (the ledger's channel);
+* a month whose earlier attempt by another route is unfinished (``intended``, ``sending`` or ``failed``) is
+  refused with :class:`RouteConflict`: the other route may already have delivered it, and only that route's
+  transport can be asked (MESH tracking by local id, SFTP / staging by checksum). Re-run with the route the
+  ledger names.
+
+With an automatic route there is nothing for a person to confirm: :func:`record_automatic` writes the
+transport's reference into ``dataset_submission`` (state ``submitted``). The ledger item stays ``sent``: the
+intermediary's own receipt is outside Caldicott, so ``acked`` is not claimed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from caldicott.dataset import state_tables
+from caldicott.dataset.builder import Period
+from caldicott.policy.purposes import Protection, Purpose
+from caldicott.transport.base import Outbound, Sender
+from caldicott.transport.ledger import DONE, Intent, Ledger, item_id
+
+FLOW = "monthly_dataset"
+REFERENCE_MAX = 100  # dataset_submission.submission_reference
+
+
+class Route(StrEnum):
+    """How the month's archive reaches NHS England."""
+
+    STAGED = "staged"   # for the named submitter to upload through the SDCS Cloud portal (human step)
+    MESH = "mesh"       # to an intermediary's MESH mailbox (automatic)
+    SFTP = "sftp"       # to an intermediary's SFTP server (automatic)
+
+
+#: the ledger's channel for each route (what the senders call themselves)
+CHANNEL = {Route.STAGED: "staging", Route.MESH: "mesh", Route.SFTP: "sftp"}
+ROUTE_OF_CHANNEL = {v: k for k, v in CHANNEL.items()}
+PROTECTION = {Route.STAGED: Protection.STAGED_ENCRYPTED, Route.MESH: Protection.MESH, Route.SFTP: Protection.SFTP}
+
+#: the run parameter's values: ``configured`` takes the route from the deployment's configuration
+REQUESTABLE = ("configured", *(r.value for r in Route))
+
+
+class SubmissionConfigError(ValueError):
+    """The submission route is asked for but not (or wrongly) configured. Not transient: do not retry."""
+
+
+class RouteConflict(RuntimeError):
+    """An earlier, unfinished attempt used another route; sending by this one could deliver the month twice."""
+
+
+@dataclass(frozen=True)
+class SubmissionTarget:
+    """Where the month goes. Opaque configuration only (mailbox ids, connection ids, a directory)."""
+
+    route: Route
+    recipient: str = ""          # opaque id in the ledger: the submitter (staged) or the intermediary
+    mesh_mailbox: str = ""
+    mesh_workflow: str = ""
+    mesh_conn_id: str = ""       # Airflow connection of Caldicott's own mailbox ("" = the default)
+    sftp_conn_id: str = ""
+    sftp_directory: str = "."
+
+    @property
+    def automatic(self) -> bool:
+        return self.route != Route.STAGED
+
+    @property
+    def channel(self) -> str:
+        return CHANNEL[self.route]
+
+    def describe(self) -> str:
+        """A short, patient-free label for logs, XCom and ``submitted_by``."""
+        if self.route == Route.MESH:
+            return f"mesh {self.mesh_mailbox} ({self.mesh_workflow})"
+        if self.route == Route.SFTP:
+            return f"sftp {self.sftp_conn_id}:{self.sftp_directory}"
+        return f"staged for {self.recipient}"
+
+
+def resolve_target(requested: str | None, config: Mapping | None, *, submitter: str) -> SubmissionTarget:
+    """The route for this run: the run's ``submission_route`` parameter over the deployment's configuration.
+
+    ``requested``: ``configured`` (or empty) takes ``config["route"]``, or ``staged`` when nothing is configured;
+    ``staged`` always stages (e.g. while the intermediary is unavailable); ``mesh`` / ``sftp`` need their details
+    in ``config``. ``config`` is the JSON of the Airflow Variable ``caldicott_dataset_submission``, e.g.
+    ``{"route": "mesh", "mesh_mailbox": "X26ABC3", "mesh_workflow": "IAPT_V2_SUBMISSION"}``.
+    """
+    cfg = dict(config or {})
+    unknown = set(cfg) - {"route", "recipient", "mesh_mailbox", "mesh_workflow", "mesh_conn_id", "sftp_conn_id",
+                          "sftp_directory"}
+    if unknown:
+        raise SubmissionConfigError(f"unknown submission configuration keys: {', '.join(sorted(unknown))}")
+    asked = (requested or "configured").strip().lower()
+    if asked not in REQUESTABLE:
+        raise SubmissionConfigError(f"submission_route must be one of {', '.join(REQUESTABLE)}")
+    if asked == "configured":
+        asked = str(cfg.get("route") or Route.STAGED.value).strip().lower()
+        if asked not in {r.value for r in Route}:
+            raise SubmissionConfigError(f"configured route must be one of {', '.join(r.value for r in Route)}")
+    route = Route(asked)
+    if route == Route.STAGED:
+        return SubmissionTarget(Route.STAGED, recipient=submitter)
+    if route == Route.MESH:
+        mailbox, workflow = str(cfg.get("mesh_mailbox") or "").strip(), str(cfg.get("mesh_workflow") or "").strip()
+        if not mailbox or not workflow:
+            raise SubmissionConfigError("route mesh needs mesh_mailbox and mesh_workflow in the configuration")
+        return SubmissionTarget(Route.MESH, recipient=str(cfg.get("recipient") or mailbox), mesh_mailbox=mailbox,
+                                mesh_workflow=workflow, mesh_conn_id=str(cfg.get("mesh_conn_id") or ""))
+    conn_id = str(cfg.get("sftp_conn_id") or "").strip()
+    if not conn_id:
+        raise SubmissionConfigError("route sftp needs sftp_conn_id in the configuration")
+    directory = str(cfg.get("sftp_directory") or ".").strip() or "."
+    if ".." in directory.split("/"):
+        raise SubmissionConfigError("sftp_directory must not contain '..'")
+    return SubmissionTarget(Route.SFTP, recipient=str(cfg.get("recipient") or conn_id), sftp_conn_id=conn_id,
+                            sftp_directory=directory)
+
+
+def submission_item_id(period: Period) -> str:
+    """The one ledger item of a month's submission, whatever the route."""
+    return item_id(FLOW, period.key, "submission")
+
+
+def _outbound(target: SubmissionTarget, iid: str, period: Period, path: Path, version: str) -> Outbound:
+    headers = {"filename": path.name}
+    address = period.key                       # staging: a folder per month
+    if target.route == Route.MESH:
+        address = target.mesh_mailbox
+        headers.update(workflow_id=target.mesh_workflow, content_type="application/octet-stream",
+                       subject=f"IAPT v{version} {period.key}")
+    elif target.route == Route.SFTP:
+        address = target.sftp_directory
+    return Outbound(iid, Purpose.MANDATED_DATASET, target.recipient, target.channel, path.read_bytes(),
+                    PROTECTION[target.route], address=address, headers=headers, facts={"validated": True})
+
+
+def _reference(ref: str | None) -> str:
+    ref = (ref or "").strip()
+    return ref if len(ref) <= REFERENCE_MAX else ref[-REFERENCE_MAX:]
+
+
+def submit(state: Engine, period: Period, target: SubmissionTarget, sender: Sender) -> dict:
+    """Send (or stage) the month's encrypted archive by ``target``'s route through the release gateway, once.
+
+    Returns ids and counts for XCom: ``route`` is the route that carried the month (the ledger's, on a re-run),
+    ``automatic`` whether a person still has to upload it, ``reference`` the transport's reference (MESH message
+    id, remote path, staged path). Raises :class:`RouteConflict` (see the module docstring).
+    """
+    from caldicott.gateway import release
+
+    row = state_tables.get(state, period.key)
+    if row is None:
+        raise RuntimeError(f"no data set written for {period.key}")
+    if sender.channel != target.channel:
+        raise ValueError(f"sender channel {sender.channel} does not match route {target.route}")
+    iid = submission_item_id(period)
+    ledger = Ledger(state)
+    entry = ledger.get(iid)
+    if entry is not None and entry.channel != target.channel:
+        if entry.state in DONE:
+            return _result(period, iid, entry.channel, entry.transport_ref, target, {"already_sent": 1})
+        raise RouteConflict(
+            f"the {period.key} submission was attempted via {entry.channel} (ledger state {entry.state}); "
+            f"re-run with submission_route={ROUTE_OF_CHANNEL.get(entry.channel, entry.channel)} so that "
+            f"transport is asked whether it arrived")
+    ledger.record_intent([Intent(iid, FLOW, Purpose.MANDATED_DATASET.value, period.key, target.recipient,
+                                 target.channel, batch_id=period.key)])
+    path = Path(row["archive_path"])
+    report = release([_outbound(target, iid, period, path, str(row["version"]))], sender, state)
+    counts = report.counts()
+    after = ledger.get(iid)
+    if report.sent or report.already_sent:
+        state_tables.mark_staged(state, period.key, iid)
+    ref = after.transport_ref if after is not None and after.state in DONE else None
+    return _result(period, iid, target.channel, ref, target, counts)
+
+
+def _result(period: Period, iid: str, channel: str, ref: str | None, target: SubmissionTarget,
+            counts: Mapping[str, int]) -> dict:
+    route = ROUTE_OF_CHANNEL.get(channel, Route.STAGED)
+    full = {"sent": 0, "already_sent": 0, "refused": 0, "failed": 0, "not_planned": 0, **counts}
+    return {"run_key": period.key, "item_id": iid, "route": route.value, "requested_route": target.route.value,
+            "automatic": route != Route.STAGED, "reference": _reference(ref) if ref else None,
+            "via": target.describe() if channel == target.channel else channel, **full}
+
+
+def record_automatic(state: Engine, period: Period, result: Mapping) -> dict:
+    """Record an automatically sent month as submitted, with the transport's reference (idempotent)."""
+    if not result.get("automatic"):
+        raise ValueError("record_automatic is for the mesh and sftp routes; the staged route is confirmed by a person")
+    ref = _reference(result.get("reference"))
+    if not ref:
+        raise RuntimeError(f"the {period.key} submission has no transport reference; it was not sent")
+    entry = Ledger(state).get(str(result["item_id"]))
+    if entry is None or entry.state not in DONE:
+        raise RuntimeError(f"the {period.key} submission is not sent (ledger: {entry.state if entry else 'none'})")
+    row = state_tables.get(state, period.key)
+    if row is None:
+        raise RuntimeError(f"no data set written for {period.key}")
+    if row["state"] != state_tables.SUBMITTED or row["submission_reference"] != ref:
+        state_tables.mark_submitted(state, period.key, ref, f"automatic: {result.get('via') or result['route']}"[:100])
+        row = state_tables.get(state, period.key)
+    return {"run_key": period.key, "state": row["state"], "route": result["route"], "reference": ref,
+            "submitted_at": row["submitted_at"].isoformat(timespec="seconds") if row["submitted_at"] else None,
+            "automatic": True}
+
+
+__all__ = ["CHANNEL", "REQUESTABLE", "Route", "RouteConflict", "SubmissionConfigError",
+           "SubmissionTarget", "record_automatic", "resolve_target", "submission_item_id", "submit"]

@@ -1,0 +1,118 @@
+"""The submission route without Airflow: which route a run takes (param over configuration), the staged route
+through the gateway exactly once, a month that already left by one route is not sent by another, and an
+automatic result is recorded with its transport reference (the real MESH and SFTP peers: tests/peers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from caldicott.dataset import pipeline, state_tables
+from caldicott.dataset.builder import Period
+from caldicott.dataset.submit import (
+    Route,
+    RouteConflict,
+    SubmissionConfigError,
+    record_automatic,
+    resolve_target,
+    submission_item_id,
+    submit,
+)
+from caldicott.dataset.writer import load_key, new_key
+from caldicott.transport.ledger import Ledger, State, item_id
+from caldicott.transport.staging import StagingSender
+
+SEPT = Period.month(2026, 9)
+MESH_CFG = {"route": "mesh", "mesh_mailbox": "X26ABC3", "mesh_workflow": "IAPT_V2_SUBMISSION"}
+SFTP_CFG = {"route": "sftp", "sftp_conn_id": "caldicott_sftp_dataset", "sftp_directory": "/inbound/iapt"}
+
+
+@pytest.mark.parametrize(("requested", "config", "route"), [
+    (None, None, Route.STAGED),                      # nothing configured: the human route
+    ("configured", {}, Route.STAGED),
+    ("configured", MESH_CFG, Route.MESH),
+    ("configured", SFTP_CFG, Route.SFTP),
+    ("staged", MESH_CFG, Route.STAGED),              # a run can fall back to the human route
+    ("sftp", {**MESH_CFG, **SFTP_CFG, "route": "mesh"}, Route.SFTP),
+    ("MESH", MESH_CFG, Route.MESH),
+])
+def test_route_is_the_param_over_the_configuration(requested, config, route):
+    target = resolve_target(requested, config, submitter="sub-1")
+    assert target.route == route and target.automatic == (route != Route.STAGED)
+    if route == Route.STAGED:
+        assert target.recipient == "sub-1" and target.channel == "staging"
+    if route == Route.MESH:
+        assert (target.recipient, target.mesh_workflow, target.channel) == ("X26ABC3", "IAPT_V2_SUBMISSION", "mesh")
+    if route == Route.SFTP:
+        assert (target.sftp_conn_id, target.sftp_directory) == ("caldicott_sftp_dataset", "/inbound/iapt")
+
+
+@pytest.mark.parametrize(("requested", "config", "message"), [
+    ("mesh", None, "mesh_mailbox and mesh_workflow"),
+    ("mesh", {"mesh_mailbox": "X26ABC3"}, "mesh_workflow"),
+    ("sftp", {"route": "sftp"}, "sftp_conn_id"),
+    ("sftp", {**SFTP_CFG, "sftp_directory": "/inbound/../etc"}, "'..'"),
+    ("email", None, "submission_route must be one of"),
+    ("configured", {"route": "portal"}, "configured route must be one of"),
+    ("configured", {**MESH_CFG, "mesh_mailbx": "typo"}, "unknown submission configuration keys: mesh_mailbx"),
+])
+def test_misconfiguration_is_refused_clearly(requested, config, message):
+    with pytest.raises(SubmissionConfigError, match=message):
+        resolve_target(requested, config, submitter="sub-1")
+
+
+@pytest.fixture
+def written(synth_source, state_engine, tmp_path):
+    s = pipeline.Settings(work_dir=tmp_path / "work", key=load_key(new_key()), intermediate_db=False)
+    pipeline.build_validate_write(synth_source.engine, state_engine, SEPT, s)
+    return s
+
+
+def test_staged_route_stages_once_and_asks_a_person(written, state_engine, tmp_path):
+    target = resolve_target("configured", None, submitter="sub-1")
+    sender = StagingSender(tmp_path / "staging")
+    first = submit(state_engine, SEPT, target, sender)
+    again = submit(state_engine, SEPT, target, sender)
+    assert (first["sent"], again["sent"], again["already_sent"]) == (1, 0, 1)
+    assert first["route"] == again["route"] == "staged" and not first["automatic"]
+    # the same ledger item as the staging that pipeline.stage did before routes existed
+    assert first["item_id"] == submission_item_id(SEPT) == item_id("monthly_dataset", "2026-09", "submission")
+    staged = list((tmp_path / "staging" / "2026-09").glob("*.zip.enc"))
+    archive = Path(state_tables.get(state_engine, "2026-09")["archive_path"])
+    assert len(staged) == 1 and staged[0].read_bytes() == archive.read_bytes()
+    assert state_tables.get(state_engine, "2026-09")["state"] == "staged"
+    with pytest.raises(ValueError, match="staged route is confirmed by a person"):
+        record_automatic(state_engine, SEPT, first)
+
+
+def test_a_month_staged_is_not_sent_again_by_an_automatic_route(written, state_engine, tmp_path):
+    submit(state_engine, SEPT, resolve_target("staged", None, submitter="sub-1"), StagingSender(tmp_path / "st"))
+    mesh = resolve_target("mesh", MESH_CFG, submitter="sub-1")
+
+    class NeverCalled:  # the route conflict is decided from the ledger before any transport is touched
+        channel = "mesh"
+
+        def send(self, item):
+            raise AssertionError("sent a month that had already left")
+
+        already_delivered = send
+
+    out = submit(state_engine, SEPT, mesh, NeverCalled())
+    assert out["route"] == "staged" and out["requested_route"] == "mesh" and not out["automatic"]
+    assert out["already_sent"] == 1 and out["sent"] == 0
+    assert Ledger(state_engine).get(out["item_id"]).channel == "staging"
+
+
+def test_an_unfinished_attempt_by_another_route_is_refused(written, state_engine, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the staging folder should be")
+    failed = submit(state_engine, SEPT, resolve_target("staged", None, submitter="sub-1"), StagingSender(blocker))
+    assert failed["failed"] == 1 and Ledger(state_engine).get(failed["item_id"]).state == State.FAILED
+    sftp = resolve_target("sftp", SFTP_CFG, submitter="sub-1")
+
+    class Sftp:
+        channel = "sftp"
+
+    with pytest.raises(RouteConflict, match="re-run with submission_route=staged"):
+        submit(state_engine, SEPT, sftp, Sftp())
+    assert state_tables.get(state_engine, "2026-09")["state"] == "written"
