@@ -343,51 +343,59 @@ def test_hostile_records_through_every_flow(case, base, tmp_path_factory):
 # ---- values the column's type cannot hold ------------------------------------------------------------
 
 #: A SQLite source (the demo's) can hold an impossible date or text in an integer column; PostgreSQL would have
-#: refused them at the door. Cells that crash today (read-time ValueError in SQLAlchemy's type processors),
-#: reported in docs/reliability.md; the test xfails while any of them does and passes once they are quarantined.
-KNOWN_CRASHES = {("birth_date", "letters"), ("birth_date", "dataset"), ("birth_text", "letters"),
-                 ("birth_text", "dataset"), ("contact_at", "letters"), ("contact_at", "updates"),
-                 ("contact_at", "dataset"), ("score_text", "letters"), ("score_text", "dataset")}
+#: refused them at the door. Each flow that reads the cell quarantines the record holding it (letters: the
+#: patient or referral; updates: the session; the data set: its rule code) and carries on with the rest.
 RAW = {
-    "birth_date": "UPDATE patient SET birth_date = '2026-02-30' WHERE local_patient_id = :pid",
-    "birth_text": "UPDATE patient SET birth_date = 'not a date' WHERE local_patient_id = :pid",
-    "contact_at": "UPDATE care_contact SET contact_at = '2026-10-32 10:00:00.000000' WHERE service_request_id = :rid",
-    "score_text": "UPDATE coded_assessment SET score = 'abc' WHERE service_request_id = :rid",
+    "birth_date": ("UPDATE patient SET birth_date = '2026-02-30' WHERE local_patient_id = :pid", "patient"),
+    "birth_text": ("UPDATE patient SET birth_date = 'not a date' WHERE local_patient_id = :pid", "patient"),
+    "contact_at": ("UPDATE care_contact SET contact_at = '2026-10-32 10:00:00.000000' WHERE service_request_id = :rid",
+                   "referral"),
+    "score_text": ("UPDATE coded_assessment SET score = 'abc' WHERE service_request_id = :rid", "referral"),
 }
 
 
 @pytest.mark.parametrize("field", sorted(RAW))
 def test_values_the_column_type_cannot_hold(field, base, tmp_path):
     import sqlalchemy as sa
+    from caldicott.records.quality import scan
 
-    rid = next(r for r, _, _ in base["events"]
-               if base["result"].frames["referral"].set_index("service_request_id").at[r, "referrer_org_code"]
-               == "ZP000")
+    rid = next(r for r, e, _ in base["events"]
+               if e == "discharge" and base["result"].frames["referral"].set_index("service_request_id").at[
+                   r, "referrer_org_code"] == "ZP000")
     pid = base["result"].frames["referral"].set_index("service_request_id").at[rid, "local_patient_id"]
     records = _write(base["result"].frames, tmp_path / "records.db")
     raw = make_engine(sqlite_url(tmp_path / "records.db"))
+    sql, letter_record = RAW[field]
     with raw.begin() as conn:
-        conn.execute(sa.text(RAW[field]), {"pid": pid, "rid": rid})
+        changed = conn.execute(sa.text(sql), {"pid": pid, "rid": rid}).rowcount
     raw.dispose()
+    assert changed
     state = make_engine(sqlite_url(tmp_path / "state.db"))
     migrate(state)
-    steps = {
-        "letters": lambda: flow.plan(records, state, *OCT, RUN),
-        "updates": lambda: [deliver.build_items(records, state, deliver.load_contract(records, c), *OCT, RUN)
-                            for c in ubuild.active_contracts(records)["contract_id"]],
-        "dataset": lambda: rules.screen(pipeline.build_month(records, Period.month(2026, 10),
-                                                             pipeline.Settings(work_dir=tmp_path, key=bytes(32)))[0]),
-    }
-    crashed = []
-    for name, step in steps.items():
-        try:
-            step()
-        except ValueError:
-            if (field, name) not in KNOWN_CRASHES:
-                raise
-            crashed.append(name)
+
+    # letters: the letter about this referral is quarantined with a reason; every other letter still planned
+    planned = flow.plan(records, state, *OCT, RUN)
+    q = [e for e in entries(state, flow.FLOW, RUN) if e.reason_code == "unreadable_value"]
+    want = pid if letter_record == "patient" else rid
+    assert [(e.record_type, e.record_id) for e in q] == [(letter_record, want)], q
+    planned_refs = {r for b in planned["batches"] for r, _ in b["letters"]}
+    assert rid not in planned_refs
+    assert len(planned_refs) > 10, "the good letters were not planned"
+
+    # referrer updates: the session holding the bad instant is quarantined, the contract's other sessions go
+    for c in ubuild.active_contracts(records)["contract_id"]:
+        deliver.build_items(records, state, deliver.load_contract(records, c), *OCT, RUN)
+    upd = [e for e in entries(state, "referrer_updates", RUN) if e.reason_code == "unreadable_value"]
+    if field == "contact_at":
+        assert upd and all(e.record_type == "care_contact" for e in upd), upd
+
+    # the data set quarantines it under a rule code (or leaves it out of the period) and builds the rest
+    ds = pipeline.build_month(records, Period.month(2026, 10), pipeline.Settings(work_dir=tmp_path, key=bytes(32)))[0]
+    res = rules.screen(ds)
+    assert not res.file_failures
+
+    # and the data-quality scan names it
+    counts = scan(records, state, "quality-" + field)
+    assert counts["by_reason"].get("unreadable_value", 0) >= 1, counts
     figure("hostile values tried", 1)
-    figure("flow crashes on values the column type cannot hold (reported)", len(crashed))
-    print(f"{field}: crashed in {crashed or 'no flow'}")
-    if crashed:
-        pytest.xfail(f"{field}: {', '.join(crashed)} crash instead of quarantining (docs/reliability.md)")
+    figure("values the column type cannot hold, quarantined by every flow that reads them", 1)

@@ -42,10 +42,18 @@ class LetterData:
     scores: dict = field(default_factory=dict)      # assessment: phq9, gad7, wsas
     outcome: dict = field(default_factory=dict)     # discharge: attended, missed, first/last, recovery ...
     problems: list[str] = field(default_factory=list)  # record-level reason codes (quarantine)
+    unreadable_in: str | None = None   # "patient" | "referral": whose stored value could not be read
 
     @property
     def key(self) -> tuple[str, str]:
         return self.referral_id, self.event
+
+    def problem_record(self, problem: str) -> tuple[str, str]:
+        """``(record_type, record_id)`` a problem quarantines: the referral's own faults, else the patient's."""
+        if problem in ("score_out_of_range", "discharge_before_referral") or (
+                problem == "unreadable_value" and self.unreadable_in == "referral"):
+            return "referral", self.referral_id
+        return "patient", str(self.patient["local_patient_id"])
 
 
 def utc_bounds(start: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
@@ -55,8 +63,9 @@ def utc_bounds(start: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
     return lo, hi
 
 
-def _in_chunks(engine: Engine, table, column, ids: Sequence[str], *where) -> pd.DataFrame:
-    frames = [queries.read(engine, select(table).where(column.in_(list(ids[i:i + 900])), *where))
+def _in_chunks(engine: Engine, table, column, ids: Sequence[str], *where,
+               on_unreadable: queries.OnUnreadable | None = None) -> pd.DataFrame:
+    frames = [queries.read(engine, select(table).where(column.in_(list(ids[i:i + 900])), *where), on_unreadable)
               for i in range(0, len(ids), 900)]
     return pd.concat(frames, ignore_index=True) if frames else queries.read(engine, select(table).where(False))
 
@@ -69,18 +78,29 @@ def find_events(engine: Engine, start: dt.date, end: dt.date) -> list[tuple[str,
         cc.c.contact_at >= lo, cc.c.contact_at < hi, cc.c.app_type == "01", cc.c.attend_code.in_(ATTENDED)))
     events: list[tuple[str, str, dt.date]] = []
     refs = sorted(set(in_day["service_request_id"]))
+    unreadable: set[str] = set()
+
+    def note(row: dict, _cols: list[str]) -> None:
+        unreadable.add(str(row["service_request_id"]))
+
     if refs:
         first = _in_chunks(engine, cc, cc.c.service_request_id, refs,
-                           and_(cc.c.app_type == "01", cc.c.attend_code.in_(ATTENDED)))
-        first = first.sort_values("contact_at").groupby("service_request_id", sort=True).first()
+                           and_(cc.c.app_type == "01", cc.c.attend_code.in_(ATTENDED)), on_unreadable=note)
+        first = first.dropna(subset=["contact_at"]).sort_values("contact_at")
+        first = first.groupby("service_request_id", sort=True).first()
         for rid, row in first.iterrows():
             at = pd.Timestamp(row["contact_at"])
             if lo <= at.to_pydatetime() < hi:
                 local = at.tz_localize("UTC").tz_convert(LONDON).date()
                 events.append((str(rid), "assessment", local))
-    dis = queries.referrals_discharged(engine, start, end)
+        # an assessment whose instant cannot be read still needs its letter accounted for: it is planned on
+        # the interval's first day and quarantined by load_letters (unless an earlier one was already sent)
+        for rid in sorted(unreadable - {e[0] for e in events}):
+            if rid not in first.index or pd.Timestamp(first.at[rid, "contact_at"]).to_pydatetime() >= lo:
+                events.append((rid, "assessment", start))
+    dis = queries.referrals_discharged(engine, start, end, on_unreadable=lambda row, cols: None)
     for rid, d in zip(dis["service_request_id"], dis["discharge_date"], strict=True):
-        events.append((str(rid), "discharge", pd.Timestamp(d).date()))
+        events.append((str(rid), "discharge", start if d is None else pd.Timestamp(d).date()))
     return sorted(events)
 
 
@@ -106,13 +126,23 @@ def load_letters(engine: Engine, events: Iterable[tuple[str, str, dt.date]]) -> 
     if not events:
         return []
     ref_ids = sorted({e[0] for e in events})
-    refs = _in_chunks(engine, schema.referral, schema.referral.c.service_request_id, ref_ids)
+    # a cell the column's type cannot hold (SQLite) quarantines the referral or patient it belongs to
+    bad_refs: set[str] = set()
+    bad_pats: set[str] = set()
+
+    def ref_note(row: dict, _cols: list[str]) -> None:
+        bad_refs.add(str(row["service_request_id"]))
+
+    refs = _in_chunks(engine, schema.referral, schema.referral.c.service_request_id, ref_ids, on_unreadable=ref_note)
     refs = refs.set_index("service_request_id")
-    pats = queries.patients(engine, sorted(set(refs["local_patient_id"])))
+    pats = queries.patients(engine, sorted(set(refs["local_patient_id"])),
+                            on_unreadable=lambda row, _cols: bad_pats.add(str(row["local_patient_id"])))
     practices = queries.table(engine, "gp_practice").set_index("ods_code")
-    contacts = _in_chunks(engine, schema.care_contact, schema.care_contact.c.service_request_id, ref_ids)
+    contacts = _in_chunks(engine, schema.care_contact, schema.care_contact.c.service_request_id, ref_ids,
+                          on_unreadable=ref_note)
     contacts = contacts.drop(columns=["clinical_summary"])   # never read further: no session notes in letters
-    scores = _in_chunks(engine, schema.coded_assessment, schema.coded_assessment.c.service_request_id, ref_ids)
+    scores = _in_chunks(engine, schema.coded_assessment, schema.coded_assessment.c.service_request_id, ref_ids,
+                        on_unreadable=ref_note)
 
     # record checks the letters depend on
     from caldicott.records.checks import patient_problems, score_problems
@@ -149,6 +179,12 @@ def load_letters(engine: Engine, events: Iterable[tuple[str, str, dt.date]]) -> 
                                                "assessment_plan", "discharge_date", "end_code",
                                                "discharge_recommendations")}
         problems = sorted(set(problems_by_patient.get(patient["local_patient_id"], [])))
+        if patient["local_patient_id"] in bad_pats or rid in bad_refs:
+            # its content would be built from a value that could not be read: quarantined, not guessed at
+            problems.append("unreadable_value")
+            out.append(LetterData(rid, event, day, patient, practice, referral, problems=problems,
+                                  unreadable_in="patient" if patient["local_patient_id"] in bad_pats else "referral"))
+            continue
         if rid in bad_score_refs:
             problems.append("score_out_of_range")
         rec, dis = referral["received_date"], referral["discharge_date"]
@@ -170,7 +206,9 @@ def _duplicated_elsewhere(engine: Engine, pats: pd.DataFrame) -> set[str]:
     if not nums:
         return set()
     t = schema.patient
-    same = _in_chunks(engine, t, t.c.nhs_number, nums)[["local_patient_id", "nhs_number"]]
+    same = pd.concat([queries.read(engine, select(t.c.local_patient_id, t.c.nhs_number)
+                                   .where(t.c.nhs_number.in_(nums[i:i + 900]))) for i in range(0, len(nums), 900)],
+                     ignore_index=True)
     counts = same.groupby("nhs_number")["local_patient_id"].nunique()
     dup_numbers = set(counts[counts > 1].index)
     return set(pats.loc[pats["nhs_number"].isin(dup_numbers), "local_patient_id"])

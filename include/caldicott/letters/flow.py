@@ -37,7 +37,8 @@ from caldicott.transport.ledger import DONE, Intent, Ledger, State, ledger
 
 log = logging.getLogger(__name__)
 FLOW = policy.FLOW
-RECORD_PROBLEMS = ("invalid_nhs_number", "duplicate_nhs_number", "score_out_of_range", "discharge_before_referral")
+RECORD_PROBLEMS = ("invalid_nhs_number", "duplicate_nhs_number", "score_out_of_range", "discharge_before_referral",
+                   "unreadable_value")
 
 
 def letter_id(referral_id: str, event: str, recipient_kind: str) -> str:
@@ -79,9 +80,7 @@ def plan(records: Engine, state: Engine, start: dt.date, end: dt.date, run_key: 
     counts: Counter = Counter()
     for letter in letters:
         for problem in letter.problems:
-            rtype, rid = ("referral", letter.referral_id) if problem in ("score_out_of_range",
-                                                                          "discharge_before_referral") \
-                else ("patient", letter.patient["local_patient_id"])
+            rtype, rid = letter.problem_record(problem)
             quarantined.append(Quarantined(rtype, rid, problem, policy.REASONS[problem]))
         for d in decide(letter):
             lid = letter_id(letter.referral_id, letter.event, d.recipient_kind)

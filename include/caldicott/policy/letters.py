@@ -52,6 +52,7 @@ REASONS = {
     "patient_email_missing": "an e-mailed copy needs an e-mail address",
     "discharge_before_referral": "discharge date is before the referral was received",
     "score_out_of_range": "a coded score is outside its tool's range",
+    "unreadable_value": "a stored value cannot be read as its column's type (an impossible date, text in a number)",
 }
 
 

@@ -29,6 +29,7 @@ REASONS = {
     "contact_before_referral": "a care contact is dated before the referral was received",
     "unknown_referrer": "the referring organisation is not known to the service",
     "missing_birth_date": "birth date missing or in the future",
+    "unreadable_value": "a stored value cannot be read as its column's type (an impossible date, text in a number)",
 }
 
 

@@ -40,6 +40,8 @@ LONDON = "Europe/London"
 SESSION_COLUMNS = ("care_contact_id", "service_request_id", "contact_at", "duration_minutes", "app_type",
                    "attend_code", "cons_mechanism", "clinical_summary", "referrer_org_code", "received_date",
                    "local_patient_id", "nhs_number")
+#: load_sessions' marker column: None, or the record type ("care_contact" / "referral") holding an unreadable value
+UNREADABLE = "_unreadable"
 
 
 def london_bounds(first: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
@@ -94,9 +96,17 @@ def load_sessions(records: Engine, start_utc: dt.datetime, end_utc: dt.datetime,
         # through the contact_at index for each contract (40x slower at 20,000 sessions a day)
         mine = select(r.c.service_request_id).where(r.c.referrer_org_code == referrer_ods)
         q = q.where(r.c.referrer_org_code == referrer_ods, c.c.service_request_id.in_(mine))
-    df = read(records, q.order_by(c.c.contact_at, c.c.care_contact_id))
+    unreadable: dict[str, str] = {}
+
+    def note(row: dict, cols: list[str]) -> None:
+        # a referral date that cannot be read is the referral's fault; anything else the session's
+        unreadable[str(row["care_contact_id"])] = "referral" if "received_date" in cols else "care_contact"
+
+    df = read(records, q.order_by(c.c.contact_at, c.c.care_contact_id), note)
     if df.empty:
         df = pd.DataFrame({col: pd.Series(dtype=object) for col in SESSION_COLUMNS})
+    # which rows held a value their column's type cannot (SQLite): screen() quarantines them
+    df[UNREADABLE] = df["care_contact_id"].astype(str).map(unreadable) if unreadable else None
     return df
 
 
@@ -107,12 +117,24 @@ def screen(sessions: pd.DataFrame, known_orgs: set[str] | None = None) -> tuple[
       is quarantined; its sessions go to no one);
     * ``contact_before_referral``: the session is dated before its referral was received;
     * ``invalid_nhs_number``: the patient's NHS number is missing or fails its check digit, so the
-      referrer could not match the update to the right patient (the patient is quarantined).
+      referrer could not match the update to the right patient (the patient is quarantined);
+    * ``unreadable_value``: a stored value its column's type cannot hold (SQLite source; see
+      :func:`caldicott.records.queries.read`): the session, or the referral if its date is the bad one.
     """
     if sessions.empty:
         return sessions, []
     out: list[Quarantined] = []
     drop = np.zeros(len(sessions), dtype=bool)
+    if UNREADABLE in sessions:
+        marked = sessions[UNREADABLE].notna().to_numpy()
+        seen: set[tuple[str, str]] = set()
+        for kind, cid, rid in zip(sessions.loc[marked, UNREADABLE], sessions.loc[marked, "care_contact_id"],
+                                  sessions.loc[marked, "service_request_id"], strict=True):
+            key = (kind, str(rid if kind == "referral" else cid))
+            if key not in seen:
+                seen.add(key)
+                out.append(Quarantined(*key, "unreadable_value", REASONS["unreadable_value"]))
+        drop |= marked
     if known_orgs is not None:
         org = sessions["referrer_org_code"]
         unknown = (org.notna() & ~org.isin(known_orgs)).to_numpy()
