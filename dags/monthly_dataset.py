@@ -13,10 +13,14 @@ backfill build older months. Required by law (Data Provision Notice, s259(5) HSC
    mandated submission (NDOP patients are kept) but does apply to the commissioner / planning extract:
    the MPI's NHS numbers go to NHS England over MESH (`SPINE_NTT_UPHOLDING`; cached for a limited time),
    the reply is awaited by a rescheduling sensor, and the extract is staged without opted-out patients.
-3. **stage_submission** — stages the encrypted archive for the named submitter through the release
-   gateway (purpose `mandated_dataset`, protection `staged-encrypted`), exactly once.
-4. **confirm_submission** — *Required Actions*: the submitter uploads the file in the SDCS Cloud portal and
-   enters the portal's submission reference. **record_submission** stores it in `dataset_submission`.
+3. **stage_submission** — sends the encrypted archive through the release gateway (purpose `mandated_dataset`),
+   exactly once, by the run's route (param `submission_route`, default `configured`: the Airflow Variable
+   `caldicott_dataset_submission`, else `staged`): `staged` for the named submitter (protection
+   `staged-encrypted`); `mesh` or `sftp` automatically to an intermediary (docs/monthly_dataset.md).
+4. **confirm_submission** — staged route only (skipped otherwise) — *Required Actions*: the submitter uploads
+   the file in the SDCS Cloud portal and enters the portal's submission reference; no default answer, and after
+   `confirm_timeout_minutes` (25 days) it fails and alerts on-call. **record_submission** stores the reference
+   (or, for an automatic route, the MESH message id / remote path) in `dataset_submission`.
 
 A deadline alert fires if the run is not finished by day 20, 12:00 of the month after the period.
 
@@ -30,9 +34,9 @@ from __future__ import annotations
 import datetime as dt
 
 import pendulum
-from airflow.providers.standard.operators.hitl import HITLEntryOperator
 from airflow.sdk import Param, dag, task
 from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
+from caldicott_airflow.dataset import DEFAULT_CONFIRM_TIMEOUT_MINUTES, SubmissionConfirmOperator
 from caldicott_airflow.deadlines import submission_window
 
 DAG_ID = "monthly_dataset"
@@ -66,6 +70,11 @@ def _period(context):
         "intermediate_db": Param(True, type="boolean", description="include the intermediate SQLite database"),
         "submitter": Param("named-submitter", type="string", description="opaque id of the named submitter"),
         "ndop_wait_minutes": Param(180, type="integer", minimum=1, description="how long to await the NDOP reply"),
+        "submission_route": Param("configured", enum=["configured", "staged", "mesh", "sftp"],
+                                  description="configured: the Variable caldicott_dataset_submission (else staged); "
+                                              "staged: for the named submitter; mesh / sftp: to the intermediary"),
+        "confirm_timeout_minutes": Param(DEFAULT_CONFIRM_TIMEOUT_MINUTES, type="number", minimum=0.1,
+                                         description="staged route: how long to wait for the SDCS reference"),
     },
 )
 def monthly_dataset():
@@ -123,34 +132,32 @@ def monthly_dataset():
 
     @task
     def stage_submission(**context) -> dict:
-        from caldicott.dataset.pipeline import stage
+        from airflow.sdk.exceptions import AirflowFailException
+        from caldicott.dataset.submit import RouteConflict, SubmissionConfigError, submit
         from caldicott_airflow.connections import state_engine
-        from caldicott_airflow.dataset import settings, staging_sender
+        from caldicott_airflow.dataset import submission_sender, submission_target
 
-        result = stage(state_engine(), _period(context), settings(context["params"]), staging_sender())
+        try:
+            target = submission_target(context["params"])
+            with submission_sender(target) as sender:
+                result = submit(state_engine(), _period(context), target, sender)
+        except (SubmissionConfigError, RouteConflict) as exc:  # needs a person, not a retry
+            raise AirflowFailException(str(exc)) from None
         if result["failed"] or result["refused"] or result["not_planned"]:
-            raise RuntimeError(f"staging did not complete: {result}")
+            raise RuntimeError(f"submission did not complete: {result}")
         return result
 
-    confirm = HITLEntryOperator(
-        task_id="confirm_submission",
-        subject="Monthly data set {{ ti.xcom_pull(task_ids='stage_submission')['run_key'] }} is ready to upload",
-        body=("The encrypted data set for **{{ ti.xcom_pull(task_ids='stage_submission')['run_key'] }}** is in the "
-              "staging folder. Decrypt it with `python -m caldicott.dataset.writer decrypt`, upload it through "
-              "the SDCS Cloud portal, then enter the portal's submission reference here."),
-        options=["Uploaded"],
-        # no default and no minLength: task params are validated when the task starts, before anyone answers;
-        # the reference itself is checked when it is recorded (record_submission)
-        params={"submission_reference": Param(None, type=["null", "string"], maxLength=100,
-                                              description="SDCS Cloud submission reference")},
-        response_timeout=dt.timedelta(days=25),
-    )
+    confirm = SubmissionConfirmOperator(task_id="confirm_submission", stage_task_id="stage_submission")
 
-    @task
+    @task(trigger_rule="none_failed")  # confirm_submission is skipped when the month went automatically
     def record_submission(**context) -> dict:
         from caldicott.dataset.pipeline import confirm as record
+        from caldicott.dataset.submit import record_automatic
         from caldicott_airflow.connections import state_engine
 
+        staged = context["ti"].xcom_pull(task_ids="stage_submission") or {}
+        if staged.get("automatic"):
+            return record_automatic(state_engine(), _period(context), staged)
         answer = context["ti"].xcom_pull(task_ids="confirm_submission") or {}
         ref = (answer.get("params_input") or {}).get("submission_reference", "")
         return record(state_engine(), _period(context), ref, answer.get("responded_by_user", {}).get("name")
