@@ -289,3 +289,17 @@ def test_rerun_of_a_delivered_interval_builds_nothing(tiny, state_engine):
     again = deliver.deliver_contract(*args, lambda o, c: pytest.fail("no sender is needed on a re-run"))
     assert first.files == {"sessions": "sent"} and first.rows == {"sessions": 2}
     assert again.files == {"sessions": "already_sent"} and len(sender.items) == 1
+
+
+def test_an_nhs_number_held_by_two_local_patients_is_quarantined(tiny, tmp_path):
+    """The referrer files an update by NHS number: one held twice could land on the wrong patient's record."""
+    day = dt.date(2026, 7, 1)
+    _, rows, _ = _sessions(tiny, "CTB", day)
+    assert "C4" in set(rows["care_contact_id"])       # P1's session goes out while the number is P1's alone
+    with make_engine(sqlite_url(tmp_path / "records.db")).begin() as c:   # a second, never-referred record
+        c.execute(schema.patient.insert(), {"local_patient_id": "P9", "nhs_number": "9990000026",
+                                            "given_name": "G", "family_name": "F", "copy_channel": "email",
+                                            "gp_sharing_consent": True})
+    _, rows, bad = _sessions(tiny, "CTB", day)
+    assert "C4" not in set(rows["care_contact_id"])
+    assert ("patient", "P1", "duplicate_nhs_number") in {(q.record_type, q.record_id, q.reason_code) for q in bad}

@@ -18,7 +18,7 @@ import io
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from caldicott.policy.referrer_updates import (
     ATTENDED,
@@ -39,7 +39,7 @@ LONDON = "Europe/London"
 #: Columns read per session (join of care_contact, referral and the patient's NHS number).
 SESSION_COLUMNS = ("care_contact_id", "service_request_id", "contact_at", "duration_minutes", "app_type",
                    "attend_code", "cons_mechanism", "clinical_summary", "referrer_org_code", "received_date",
-                   "local_patient_id", "nhs_number")
+                   "local_patient_id", "nhs_number", "nhs_holders")
 #: load_sessions' marker column: None, or the record type ("care_contact" / "referral") holding an unreadable value
 UNREADABLE = "_unreadable"
 
@@ -85,9 +85,13 @@ def load_sessions(records: Engine, start_utc: dt.datetime, end_utc: dt.datetime,
     other referrers are never read into the contract's task).
     """
     c, r, p = schema.care_contact, schema.referral, schema.patient
+    same = p.alias("same_number")
+    # how many local patients hold this NHS number (ix_patient_nhs_number): more than one is ambiguous
+    holders = (select(func.count()).select_from(same).where(same.c.nhs_number == p.c.nhs_number)
+               .scalar_subquery().label("nhs_holders"))
     q = (select(c.c.care_contact_id, c.c.service_request_id, c.c.contact_at, c.c.duration_minutes, c.c.app_type,
                 c.c.attend_code, c.c.cons_mechanism, c.c.clinical_summary, r.c.referrer_org_code,
-                r.c.received_date, r.c.local_patient_id, p.c.nhs_number)
+                r.c.received_date, r.c.local_patient_id, p.c.nhs_number, holders)
          .select_from(c.join(r, c.c.service_request_id == r.c.service_request_id)
                       .outerjoin(p, r.c.local_patient_id == p.c.local_patient_id))
          .where(c.c.contact_at >= start_utc, c.c.contact_at < end_utc))
@@ -118,6 +122,8 @@ def screen(sessions: pd.DataFrame, known_orgs: set[str] | None = None) -> tuple[
     * ``contact_before_referral``: the session is dated before its referral was received;
     * ``invalid_nhs_number``: the patient's NHS number is missing or fails its check digit, so the
       referrer could not match the update to the right patient (the patient is quarantined);
+    * ``duplicate_nhs_number``: the number is held by more than one local patient anywhere in the source
+      (the referrer would file the session against whichever patient it knows: quarantined);
     * ``unreadable_value``: a stored value its column's type cannot hold (SQLite source; see
       :func:`caldicott.records.queries.read`): the session, or the referral if its date is the bad one.
     """
@@ -150,6 +156,11 @@ def screen(sessions: pd.DataFrame, known_orgs: set[str] | None = None) -> tuple[
     for pid in pd.unique(sessions.loc[bad_nhs, "local_patient_id"]):
         out.append(Quarantined("patient", str(pid), "invalid_nhs_number", REASONS["invalid_nhs_number"]))
     drop |= bad_nhs
+    if "nhs_holders" in sessions:
+        shared = (pd.to_numeric(sessions["nhs_holders"], errors="coerce").fillna(0) > 1).to_numpy() & ~drop
+        for pid in pd.unique(sessions.loc[shared, "local_patient_id"]):
+            out.append(Quarantined("patient", str(pid), "duplicate_nhs_number", REASONS["duplicate_nhs_number"]))
+        drop |= shared
     return sessions.loc[~drop].reset_index(drop=True), out
 
 
