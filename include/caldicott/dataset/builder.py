@@ -128,12 +128,20 @@ class Dataset:
     version: str
     tables: dict[str, pd.DataFrame]
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: integer codes of the id columns (see :class:`Keys`); a cache, never the source of truth
+    keys: Keys = field(default_factory=lambda: Keys(), repr=False, compare=False)
 
     def counts(self) -> dict[str, int]:
         return {name: len(df) for name, df in self.tables.items()}
 
     def copy(self) -> Dataset:
-        return Dataset(self.period, self.version, {k: v.copy() for k, v in self.tables.items()}, self.history)
+        # the copies share their (immutable) Arrow data with the originals, so the cached codes stay valid
+        return Dataset(self.period, self.version, {k: v.copy() for k, v in self.tables.items()}, self.history,
+                       self.keys.copy())
+
+    def keep(self, table: str, mask: np.ndarray) -> None:
+        """Keep only the rows of ``table`` where ``mask`` is True; the cached id codes follow the rows."""
+        self.keys.keep(self.tables, table, np.asarray(mask, dtype=bool))
 
 
 # ---- reading the source ---------------------------------------------------------------------------------
@@ -255,10 +263,11 @@ def index_in(keys: pd.Series, values: pd.Series) -> np.ndarray:
 
 
 def suffix(s: pd.Series, text: str) -> pd.Series:
-    """Each value with ``text`` appended (Arrow kernel)."""
+    """Each value with ``text`` appended (Arrow kernel), row for row: the result keeps ``s``'s index by position
+    (a Series built from a Series would realign on the index and misplace the values of a filtered column)."""
     lit = pa.scalar(text, pa.large_string())
     joined = pc.binary_join_element_wise(_arrow(s), lit, pa.scalar("", pa.large_string()))
-    return pd.Series(joined.to_pandas(types_mapper=pd.ArrowDtype), index=s.index).astype("string[pyarrow]")
+    return pd.Series(pd.arrays.ArrowStringArray(joined), index=s.index).astype("string[pyarrow]")
 
 
 def _s(values) -> pd.Series:
@@ -295,16 +304,180 @@ def _score_text(v) -> pd.Series:
 
 
 def _hms(local: pd.Series) -> pd.Series:
-    """HH:MM:SS of naive datetimes (Arrow kernel; pandas' strftime is a Python loop)."""
-    arr = pa.array(local.astype("datetime64[s]").to_numpy(), type=pa.timestamp("s"))
-    return pd.Series(pc.strftime(arr, format="%H:%M:%S").to_pandas(types_mapper=pd.ArrowDtype),
-                     index=local.index).astype("string[pyarrow]")
+    """HH:MM:SS of naive datetimes, as a categorical of text (what ``.astype("category")`` of the text gives).
+
+    The text is formatted once per distinct second of the day (at most 86,400), not per row: Arrow's strftime
+    costs about a microsecond a row, which is seconds on a national month.
+    """
+    secs = local.astype("datetime64[s]").to_numpy()
+    nat = np.isnat(secs)
+    tod = np.where(nat, -1, secs.astype(np.int64) % 86_400)
+    uniq, inverse = np.unique(tod, return_inverse=True)
+    shift = int(len(uniq) > 0 and uniq[0] < 0)          # -1 (no time) sorts first: it becomes code -1
+    cats = [f"{u // 3600:02d}:{u // 60 % 60:02d}:{u % 60:02d}" for u in uniq[shift:].tolist()]
+    codes = inverse.reshape(-1).astype(np.int32) - shift
+    return pd.Series(pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(
+        pd.Index(cats, dtype="string[pyarrow]"))), index=local.index)
 
 
 def _local(instants) -> pd.Series:
     """UTC naive instants -> naive London wall-clock times."""
     s = pd.to_datetime(pd.Series(instants).reset_index(drop=True), errors="coerce", format="ISO8601")
     return s.dt.tz_localize("UTC").dt.tz_convert(LONDON).dt.tz_localize(None)
+
+
+# ---- integer surrogate keys for the id columns ---------------------------------------------------------------
+
+#: Id columns that point at one another share one integer code space (a "kind"), so that parent checks,
+#: duplicate checks, look-ups and the cascade compare small integers instead of hashing id strings again in
+#: every rule: hashing a million distinct strings costs ~0.1-0.3 s each time, comparing codes a millisecond.
+KEY_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "patient": (("IDS001MPI", "LocalPatientId"), ("IDS002GP", "LocalPatientId"), ("IDS101Referral", "LocalPatientId")),
+    "referral": (("IDS101Referral", "ServiceRequestId"), ("IDS201CareContact", "ServiceRequestId"),
+                 ("IDS603PresentingComplaints", "ServiceRequestId"),
+                 ("IDS606CodedScoreAssessmentRefer", "ServiceRequestId")),
+    "contact": (("IDS201CareContact", "CareContactId"), ("IDS202CareActivity", "CareContactId")),
+    "activity": (("IDS202CareActivity", "CareActId"), ("IDS607CodedScoreAssessmentAct", "CareActId")),
+}
+KIND: dict[tuple[str, str], str] = {tc: kind for kind, cols in KEY_KINDS.items() for tc in cols}
+
+
+def arrow_data(s: pd.Series) -> pa.ChunkedArray | None:
+    """The immutable Arrow data behind an Arrow-backed column (None for any other column).
+
+    Arrow arrays never change in place (pandas replaces the array on every assignment), so "the same Arrow
+    object" means "the same values": that is what makes it safe to cache anything derived from a column.
+    """
+    data = s.array.__arrow_array__() if isinstance(s.array, pd.arrays.ArrowExtensionArray) else None
+    return data if isinstance(data, pa.ChunkedArray) else None
+
+
+def _encode(arrays: list[pa.Array | pa.ChunkedArray]) -> tuple[list[np.ndarray], int]:
+    """Dictionary-encode several string columns in one pass: one code space, -1 for null."""
+    lengths = [len(a) for a in arrays]
+    chunks = [c for a in arrays for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
+    whole = pa.concat_arrays([c.cast(pa.large_string()) for c in chunks]) if chunks else \
+        pa.array([], pa.large_string())
+    enc = pc.dictionary_encode(whole)
+    idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return np.split(idx, np.cumsum(lengths)[:-1]), len(enc.dictionary)
+
+
+class Keys:
+    """Integer codes for the id columns of a data set's tables, one code space per kind (``KEY_KINDS``).
+
+    A cache, checked on every use: an entry is valid only while the column still holds the very Arrow array it
+    was computed from. Anything that replaces or edits a column (a rule's breaker in the tests, another
+    module) makes the next look-up encode the kind again from the strings, so a stale code is never used.
+    :meth:`keep` filters a table and its cached codes together, so screening and the cascade keep the codes
+    without hashing again. Other values derived from one column (blank masks, format checks) are memoised
+    the same way with :meth:`derived`.
+    """
+
+    def __init__(self) -> None:
+        self._codes: dict[tuple[str, str], tuple[pa.ChunkedArray, np.ndarray]] = {}
+        self._size: dict[str, int] = {}
+        self._derived: dict[tuple, tuple[tuple, object]] = {}
+        self._first: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def copy(self) -> Keys:
+        k = Keys()
+        k._codes, k._size, k._derived, k._first = (dict(self._codes), dict(self._size), dict(self._derived),
+                                                   dict(self._first))
+        return k
+
+    def put(self, tables: dict[str, pd.DataFrame], kind: str, codes: dict[tuple[str, str], np.ndarray],
+            size: int) -> None:
+        """Record codes computed elsewhere (the builder derives them while building; every member of the kind)."""
+        for tc, c in codes.items():
+            data = arrow_data(tables[tc[0]][tc[1]])
+            if data is None or len(data) != len(c):
+                self._codes.pop(tc, None)
+            else:
+                self._codes[tc] = (data, c)
+        self._size[kind] = size
+
+    def codes(self, tables: dict[str, pd.DataFrame], table: str, col: str) -> tuple[np.ndarray, int]:
+        """Codes of ``tables[table][col]`` (-1 for null) and the size of its kind's code space."""
+        kind = KIND[(table, col)]
+        if not self._valid(tables, kind):
+            self._encode_kind(tables, kind)
+        return self._codes[(table, col)][1], self._size[kind]
+
+    def _members(self, tables: dict[str, pd.DataFrame], kind: str) -> list[tuple[str, str]]:
+        return [(t, c) for t, c in KEY_KINDS[kind] if t in tables and c in tables[t].columns]
+
+    def _valid(self, tables: dict[str, pd.DataFrame], kind: str) -> bool:
+        for t, c in self._members(tables, kind):
+            hit = self._codes.get((t, c))
+            if hit is None or hit[0] is None or hit[0] is not arrow_data(tables[t][c]):
+                return False
+        return kind in self._size
+
+    def _encode_kind(self, tables: dict[str, pd.DataFrame], kind: str) -> None:
+        members = self._members(tables, kind)
+        codes, size = _encode([_arrow(tables[t][c]) for t, c in members])
+        for tc in KEY_KINDS[kind]:
+            self._codes.pop(tc, None)
+        for (t, c), cd in zip(members, codes, strict=True):
+            data = arrow_data(tables[t][c])
+            if data is not None:
+                self._codes[(t, c)] = (data, cd)
+            else:  # not Arrow-backed: nothing to check a cached copy against, so the codes are used once
+                self._codes[(t, c)] = (None, cd)  # type: ignore[assignment]
+        self._size[kind] = size
+
+    def keep(self, tables: dict[str, pd.DataFrame], table: str, mask: np.ndarray) -> None:
+        """Filter ``tables[table]`` to ``mask``, carrying the codes of its key columns that are still valid."""
+        old = tables[table]
+        new = old.loc[mask].reset_index(drop=True)
+        tables[table] = new
+        for (t, c), (data, cd) in list(self._codes.items()):
+            if t == table and data is not None and c in old.columns and data is arrow_data(old[c]):
+                self._codes[(t, c)] = (arrow_data(new[c]), cd[mask])
+        # what was derived from the old columns can never be asked for again: let it go (peak memory)
+        gone = {id(d) for d in (arrow_data(old[c]) for c in old.columns) if d is not None}
+        for k, (datas, _) in list(self._derived.items()):
+            if any(id(d) in gone for d in datas):
+                del self._derived[k]
+
+    def derived(self, name: str, series: tuple[pd.Series, ...], compute):
+        """``compute()`` memoised on the Arrow data of ``series`` (recomputed whenever any of them changed)."""
+        datas = tuple(arrow_data(s) for s in series)
+        if any(d is None for d in datas):
+            return compute()
+        hit = self._derived.get((name, *map(id, datas)))
+        if hit is not None and all(a is b for a, b in zip(hit[0], datas, strict=True)):
+            return hit[1]
+        value = compute()
+        self._derived[(name, *map(id, datas))] = (datas, value)
+        return value
+
+    def first_row(self, tables: dict[str, pd.DataFrame], table: str, col: str) -> np.ndarray:
+        """For each code of the kind: the first row of ``table`` holding it, or -1."""
+        codes, size = self.codes(tables, table, col)
+        hit = self._first.get((table, col))
+        if hit is not None and hit[0] is codes:     # keyed on the codes: a re-encoded kind has new ones
+            return hit[1]
+        first = np.full(size, len(codes), dtype=np.int64)
+        ok = codes >= 0
+        np.minimum.at(first, codes[ok], np.flatnonzero(ok))
+        first[first == len(codes)] = -1
+        self._first[(table, col)] = (codes, first)
+        return first
+
+    def present(self, tables: dict[str, pd.DataFrame], table: str, col: str) -> np.ndarray:
+        """For each code of the kind: whether ``table[col]`` holds it."""
+        codes, size = self.codes(tables, table, col)
+        out = np.zeros(size, dtype=bool)
+        out[codes[codes >= 0]] = True
+        return out
+
+    def isin(self, tables: dict[str, pd.DataFrame], table: str, col: str, other: str, other_col: str) -> np.ndarray:
+        """``tables[table][col].isin(tables[other][other_col])`` over codes (null is never in)."""
+        codes, _ = self.codes(tables, table, col)
+        present = self.present(tables, other, other_col)
+        return (codes >= 0) & present[np.maximum(codes, 0)] if len(present) else np.zeros(len(codes), bool)
 
 
 def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, org_provider: str = "ZZZ01",
@@ -324,6 +497,9 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
 
     p = src.patients
     pid = _s(p["local_patient_id"])
+    r = src.referrals
+    ref_pid = _s(r["local_patient_id"])
+    (pat_codes, ref_pat_codes), n_pat = _encode([_arrow(pid), _arrow(ref_pid)])
     nhs = _s(p["nhs_number"])
     birth = _date(p["birth_date"])
     birth = birth.mask(birth.isna().to_numpy() & pd.Series(p["birth_date"]).notna().to_numpy(), UNPARSEABLE_BIRTH)
@@ -338,7 +514,6 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
                        "StartDateGMPRegistration": _date(np.full(len(p), None)),
                        "EndDateGMPRegistration": _date(np.full(len(p), None)), "_rid": pid})
 
-    r = src.referrals
     rid = _s(r["service_request_id"])
     disch = _date(r["discharge_date"])
     after = (disch >= pd.Timestamp(period.end)).to_numpy()  # discharged after the period: still open at its end
@@ -346,7 +521,7 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     end_code = _s(r["end_code"]).mask(after)
     received = _date(r["received_date"])
     ref = pd.DataFrame({
-        "ServiceRequestId": rid, "LocalPatientId": _s(r["local_patient_id"]), "OrgIDComm": _s(r["commissioner_code"]),
+        "ServiceRequestId": rid, "LocalPatientId": ref_pid, "OrgIDComm": _s(r["commissioner_code"]),
         "ReferralRequestReceivedDate": received, "SourceOfReferralIAPT": _s(r["source_of_referral"]),
         "ServDischDate": disch, "EndCode": end_code, "_rid": rid})
     new = (received >= pd.Timestamp(period.first)).to_numpy()
@@ -360,20 +535,28 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
 
     c = src.contacts
     cid = _s(c["care_contact_id"])
+    cc_sri = _s(c["service_request_id"])
+    a = src.assessments
+    a_contact = _s(a["care_contact_id"])
+    at_contact = a_contact.notna().to_numpy()
+    a_sri = _s(a["service_request_id"])
+    # the id columns' integer codes, one hashing pass per kind (see Keys); CareActId is the contact id + "-1",
+    # a one-to-one mapping, so activities share the contacts' codes
+    (rid_codes, cc_sri_codes, a_sri_codes), n_ref = _encode([_arrow(rid), _arrow(cc_sri), _arrow(a_sri[~at_contact])])
+    (cid_codes, a_cid_codes), n_con = _encode([_arrow(cid), _arrow(a_contact[at_contact])])
     local = _local(c["contact_at"])
     contact = pd.DataFrame({
-        "CareContactId": cid, "ServiceRequestId": _s(c["service_request_id"]),
+        "CareContactId": cid, "ServiceRequestId": cc_sri,
         "CareContDate": local.dt.floor("D").astype("datetime64[s]"), "CareContTime": _hms(local),
         "AttendOrDNACode": _s(c["attend_code"]), "AppType": _s(c["app_type"]), "ConsMechanism": _s(c["cons_mechanism"]),
         "ClinContDurOfCareCont": pd.to_numeric(pd.Series(c["duration_minutes"]).reset_index(drop=True),
                                                errors="coerce").astype("Int64"), "_rid": cid})
 
     # one care activity per contact that was attended or holds scores; CareActId derived from the contact id
-    a = src.assessments
-    a_contact = _s(a["care_contact_id"])
-    scored = pd.Index(a_contact.dropna().unique())
+    scored = np.zeros(n_con, dtype=bool)
+    scored[a_cid_codes[a_cid_codes >= 0]] = True
     attended = isin(contact["AttendOrDNACode"], list(ATTENDED))
-    act_mask = attended | isin(contact["CareContactId"], scored)
+    act_mask = attended | ((cid_codes >= 0) & scored[np.maximum(cid_codes, 0)] if n_con else False)
     act_contacts = contact.loc[act_mask].reset_index(drop=True)
     act_id = suffix(act_contacts["CareContactId"], "-1")
     activity = pd.DataFrame({
@@ -383,10 +566,9 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
         "ClinContactDurOfCareAct": act_contacts["ClinContDurOfCareCont"].reset_index(drop=True), "_rid": act_id})
 
     aid = _s(a["assessment_id"])
-    at_contact = a_contact.notna().to_numpy()
     a_local = _local(a["assessed_at"])
     refer = pd.DataFrame({
-        "ServiceRequestId": _s(a["service_request_id"])[~at_contact],
+        "ServiceRequestId": a_sri[~at_contact],
         "CodedAssToolType": _s(a["tool_code"])[~at_contact],
         "PersScore": _score_text(a["score"])[~at_contact],
         "AssToolCompDate": a_local[~at_contact].dt.floor("D").astype("datetime64[s]"),
@@ -404,9 +586,22 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     for name, df in tables.items():
         df = df.reset_index(drop=True)[[*COLUMNS[name], "_rid"]]
         for col in CATEGORICAL.get(name, ()):
-            df[col] = df[col].astype("category")
+            if not isinstance(df[col].dtype, pd.CategoricalDtype):
+                df[col] = df[col].astype("category")
         tables[name] = df
-    return Dataset(period, version, tables, src.history)
+    ds = Dataset(period, version, tables, src.history)
+    k = ds.keys
+    k.put(tables, "patient", {("IDS001MPI", "LocalPatientId"): pat_codes, ("IDS002GP", "LocalPatientId"): pat_codes,
+                              ("IDS101Referral", "LocalPatientId"): ref_pat_codes}, n_pat)
+    k.put(tables, "referral", {("IDS101Referral", "ServiceRequestId"): rid_codes,
+                               ("IDS201CareContact", "ServiceRequestId"): cc_sri_codes,
+                               ("IDS603PresentingComplaints", "ServiceRequestId"): rid_codes[new & has_code],
+                               ("IDS606CodedScoreAssessmentRefer", "ServiceRequestId"): a_sri_codes}, n_ref)
+    k.put(tables, "contact", {("IDS201CareContact", "CareContactId"): cid_codes,
+                              ("IDS202CareActivity", "CareContactId"): cid_codes[act_mask]}, n_con)
+    k.put(tables, "activity", {("IDS202CareActivity", "CareActId"): cid_codes[act_mask],
+                               ("IDS607CodedScoreAssessmentAct", "CareActId"): a_cid_codes}, n_con)
+    return ds
 
 
 # ---- removing records with everything that hangs off them -------------------------------------------------
@@ -417,28 +612,26 @@ def cascade(ds: Dataset) -> dict[str, pd.Series]:
     Parents: IDS002/IDS101 → IDS001 (LocalPatientId); IDS201/IDS603/IDS606 → IDS101 (ServiceRequestId);
     IDS202 → IDS201 (CareContactId); IDS607 → IDS202 (CareActId). A patient left with no referral goes too
     (IDS00146). One pass in parent-to-child order then the orphaned-patient sweep reaches a fixed point.
+    Parent checks compare the id columns' integer codes (:class:`Keys`), which follow the rows as they go.
     """
-    t = ds.tables
+    t, k = ds.tables, ds.keys
     dropped: dict[str, list[pd.Series]] = {}
 
     def keep(name: str, mask: np.ndarray) -> None:
         if (~mask).any():
             dropped.setdefault(name, []).append(t[name]["_rid"][~mask])
-            t[name] = t[name].loc[mask].reset_index(drop=True)
+            ds.keep(name, mask)
 
-    ids = t["IDS001MPI"]["LocalPatientId"]
-    keep("IDS002GP", isin(t["IDS002GP"]["LocalPatientId"], ids))
-    keep("IDS101Referral", isin(t["IDS101Referral"]["LocalPatientId"], ids))
-    with_ref = t["IDS101Referral"]["LocalPatientId"]
-    keep("IDS001MPI", isin(t["IDS001MPI"]["LocalPatientId"], with_ref))
-    keep("IDS002GP", isin(t["IDS002GP"]["LocalPatientId"], t["IDS001MPI"]["LocalPatientId"]))
-    sri = t["IDS101Referral"]["ServiceRequestId"]
+    mpi, gp, ref, cc, act = "IDS001MPI", "IDS002GP", "IDS101Referral", "IDS201CareContact", "IDS202CareActivity"
+    keep(gp, k.isin(t, gp, "LocalPatientId", mpi, "LocalPatientId"))
+    keep(ref, k.isin(t, ref, "LocalPatientId", mpi, "LocalPatientId"))
+    keep(mpi, k.isin(t, mpi, "LocalPatientId", ref, "LocalPatientId"))
+    keep(gp, k.isin(t, gp, "LocalPatientId", mpi, "LocalPatientId"))
     for name in ("IDS201CareContact", "IDS603PresentingComplaints", "IDS606CodedScoreAssessmentRefer"):
-        keep(name, isin(t[name]["ServiceRequestId"], sri))
-    keep("IDS202CareActivity", isin(t["IDS202CareActivity"]["CareContactId"], t["IDS201CareContact"]["CareContactId"]))
-    keep("IDS607CodedScoreAssessmentAct", isin(t["IDS607CodedScoreAssessmentAct"]["CareActId"],
-                                               t["IDS202CareActivity"]["CareActId"]))
-    return {k: pd.concat(v, ignore_index=True) for k, v in dropped.items()}
+        keep(name, k.isin(t, name, "ServiceRequestId", ref, "ServiceRequestId"))
+    keep(act, k.isin(t, act, "CareContactId", cc, "CareContactId"))
+    keep("IDS607CodedScoreAssessmentAct", k.isin(t, "IDS607CodedScoreAssessmentAct", "CareActId", act, "CareActId"))
+    return {name: pd.concat(v, ignore_index=True) for name, v in dropped.items()}
 
 
 def drop(ds: Dataset, table: str, rids) -> dict[str, pd.Series]:
@@ -447,7 +640,7 @@ def drop(ds: Dataset, table: str, rids) -> dict[str, pd.Series]:
     mask = isin(df["_rid"], pd.Series(list(rids) if not isinstance(rids, pd.Series) else rids,
                                       dtype="string[pyarrow]"))
     removed = {table: df["_rid"][mask].reset_index(drop=True)} if mask.any() else {}
-    ds.tables[table] = df.loc[~mask].reset_index(drop=True)
+    ds.keep(table, ~mask)
     for k, v in cascade(ds).items():
         removed[k] = pd.concat([removed[k], v], ignore_index=True) if k in removed else v
     return removed
