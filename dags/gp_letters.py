@@ -11,7 +11,8 @@ service's Jinja2 templates, renders it to PDF and delivers it:
   valid certificate ⇒ *held*, never sent plain) or `mesh` (GP Connect Send Document, FHIR STU3 ITK3
   bundle, via `caldicott_mesh`);
 * a **copy to the patient**, always: `[secure]` e-mail through the NHSmail encryption gateway, S/MIME to the
-  patient's certificate, or the print-and-post batch (encrypted at rest, `caldicott_print`).
+  patient's certificate, or the print-and-post batch (encrypted to the print house, over SFTP or to a
+  staging folder: `caldicott_print`).
 
 Tasks: `plan_letters` (quarantine, withhold, hold, ledger intents; batches per practice and channel) →
 `send_batch` (mapped over batches, ids only in XCom) → `report` → `check_acks` (reads ITK3 infrastructure
@@ -89,9 +90,7 @@ def gp_letters():
     def send_batch(batch: dict, **context) -> dict:
         """Render, protect and release one batch through the gateway; counts and ids only."""
         import contextlib
-        from pathlib import Path
 
-        from airflow.sdk import BaseHook
         from airflow.sdk.exceptions import AirflowFailException
         from caldicott.letters.flow import SENDER_FOR, Channels
         from caldicott.letters.flow import send_batch as send
@@ -122,11 +121,10 @@ def gp_letters():
                 mailbox = mesh.settings().mailbox
                 senders["mesh"] = MeshSender(client, WORKFLOW)
             elif kind == "post":
-                from caldicott.transport.post import StagedPostSender
+                from caldicott_airflow.print_house import post_sender
 
-                extra = BaseHook.get_connection(PRINT_CONN_ID).extra_dejson
-                print_cert = Path(extra["certificate_path"]).read_text()
-                senders["post"] = StagedPostSender(extra["staging_dir"])
+                sender, print_cert = post_sender(PRINT_CONN_ID)
+                senders["post"] = stack.enter_context(contextlib.closing(sender))
             channels = Channels(senders, service, from_addr, mailbox, print_cert)
             fault = context["params"].get("fault_after_sends")
             wrap = (lambda s: CrashAfter(s, int(fault))) if fault is not None else None
