@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -61,6 +62,13 @@ def stop_process_groups(procs, grace: float = 30) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+#: Airflow 3.3 race: an answer that resumes a HITL task before the scheduler has processed the executor's
+#: event for the attempt that parked makes the scheduler think the state "changed externally" and retry the
+#: task (which asks again: nothing is lost or released, but the answer is). A person never answers that fast;
+#: automation waits for the scheduler's "TaskInstance Finished" line for the parked attempt, at most this long.
+HITL_SETTLE_SECONDS = 60
 
 
 class AirflowStack:
@@ -208,6 +216,47 @@ class AirflowStack:
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         status, data = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
         return {t["task_id"]: t["state"] for t in data.get("task_instances", [])} if status == 200 else {}
+
+    def wait_task_state(self, dag_id: str, run_id: str, task_id: str, want: str, timeout: float = 300) -> None:
+        """Wait until ``task_id`` is in state ``want``; for ``awaiting_input`` also until it is safe to answer."""
+        deadline = time.monotonic() + timeout
+        states: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            states = self.task_states(dag_id, run_id)
+            if states.get(task_id) == want:
+                if want == "awaiting_input":
+                    self.settle_parked(dag_id, run_id, task_id)
+                return
+            if self.run_state(dag_id, run_id) in ("failed", "success"):
+                break
+            time.sleep(2)
+        raise TimeoutError(f"{dag_id} {run_id}: {task_id} never reached {want}: {states}")
+
+    def settle_parked(self, dag_id: str, run_id: str, task_id: str) -> None:
+        """Wait until the scheduler has handled the executor's event for the attempt that is awaiting input.
+
+        See :data:`HITL_SETTLE_SECONDS`. The scheduler logs one ``TaskInstance Finished`` line per executor
+        event it processes; once the parked attempt's line is there, an answer resumes the task cleanly.
+        """
+        status, ti = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+        tries = ti.get("try_number") if status == 200 else None
+        line = re.compile(re.escape(f"TaskInstance Finished: dag_id={dag_id}, task_id={task_id}, run_id={run_id},")
+                          + r".*?" + (rf"try_number={tries}," if tries is not None else ""))
+        log_file = self.home / "stack-logs" / "scheduler.log"
+        deadline = time.monotonic() + HITL_SETTLE_SECONDS
+        while time.monotonic() < deadline:
+            if log_file.exists() and line.search(log_file.read_text(errors="replace")):
+                time.sleep(2)   # the scheduler commits what it logged at the end of its loop
+                return
+            time.sleep(1)
+        log.warning("%s %s: no scheduler event seen for %s after %ss; answering anyway", dag_id, run_id, task_id,
+                    HITL_SETTLE_SECONDS)
+
+    def answer(self, dag_id: str, run_id: str, task_id: str, option: str, params: dict | None = None, *,
+               user: str = "admin") -> tuple[int, dict]:
+        """Answer a HITL task (``chosen_options=[option]``) as ``user``, over the REST API."""
+        return self.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+                        {"chosen_options": [option], "params_input": params or {}}, user=user)
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
         status, data = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")

@@ -9,6 +9,7 @@ Safe to re-run: a request already decided is reported from the register, not ask
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sqlite3
 import time
@@ -44,24 +45,15 @@ def _conf(ws, reference: str, cert_pem: bytes, **over) -> dict:
 
 
 def _wait_awaiting(stack, run_id: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if stack.task_states(DAG_ID, run_id).get(TASK) == "awaiting_input":
-            # Airflow 3.3: answering within seconds of the task parking races the scheduler's handling of the
-            # parked attempt (it retries the task and asks again). A person never answers that fast.
-            time.sleep(15)
-            return
-        if stack.run_state(DAG_ID, run_id) in ("success", "failed"):
-            return
-        time.sleep(2)
+    with contextlib.suppress(TimeoutError):   # the run ended (or never got there): the summary reports its state
+        stack.wait_task_state(DAG_ID, run_id, TASK, "awaiting_input", timeout)
 
 
 def _answer(stack, run_id: str, user: str, option: str, **form) -> int:
     params = {"reasons": "", "legal_basis_confirmed": False, "tell_patient": True, "not_told_reason": "n/a",
               "consulted": ""}
     params.update(form)
-    status, _ = stack.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{TASK}/-1/hitlDetails",
-                          {"chosen_options": [option], "params_input": params}, user=user)
+    status, _ = stack.answer(DAG_ID, run_id, TASK, option, params, user=user)
     return status
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from pathlib import Path
 
 ORDER = 40
@@ -20,17 +19,12 @@ def run(ctx) -> dict:
     responder = NdopResponder(mesh.client(SERVICE_MAILBOX)).start() if mesh is not None else None
     try:
         run_id = stack.trigger(DAG_ID, dt.datetime(2026, 10, 1, 5, tzinfo=dt.UTC), {"month": MONTH})
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            states = stack.task_states(DAG_ID, run_id)
-            if states.get("confirm_submission") == "awaiting_input":
-                # the submitter decrypts the staged file, uploads it to SDCS Cloud, and enters the reference
-                stack.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/confirm_submission/-1/hitlDetails",
-                          {"chosen_options": ["Uploaded"], "params_input": {"submission_reference": "SDCS-DEMO-2609"}})
-                break
-            if stack.run_state(DAG_ID, run_id) in ("failed", "success"):
-                break
-            time.sleep(2)
+        try:
+            stack.wait_task_state(DAG_ID, run_id, "confirm_submission", "awaiting_input", timeout=600)
+            # the submitter decrypts the staged file, uploads it to SDCS Cloud, and enters the reference
+            stack.answer(DAG_ID, run_id, "confirm_submission", "Uploaded", {"submission_reference": "SDCS-DEMO-2609"})
+        except TimeoutError:
+            pass   # the run failed before the step: reported below
         state = stack.wait_run(DAG_ID, run_id, timeout=600)
     finally:
         if responder is not None:

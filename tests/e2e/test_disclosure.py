@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import sqlite3
-import time
 import zipfile
 
 import pytest
@@ -21,25 +20,9 @@ DAG_ID = "disclosure_request"
 TASK = "approve_disclosure"
 
 
-#: Airflow 3.3 race: an answer that resumes the task before the scheduler has processed the executor's
-#: event for the parked attempt makes the scheduler think the state "changed externally" and retry the task
-#: (which asks again; nothing is lost or released). A person never answers that fast; automation waits.
-SETTLE_SECONDS = 15
-
-
 def wait_task_state(stack, run_id: str, task_id: str, want: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    states: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        states = stack.task_states(DAG_ID, run_id)
-        if states.get(task_id) == want:
-            if want == "awaiting_input":
-                time.sleep(SETTLE_SECONDS)
-            return
-        if stack.run_state(DAG_ID, run_id) in ("failed", "success"):
-            break
-        time.sleep(2)
-    raise AssertionError(f"{task_id} never reached {want}: {states}")
+    """For ``awaiting_input`` this also waits until an answer cannot race the scheduler (devtools/stack.py)."""
+    stack.wait_task_state(DAG_ID, run_id, task_id, want, timeout)
 
 
 def request_conf(e2e, reference: str, cert_pem: bytes, **over) -> dict:
@@ -63,8 +46,7 @@ def answer(stack, run_id: str, user: str, option: str, **form) -> tuple[int, dic
     params = {"reasons": "", "legal_basis_confirmed": False, "tell_patient": True, "not_told_reason": "n/a",
               "consulted": ""}
     params.update(form)
-    return stack.api("PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{TASK}/-1/hitlDetails",
-                     {"chosen_options": [option], "params_input": params}, user=user)
+    return stack.answer(DAG_ID, run_id, TASK, option, params, user=user)
 
 
 def test_disclosures_approved_refused_timed_out(e2e):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -25,19 +24,6 @@ DAG_ID = "monthly_dataset"
 HITL_TASK = "confirm_submission"
 
 
-def wait_task_state(stack, run_id: str, task_id: str, want: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    states: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        states = stack.task_states(DAG_ID, run_id)
-        if states.get(task_id) == want:
-            return
-        if stack.run_state(DAG_ID, run_id) in ("failed", "success"):
-            break
-        time.sleep(2)
-    raise AssertionError(f"{task_id} never reached {want}: {states}")
-
-
 def test_monthly_dataset_end_to_end(e2e):
     stack, ws = e2e.stack, e2e.workspace
     period = Period.month(2026, 9)
@@ -50,13 +36,11 @@ def test_monthly_dataset_end_to_end(e2e):
     mesh = e2e.peers["mesh"]
     with NdopResponder(mesh.client(SERVICE_MAILBOX), opted_out=[opted_out]) as responder:
         run_id = stack.trigger(DAG_ID, dt.datetime(2026, 10, 1, 5, tzinfo=dt.UTC), {"month": "2026-09"})
-        wait_task_state(stack, run_id, HITL_TASK, "awaiting_input")
+        stack.wait_task_state(DAG_ID, run_id, HITL_TASK, "awaiting_input")
         # the submitter's view names the month, never a patient
         status, detail = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{HITL_TASK}/-1/hitlDetails")
         assert status == 200 and "2026-09" in detail["subject"]
-        status, body = stack.api(
-            "PATCH", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{HITL_TASK}/-1/hitlDetails",
-            {"chosen_options": ["Uploaded"], "params_input": {"submission_reference": "SDCS-E2E-0001"}})
+        status, body = stack.answer(DAG_ID, run_id, HITL_TASK, "Uploaded", {"submission_reference": "SDCS-E2E-0001"})
         assert status == 200, body
         assert stack.wait_run(DAG_ID, run_id, timeout=600) == "success", stack.task_states(DAG_ID, run_id)
     assert responder.requests and responder.requests[0] == len(expected.tables["IDS001MPI"])
