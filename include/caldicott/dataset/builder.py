@@ -276,6 +276,22 @@ def _s(values) -> pd.Series:
         values.astype("string[pyarrow]")
 
 
+def _category(s: pd.Series) -> pd.Series:
+    """``s.astype("category")`` of a text column from one Arrow dictionary encoding: the same categories in the
+    same (sorted) order, without pandas' generic factorisation on top."""
+    data = arrow_data(s)
+    if data is None or not pa.types.is_large_string(data.type):
+        return s.astype("category")
+    enc = pc.dictionary_encode(data.combine_chunks())
+    order = pc.array_sort_indices(enc.dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    codes = np.where(idx >= 0, rank[np.maximum(idx, 0)], -1) if len(rank) else np.full(len(idx), -1, np.int32)
+    cats = pd.Index(pd.arrays.ArrowStringArray(enc.dictionary.take(pa.array(order))), dtype="string[pyarrow]")
+    return pd.Series(pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(cats)), index=s.index)
+
+
 def _date(values) -> pd.Series:
     return pd.to_datetime(pd.Series(values).reset_index(drop=True), errors="coerce",
                           format="ISO8601").astype("datetime64[s]")
@@ -352,7 +368,7 @@ def arrow_data(s: pd.Series) -> pa.ChunkedArray | None:
     return data if isinstance(data, pa.ChunkedArray) else None
 
 
-def _encode(arrays: list[pa.Array | pa.ChunkedArray]) -> tuple[list[np.ndarray], int]:
+def encode_together(arrays: list[pa.Array | pa.ChunkedArray]) -> tuple[list[np.ndarray], int]:
     """Dictionary-encode several string columns in one pass: one code space, -1 for null."""
     lengths = [len(a) for a in arrays]
     chunks = [c for a in arrays for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
@@ -416,7 +432,7 @@ class Keys:
 
     def _encode_kind(self, tables: dict[str, pd.DataFrame], kind: str) -> None:
         members = self._members(tables, kind)
-        codes, size = _encode([_arrow(tables[t][c]) for t, c in members])
+        codes, size = encode_together([_arrow(tables[t][c]) for t, c in members])
         for tc in KEY_KINDS[kind]:
             self._codes.pop(tc, None)
         for (t, c), cd in zip(members, codes, strict=True):
@@ -499,7 +515,7 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     pid = _s(p["local_patient_id"])
     r = src.referrals
     ref_pid = _s(r["local_patient_id"])
-    (pat_codes, ref_pat_codes), n_pat = _encode([_arrow(pid), _arrow(ref_pid)])
+    (pat_codes, ref_pat_codes), n_pat = encode_together([_arrow(pid), _arrow(ref_pid)])
     nhs = _s(p["nhs_number"])
     birth = _date(p["birth_date"])
     birth = birth.mask(birth.isna().to_numpy() & pd.Series(p["birth_date"]).notna().to_numpy(), UNPARSEABLE_BIRTH)
@@ -542,8 +558,9 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     a_sri = _s(a["service_request_id"])
     # the id columns' integer codes, one hashing pass per kind (see Keys); CareActId is the contact id + "-1",
     # a one-to-one mapping, so activities share the contacts' codes
-    (rid_codes, cc_sri_codes, a_sri_codes), n_ref = _encode([_arrow(rid), _arrow(cc_sri), _arrow(a_sri[~at_contact])])
-    (cid_codes, a_cid_codes), n_con = _encode([_arrow(cid), _arrow(a_contact[at_contact])])
+    (rid_codes, cc_sri_codes, a_sri_codes), n_ref = encode_together(
+        [_arrow(rid), _arrow(cc_sri), _arrow(a_sri[~at_contact])])
+    (cid_codes, a_cid_codes), n_con = encode_together([_arrow(cid), _arrow(a_contact[at_contact])])
     local = _local(c["contact_at"])
     contact = pd.DataFrame({
         "CareContactId": cid, "ServiceRequestId": cc_sri,
@@ -557,11 +574,11 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     scored[a_cid_codes[a_cid_codes >= 0]] = True
     attended = isin(contact["AttendOrDNACode"], list(ATTENDED))
     act_mask = attended | ((cid_codes >= 0) & scored[np.maximum(cid_codes, 0)] if n_con else False)
-    act_contacts = contact.loc[act_mask].reset_index(drop=True)
+    act_contacts = contact[["CareContactId", "ClinContDurOfCareCont"]].loc[act_mask].reset_index(drop=True)
     act_id = suffix(act_contacts["CareContactId"], "-1")
     activity = pd.DataFrame({
         "CareActId": act_id, "CareContactId": _s(act_contacts["CareContactId"]),
-        "CareProfLocalId": _s(c["clinician_id"]).loc[act_mask].reset_index(drop=True) if "clinician_id" in c
+        "CareProfLocalId": _s(pd.Series(c["clinician_id"]).to_numpy()[act_mask]) if "clinician_id" in c
         else _s(np.full(len(act_contacts), None)),
         "ClinContactDurOfCareAct": act_contacts["ClinContDurOfCareCont"].reset_index(drop=True), "_rid": act_id})
 
@@ -587,7 +604,7 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
         df = df.reset_index(drop=True)[[*COLUMNS[name], "_rid"]]
         for col in CATEGORICAL.get(name, ()):
             if not isinstance(df[col].dtype, pd.CategoricalDtype):
-                df[col] = df[col].astype("category")
+                df[col] = _category(df[col])
         tables[name] = df
     ds = Dataset(period, version, tables, src.history)
     k = ds.keys
@@ -606,32 +623,51 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
 
 # ---- removing records with everything that hangs off them -------------------------------------------------
 
-def cascade(ds: Dataset) -> dict[str, pd.Series]:
+def cascade(ds: Dataset, gone: dict[str, np.ndarray] | None = None) -> dict[str, pd.Series]:
     """Drop, in place, the records whose parent is gone; return the dropped ``_rid`` per table.
 
     Parents: IDS002/IDS101 → IDS001 (LocalPatientId); IDS201/IDS603/IDS606 → IDS101 (ServiceRequestId);
     IDS202 → IDS201 (CareContactId); IDS607 → IDS202 (CareActId). A patient left with no referral goes too
     (IDS00146). One pass in parent-to-child order then the orphaned-patient sweep reaches a fixed point.
-    Parent checks compare the id columns' integer codes (:class:`Keys`), which follow the rows as they go.
+
+    ``gone`` marks rows already rejected (screening's rule failures, a dropped referral): they are removed too
+    but not returned. The parent checks compare the id columns' integer codes (:class:`Keys`) over the rows
+    still alive, and each table is filtered once at the end, however many steps removed rows from it.
     """
     t, k = ds.tables, ds.keys
-    dropped: dict[str, list[pd.Series]] = {}
+    alive = {name: np.ones(len(df), dtype=bool) for name, df in t.items()}
+    for name, mask in (gone or {}).items():
+        alive[name] &= ~np.asarray(mask, dtype=bool)
+    dropped: dict[str, list[np.ndarray]] = {}
+
+    def has_parent(name: str, col: str, parent: str, parent_col: str) -> np.ndarray:
+        codes, size = k.codes(t, name, col)
+        pcodes, _ = k.codes(t, parent, parent_col)
+        present = np.zeros(size + 1, dtype=bool)             # slot ``size``: null, never present
+        present[pcodes[alive[parent]]] = True
+        present[-1] = False
+        return present[np.where(codes >= 0, codes, size)]
 
     def keep(name: str, mask: np.ndarray) -> None:
-        if (~mask).any():
-            dropped.setdefault(name, []).append(t[name]["_rid"][~mask])
-            ds.keep(name, mask)
+        lost = alive[name] & ~mask
+        if lost.any():
+            dropped.setdefault(name, []).append(lost)
+            alive[name] &= mask
 
     mpi, gp, ref, cc, act = "IDS001MPI", "IDS002GP", "IDS101Referral", "IDS201CareContact", "IDS202CareActivity"
-    keep(gp, k.isin(t, gp, "LocalPatientId", mpi, "LocalPatientId"))
-    keep(ref, k.isin(t, ref, "LocalPatientId", mpi, "LocalPatientId"))
-    keep(mpi, k.isin(t, mpi, "LocalPatientId", ref, "LocalPatientId"))
-    keep(gp, k.isin(t, gp, "LocalPatientId", mpi, "LocalPatientId"))
+    keep(gp, has_parent(gp, "LocalPatientId", mpi, "LocalPatientId"))
+    keep(ref, has_parent(ref, "LocalPatientId", mpi, "LocalPatientId"))
+    keep(mpi, has_parent(mpi, "LocalPatientId", ref, "LocalPatientId"))
+    keep(gp, has_parent(gp, "LocalPatientId", mpi, "LocalPatientId"))
     for name in ("IDS201CareContact", "IDS603PresentingComplaints", "IDS606CodedScoreAssessmentRefer"):
-        keep(name, k.isin(t, name, "ServiceRequestId", ref, "ServiceRequestId"))
-    keep(act, k.isin(t, act, "CareContactId", cc, "CareContactId"))
-    keep("IDS607CodedScoreAssessmentAct", k.isin(t, "IDS607CodedScoreAssessmentAct", "CareActId", act, "CareActId"))
-    return {name: pd.concat(v, ignore_index=True) for name, v in dropped.items()}
+        keep(name, has_parent(name, "ServiceRequestId", ref, "ServiceRequestId"))
+    keep(act, has_parent(act, "CareContactId", cc, "CareContactId"))
+    keep("IDS607CodedScoreAssessmentAct", has_parent("IDS607CodedScoreAssessmentAct", "CareActId", act, "CareActId"))
+    out = {name: pd.concat([t[name]["_rid"][m] for m in masks], ignore_index=True) for name, masks in dropped.items()}
+    for name, mask in alive.items():
+        if not mask.all():
+            ds.keep(name, mask)
+    return out
 
 
 def drop(ds: Dataset, table: str, rids) -> dict[str, pd.Series]:
@@ -640,7 +676,6 @@ def drop(ds: Dataset, table: str, rids) -> dict[str, pd.Series]:
     mask = isin(df["_rid"], pd.Series(list(rids) if not isinstance(rids, pd.Series) else rids,
                                       dtype="string[pyarrow]"))
     removed = {table: df["_rid"][mask].reset_index(drop=True)} if mask.any() else {}
-    ds.keep(table, ~mask)
-    for k, v in cascade(ds).items():
+    for k, v in cascade(ds, {table: mask}).items():
         removed[k] = pd.concat([removed[k], v], ignore_index=True) if k in removed else v
     return removed

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from caldicott.dataset.builder import COLUMNS, VERSIONS, Dataset, cascade, index_in, isin
+from caldicott.dataset.builder import COLUMNS, KIND, VERSIONS, Dataset, arrow_data, cascade, encode_together, isin
 from caldicott.records.schema import SCORE_RANGES
 from caldicott.state.quarantine import Quarantined
 
@@ -91,14 +93,32 @@ def _b(x) -> np.ndarray:
 
 
 def _blank(s: pd.Series) -> np.ndarray:
+    """Null, empty or only whitespace (``s.isna() | (s.str.strip() == "")``)."""
     if s.dtype.kind in "Mm" or str(s.dtype).startswith(("Int", "int", "float")):
         return s.isna().to_numpy()
     if isinstance(s.dtype, pd.CategoricalDtype):
         cats = pd.Series(s.cat.categories, dtype="string[pyarrow]")
-        empty = _b(cats.str.strip() == "")
+        empty = _blank(cats)
         codes = s.cat.codes.to_numpy()
         return np.where(codes >= 0, empty[np.maximum(codes, 0)] if len(empty) else False, True)
+    data = arrow_data(s)
+    if data is not None and (pa.types.is_string(data.type) or pa.types.is_large_string(data.type)):
+        # Arrow's "all whitespace" uses the same Unicode whitespace as its trim; "" is not whitespace: length 0
+        empty = pc.or_(pc.equal(pc.binary_length(data), 0), pc.utf8_is_space(data))
+        return _b_arrow(pc.or_kleene(data.is_null(), empty))
     return s.isna().to_numpy() | _b(s.str.strip() == "")
+
+
+def _b_arrow(x: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Arrow boolean → numpy bool (null → False)."""
+    return np.asarray(x.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _blank_of(ds: Dataset, table: str, col: str) -> np.ndarray:
+    """``_blank`` of one column, memoised while the column is unchanged (the blank, format and cross-field
+    rules all ask for it)."""
+    s = ds.tables[table][col]
+    return ds.keys.derived("blank", (s,), lambda: _blank(s))
 
 
 def _set(ds: Dataset, table: str, col: str, value) -> None:
@@ -121,14 +141,40 @@ def _setter(table: str, col: str, value) -> Breaker:
     return lambda ds: _set(ds, table, col, value)
 
 
-def _lookup(keys: pd.Series, parent: pd.DataFrame, key: str, col: str) -> pd.Series:
-    """``parent[col]`` for each key (first match), aligned with ``keys``."""
-    p = parent.drop_duplicates(key)
-    idx = index_in(keys, p[key])
-    vals = p[col].to_numpy()
-    out = pd.Series(vals[np.where(idx < 0, 0, idx)] if len(vals) else np.full(len(keys), None), index=keys.index)
-    out[idx < 0] = None
-    return out.astype(parent[col].dtype) if len(vals) else out
+def _parent_row(ds: Dataset, table: str, col: str, parent: str, key: str, codes: np.ndarray | None = None
+                ) -> np.ndarray:
+    """For each row of ``table``: the first row of ``parent`` whose ``key`` equals its ``col`` (-1: none).
+
+    Over the id columns' integer codes (same kind), so no string is hashed; ``codes`` overrides the row codes
+    (for a second hop, e.g. a referral's LocalPatientId taken from IDS101).
+    """
+    if codes is None:
+        codes, _ = ds.keys.codes(ds.tables, table, col)
+    first = ds.keys.first_row(ds.tables, parent, key)
+    if not len(first):
+        return np.full(len(codes), -1, dtype=np.int64)
+    return np.where(codes >= 0, first[np.maximum(codes, 0)], -1)
+
+
+def _take(values: np.ndarray, rows: np.ndarray, missing) -> np.ndarray:
+    """``values[rows]`` with ``missing`` where the row is -1."""
+    if not len(values):
+        return np.full(len(rows), missing, dtype=values.dtype)
+    return np.where(rows >= 0, values[np.maximum(rows, 0)], missing)
+
+
+def _lookup_date(ds: Dataset, table: str, col: str, parent: str, key: str, value: str) -> np.ndarray:
+    """``parent[value]`` (a date) of each row's parent (first match; NaT when there is none)."""
+    vals = ds.tables[parent][value].to_numpy()
+    return _take(vals, _parent_row(ds, table, col, parent, key), np.datetime64("NaT"))
+
+
+def _before_parent_date(table: str, date_col: str, col: str, parent: str, key: str, value: str) -> Check:
+    """The row's date is earlier than its parent's ``value`` date (no parent or no date: not flagged)."""
+    def check(ds: Dataset) -> np.ndarray:
+        mine = ds.tables[table][date_col].to_numpy()
+        return np.asarray(mine < _lookup_date(ds, table, col, parent, key, value), dtype=bool)
+    return check
 
 
 def _period_start(ds: Dataset) -> pd.Timestamp:
@@ -141,7 +187,29 @@ def _period_end(ds: Dataset) -> pd.Timestamp:
 
 
 def blank(code: str, table: str, col: str) -> Rule:
-    return _register(Rule(code, table, lambda ds: _blank(ds.tables[table][col]), _setter(table, col, None)))
+    return _register(Rule(code, table, lambda ds: _blank_of(ds, table, col), _setter(table, col, None)))
+
+
+def _id20(data: pa.ChunkedArray) -> np.ndarray:
+    """Exactly ``fullmatch(ID20)`` = 1-20 printable ASCII characters, the first not a space, from three cheap
+    Arrow kernels (no regex engine: the id columns are the longest in the file). Null → False."""
+    n = pc.binary_length(data)          # bytes = characters when every byte is printable ASCII
+    ok = pc.and_(pc.and_(pc.greater_equal(n, 1), pc.less_equal(n, 20)),
+                 pc.and_(pc.ascii_is_printable(data), pc.invert(pc.starts_with(data, " "))))
+    return _b_arrow(ok)
+
+
+#: Formats with an exact equivalent cheaper than the regex (tests check they agree).
+FAST_FORMATS = {r"[!-~][ -~]{0,19}": _id20}
+
+
+def _fullmatch(s: pd.Series, regex: str) -> np.ndarray:
+    data = arrow_data(s)
+    fast = FAST_FORMATS.get(regex)
+    if fast is not None and data is not None and pa.types.is_large_string(data.type):
+        return fast(data)
+    s = s.astype("string[pyarrow]") if str(s.dtype) != "string" else s
+    return _b(s.str.fullmatch(regex))
 
 
 def fmt(code: str, table: str, col: str, regex: str, bad_value: str) -> Rule:
@@ -152,24 +220,30 @@ def fmt(code: str, table: str, col: str, regex: str, bad_value: str) -> Rule:
             return np.zeros(len(s), bool)
         if isinstance(s.dtype, pd.CategoricalDtype):   # once per distinct value
             cats = pd.Series(s.cat.categories, dtype="string[pyarrow]")
-            bad = ~_b(cats.str.fullmatch(regex)) & ~_blank(cats)
+            bad = ~_fullmatch(cats, regex) & ~_blank(cats)
             codes = s.cat.codes.to_numpy()
             return np.where(codes >= 0, bad[np.maximum(codes, 0)] if len(bad) else False, False)
-        s = s.astype("string[pyarrow]") if str(s.dtype) != "string" else s
-        return ~_blank(s) & ~_b(s.str.fullmatch(regex))
+        return ~_blank_of(ds, table, col) & ~_fullmatch(s, regex)
     return _register(Rule(code, table, check, _setter(table, col, bad_value)))
 
 
 def one_of(code: str, table: str, col: str, allowed, bad_value: str) -> Rule:
     allowed = list(allowed)
-    return _register(Rule(code, table, lambda ds: ~_blank(ds.tables[table][col]) &
+    return _register(Rule(code, table, lambda ds: ~_blank_of(ds, table, col) &
                           ~isin(ds.tables[table][col], allowed),
                           _setter(table, col, bad_value)))
 
 
+def _has_parent(ds: Dataset, table: str, col: str, parent: str, parent_col: str) -> np.ndarray:
+    """``table[col].isin(parent[parent_col])``: over integer codes when both are id columns of one kind."""
+    if KIND.get((table, col)) is not None and KIND.get((table, col)) == KIND.get((parent, parent_col)):
+        return ds.keys.isin(ds.tables, table, col, parent, parent_col)
+    return isin(ds.tables[table][col], ds.tables[parent][parent_col])
+
+
 def orphan(code: str, table: str, col: str, parent: str, parent_col: str, bad_value: str) -> Rule:
     """Reject-group rule: no valid parent record (e.g. IDS10101: no IDS001 for this LocalPatientId)."""
-    return _register(Rule(code, table, lambda ds: ~isin(ds.tables[table][col], ds.tables[parent][parent_col]),
+    return _register(Rule(code, table, lambda ds: ~_has_parent(ds, table, col, parent, parent_col),
                           _setter(table, col, bad_value)))
 
 
@@ -266,20 +340,31 @@ custom("IDSREJ012", "FILE", _in_period_records,
 def nhs_invalid(s: pd.Series) -> np.ndarray:
     """True where a populated NHS number is not a valid one (format, check digit, mirrored, all zeros).
 
-    Pure integer arithmetic over the column: no per-row Python (cf. ``records.nhs_numbers.valid_mask``).
+    Pure integer arithmetic over the column: no per-row Python (cf. ``records.nhs_numbers.valid_mask``). The
+    digits are read straight from the Arrow buffer of the ten-digit values.
     """
     present = ~_blank(s)
-    ten = _b(s.str.fullmatch(r"[0-9]{10}"))
     out = present.copy()
-    if not ten.any():
-        return out
-    v = s[ten].astype("int64").to_numpy()
-    d = (v[:, None] // (10 ** np.arange(9, -1, -1))) % 10
+    data = arrow_data(s)
+    if data is not None and pa.types.is_large_string(data.type):
+        arr = data.combine_chunks() if data.num_chunks != 1 else data.chunk(0)
+        ten = _b_arrow(pc.and_(pc.equal(pc.binary_length(arr), 10), pc.ascii_is_decimal(arr)))
+        if not ten.any():
+            return out
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
+        raw = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
+        d = (raw[offsets[:-1][ten, None] + np.arange(10)] - ord("0")).astype(np.int64)
+    else:
+        ten = _b(s.str.fullmatch(r"[0-9]{10}"))
+        if not ten.any():
+            return out
+        v = s[ten].astype("int64").to_numpy()
+        d = (v[:, None] // (10 ** np.arange(9, -1, -1))) % 10
     total = d[:, :9] @ np.arange(10, 1, -1)
     check = 11 - total % 11
     check = np.where(check == 11, 0, check)
     mirrored = (d[:, :5] == d[:, :4:-1]).all(axis=1)
-    ok = (check != 10) & (check == d[:, 9]) & ~mirrored & (v != 0)
+    ok = (check != 10) & (check == d[:, 9]) & ~mirrored & d.any(axis=1)
     out[ten] = ~ok
     return out
 
@@ -290,12 +375,60 @@ custom("IDSREJ008", MPI, lambda ds: _b(ds.tables[MPI]["PersonBirthDate"] > _peri
        _b(ds.tables[MPI]["PersonBirthDate"] < EARLIEST_BIRTH), _setter(MPI, "PersonBirthDate", "2999-01-01"))
 
 
+def _value_codes(ds: Dataset, table: str, col: str) -> tuple[np.ndarray, int]:
+    """Codes ``0..n-1`` with equal codes exactly for equal values, null being one value of its own (as in
+    ``DataFrame.duplicated``): the id columns' shared codes, a categorical's codes, else a factorisation."""
+    s = ds.tables[table][col]
+    if (table, col) in KIND:
+        codes, n = ds.keys.codes(ds.tables, table, col)
+    elif isinstance(s.dtype, pd.CategoricalDtype):
+        codes, n = s.cat.codes.to_numpy().astype(np.int64), len(s.cat.categories)
+    elif s.dtype.kind in "Mm":
+        codes, uniq = pd.factorize(s.to_numpy().view(np.int64))
+        return codes.astype(np.int64), len(uniq)     # NaT is one more integer: equal to itself, as wanted
+    elif arrow_data(s) is not None and pa.types.is_large_string(arrow_data(s).type):
+        def enc() -> tuple[np.ndarray, int]:
+            (c,), size = encode_together([arrow_data(s)])
+            return c, size
+        codes, n = ds.keys.derived("codes", (s,), enc)
+    else:
+        codes, uniq = pd.factorize(s.astype(object), use_na_sentinel=True)
+        codes, n = codes.astype(np.int64), len(uniq)
+    return np.where(codes < 0, n, codes), n + 1
+
+
+def _compact(key: np.ndarray) -> tuple[np.ndarray, int]:
+    codes, uniq = pd.factorize(key)
+    return codes.astype(np.int64), len(uniq)
+
+
+def _group(ds: Dataset, table: str, cols: list[str]) -> tuple[np.ndarray, int]:
+    """One integer per row, equal exactly for rows equal in every column of ``cols``."""
+    key, n = _value_codes(ds, table, cols[0])
+    for c in cols[1:]:
+        codes, m = _value_codes(ds, table, c)
+        if n * m >= 2 ** 62:
+            key, n = _compact(key)
+        key, n = key * m + codes, n * m
+    return key, n
+
+
+def _duplicated(key: np.ndarray, n: int) -> np.ndarray:
+    """``duplicated(keep=False)`` of a code array."""
+    if not len(key):
+        return np.zeros(0, dtype=bool)
+    if n > 4 * len(key) + 1024:      # a sparse product of codes: count over the distinct ones instead
+        key, n = _compact(key)
+    return np.bincount(key, minlength=n)[key] > 1
+
+
 def _dup(table: str, cols: list[str]) -> Check:
     def check(ds: Dataset) -> np.ndarray:
         df = ds.tables[table]
-        key = df[cols]
-        present = ~np.logical_or.reduce([_blank(df[c]) for c in cols]) if len(cols) == 1 else np.ones(len(df), bool)
-        return present & df.duplicated(cols, keep=False).to_numpy() if len(key) else np.zeros(0, bool)
+        if not len(df):
+            return np.zeros(0, bool)
+        present = ~_blank_of(ds, table, cols[0]) if len(cols) == 1 else np.ones(len(df), bool)
+        return present & _duplicated(*_group(ds, table, cols))
     return check
 
 
@@ -344,8 +477,8 @@ orphan("IDS00220", GP, "LocalPatientId", MPI, "LocalPatientId", "NOPATIENT")
 custom("IDS00221", GP, _dup(GP, ["LocalPatientId", "GMPCodeReg", "StartDateGMPRegistration"]),
        lambda ds: ds.tables.__setitem__(GP, pd.concat([ds.tables[GP].iloc[[0]], ds.tables[GP]], ignore_index=True)))
 custom("IDS00222", GP, lambda ds: ds.tables[GP]["EndDateGMPRegistration"].isna().to_numpy() &
-       ds.tables[GP].duplicated("LocalPatientId", keep=False).to_numpy() &
-       ~ds.tables[GP].duplicated(["LocalPatientId", "GMPCodeReg", "StartDateGMPRegistration"], keep=False).to_numpy(),
+       _duplicated(*_group(ds, GP, ["LocalPatientId"])) &
+       ~_duplicated(*_group(ds, GP, ["LocalPatientId", "GMPCodeReg", "StartDateGMPRegistration"])),
        lambda ds: ds.tables.__setitem__(GP, pd.concat([ds.tables[GP].iloc[[0]].assign(
            GMPCodeReg=pd.Series(["B99999"], dtype="string[pyarrow]")), ds.tables[GP]], ignore_index=True)))
 blank("IDS00201", GP, "LocalPatientId")
@@ -355,8 +488,8 @@ fmt("IDS00204", GP, "GMPCodeReg", GMP, "12345")
 custom("IDS00211", GP, lambda ds: _b(ds.tables[GP]["StartDateGMPRegistration"] >
                                     _period_end(ds) + pd.Timedelta(days=1)),
        _setter(GP, "StartDateGMPRegistration", "2999-01-01"))
-custom("IDS00212", GP, lambda ds: _b(ds.tables[GP]["StartDateGMPRegistration"] < _lookup(
-    ds.tables[GP]["LocalPatientId"], ds.tables[MPI], "LocalPatientId", "PersonBirthDate")),
+custom("IDS00212", GP, _before_parent_date(GP, "StartDateGMPRegistration", "LocalPatientId", MPI, "LocalPatientId",
+                                           "PersonBirthDate"),
     _setter(GP, "StartDateGMPRegistration", "1890-01-02"))
 custom("IDS00214", GP, lambda ds: _b(ds.tables[GP]["EndDateGMPRegistration"] < _period_start(ds)),
        _setter(GP, "EndDateGMPRegistration", "1990-01-01"))
@@ -379,8 +512,8 @@ fmt("IDS10109", REF, "OrgIDComm", ORG, "bad code!")
 blank("IDS10111", REF, "ReferralRequestReceivedDate")
 custom("IDS10113", REF, lambda ds: _b(ds.tables[REF]["ReferralRequestReceivedDate"] > _period_end(ds)),
        _setter(REF, "ReferralRequestReceivedDate", "2999-01-01"))
-custom("IDS10140", REF, lambda ds: _b(ds.tables[REF]["ReferralRequestReceivedDate"] < _lookup(
-    ds.tables[REF]["LocalPatientId"], ds.tables[MPI], "LocalPatientId", "PersonBirthDate")),
+custom("IDS10140", REF, _before_parent_date(REF, "ReferralRequestReceivedDate", "LocalPatientId", MPI, "LocalPatientId",
+                                            "PersonBirthDate"),
     _setter(REF, "ReferralRequestReceivedDate", "1890-01-02"))
 fmt("IDS10117", REF, "SourceOfReferralIAPT", r"[A-Z0-9]{2}", "B")
 fmt("IDS10135", REF, "EndCode", r"[0-9]{2}", "4")
@@ -408,8 +541,8 @@ custom("IDS20108", CC, lambda ds: _b(ds.tables[CC]["CareContDate"] > _period_end
        _setter(CC, "CareContDate", "2999-01-01"))
 custom("IDS20170", CC, lambda ds: _b(ds.tables[CC]["CareContDate"] < _period_start(ds)),
        _setter(CC, "CareContDate", "1999-01-01"))
-custom("IDS20171", CC, lambda ds: _b(ds.tables[CC]["CareContDate"] < _lookup(
-    ds.tables[CC]["ServiceRequestId"], ds.tables[REF], "ServiceRequestId", "ReferralRequestReceivedDate")),
+custom("IDS20171", CC, _before_parent_date(CC, "CareContDate", "ServiceRequestId", REF, "ServiceRequestId",
+                                           "ReferralRequestReceivedDate"),
     lambda ds: (_set(ds, REF, "ReferralRequestReceivedDate", ds.period.last.isoformat()),
                 _set(ds, CC, "ServiceRequestId", ds.tables[REF]["ServiceRequestId"].iloc[0]),
                 _set(ds, CC, "CareContDate", ds.period.first.isoformat())))
@@ -428,7 +561,7 @@ one_of("IDS20120", CC, "ConsMechanism", CONS_MECH, "42")
 def _dup_attended(ds: Dataset) -> np.ndarray:
     df = ds.tables[CC]
     att = isin(df["AttendOrDNACode"], ["5", "6"])
-    dup = df.duplicated(["ServiceRequestId", "CareContDate", "CareContTime", "AttendOrDNACode"], keep=False).to_numpy()
+    dup = _duplicated(*_group(ds, CC, ["ServiceRequestId", "CareContDate", "CareContTime", "AttendOrDNACode"]))
     return att & dup
 
 
@@ -442,7 +575,7 @@ def _make_dup_attended(ds: Dataset) -> None:
 
 custom("IDS20168", CC, _dup_attended, _make_dup_attended)
 custom("IDS20169", CC, lambda ds: isin(ds.tables[CC]["AttendOrDNACode"], ["5", "6"]) &
-       ~isin(ds.tables[CC]["CareContactId"], ds.tables[ACT]["CareContactId"]),
+       ~_has_parent(ds, CC, "CareContactId", ACT, "CareContactId"),
        lambda ds: (_set(ds, CC, "AttendOrDNACode", "5"),
                    ds.tables.__setitem__(ACT, ds.tables[ACT][ds.tables[ACT]["CareContactId"] !=
                                                               ds.tables[CC]["CareContactId"].iloc[0]]
@@ -476,9 +609,17 @@ custom("IDS60310", PRES, lambda ds: _b(ds.tables[PRES]["FindSchemeInUse"] == "01
        _setter(PRES, "PresComp", "depression"))
 custom("IDS60314", PRES, lambda ds: _b(ds.tables[PRES]["PresCompDate"] > _period_end(ds)),
        _setter(PRES, "PresCompDate", "2999-01-01"))
-custom("IDS60316", PRES, lambda ds: _b(ds.tables[PRES]["PresCompDate"] < _lookup(
-    _lookup(ds.tables[PRES]["ServiceRequestId"], ds.tables[REF], "ServiceRequestId", "LocalPatientId"),
-    ds.tables[MPI], "LocalPatientId", "PersonBirthDate")), _setter(PRES, "PresCompDate", "1890-01-02"))
+def _presented_before_birth(ds: Dataset) -> np.ndarray:
+    """IDS60316: PresCompDate before the birth date of the patient of the complaint's referral (two hops)."""
+    ref_row = _parent_row(ds, PRES, "ServiceRequestId", REF, "ServiceRequestId")
+    ref_pid, _ = ds.keys.codes(ds.tables, REF, "LocalPatientId")
+    pid = _take(ref_pid, ref_row, -1)
+    birth = _take(ds.tables[MPI]["PersonBirthDate"].to_numpy(),
+                  _parent_row(ds, PRES, "", MPI, "LocalPatientId", codes=pid), np.datetime64("NaT"))
+    return np.asarray(ds.tables[PRES]["PresCompDate"].to_numpy() < birth, dtype=bool)
+
+
+custom("IDS60316", PRES, _presented_before_birth, _setter(PRES, "PresCompDate", "1890-01-02"))
 
 # ---- IDS606 / IDS607 coded scored assessments -----------------------------------------------------------
 
@@ -530,8 +671,8 @@ custom("IDS60610", A606, lambda ds: _b(ds.tables[A606]["AssToolCompDate"] > _per
        _setter(A606, "AssToolCompDate", "2999-01-01"))
 custom("IDS60618", A606, lambda ds: _b(ds.tables[A606]["AssToolCompDate"] < _period_start(ds)),
        _setter(A606, "AssToolCompDate", "1999-01-01"))
-custom("IDS60617", A606, lambda ds: _b(ds.tables[A606]["AssToolCompDate"] < _lookup(
-    ds.tables[A606]["ServiceRequestId"], ds.tables[REF], "ServiceRequestId", "ReferralRequestReceivedDate")),
+custom("IDS60617", A606, _before_parent_date(A606, "AssToolCompDate", "ServiceRequestId", REF, "ServiceRequestId",
+                                             "ReferralRequestReceivedDate"),
     lambda ds: (_set(ds, REF, "ReferralRequestReceivedDate", ds.period.last.isoformat()),
                 _set(ds, A606, "ServiceRequestId", ds.tables[REF]["ServiceRequestId"].iloc[0]),
                 _set(ds, A606, "AssToolCompDate", ds.period.first.isoformat())))
@@ -606,9 +747,7 @@ def screen(ds: Dataset, only: set[str] | None = None) -> ScreenResult:
         m = masks[r.code]
         res.quarantined += _items(r.table, ds.tables[r.table]["_rid"][m], r.code)
         drop_by_table[r.table] = drop_by_table.get(r.table, np.zeros(len(m), bool)) | m
-    for table, m in drop_by_table.items():
-        ds.tables[table] = ds.tables[table].loc[~m].reset_index(drop=True)
-    for table, rids in cascade(ds).items():
+    for table, rids in cascade(ds, drop_by_table).items():  # the rejects and their dependants, one filter each
         res.quarantined += _items(table, rids, ORPHAN_CODE[table])
         res.failures[ORPHAN_CODE[table]] = res.failures.get(ORPHAN_CODE[table], 0) + len(rids)
     for r in REGISTRY.values():
