@@ -35,7 +35,7 @@ VARIABLE = "caldicott_dataset_submission"
 @pytest.fixture(scope="module")
 def ndop(e2e):
     """NHS England's opt-out service stand-in, so each run's NDOP branch finishes and the run can end."""
-    with NdopResponder(e2e.peers["mesh"].client(SERVICE_MAILBOX)) as responder:
+    with e2e.peers["mesh"].client(SERVICE_MAILBOX) as client, NdopResponder(client) as responder:
         yield responder
 
 
