@@ -178,9 +178,10 @@ def submit(state: Engine, period: Period, target: SubmissionTarget, sender: Send
     iid = submission_item_id(period)
     ledger = Ledger(state)
     entry = ledger.get(iid)
+    if entry is not None and entry.state in DONE:  # left already (by whichever route): not even read again
+        state_tables.mark_staged(state, period.key, iid)
+        return _result(period, iid, entry.channel, entry.transport_ref, target, {"already_sent": 1})
     if entry is not None and entry.channel != target.channel:
-        if entry.state in DONE:
-            return _result(period, iid, entry.channel, entry.transport_ref, target, {"already_sent": 1})
         raise RouteConflict(
             f"the {period.key} submission was attempted via {entry.channel} (ledger state {entry.state}); "
             f"re-run with submission_route={ROUTE_OF_CHANNEL.get(entry.channel, entry.channel)} so that "
