@@ -5,7 +5,8 @@
   intermediary's mailbox once, with the configured workflow and the ledger item as local id, decrypts to the
   same tables; a re-run sends nothing; a crash after MESH accepted it is reconciled by MESH tracking, not resent;
 * SFTP — the asyncssh server with a pinned host key: the archive lands once under its own name, byte for byte;
-  a re-run does not touch it; an unfinished attempt by another route blocks the send.
+  a re-run does not touch it; an unfinished attempt by another route blocks the send; a server that is down fails
+  the attempt with nothing recorded, and the next attempt sends once.
 
 Either way the run records the transport's reference in ``dataset_submission`` (state ``submitted``).
 """
@@ -181,3 +182,21 @@ def test_unfinished_staging_blocks_the_sftp_route(sftp, written, state_engine, m
     with pytest.raises(RouteConflict, match="attempted via staging"):
         _send(state_engine)
     assert list(sftp.root.rglob("*.enc")) == []
+
+
+def test_intermediary_down_then_up_sends_once(sftp, written, state_engine, monkeypatch):
+    """A down intermediary fails the attempt (retried by Airflow) with nothing recorded as submitted; the next
+    attempt, with the server back, sends once."""
+    monkeypatch.setenv("AIRFLOW_CONN_CALDICOTT_SFTP_DATASET", json.dumps(sftp.connection()))
+    _configure(monkeypatch, route="sftp", sftp_conn_id="caldicott_sftp_dataset", sftp_directory="/inbound/iapt")
+    sftp.go_down()
+    down = _send(state_engine)
+    assert (down["sent"], down["failed"], down["reference"]) == (0, 1, None)
+    assert Ledger(state_engine).get(down["item_id"]).state == State.FAILED
+    assert state_tables.get(state_engine, "2026-09")["state"] == "written"
+    with pytest.raises(RuntimeError, match="not sent"):
+        record_automatic(state_engine, SEPT, {**down, "reference": "/inbound/iapt/x"})
+    sftp.come_up()
+    up = _send(state_engine)
+    assert (up["sent"], up["reference"]) == (1, "/inbound/iapt/iapt_2026-09_v2.1.zip.enc")
+    assert len(list(sftp.root.rglob("*.enc"))) == 1
