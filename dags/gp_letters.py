@@ -113,13 +113,12 @@ def gp_letters():
                 senders["smtp"] = SmtpSender(hook._smtp_client, from_addr)
             elif kind == "mesh":
                 from caldicott.letters.gp_connect import WORKFLOW
-                from caldicott.transport.mesh import MeshSender
                 from caldicott_airflow.hooks.mesh import MeshHook
 
                 mesh = MeshHook(MESH_CONN_ID)
-                client = stack.enter_context(mesh)
+                stack.enter_context(mesh)
                 mailbox = mesh.settings().mailbox
-                senders["mesh"] = MeshSender(client, WORKFLOW)
+                senders["mesh"] = mesh.sender(WORKFLOW)   # several connections: sends overlap rendering
             elif kind == "post":
                 from caldicott_airflow.print_house import post_sender
 

@@ -12,9 +12,13 @@ and the run's report shows them. A refusal is a policy outcome, not a crash.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
-from collections import Counter
-from collections.abc import Iterable
+import threading
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -76,35 +80,116 @@ def check(item: Outbound, state_engine: Engine) -> None:
             raise ReleaseRefused("package differs from the one approved")
 
 
-def release(items: Iterable[Outbound], sender: Sender, state_engine: Engine) -> ReleaseReport:
+CHUNK = 32   # items per ledger transaction (claim, and ``sent`` for reconcilable senders)
+
+
+def release(items: Iterable[Outbound], sender: Sender, state_engine: Engine, *, chunk: int = CHUNK) -> ReleaseReport:
     """Release ``items`` through ``sender``, each at most once, recording every step in the ledger.
 
     Every item must already have a ledger intent (recorded when the flow planned its run), so nothing
     can leave that the ledger does not know about. Transport errors are recorded per item and the batch
     carries on; the caller decides whether the task fails (so Airflow retries) from the report.
+
+    Items are taken ``chunk`` at a time. For each chunk, on the calling thread: every item's policy check,
+    one read of the ledger, one transaction claiming the chunk (``sending``), reconciliation of items an
+    earlier attempt left ``sending`` / ``failed``. The sends themselves run on worker threads while the
+    calling thread prepares the next chunk (rendering a letter is CPU; a send mostly waits on the peer):
+
+    * a sender that can say what arrived (``reconcilable = True``: MESH tracking, a staged file's existence)
+      may send ``concurrency`` items at once, and the chunk's ``sent`` marks are one transaction after its
+      sends. A crash in between leaves those items ``sending``; the next attempt asks the transport about
+      each (``already_delivered``) and sends only what did not arrive.
+    * any other sender (SMTP cannot be asked) sends one item at a time on one worker, which records ``sent``
+      right after each send returns, exactly as narrow a window as sending inline: at most the one item
+      whose reply was lost can be sent twice, with the same deterministic Message-ID.
     """
     ledger = Ledger(state_engine)
     report = ReleaseReport()
+    reconcilable = getattr(sender, "reconcilable", False) is True
+    workers = max(1, int(getattr(sender, "concurrency", 1) or 1)) if reconcilable else 1
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"release-{sender.channel}")
+    in_flight: deque[_Chunk] = deque()
+    error: BaseException | None = None
+    try:
+        for items_chunk in _chunks(items, max(1, chunk)):
+            ready, found = _claim(items_chunk, sender, ledger, report, per_item_marks=not reconcilable)
+            futures = [pool.submit(_send_one, sender, item, None if reconcilable else ledger, stop)
+                       for item in ready]
+            in_flight.append(_Chunk(ready, futures, found))
+            while len(in_flight) > 1:   # keep one chunk sending while the next is prepared
+                _settle(in_flight.popleft(), sender, ledger, report, reconcilable)
+        while in_flight:
+            _settle(in_flight.popleft(), sender, ledger, report, reconcilable)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if error is not None:
+            # stop the workers before their next item, then record what did leave before the error propagates:
+            # what was sent but not recorded stays ``sending`` and is reconciled by the next attempt
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            while in_flight:
+                with contextlib.suppress(BaseException):
+                    _settle(in_flight.popleft(), sender, ledger, report, reconcilable)
+        pool.shutdown(wait=True)
+    summary = Counter({k: v for k, v in report.counts().items() if v})
+    log.info("release via %s: %s", sender.channel, dict(summary) or "nothing to do")
+    return report
+
+
+@dataclass
+class _Chunk:
+    items: list[Outbound]
+    futures: list[Future]
+    reconciled: list[tuple[str, str, str | None]]   # (item id, checksum, ref) found delivered, not yet marked
+
+
+def _chunks(items: Iterable[Outbound], size: int) -> Iterator[list[Outbound]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _claim(items: list[Outbound], sender: Sender, ledger: Ledger, report: ReleaseReport, *,
+           per_item_marks: bool) -> tuple[list[Outbound], list[tuple[str, str, str | None]]]:
+    """Check, look up and claim one chunk; reconcile what an earlier attempt may have sent.
+
+    Returns the items to send now and the items found already delivered whose ``sent`` mark is still due
+    (empty when ``per_item_marks``: then they are marked here, one by one).
+    """
+    allowed: list[Outbound] = []
     for item in items:
         try:
-            check(item, state_engine)
+            check(item, ledger.engine)
         except ReleaseRefused as refusal:
             report.refused[item.item_id] = str(refusal)
             ledger.hold(item.item_id, f"refused by release gateway: {refusal}")
             log.warning("release refused: item=%s purpose=%s reason=%s", item.item_id, item.purpose, refusal)
             continue
-        entry = ledger.get(item.item_id)
+        allowed.append(item)
+    entries = ledger.entries([i.item_id for i in allowed])
+    claimable: list[Outbound] = []
+    for item in allowed:
+        entry = entries.get(item.item_id)
         if entry is None:
             report.not_planned.append(item.item_id)
             log.error("release refused: item=%s has no recorded intent", item.item_id)
-            continue
-        if entry.state in DONE:
+        elif entry.state in DONE:
             report.already_sent.append(item.item_id)
-            continue
-        prev = ledger.begin_send(item.item_id)
-        if prev is None:  # held, or another worker claimed it
-            if (e := ledger.get(item.item_id)) is not None and e.state in DONE:
-                report.already_sent.append(item.item_id)
+        else:
+            claimable.append(item)
+    claimed = ledger.claim([i.item_id for i in claimable])
+    lost = [i.item_id for i in claimable if i.item_id not in claimed]
+    if lost:  # held, or another worker claimed or finished it since the read
+        now = ledger.entries(lost)
+        report.already_sent += [i for i in lost if i in now and now[i].state in DONE]
+    ready: list[Outbound] = []
+    found: list[tuple[str, str, str | None]] = []
+    for item in claimable:
+        prev = claimed.get(item.item_id)
+        if prev is None:
             continue
         if prev in (State.SENDING, State.FAILED):
             # SENDING: a worker died mid-send. FAILED: the last attempt's outcome may be unknown (a timeout or
@@ -115,20 +200,66 @@ def release(items: Iterable[Outbound], sender: Sender, state_engine: Engine) -> 
                 _record_failure(ledger, report, item, sender, "reconcile", exc)
                 continue
             if ref is not None:
-                ledger.mark_sent(item.item_id, checksum=item.checksum, transport_ref=ref)
+                if per_item_marks:
+                    ledger.mark_sent(item.item_id, checksum=item.checksum, transport_ref=ref)
+                else:
+                    found.append((item.item_id, item.checksum, ref))
                 report.already_sent.append(item.item_id)
                 log.info("reconciled: item=%s was delivered (%s)", item.item_id, sender.channel)
                 continue
-        try:
-            ref = sender.send(item)
-        except TransportError as exc:
-            _record_failure(ledger, report, item, sender, "send", exc)
-            continue
+        ready.append(item)
+    return ready, found
+
+
+_SKIPPED = object()   # a worker stopped before this item: it stays ``sending`` for the next attempt
+
+
+def _send_one(sender: Sender, item: Outbound, ledger: Ledger | None, stop: threading.Event):
+    """One send on a worker thread. With ``ledger`` (senders that cannot be asked), ``sent`` is recorded
+    here, immediately after the send returns; else the caller records the chunk's sends together."""
+    if stop.is_set():
+        return _SKIPPED
+    try:
+        ref = sender.send(item)
+    except TransportError as exc:
+        if ledger is not None:
+            ledger.mark_failed(item.item_id, str(exc))
+        return exc
+    except BaseException:
+        stop.set()          # anything else is a crash: no further item leaves (as if the sends were inline)
+        raise
+    if ledger is not None:
         ledger.mark_sent(item.item_id, checksum=item.checksum, transport_ref=ref)
+    return ref
+
+
+def _settle(chunk: _Chunk, sender: Sender, ledger: Ledger, report: ReleaseReport, reconcilable: bool) -> None:
+    """Wait for one chunk's sends; record them (one transaction when reconcilable); re-raise a worker's crash."""
+    sent: list[tuple[str, str, str | None]] = list(chunk.reconciled)
+    crash: BaseException | None = None
+    for item, fut in zip(chunk.items, chunk.futures, strict=True):
+        try:
+            out = fut.result()
+        except CancelledError:
+            continue
+        except BaseException as exc:   # not a TransportError: a bug or an injected fault; stop after recording
+            crash = crash or exc
+            continue
+        if out is _SKIPPED:
+            continue
+        if isinstance(out, TransportError):
+            if reconcilable:
+                ledger.mark_failed(item.item_id, str(out))
+            report.failed[item.item_id] = str(out)
+            log.warning("send failed: item=%s channel=%s error=%s", item.item_id, sender.channel, out)
+            continue
+        if reconcilable:
+            sent.append((item.item_id, item.checksum, out))
         report.sent.append(item.item_id)
-    summary = Counter({k: v for k, v in report.counts().items() if v})
-    log.info("release via %s: %s", sender.channel, dict(summary) or "nothing to do")
-    return report
+    if reconcilable:
+        ledger.mark_sent_many(sent)
+    if crash is not None:
+        raise crash
 
 
 def _record_failure(ledger: Ledger, report: ReleaseReport, item: Outbound, sender: Sender, step: str,

@@ -54,19 +54,19 @@ def test_smtp_sender_delivers_to_the_local_server(smtp):
 
 
 def test_mesh_sender_and_tracking_by_local_id(mesh):
-    sender = MeshSender(mesh.client(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW)
     item = Outbound("gp_letters-track-1", Purpose.GP_LETTER, "Z84001", "mesh", b'{"resourceType":"Bundle"}',
                     Protection.MESH, address=mesh.GP_MAILBOX, facts={"gp_sharing_consent": True})
-    assert sender.already_delivered(item) is None
-    ref = sender.send(item)
-    assert ref and sender.already_delivered(item)
-    gp = mesh.client(mesh.GP_MAILBOX)
-    ids = gp.list_messages()
-    found = [gp.retrieve_message(i) for i in ids]
-    mine = [m for m in found if m.local_id == item.item_id]
-    assert len(mine) == 1 and mine[0].workflow_id == gp_connect.WORKFLOW
-    for i in ids:
-        gp.acknowledge_message(i)
+    with MeshSender.connect(mesh.settings(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW, connections=2) as sender:
+        assert sender.already_delivered(item) is None
+        ref = sender.send(item)
+        assert ref and sender.already_delivered(item)
+    with mesh.client(mesh.GP_MAILBOX) as gp:
+        ids = gp.list_messages()
+        found = [gp.retrieve_message(i) for i in ids]
+        mine = [m for m in found if m.local_id == item.item_id]
+        assert len(mine) == 1 and mine[0].workflow_id == gp_connect.WORKFLOW
+        for i in ids:
+            gp.acknowledge_message(i)
 
 
 def test_a_month_of_letters_through_every_channel_exactly_once(synth_source, mesh, smtp, tmp_path):
@@ -76,8 +76,8 @@ def test_a_month_of_letters_through_every_channel_exactly_once(synth_source, mes
     assert planned["batches"]
     printer = PrintHouse(tmp_path / "print")
     client = smtplib.SMTP("127.0.0.1", smtp.port)
-    channels = flow.Channels({"smtp": SmtpSender(client, "letters@nhs.example"),
-                              "mesh": MeshSender(mesh.client(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW),
+    mesh_sender = MeshSender.connect(mesh.settings(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW, connections=4)
+    channels = flow.Channels({"smtp": SmtpSender(client, "letters@nhs.example"), "mesh": mesh_sender,
                               "post": StagedPostSender(printer.staging)},
                              Service(), "letters@nhs.example", mesh.SENDER_MAILBOX, printer.cert_path.read_text())
     # crash after 2 sends in the first batch, then re-run everything twice
@@ -89,6 +89,7 @@ def test_a_month_of_letters_through_every_channel_exactly_once(synth_source, mes
             result = flow.send_batch(synth_source.engine, state, batch, channels, *OCT)
             assert result["failed"] == 0 and result["refused"] == 0
     client.quit()
+    mesh_sender.close()
 
     expected = {b["batch_id"]: len(b["letters"]) for b in planned["batches"]}
     by_channel: dict[str, int] = {}
@@ -103,13 +104,15 @@ def test_a_month_of_letters_through_every_channel_exactly_once(synth_source, mes
     assert len(printer.files()) == by_channel.get("post", 0)
     # MESH: one message per MESH letter in the GP mailbox, each a bundle carrying a PDF
     answered: list = []
-    assert respond_once(mesh.client(mesh.GP_MAILBOX), keep=answered) == by_channel.get("mesh", 0)
+    with mesh.client(mesh.GP_MAILBOX) as gp:
+        assert respond_once(gp, keep=answered) == by_channel.get("mesh", 0)
     local_ids = [lid for _, lid, _ in answered]
     assert len(local_ids) == len(set(local_ids))
     assert "Assessment letter" in pdf_text(gp_connect.pdf_of(answered[0][2])) or \
         "Discharge letter" in pdf_text(gp_connect.pdf_of(answered[0][2]))
     # acks come back and mark the MESH letters acked
-    got = flow.record_acks(state, list(read_acks(mesh.client(mesh.SENDER_MAILBOX))))
+    with mesh.client(mesh.SENDER_MAILBOX) as box:
+        got = flow.record_acks(state, list(read_acks(box)))
     assert got["acked"] == by_channel.get("mesh", 0) and got["unmatched"] == 0
     assert flow.overdue(state, dt.timedelta(0)) == []
     # decrypt one GP S/MIME letter with that practice's key
@@ -131,17 +134,17 @@ def test_no_ack_marks_letters_overdue(synth_source, mesh, tmp_path):
     state = make_engine(sqlite_url(tmp_path / "state.db"))
     migrate(state)
     planned = flow.plan(synth_source.engine, state, dt.date(2026, 9, 1), dt.date(2026, 10, 1), "2026-09")
-    channels = flow.Channels({"mesh": MeshSender(mesh.client(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW)},
-                             Service(), "a@x", mesh.SENDER_MAILBOX)
     sent = 0
-    for batch in planned["batches"]:
-        if batch["channel"] == "mesh":
-            sent += flow.send_batch(synth_source.engine, state, batch, channels, dt.date(2026, 9, 1),
-                                    dt.date(2026, 10, 1))["sent"]
+    with MeshSender.connect(mesh.settings(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW) as sender:
+        channels = flow.Channels({"mesh": sender}, Service(), "a@x", mesh.SENDER_MAILBOX)
+        for batch in planned["batches"]:
+            if batch["channel"] == "mesh":
+                sent += flow.send_batch(synth_source.engine, state, batch, channels, dt.date(2026, 9, 1),
+                                        dt.date(2026, 10, 1))["sent"]
     assert sent
     assert flow.overdue(state, dt.timedelta(hours=1)) == []
     late = flow.overdue(state, dt.timedelta(0))
     assert len(late) == sent
-    gp = mesh.client(mesh.GP_MAILBOX)
-    for i in gp.list_messages():
-        gp.acknowledge_message(i)
+    with mesh.client(mesh.GP_MAILBOX) as gp:
+        for i in gp.list_messages():
+            gp.acknowledge_message(i)

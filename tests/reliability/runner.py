@@ -53,6 +53,9 @@ class Killer:
     def __init__(self, inner, at: str, n: int) -> None:
         self.inner = inner
         self.channel = inner.channel
+        # the gateway's chunked path (concurrent sends, one ``sent`` transaction per chunk) is what gets killed
+        self.reconcilable = getattr(inner, "reconcilable", False)
+        self.concurrency = getattr(inner, "concurrency", 1)
         self.at = at
         self.n = n
         self.sends = 0
@@ -174,6 +177,16 @@ def _arm_ledger(at: str, n: int) -> None:
             return ok
 
         Ledger.mark_sent = mark_sent
+        original_many = Ledger.mark_sent_many
+
+        def mark_sent_many(self, sent):   # a chunk's ``sent`` marks are one commit: die after it reaches the N-th
+            ok = original_many(self, sent)
+            seen["n"] += len(sent)
+            if sent and seen["n"] >= n:
+                die()
+            return ok
+
+        Ledger.mark_sent_many = mark_sent_many
     elif at == "after_intent":
         original_intent = Ledger.record_intent
 
@@ -199,7 +212,7 @@ def run_letters(job: dict) -> dict:
     from caldicott.db import make_engine
     from caldicott.letters import flow, gp_connect
     from caldicott.letters.render import Service
-    from caldicott.transport.mesh import MeshSender, MeshSettings, make_client
+    from caldicott.transport.mesh import MeshSender, MeshSettings
     from caldicott.transport.smtp import SmtpSender
 
     records = make_engine(job["records_url"], readonly=True)
@@ -213,9 +226,12 @@ def run_letters(job: dict) -> dict:
         client = smtplib.SMTP("127.0.0.1", job["smtp_port"], timeout=job.get("smtp_timeout", 30))
         senders["smtp"] = SmtpSender(client, job.get("from_addr", "letters@nhs.example"))
     if job.get("mesh"):
-        senders["mesh"] = MeshSender(make_client(MeshSettings(**job["mesh"])), gp_connect.WORKFLOW)
+        # ``mesh_connections`` > 1 as in production (MeshHook.sender): kills land with several sends in flight
+        senders["mesh"] = MeshSender.connect(MeshSettings(**job["mesh"]), gp_connect.WORKFLOW,
+                                             connections=job.get("mesh_connections", 1))
     channels = flow.Channels(senders, Service(), "letters@nhs.example", job.get("sender_mailbox", "X26ABC1"))
-    out = flow.send_batch(records, state, job["batch"], channels, start, end, wrap=_wrap(job.get("kill")))
+    out = flow.send_batch(records, state, job["batch"], channels, start, end, wrap=_wrap(job.get("kill")),
+                          chunk=job.get("chunk", flow.CHUNK))
     if client is not None:
         client.quit()
     return out

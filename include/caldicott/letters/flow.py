@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select
 
 from caldicott.db import insert_ignore, utcnow
-from caldicott.gateway import ReleaseReport, release
+from caldicott.gateway import CHUNK, ReleaseReport, release
 from caldicott.letters import gp_connect, messages
 from caldicott.letters.build import LetterData, find_events, load_letters
 from caldicott.letters.render import Service, email_body, render_pdf
@@ -183,8 +183,12 @@ SENDER_FOR = {"smime-email": "smtp", "smime": "smtp", "secure-email": "smtp", "m
 
 
 def send_batch(records: Engine, state: Engine, batch: dict, ch: Channels, start: dt.date, end: dt.date,
-               wrap: Callable[[Sender], Sender] | None = None) -> dict:
-    """Send one planned batch; returns counts and the ids of letters that failed (XCom-safe)."""
+               wrap: Callable[[Sender], Sender] | None = None, chunk: int = CHUNK) -> dict:
+    """Send one planned batch; returns counts and the ids of letters that failed (XCom-safe).
+
+    Letters are rendered lazily while the gateway sends the previous ``chunk`` (see :func:`release`), so at
+    most a few chunks of PDFs are in memory, whatever the batch size.
+    """
     keys = {tuple(x) for x in batch["letters"]}
     kind, channel = batch["kind"], batch["channel"]
     ids = [letter_id(r, e, kind) for r, e in sorted(keys)]
@@ -199,7 +203,8 @@ def send_batch(records: Engine, state: Engine, batch: dict, ch: Channels, start:
         sender = ch.senders[SENDER_FOR[channel]]
         if wrap is not None:
             sender = wrap(sender)
-        report.merge(release(outbound_items(letters, kind, channel, batch["batch_id"], ch, skip), sender, state))
+        report.merge(release(outbound_items(letters, kind, channel, batch["batch_id"], ch, skip), sender, state,
+                             chunk=chunk))
     counts = report.counts()
     log.info("gp_letters batch %s: %s", batch["batch_id"], counts)
     return {"batch_id": batch["batch_id"], **counts, "failed_ids": sorted(report.failed),

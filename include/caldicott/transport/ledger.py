@@ -10,6 +10,10 @@ event and recipient → same id), before anything leaves. The release gateway th
 * an item whose intent was recorded is never forgotten: it is ``intended``, ``failed`` or ``held`` until
   someone sees it.
 
+Each transition exists per item (:meth:`Ledger.begin_send`, :meth:`Ledger.mark_sent`) and per chunk of items
+(:meth:`Ledger.claim`, :meth:`Ledger.mark_sent_many`): one transaction for many items, the same conditional
+updates. The gateway uses the chunked form (see :func:`caldicott.gateway.release` for when it may).
+
 The ledger holds opaque ids only: item id, recipient id (ODS code, contract id, requester id) and the
 checksum of what left.
 """
@@ -21,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, Text, func, select, update
+from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, Text, bindparam, func, select, update
 
 from caldicott.db import insert_ignore, utcnow
 from caldicott.state.schema import metadata
@@ -156,6 +160,47 @@ class Ledger:
                 .values(state=State.SENDING.value, attempts=ledger.c.attempts + 1, updated_at=utcnow())
             )
             return State(prev) if res.rowcount == 1 else None
+
+    def claim(self, item_ids: Sequence[str]) -> dict[str, State]:
+        """Claim many items for sending in ONE transaction: ``{item id: the state it was in}`` for each one claimed.
+
+        Same rule as :meth:`begin_send` per item (``intended``, ``sending`` or ``failed`` → ``sending``,
+        ``attempts + 1``); items missing, held or already sent are left out. One conditional ``UPDATE …
+        RETURNING`` per previous state, ``sending`` first (the later updates move rows *into* ``sending``), so the
+        returned previous state is exact even when another worker races for the same rows.
+        """
+        out: dict[str, State] = {}
+        if not item_ids:
+            return out
+        now = utcnow()
+        with self.engine.begin() as conn:
+            for prev in (State.SENDING, State.FAILED, State.INTENDED):
+                for start in range(0, len(item_ids), 500):
+                    chunk = list(item_ids[start:start + 500])
+                    rows = conn.execute(
+                        update(ledger)
+                        .where(ledger.c.item_id.in_(chunk), ledger.c.state == prev.value)
+                        .values(state=State.SENDING.value, attempts=ledger.c.attempts + 1, updated_at=now)
+                        .returning(ledger.c.item_id)
+                    ).all()
+                    out.update((r[0], prev) for r in rows)
+        return out
+
+    def mark_sent_many(self, sent: Sequence[tuple[str, str, str | None]]) -> int:
+        """Record many items as ``sent`` in ONE transaction: ``(item id, checksum, transport ref)`` each.
+
+        Only rows still ``sending`` change (as :meth:`mark_sent`); returns how many did.
+        """
+        if not sent:
+            return 0
+        now = utcnow()
+        stmt = (update(ledger)
+                .where(ledger.c.item_id == bindparam("b_item"), ledger.c.state == State.SENDING.value)
+                .values(state=State.SENT.value, checksum=bindparam("b_checksum"), transport_ref=bindparam("b_ref"),
+                        sent_at=now, updated_at=now, detail=None))
+        with self.engine.begin() as conn:
+            res = conn.execute(stmt, [{"b_item": i, "b_checksum": c, "b_ref": r} for i, c, r in sent])
+        return res.rowcount
 
     def _set(self, item_id: str, state: State, *, expect: Iterable[State] | None = None, **values) -> bool:
         q = update(ledger).where(ledger.c.item_id == item_id)

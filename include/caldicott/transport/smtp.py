@@ -22,7 +22,12 @@ class SmtpClient(Protocol):
 
 
 class SmtpSender:
+    """One connection, reused for every message of a batch (one EHLO, not one per letter)."""
+
     channel = "smtp"
+    # SMTP cannot be asked what it received: the gateway sends one message at a time and records ``sent``
+    # right after each 250, so at most the one message whose reply was lost can be sent again
+    reconcilable = False
 
     def __init__(self, client: SmtpClient, from_addr: str) -> None:
         self.client = client

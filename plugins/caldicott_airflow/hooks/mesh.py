@@ -4,7 +4,8 @@ Connection fields: ``host`` = the MESH base URL (``https://msg.int.spine2.ncrs.n
 ``https://127.0.0.1:<port>`` for the local sandbox), ``login`` = mailbox id, ``password`` = mailbox
 password. Extras: ``shared_key`` (the environment's HMAC key), ``ca_file`` (CA bundle that verifies the
 server: always a file, never ``verify=False``), ``client_cert`` / ``client_key`` (the mailbox's TLS
-client certificate and key, paths). Example::
+client certificate and key, paths), ``connections`` (how many connections :meth:`MeshHook.sender` opens to
+send in parallel; default 4). Example::
 
     AIRFLOW_CONN_CALDICOTT_MESH='{"conn_type": "mesh", "host": "https://127.0.0.1:8700", "login": "X26ABC1",
       "password": "...", "extra": {"shared_key": "...", "ca_file": "/etc/caldicott/mesh-ca.pem",
@@ -14,6 +15,8 @@ client certificate and key, paths). Example::
 from __future__ import annotations
 
 from airflow.sdk import BaseHook
+
+DEFAULT_CONNECTIONS = 4
 
 
 class MeshHook(BaseHook):
@@ -26,6 +29,7 @@ class MeshHook(BaseHook):
         super().__init__()
         self.mesh_conn_id = mesh_conn_id
         self._client = None
+        self._extra: list = []
 
     def settings(self):
         from caldicott.transport.mesh import MeshSettings
@@ -47,7 +51,25 @@ class MeshHook(BaseHook):
             self._client.handshake()
         return self._client
 
+    def sender(self, workflow_id: str, connections: int | None = None):
+        """A :class:`~caldicott.transport.mesh.MeshSender` on :meth:`get_conn`'s client plus ``connections - 1``
+        more to the same mailbox (extra ``connections``, default 4), so sends overlap the rendering of the next
+        letters. All of them are closed by :meth:`close`."""
+        from caldicott.transport.mesh import MeshSender, make_client
+
+        client = self.get_conn()
+        if connections is None:
+            conn = self.get_connection(self.mesh_conn_id)
+            connections = int((conn.extra_dejson or {}).get("connections", DEFAULT_CONNECTIONS))
+        settings = self.settings()
+        while len(self._extra) < max(1, connections) - 1:
+            self._extra.append(make_client(settings))
+        return MeshSender(client, workflow_id, extra_clients=list(self._extra))
+
     def close(self) -> None:
+        extra, self._extra = self._extra, []
+        for c in extra:
+            c.close()
         if self._client is not None:
             self._client.close()
             self._client = None
