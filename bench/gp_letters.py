@@ -30,19 +30,23 @@ from bench.results import machine, peak_rss_mib, write_section
 CHANNELS = ("smime-email", "secure-email", "mesh", "post")
 
 
-def _letters(root: Path, n: int):
+def make_source(root: Path) -> None:
+    """The 2,000-patient synthetic source and its keys, built once per run (about 20 s) for every channel."""
     from caldicott.db import make_engine, sqlite_url
-    from caldicott.letters.build import find_events, load_letters
     from caldicott.records import synth
 
-    keys = root / "peer-keys"
-    result = synth.generate(2000, 7, keys_dir=keys)
-    url = sqlite_url(root / "records.db")
-    synth.write(result, make_engine(url))
-    engine = make_engine(url, readonly=True)
+    result = synth.generate(2000, 7, keys_dir=root / "peer-keys")
+    synth.write(result, make_engine(sqlite_url(root / "records.db")))
+
+
+def _letters(root: Path):
+    from caldicott.db import make_engine, sqlite_url
+    from caldicott.letters.build import find_events, load_letters
+
+    engine = make_engine(sqlite_url(root / "records.db"), readonly=True)
     base = [lt for lt in load_letters(engine, find_events(engine, dt.date(2025, 1, 1), dt.date(2026, 11, 1)))
             if not lt.problems]
-    return base, keys
+    return base, root / "peer-keys"
 
 
 def child(channel: str, n: int, chunk: int, peers: dict) -> dict:
@@ -60,7 +64,7 @@ def child(channel: str, n: int, chunk: int, peers: dict) -> dict:
 
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
-        base, keys = _letters(root, n)
+        base, keys = _letters(Path(peers["source"]))
         cert = (keys / "Z84000.crt").read_text()
         kind = "patient" if channel in ("secure-email", "post") else "gp"
         letters = []
@@ -85,15 +89,21 @@ def child(channel: str, n: int, chunk: int, peers: dict) -> dict:
             client = smtplib.SMTP("127.0.0.1", peers["smtp_port"])
             sender = SmtpSender(client, "letters@nhs.example")
         elif channel == "mesh":
-            from caldicott.transport.mesh import MeshSettings, make_client
+            from caldicott.transport.mesh import MeshSettings
 
-            client = make_client(MeshSettings(**peers["mesh"]))
-            sender = MeshSender(client, gp_connect.WORKFLOW)
+            sender = MeshSender.connect(MeshSettings(**peers["mesh"]), gp_connect.WORKFLOW,
+                                        connections=peers["mesh_connections"])
         else:
             sender = StagedPostSender(printer.staging)
         ch = flow.Channels({sender_key(channel): sender}, Service(), "letters@nhs.example", "X26ABC1",
                            printer.cert_path.read_text())
         rates = []
+        profiler = None
+        if peers.get("profile"):
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         t0 = time.perf_counter()
         c0 = time.process_time()
         sent = 0
@@ -106,6 +116,13 @@ def child(channel: str, n: int, chunk: int, peers: dict) -> dict:
             assert not report.failed and not report.refused, report.counts()
         total = time.perf_counter() - t0
         cpu = time.process_time() - c0
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{peers['profile']}.{channel}")
+        if channel in ("smime-email", "secure-email"):
+            client.quit()
+        elif channel == "mesh":
+            sender.close()
         return {"channel": channel, "letters": n, "sent": sent, "seconds": total, "cpu_seconds": cpu,
                 "letters_per_cpu_second": n / cpu,
                 "rate": n / total, "median_chunk_rate": statistics.median(rates), "peak_rss_mib": peak_rss_mib()}
@@ -124,7 +141,9 @@ def main() -> None:
     parser.add_argument("--channels", nargs="*", default=list(CHANNELS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--peers", help=argparse.SUPPRESS)
+    parser.add_argument("--mesh-connections", type=int, default=4, help="MESH connections sending in parallel")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--profile", help="write each child's cProfile stats to PROFILE.<channel> (implies --no-write)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.letters, args.chunk, json.loads(args.peers))))
@@ -137,7 +156,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as d, SmtpPeer(Path(d) / "smtp") as smtp, MeshPeer(Path(d) / "mesh") as mesh:
         printer = PrintHouse(Path(d) / "print")
-        peers = {"smtp_port": smtp.port, "print_root": str(printer.root),
+        make_source(Path(d) / "source")
+        peers = {"smtp_port": smtp.port, "print_root": str(printer.root), "source": str(Path(d) / "source"),
+                 "profile": args.profile, "mesh_connections": args.mesh_connections,
                  "mesh": dataclasses.asdict(mesh.settings(mesh.SENDER_MAILBOX))}
         for channel in args.channels:
             before = (len(smtp.files()), len(printer.files()))
@@ -173,7 +194,7 @@ folder). The peers run outside the measured process.
 {lines}
 
 Target: at least 150 letters/s per channel."""
-    if not args.no_write:
+    if not args.no_write and not args.profile:
         write_section("GP letters", body)
     print(body)
 
