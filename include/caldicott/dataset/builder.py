@@ -234,6 +234,13 @@ def _arrow(values) -> pa.Array | pa.ChunkedArray:
     return arr
 
 
+def by_code(per_category, codes: np.ndarray, missing) -> np.ndarray:
+    """``per_category[codes]``, ``missing`` where the code is -1 (null): one gather, the -1 code picking an
+    extra last slot (checks over a categorical run once per category, then cost one pass over the rows)."""
+    per_category = np.asarray(per_category)
+    return np.append(per_category, np.asarray([missing], dtype=per_category.dtype))[codes]
+
+
 def isin(s: pd.Series, values) -> np.ndarray:
     """``s.isin(values)`` as a numpy bool array, in Arrow (pandas' own is a Python loop for arrow strings)."""
     if len(s) == 0:
@@ -242,7 +249,7 @@ def isin(s: pd.Series, values) -> np.ndarray:
         cats = s.cat.categories
         hit = isin(pd.Series(cats, dtype="string[pyarrow]"), values) if len(cats) else np.zeros(0, bool)
         codes = s.cat.codes.to_numpy()
-        return np.where(codes >= 0, hit[np.maximum(codes, 0)] if len(hit) else False, False)
+        return by_code(hit.astype(bool), codes, False)
     vals = list(values) if isinstance(values, (set, frozenset, tuple)) else values
     value_set = _arrow(pd.Series(vals, dtype="string[pyarrow]") if isinstance(vals, list) else vals)
     if isinstance(value_set, pa.ChunkedArray):
@@ -319,6 +326,28 @@ def _score_text(v) -> pd.Series:
     return out
 
 
+def _score_column(v, rows: np.ndarray) -> pd.Series:
+    """``_score_text(v)[rows]`` as the categorical the table holds. Plain integer scores (the usual case) are
+    formatted once per distinct value rather than once per row; categories sorted as text, as
+    ``.astype("category")`` sorts them."""
+    v = pd.Series(v).reset_index(drop=True)
+    ints = v.to_numpy()[rows] if isinstance(v.dtype, np.dtype) and v.dtype.kind in "iu" else None
+    if ints is None or not len(ints) or int(ints.max()) - int(ints.min()) > 1_000_000:
+        return _category(_score_text(v)[rows].reset_index(drop=True))
+    lo = int(ints.min())
+    present = np.zeros(int(ints.max()) - lo + 1, dtype=bool)
+    present[ints - lo] = True
+    values = np.flatnonzero(present) + lo
+    text = np.array([str(x) for x in values.tolist()], dtype=object)
+    order = np.argsort(text, kind="stable")
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    slot = np.cumsum(present) - 1                     # value - lo -> index into ``values``
+    codes = rank[slot[ints - lo]]
+    cats = pd.Index(list(text[order]), dtype="string[pyarrow]")
+    return pd.Series(pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(cats)))
+
+
 def _hms(local: pd.Series) -> pd.Series:
     """HH:MM:SS of naive datetimes, as a categorical of text (what ``.astype("category")`` of the text gives).
 
@@ -393,7 +422,7 @@ class Keys:
     def __init__(self) -> None:
         self._codes: dict[tuple[str, str], tuple[pa.ChunkedArray, np.ndarray]] = {}
         self._size: dict[str, int] = {}
-        self._derived: dict[tuple, tuple[tuple, object]] = {}
+        self._derived: dict[tuple, tuple[tuple, object, bool]] = {}
         self._first: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
     def copy(self) -> Keys:
@@ -444,21 +473,30 @@ class Keys:
         self._size[kind] = size
 
     def keep(self, tables: dict[str, pd.DataFrame], table: str, mask: np.ndarray) -> None:
-        """Filter ``tables[table]`` to ``mask``, carrying the codes of its key columns that are still valid."""
+        """Filter ``tables[table]`` to ``mask``, carrying what is cached for its columns along with the rows: the
+        key codes, and the row-wise derived values (blank masks, format checks): a value computed row by row
+        on the old column, filtered, is the value on the new one."""
         old = tables[table]
         new = old.loc[mask].reset_index(drop=True)
         tables[table] = new
+        moved = {id(d): arrow_data(new[c]) for c in old.columns if (d := arrow_data(old[c])) is not None}
         for (t, c), (data, cd) in list(self._codes.items()):
             if t == table and data is not None and c in old.columns and data is arrow_data(old[c]):
                 self._codes[(t, c)] = (arrow_data(new[c]), cd[mask])
-        # what was derived from the old columns can never be asked for again: let it go (peak memory)
-        gone = {id(d) for d in (arrow_data(old[c]) for c in old.columns) if d is not None}
-        for k, (datas, _) in list(self._derived.items()):
-            if any(id(d) in gone for d in datas):
-                del self._derived[k]
+        for k, (datas, value, rows) in list(self._derived.items()):
+            if not any(id(d) in moved for d in datas):
+                continue
+            del self._derived[k]   # the old column can never be asked for again: let it go (peak memory)
+            if rows and len(datas) == 1 and (d := moved[id(datas[0])]) is not None:
+                carried = (value[0][mask], value[1]) if isinstance(value, tuple) else value[mask]
+                self._derived[(k[0], id(d))] = ((d,), carried, True)
 
-    def derived(self, name: str, series: tuple[pd.Series, ...], compute):
-        """``compute()`` memoised on the Arrow data of ``series`` (recomputed whenever any of them changed)."""
+    def derived(self, name: str, series: tuple[pd.Series, ...], compute, *, rows: bool = False):
+        """``compute()`` memoised on the Arrow data of ``series`` (recomputed whenever any of them changed).
+
+        ``rows``: the value is an array with one entry per row (or ``(array, n)``) computed row by row, so
+        :meth:`keep` may filter it along with the table instead of dropping it.
+        """
         datas = tuple(arrow_data(s) for s in series)
         if any(d is None for d in datas):
             return compute()
@@ -466,7 +504,7 @@ class Keys:
         if hit is not None and all(a is b for a, b in zip(hit[0], datas, strict=True)):
             return hit[1]
         value = compute()
-        self._derived[(name, *map(id, datas))] = (datas, value)
+        self._derived[(name, *map(id, datas))] = (datas, value, rows)
         return value
 
     def first_row(self, tables: dict[str, pd.DataFrame], table: str, col: str) -> np.ndarray:
@@ -555,11 +593,11 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     a = src.assessments
     a_contact = _s(a["care_contact_id"])
     at_contact = a_contact.notna().to_numpy()
-    a_sri = _s(a["service_request_id"])
+    a_sri = _s(pd.Series(a["service_request_id"]).to_numpy()[~at_contact])     # only IDS606 rows carry it
     # the id columns' integer codes, one hashing pass per kind (see Keys); CareActId is the contact id + "-1",
     # a one-to-one mapping, so activities share the contacts' codes
     (rid_codes, cc_sri_codes, a_sri_codes), n_ref = encode_together(
-        [_arrow(rid), _arrow(cc_sri), _arrow(a_sri[~at_contact])])
+        [_arrow(rid), _arrow(cc_sri), _arrow(a_sri)])
     (cid_codes, a_cid_codes), n_con = encode_together([_arrow(cid), _arrow(a_contact[at_contact])])
     local = _local(c["contact_at"])
     contact = pd.DataFrame({
@@ -583,19 +621,18 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
         "ClinContactDurOfCareAct": act_contacts["ClinContDurOfCareCont"].reset_index(drop=True), "_rid": act_id})
 
     aid = _s(a["assessment_id"])
-    a_local = _local(a["assessed_at"])
+    a_local = _local(pd.Series(a["assessed_at"]).to_numpy()[~at_contact])   # times only for IDS606 rows
+    tool = _s(a["tool_code"])
     refer = pd.DataFrame({
-        "ServiceRequestId": a_sri[~at_contact],
-        "CodedAssToolType": _s(a["tool_code"])[~at_contact],
-        "PersScore": _score_text(a["score"])[~at_contact],
-        "AssToolCompDate": a_local[~at_contact].dt.floor("D").astype("datetime64[s]"),
-        "AssToolCompTime": _hms(a_local[~at_contact]), "_rid": aid[~at_contact]}
-    ).reset_index(drop=True)
+        "ServiceRequestId": a_sri,
+        "CodedAssToolType": tool[~at_contact].reset_index(drop=True),
+        "PersScore": _score_column(a["score"], ~at_contact),
+        "AssToolCompDate": a_local.dt.floor("D").astype("datetime64[s]"),
+        "AssToolCompTime": _hms(a_local), "_rid": aid[~at_contact].reset_index(drop=True)})
     act = pd.DataFrame({
-        "CareActId": suffix(a_contact[at_contact], "-1"),
-        "CodedAssToolType": _s(a["tool_code"])[at_contact],
-        "PersScore": _score_text(a["score"])[at_contact], "_rid": aid[at_contact]}
-    ).reset_index(drop=True)
+        "CareActId": suffix(a_contact[at_contact], "-1").reset_index(drop=True),
+        "CodedAssToolType": tool[at_contact].reset_index(drop=True),
+        "PersScore": _score_column(a["score"], at_contact), "_rid": aid[at_contact].reset_index(drop=True)})
 
     tables = {"IDS000Header": header, "IDS001MPI": mpi, "IDS002GP": gp, "IDS101Referral": ref,
               "IDS201CareContact": contact, "IDS202CareActivity": activity, "IDS603PresentingComplaints": pres,

@@ -29,7 +29,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from caldicott.dataset.builder import COLUMNS, KIND, VERSIONS, Dataset, arrow_data, cascade, encode_together, isin
+from caldicott.dataset.builder import (
+    COLUMNS,
+    KIND,
+    VERSIONS,
+    Dataset,
+    arrow_data,
+    by_code,
+    cascade,
+    encode_together,
+    isin,
+)
 from caldicott.records.schema import SCORE_RANGES
 from caldicott.state.quarantine import Quarantined
 
@@ -100,7 +110,7 @@ def _blank(s: pd.Series) -> np.ndarray:
         cats = pd.Series(s.cat.categories, dtype="string[pyarrow]")
         empty = _blank(cats)
         codes = s.cat.codes.to_numpy()
-        return np.where(codes >= 0, empty[np.maximum(codes, 0)] if len(empty) else False, True)
+        return by_code(empty.astype(bool), codes, True)
     data = arrow_data(s)
     if data is not None and (pa.types.is_string(data.type) or pa.types.is_large_string(data.type)):
         # Arrow's "all whitespace" uses the same Unicode whitespace as its trim; "" is not whitespace: length 0
@@ -118,7 +128,7 @@ def _blank_of(ds: Dataset, table: str, col: str) -> np.ndarray:
     """``_blank`` of one column, memoised while the column is unchanged (the blank, format and cross-field
     rules all ask for it)."""
     s = ds.tables[table][col]
-    return ds.keys.derived("blank", (s,), lambda: _blank(s))
+    return ds.keys.derived("blank", (s,), lambda: _blank(s), rows=True)
 
 
 def _set(ds: Dataset, table: str, col: str, value) -> None:
@@ -222,8 +232,9 @@ def fmt(code: str, table: str, col: str, regex: str, bad_value: str) -> Rule:
             cats = pd.Series(s.cat.categories, dtype="string[pyarrow]")
             bad = ~_fullmatch(cats, regex) & ~_blank(cats)
             codes = s.cat.codes.to_numpy()
-            return np.where(codes >= 0, bad[np.maximum(codes, 0)] if len(bad) else False, False)
-        return ~_blank_of(ds, table, col) & ~_fullmatch(s, regex)
+            return by_code(bad.astype(bool), codes, False)
+        return ~_blank_of(ds, table, col) & ds.keys.derived(f"fmt:{regex}", (s,), lambda: ~_fullmatch(s, regex),
+                                                             rows=True)
     return _register(Rule(code, table, check, _setter(table, col, bad_value)))
 
 
@@ -369,7 +380,9 @@ def nhs_invalid(s: pd.Series) -> np.ndarray:
     return out
 
 
-custom("IDSREJ006", MPI, lambda ds: nhs_invalid(ds.tables[MPI]["NHSNumber"]), _setter(MPI, "NHSNumber", "9990000019"))
+custom("IDSREJ006", MPI, lambda ds: ds.keys.derived("nhs_invalid", (ds.tables[MPI]["NHSNumber"],),
+                                                    lambda: nhs_invalid(ds.tables[MPI]["NHSNumber"]), rows=True),
+       _setter(MPI, "NHSNumber", "9990000019"))
 fmt("IDSREJ007", MPI, "Postcode", POSTCODE, "LS11AB")
 custom("IDSREJ008", MPI, lambda ds: _b(ds.tables[MPI]["PersonBirthDate"] > _period_end(ds)) |
        _b(ds.tables[MPI]["PersonBirthDate"] < EARLIEST_BIRTH), _setter(MPI, "PersonBirthDate", "2999-01-01"))
@@ -390,7 +403,7 @@ def _value_codes(ds: Dataset, table: str, col: str) -> tuple[np.ndarray, int]:
         def enc() -> tuple[np.ndarray, int]:
             (c,), size = encode_together([arrow_data(s)])
             return c, size
-        codes, n = ds.keys.derived("codes", (s,), enc)
+        codes, n = ds.keys.derived("codes", (s,), enc, rows=True)
     else:
         codes, uniq = pd.factorize(s.astype(object), use_na_sentinel=True)
         codes, n = codes.astype(np.int64), len(uniq)
@@ -628,21 +641,32 @@ def _per_value(s: pd.Series, fn) -> np.ndarray:
     """``fn`` over the distinct values of a categorical (then taken by code), or over the whole column."""
     if isinstance(s.dtype, pd.CategoricalDtype):
         vals = fn(pd.Series(s.cat.categories)) if len(s.cat.categories) else np.zeros(0)
-        codes = s.cat.codes.to_numpy()
-        return np.where(codes >= 0, vals[np.maximum(codes, 0)] if len(vals) else np.nan, np.nan)
+        return by_code(np.asarray(vals, dtype=float), s.cat.codes.to_numpy(), np.nan)
     return fn(s)
 
 
 def _score_bad(table: str) -> Check:
     """Populated, a whole number, but outside the tool's range (PHQ-9 0-27, GAD-7 0-21, WSAS 0-8)."""
+    def numeric(v: pd.Series) -> np.ndarray:
+        return pd.to_numeric(v.astype(object), errors="coerce").to_numpy(dtype=float)
+
+    def bounds(v: pd.Series, i: int) -> np.ndarray:
+        return v.astype(object).map({k: r[i] for k, r in SCORE_RANGES.items()}).to_numpy(dtype=float)
+
     def check(ds: Dataset) -> np.ndarray:
         df = ds.tables[table]
-        score = _per_value(df["PersScore"], lambda v: pd.to_numeric(v.astype(object), errors="coerce")
-                           .to_numpy(dtype=float))
-        lo = _per_value(df["CodedAssToolType"], lambda v: v.astype(object).map(
-            {k: r[0] for k, r in SCORE_RANGES.items()}).to_numpy(dtype=float))
-        hi = _per_value(df["CodedAssToolType"], lambda v: v.astype(object).map(
-            {k: r[1] for k, r in SCORE_RANGES.items()}).to_numpy(dtype=float))
+        sc, tc = df["PersScore"], df["CodedAssToolType"]
+        if isinstance(sc.dtype, pd.CategoricalDtype) and isinstance(tc.dtype, pd.CategoricalDtype):
+            # decided once per (tool, score) pair of categories, then one gather over the rows
+            score = numeric(pd.Series(sc.cat.categories))
+            tools = pd.Series(tc.cat.categories)
+            lo, hi = bounds(tools, 0)[:, None], bounds(tools, 1)[:, None]
+            table_ = np.zeros((len(lo) + 1, len(score) + 1), dtype=bool)   # last row/column: null (code -1)
+            with np.errstate(invalid="ignore"):
+                table_[:-1, :-1] = ~np.isnan(score) & ~np.isnan(lo) & ((score < lo) | (score > hi))
+            return table_[tc.cat.codes.to_numpy(), sc.cat.codes.to_numpy()]
+        score = _per_value(sc, numeric)
+        lo, hi = _per_value(tc, lambda v: bounds(v, 0)), _per_value(tc, lambda v: bounds(v, 1))
         with np.errstate(invalid="ignore"):
             return ~np.isnan(score) & ~np.isnan(lo) & ((score < lo) | (score > hi))
     return check
