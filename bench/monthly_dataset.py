@@ -1,7 +1,7 @@
 """Benchmark: a national-scale month of the IAPT data set built, validated and written (issue 5).
 
 ``python -m bench.monthly_dataset [--referrals 1000000 --contacts 2500000 --assessments 5000000]
-[--ratio-referrals 50000]``
+[--ratio-referrals 50000] [--ratio-repeats 3]``
 
 1. Generates the source frames of one month directly with numpy (reported separately: it stands in for
    reading the records source, which is timed on its own with ``read_source`` over SQLite for the
@@ -9,7 +9,9 @@
    decisions) and ``write`` (Parquet per table, manifest, zip, AES-256-GCM; without and with the intermediate
    SQLite database). Peak RSS of the process.
 2. Speed ratio against the row-by-row reference builder + validator (``bench/reference_monthly_dataset.py``)
-   on a smaller month, with a check that both quarantine the same records for the rules both implement.
+   on a smaller month (medians of ``--ratio-repeats`` interleaved rounds: the cores are shared, so each round
+   times both sides under the same load), with a check that both quarantine the same records for the rules
+   both implement.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import datetime as dt
 import gc
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -142,32 +145,38 @@ def run_pipeline(src: SourceMonth, out: Path, key: bytes, *, intermediate_db: bo
             "by_reason": res.by_reason, "bytes": written.size, "file_failures": res.file_failures}
 
 
-def ratio(n_referrals: int, key: bytes) -> dict:
-    from bench.reference_monthly_dataset import reference_build_validate
+def ratio(n_referrals: int, repeats: int = 3) -> dict:
+    """Vectorised vs the row-by-row reference on one month, ``repeats`` interleaved rounds, medians.
+
+    Each round runs the vectorised builder + every rule, the vectorised builder + only the reference's rules,
+    and the reference, one after the other, so that all three see the same load on the shared cores.
+    """
+    from bench.reference_monthly_dataset import CODES, reference_build_validate
 
     src = national_month(n_referrals, int(n_referrals * 2.5), n_referrals * 5, seed=3)
-    t0 = time.perf_counter()
-    ds = build(src, PERIOD)
-    res = rules.screen(ds)
-    t_vec = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref_tables, ref_q = reference_build_validate(src, PERIOD)
-    t_ref = time.perf_counter() - t0
+    vec, same, ref = [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ds = build(src, PERIOD)
+        res = rules.screen(ds)
+        vec.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        like = build(src, PERIOD)       # like with like: the vectorised builder with only the reference's rules
+        rules.screen(like, only=set(CODES))
+        same.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ref_tables, ref_q = reference_build_validate(src, PERIOD)
+        ref.append(time.perf_counter() - t0)
     vec_q = {(q.record_type, q.record_id, q.reason_code) for q in res.quarantined}
     common = {c for _, _, c in ref_q}
-    # like with like: the vectorised builder with only the rules the reference implements
-    from bench.reference_monthly_dataset import CODES
-
-    t0 = time.perf_counter()
-    same = build(src, PERIOD)
-    rules.screen(same, only=set(CODES))
-    t_same = time.perf_counter() - t0
     vec_common = {x for x in vec_q if x[2] in common}
     agree = vec_common == set(ref_q)
     counts_agree = {k: len(v) for k, v in ref_tables.items()} == {k: v for k, v in ds.counts().items()
                                                                   if k in ref_tables}
-    return {"referrals": n_referrals, "vectorised_s": t_vec, "reference_s": t_ref, "ratio": t_ref / t_vec,
-            "same_rules_s": t_same, "same_rules_ratio": t_ref / t_same, "codes": len(CODES),
+    t_vec, t_same, t_ref = statistics.median(vec), statistics.median(same), statistics.median(ref)
+    return {"referrals": n_referrals, "repeats": repeats, "vectorised_s": t_vec, "reference_s": t_ref,
+            "ratio": t_ref / t_vec, "same_rules_s": t_same, "same_rules_ratio": t_ref / t_same, "codes": len(CODES),
+            "runs": {"vectorised": vec, "same_rules": same, "reference": ref},
             "quarantine_agrees": agree, "counts_agree": counts_agree, "reference_rules": len(common),
             "vectorised_rules": len(rules.REGISTRY)}
 
@@ -193,6 +202,7 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=2_500_000)
     parser.add_argument("--assessments", type=int, default=5_000_000)
     parser.add_argument("--ratio-referrals", type=int, default=50_000)
+    parser.add_argument("--ratio-repeats", type=int, default=3)
     parser.add_argument("--read-patients", type=int, default=100_000)
     parser.add_argument("--no-intermediate-db", action="store_true")
     parser.add_argument("--no-write-results", action="store_true")
@@ -207,12 +217,13 @@ def main() -> None:
     del src
     gc.collect()
     peak = peak_rss_mib()
-    rt = ratio(args.ratio_referrals, key)
+    rt = ratio(args.ratio_referrals, args.ratio_repeats)
     rd = read_source_timing(args.read_patients) if args.read_patients else None
     t = big["timing"]
     total = t["build"] + t["validate"] + t["write"]
     cmd = (f"python -m bench.monthly_dataset --referrals {args.referrals} --contacts {args.contacts} "
-           f"--assessments {args.assessments} --ratio-referrals {args.ratio_referrals}")
+           f"--assessments {args.assessments} --ratio-referrals {args.ratio_referrals}"
+           + (f" --ratio-repeats {args.ratio_repeats}" if args.ratio_repeats != 3 else ""))
     rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in t.items())
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     body = f"""Command: `{cmd}` ({machine()}), {dt.date.today().isoformat()}; load average at the end {load}
@@ -236,13 +247,15 @@ Rows written: {', '.join(f'{k} {v:,}' for k, v in big['counts'].items())}; archi
         body += (f"\nReading the source (``read_source`` over SQLite, {rd['service_patients']:,}-patient synthetic "
                  f"service, one month: {rd['patients']:,} patients, {rd['referrals']:,} referrals, "
                  f"{rd['contacts']:,} contacts, {rd['assessments']:,} scores + aggregates): {rd['read_s']:.1f} s.\n")
+    runs = "; ".join(f"{k} " + " / ".join(f"{x:.2f}" for x in v) for k, v in rt["runs"].items())
     body += f"""
 Row-by-row reference (`bench/reference_monthly_dataset.py`: plain Python loops over dicts, builder + the
 {rt['codes']} rules it implements) vs the vectorised builder + all {rt['vectorised_rules']} rules, on a
-{rt['referrals']:,}-referral month: reference {rt['reference_s']:.1f} s, vectorised {rt['vectorised_s']:.2f} s,
-**ratio {rt['ratio']:.0f}x**. Like with like (vectorised builder + the same {rt['codes']} rules + cascade):
-{rt['same_rules_s']:.2f} s, **ratio {rt['same_rules_ratio']:.0f}x**. Same quarantine decisions for the shared rules:
-{rt['quarantine_agrees']}; same table counts: {rt['counts_agree']}.
+{rt['referrals']:,}-referral month, medians of {rt['repeats']} interleaved rounds: reference {rt['reference_s']:.1f} s,
+vectorised {rt['vectorised_s']:.2f} s, **ratio {rt['ratio']:.0f}x**. Like with like (vectorised builder + the same
+{rt['codes']} rules + cascade): {rt['same_rules_s']:.2f} s, **ratio {rt['same_rules_ratio']:.0f}x**. Each round, s:
+{runs}. Same quarantine decisions for the shared rules: {rt['quarantine_agrees']}; same table counts:
+{rt['counts_agree']}.
 """
     if not args.no_write_results:
         write_section("Monthly data set", body)
