@@ -278,9 +278,17 @@ def suffix(s: pd.Series, text: str) -> pd.Series:
 
 
 def _s(values) -> pd.Series:
-    """A nullable pyarrow-backed string column (fast vectorised regex in validation)."""
-    return pd.Series(values, dtype="string[pyarrow]") if not isinstance(values, pd.Series) else \
-        values.astype("string[pyarrow]")
+    """A nullable pyarrow-backed string column (fast vectorised regex in validation).
+
+    A column that already holds Arrow text (pandas' default ``str`` columns) is re-wrapped without a copy.
+    """
+    if not isinstance(values, pd.Series):
+        return pd.Series(values, dtype="string[pyarrow]")
+    data = arrow_data(values)
+    if data is not None and (pa.types.is_large_string(data.type) or pa.types.is_string(data.type)):
+        data = data if pa.types.is_large_string(data.type) else data.cast(pa.large_string())
+        return pd.Series(pd.arrays.ArrowStringArray(data), index=values.index, name=values.name)
+    return values.astype("string[pyarrow]")
 
 
 def _category(s: pd.Series) -> pd.Series:
@@ -300,8 +308,15 @@ def _category(s: pd.Series) -> pd.Series:
 
 
 def _date(values) -> pd.Series:
-    return pd.to_datetime(pd.Series(values).reset_index(drop=True), errors="coerce",
-                          format="ISO8601").astype("datetime64[s]")
+    v = pd.Series(values).reset_index(drop=True)
+    if v.dtype.kind == "M" and getattr(v.dtype, "tz", None) is None:
+        return v.astype("datetime64[s]")          # already dates: nothing to parse
+    return pd.to_datetime(v, errors="coerce", format="ISO8601").astype("datetime64[s]")
+
+
+def _no_dates(n: int) -> pd.Series:
+    """A date column with no dates (what ``_date`` of ``n`` Nones gives, without parsing them)."""
+    return pd.Series(np.full(n, np.datetime64("NaT"), dtype="datetime64[s]"))
 
 
 #: An unparseable birth date is held as this impossible date, so IDSREJ008 quarantines the record.
@@ -333,7 +348,7 @@ def _score_column(v, rows: np.ndarray) -> pd.Series:
     v = pd.Series(v).reset_index(drop=True)
     ints = v.to_numpy()[rows] if isinstance(v.dtype, np.dtype) and v.dtype.kind in "iu" else None
     if ints is None or not len(ints) or int(ints.max()) - int(ints.min()) > 1_000_000:
-        return _category(_score_text(v)[rows].reset_index(drop=True))
+        return _category(_score_text(v[rows]))
     lo = int(ints.min())
     present = np.zeros(int(ints.max()) - lo + 1, dtype=bool)
     present[ints - lo] = True
@@ -385,6 +400,14 @@ KEY_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
     "activity": (("IDS202CareActivity", "CareActId"), ("IDS607CodedScoreAssessmentAct", "CareActId")),
 }
 KIND: dict[tuple[str, str], str] = {tc: kind for kind, cols in KEY_KINDS.items() for tc in cols}
+
+
+def filter_rows(df: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """``df.loc[mask].reset_index(drop=True)``, column by column on the arrays (a quarter quicker than ``.loc``
+    on these frames, and the screen filters every table)."""
+    if df.columns.has_duplicates:
+        return df.loc[mask].reset_index(drop=True)
+    return pd.DataFrame({c: df[c].array[mask] for c in df.columns}, columns=df.columns)
 
 
 def arrow_data(s: pd.Series) -> pa.ChunkedArray | None:
@@ -477,7 +500,7 @@ class Keys:
         key codes, and the row-wise derived values (blank masks, format checks): a value computed row by row
         on the old column, filtered, is the value on the new one."""
         old = tables[table]
-        new = old.loc[mask].reset_index(drop=True)
+        new = filter_rows(old, mask)
         tables[table] = new
         moved = {id(d): arrow_data(new[c]) for c in old.columns if (d := arrow_data(old[c])) is not None}
         for (t, c), (data, cd) in list(self._codes.items()):
@@ -565,8 +588,8 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     gp_code = _s(p["gp_practice_code"])
     gp_code = gp_code.where(gp_code.notna() & (gp_code.str.strip() != ""), GP_NOT_KNOWN)
     gp = pd.DataFrame({"LocalPatientId": pid, "GMPCodeReg": gp_code,
-                       "StartDateGMPRegistration": _date(np.full(len(p), None)),
-                       "EndDateGMPRegistration": _date(np.full(len(p), None)), "_rid": pid})
+                       "StartDateGMPRegistration": _no_dates(len(p)), "EndDateGMPRegistration": _no_dates(len(p)),
+                       "_rid": pid})
 
     rid = _s(r["service_request_id"])
     disch = _date(r["discharge_date"])
@@ -593,7 +616,7 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     a = src.assessments
     a_contact = _s(a["care_contact_id"])
     at_contact = a_contact.notna().to_numpy()
-    a_sri = _s(pd.Series(a["service_request_id"]).to_numpy()[~at_contact])     # only IDS606 rows carry it
+    a_sri = _s(pd.Series(a["service_request_id"])[~at_contact].reset_index(drop=True))  # only IDS606 rows
     # the id columns' integer codes, one hashing pass per kind (see Keys); CareActId is the contact id + "-1",
     # a one-to-one mapping, so activities share the contacts' codes
     (rid_codes, cc_sri_codes, a_sri_codes), n_ref = encode_together(
@@ -616,12 +639,12 @@ def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, o
     act_id = suffix(act_contacts["CareContactId"], "-1")
     activity = pd.DataFrame({
         "CareActId": act_id, "CareContactId": _s(act_contacts["CareContactId"]),
-        "CareProfLocalId": _s(pd.Series(c["clinician_id"]).to_numpy()[act_mask]) if "clinician_id" in c
+        "CareProfLocalId": _s(pd.Series(c["clinician_id"])[act_mask].reset_index(drop=True)) if "clinician_id" in c
         else _s(np.full(len(act_contacts), None)),
         "ClinContactDurOfCareAct": act_contacts["ClinContDurOfCareCont"].reset_index(drop=True), "_rid": act_id})
 
     aid = _s(a["assessment_id"])
-    a_local = _local(pd.Series(a["assessed_at"]).to_numpy()[~at_contact])   # times only for IDS606 rows
+    a_local = _local(pd.Series(a["assessed_at"])[~at_contact])   # times only for IDS606 rows
     tool = _s(a["tool_code"])
     refer = pd.DataFrame({
         "ServiceRequestId": a_sri,

@@ -126,9 +126,25 @@ def _b_arrow(x: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def _blank_of(ds: Dataset, table: str, col: str) -> np.ndarray:
     """``_blank`` of one column, memoised while the column is unchanged (the blank, format and cross-field
-    rules all ask for it)."""
+    rules all ask for it). For an identifier column (format ID20) only the values that fail ID20 are looked
+    at: a valid ID20 value starts with a printable non-space character, so it is never blank."""
     s = ds.tables[table][col]
-    return ds.keys.derived("blank", (s,), lambda: _blank(s), rows=True)
+
+    def compute() -> np.ndarray:
+        if (table, col) not in ID20_COLUMNS or isinstance(s.dtype, pd.CategoricalDtype):
+            return _blank(s)
+        out = np.zeros(len(s), dtype=bool)
+        maybe = np.flatnonzero(~_matches(ds, table, col, ID20))
+        if len(maybe):
+            out[maybe] = _blank(s.iloc[maybe])
+        return out
+    return ds.keys.derived("blank", (s,), compute, rows=True)
+
+
+def _matches(ds: Dataset, table: str, col: str, regex: str) -> np.ndarray:
+    """``fullmatch(regex)`` of a text column, row by row (null: False), memoised like the blank mask."""
+    s = ds.tables[table][col]
+    return ds.keys.derived(f"match:{regex}", (s,), lambda: _fullmatch(s, regex), rows=True)
 
 
 def _set(ds: Dataset, table: str, col: str, value) -> None:
@@ -209,6 +225,8 @@ def _id20(data: pa.ChunkedArray) -> np.ndarray:
     return _b_arrow(ok)
 
 
+#: Columns whose format is ID20 (registered by ``fmt``): their blank mask is derived from the format check.
+ID20_COLUMNS: set[tuple[str, str]] = set()
 #: Formats with an exact equivalent cheaper than the regex (tests check they agree).
 FAST_FORMATS = {r"[!-~][ -~]{0,19}": _id20}
 
@@ -233,8 +251,9 @@ def fmt(code: str, table: str, col: str, regex: str, bad_value: str) -> Rule:
             bad = ~_fullmatch(cats, regex) & ~_blank(cats)
             codes = s.cat.codes.to_numpy()
             return by_code(bad.astype(bool), codes, False)
-        return ~_blank_of(ds, table, col) & ds.keys.derived(f"fmt:{regex}", (s,), lambda: ~_fullmatch(s, regex),
-                                                             rows=True)
+        return ~_blank_of(ds, table, col) & ~_matches(ds, table, col, regex)
+    if regex == ID20:
+        ID20_COLUMNS.add((table, col))
     return _register(Rule(code, table, check, _setter(table, col, bad_value)))
 
 
