@@ -13,7 +13,6 @@ and the run's report shows them. A refusal is a policy outcome, not a crash.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import threading
 from collections import Counter, deque
@@ -111,8 +110,17 @@ def release(items: Iterable[Outbound], sender: Sender, state_engine: Engine, *, 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"release-{sender.channel}")
     in_flight: deque[_Chunk] = deque()
     error: BaseException | None = None
+    source_error: Exception | None = None
+    source = _chunks(items, max(1, chunk))
     try:
-        for items_chunk in _chunks(items, max(1, chunk)):
+        while True:
+            try:
+                items_chunk = next(source)
+            except StopIteration:
+                break
+            except Exception as exc:  # producing an item failed (e.g. rendering): what came before still goes
+                source_error = exc
+                break
             ready, found = _claim(items_chunk, sender, ledger, report, per_item_marks=not reconcilable)
             futures = [pool.submit(_send_one, sender, item, None if reconcilable else ledger, stop)
                        for item in ready]
@@ -136,6 +144,8 @@ def release(items: Iterable[Outbound], sender: Sender, state_engine: Engine, *, 
         pool.shutdown(wait=True)
     summary = Counter({k: v for k, v in report.counts().items() if v})
     log.info("release via %s: %s", sender.channel, dict(summary) or "nothing to do")
+    if source_error is not None:
+        raise source_error
     return report
 
 
@@ -147,8 +157,20 @@ class _Chunk:
 
 
 def _chunks(items: Iterable[Outbound], size: int) -> Iterator[list[Outbound]]:
-    it = iter(items)
-    while chunk := list(itertools.islice(it, size)):
+    """``size`` items at a time. If producing an item fails, the items before it are yielded first (and sent,
+    as they were when items went one by one), then the error is raised."""
+    chunk: list[Outbound] = []
+    try:
+        for item in items:
+            chunk.append(item)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    except Exception:
+        if chunk:
+            yield chunk
+        raise
+    if chunk:
         yield chunk
 
 
