@@ -163,7 +163,8 @@ def gp_letters():
 
     @task(trigger_rule="none_failed")
     def check_acks(summary: dict, **context) -> dict:
-        """Read ITK3 acks from the MESH inbox; alert (fail) for MESH letters with no business ack in time."""
+        """Read ITK3 acks and MESH non-delivery reports from the inbox; alert (fail) for MESH letters returned
+        undeliverable, or with no business ack in time."""
         import datetime as dt
         import time
 
@@ -171,6 +172,7 @@ def gp_letters():
         from caldicott.letters import flow
         from caldicott.transport.ledger import Ledger, State
         from caldicott.transport.mesh import read_acks
+        from caldicott.transport.mesh_reports import read_reports
         from caldicott_airflow.connections import state_engine
         from caldicott_airflow.hooks.mesh import MeshHook
         from sqlalchemy import func, select
@@ -185,21 +187,29 @@ def gp_letters():
                     ledger_table.c.state.in_([State.SENT.value, State.ACK_OVERDUE.value]))).scalar_one()
 
         if waiting() == 0:
-            return {"acks_read": 0, "acked": 0, "overdue": 0}
+            return {"acks_read": 0, "acked": 0, "overdue": 0, "undeliverable": 0}
         params = context["params"]
         deadline = time.monotonic() + int(params.get("ack_wait_seconds") or 0)
         totals = {"acks_read": 0, "acked": 0, "negative": 0, "unmatched": 0}
+        undeliverable: list[str] = []
         with MeshHook(MESH_CONN_ID) as client:
             while True:
                 got = flow.record_acks(state, list(read_acks(client)))
                 for k in totals:
                     totals[k] += got.get(k, 0)
+                undeliverable += flow.record_non_delivery(state, read_reports(client))["undeliverable_ids"]
                 if waiting() == 0 or time.monotonic() >= deadline:
                     break
                 time.sleep(2)
         late = flow.overdue(state, dt.timedelta(hours=float(params["ack_timeout_hours"])))
-        result = {**totals, "overdue": len(late), "acks": flow.ack_summary(state),
+        result = {**totals, "overdue": len(late), "undeliverable": len(undeliverable), "acks": flow.ack_summary(state),
                   "ledger": Ledger(state).counts(flow.FLOW)}
+        if undeliverable:
+            raise AirflowFailException(
+                f"{len(undeliverable)} GP letter(s) sent over MESH were returned undeliverable (MESH non-delivery "
+                f"report: the practice's mailbox did not collect them; ledger state undeliverable, not resent). "
+                f"Contact the practice and send by another route; letter ids: {', '.join(undeliverable[:20])}"
+                + (" ..." if len(undeliverable) > 20 else ""))
         if late:
             raise AirflowFailException(
                 f"{len(late)} GP letter(s) sent over MESH have no business acknowledgement after "

@@ -175,6 +175,18 @@ class MeshPeer:
     def airflow_env(self) -> dict[str, str]:
         return {f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(self.connection())}
 
+    def non_delivery_report(self, message_id: str, local_id: str, workflow_id: str,
+                            mailbox: str = SENDER_MAILBOX) -> None:
+        """Play MESH's central system: put an NDR for ``message_id`` in ``mailbox`` (the sandbox's admin API)."""
+        client = self.client(mailbox)
+        try:
+            resp = client._session.post(f"{self.url}/messageexchange/admin/report", timeout=30, json={
+                "mailbox_id": mailbox, "code": "14", "description": "undelivered", "workflow_id": workflow_id,
+                "local_id": local_id, "linked_message_id": message_id, "status": "undeliverable"})
+            resp.raise_for_status()
+        finally:
+            client.close()
+
 
 def start_for_demo(workdir: Path) -> MeshPeer:
     return MeshPeer(Path(workdir) / "mesh").start()

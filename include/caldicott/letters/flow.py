@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
@@ -34,6 +34,7 @@ from caldicott.records.checks import POSTCODE_RE
 from caldicott.state.quarantine import Quarantined, quarantine
 from caldicott.transport.base import Outbound, Sender
 from caldicott.transport.ledger import DONE, Intent, Ledger, State, ledger
+from caldicott.transport.mesh_reports import Report
 
 log = logging.getLogger(__name__)
 FLOW = policy.FLOW
@@ -239,6 +240,34 @@ def record_acks(state: Engine, acks: list[tuple[str, bytes]]) -> dict:
     return {"acks_read": len(acks), "acked": acked, "negative": negative, "unmatched": unmatched}
 
 
+def record_non_delivery(state: Engine, reports: Iterable[Report]) -> dict:
+    """MESH non-delivery reports about GP letters: each letter found becomes ``undeliverable`` (not resent).
+
+    A report names the undelivered message by its MESH id (the ledger's ``transport_ref``) and carries the
+    original's local id (the ledger item id). Returns the letter ids newly marked and a count of reports
+    that matched no letter (another flow's message, or one marked before).
+    """
+    # each report is recorded before the next is asked for: read_reports removes a report from the inbox only
+    # then, so a crash in between leaves it there for the next run (marking twice is a no-op)
+    with state.connect() as conn:
+        rows = conn.execute(select(ledger.c.item_id, ledger.c.transport_ref).where(
+            ledger.c.flow == FLOW, ledger.c.channel == "mesh")).all()
+    by_ref = {ref: iid for iid, ref in rows if ref}
+    ids = {iid for iid, _ in rows}
+    led = Ledger(state)
+    marked, unmatched = [], 0
+    for r in reports:
+        iid = by_ref.get(r.linked_message_id) or (r.local_id if r.local_id in ids else None)
+        if iid is not None and led.mark_undeliverable(
+                iid, f"MESH non-delivery report: status {r.status or '?'} code {r.code or '?'} ({r.event or '?'})"):
+            marked.append(iid)
+        else:
+            unmatched += 1
+    if marked:
+        log.warning("gp_letters: %d MESH letter(s) reported undeliverable: %s", len(marked), ", ".join(marked[:20]))
+    return {"undeliverable_ids": sorted(marked), "reports_unmatched": unmatched}
+
+
 def overdue(state: Engine, after: dt.timedelta, now: dt.datetime | None = None) -> list[str]:
     """MESH letters sent more than ``after`` ago with no positive business ack: marked ``ack_overdue``."""
     cutoff = (now or utcnow()) - after
@@ -264,4 +293,4 @@ def ack_summary(state: Engine) -> dict:
     return dict(c)
 
 
-__all__ = ["Channels", "letter_id", "overdue", "plan", "record_acks", "send_batch"]
+__all__ = ["Channels", "letter_id", "overdue", "plan", "record_acks", "record_non_delivery", "send_batch"]

@@ -39,6 +39,8 @@ class State(StrEnum):
     FAILED = "failed"      # last attempt failed; will be retried by the next run
     HELD = "held"          # not sent on purpose (e.g. no certificate): needs a person
     ACK_OVERDUE = "ack_overdue"  # sent, but no acknowledgement in time: an alert was raised
+    UNDELIVERABLE = "undeliverable"  # sent, but the transport reported it never reached the recipient
+    #                                  (a MESH non-delivery report): not resent by itself; a person decides
 
 
 DONE = frozenset({State.SENT, State.ACKED, State.ACK_OVERDUE})
@@ -229,6 +231,10 @@ class Ledger:
 
     def mark_ack_overdue(self, item_id: str) -> bool:
         return self._set(item_id, State.ACK_OVERDUE, expect=[State.SENT], detail="no acknowledgement in time")
+
+    def mark_undeliverable(self, item_id: str, detail: str) -> bool:
+        """The transport reported the sent item never reached its recipient (``detail``: codes, no patient data)."""
+        return self._set(item_id, State.UNDELIVERABLE, expect=[State.SENT, State.ACK_OVERDUE], detail=detail)
 
     def counts(self, flow: str, run_key: str | None = None) -> dict[str, int]:
         q = select(ledger.c.state, func.count()).where(ledger.c.flow == flow)
