@@ -1,6 +1,7 @@
-"""A MESH non-delivery report (the practice never collected the letter) through the real mesh-sandbox: the
-letter becomes ``undeliverable`` in the ledger, is not resent by a re-run, and is no longer counted as merely
-awaiting an ack; the other letters are untouched. The sandbox's admin API plays MESH's central system."""
+"""Peer fault: a MESH non-delivery report (the practice never collected the letter), through the real
+mesh-sandbox. The letter becomes ``undeliverable`` in the ledger, is not resent by a re-run, and is no longer
+counted as merely awaiting an ack; the other letters are untouched; the same report twice changes nothing.
+The sandbox's admin API plays MESH's central system (``MeshPeer.non_delivery_report``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from sqlalchemy import select
 
 from devtools.peers.gp_responder import respond_once
 from devtools.peers.mesh import MeshPeer
+
+from .conftest import figure
 
 SEPT = (dt.date(2026, 9, 1), dt.date(2026, 10, 1))
 
@@ -78,3 +81,4 @@ def test_a_non_delivery_report_marks_the_letter_undeliverable_and_nothing_is_res
         assert flow.record_non_delivery(state, read_reports(inbox)) == {"undeliverable_ids": [],
                                                                          "reports_unmatched": 1}
     assert led.entries([undelivered])[undelivered].state == State.UNDELIVERABLE
+    figure("fault cases")
