@@ -421,13 +421,13 @@ def arrow_data(s: pd.Series) -> pa.ChunkedArray | None:
 
 
 def encode_together(arrays: list[pa.Array | pa.ChunkedArray]) -> tuple[list[np.ndarray], int]:
-    """Dictionary-encode several string columns in one pass: one code space, -1 for null."""
+    """Dictionary-encode several string columns in one pass: one code space (int32), -1 for null."""
     lengths = [len(a) for a in arrays]
     chunks = [c for a in arrays for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
     whole = pa.concat_arrays([c.cast(pa.large_string()) for c in chunks]) if chunks else \
         pa.array([], pa.large_string())
     enc = pc.dictionary_encode(whole)
-    idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     return np.split(idx, np.cumsum(lengths)[:-1]), len(enc.dictionary)
 
 

@@ -426,7 +426,7 @@ def _value_codes(ds: Dataset, table: str, col: str) -> tuple[np.ndarray, int]:
     else:
         codes, uniq = pd.factorize(s.astype(object), use_na_sentinel=True)
         codes, n = codes.astype(np.int64), len(uniq)
-    return np.where(codes < 0, n, codes), n + 1
+    return np.where(codes < 0, n, codes).astype(np.int64, copy=False), n + 1
 
 
 def _compact(key: np.ndarray) -> tuple[np.ndarray, int]:
