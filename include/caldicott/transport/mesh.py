@@ -49,6 +49,10 @@ def make_client(s: MeshSettings):
     if s.ca_file:
         # requests would otherwise merge REQUESTS_CA_BUNDLE / certifi into every request (DESIGN.md gotcha)
         client._session.verify = s.ca_file
+    # requests re-reads the whole environment for proxy settings on every request (about 0.4 ms of a 2 ms send):
+    # read them once, here, for this URL (HTTPS_PROXY / NO_PROXY as at connection time), and stop the re-reading
+    client._session.proxies = requests.utils.get_environ_proxies(s.url)
+    client._session.trust_env = False
     return client
 
 
