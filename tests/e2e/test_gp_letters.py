@@ -152,3 +152,26 @@ def test_missing_acknowledgement_raises_an_alert(e2e):
     assert states["check_acks"] == "failed" and states["report"] == "success"
     ledger = Ledger(make_engine(sqlite_url(e2e.workspace.state_db)))
     assert ledger.counts(DAG).get("ack_overdue", 0) > 0
+
+
+def test_a_mesh_non_delivery_report_raises_an_alert_and_the_letter_is_not_resent(e2e):
+    """After the October run above: MESH reports one of its letters undelivered (never collected)."""
+    from caldicott.letters.gp_connect import WORKFLOW
+    from caldicott.transport.ledger import State, ledger
+    from sqlalchemy import select
+
+    state_db = make_engine(sqlite_url(e2e.workspace.state_db))
+    with state_db.connect() as conn:
+        item, ref = conn.execute(select(ledger.c.item_id, ledger.c.transport_ref).where(
+            ledger.c.flow == DAG, ledger.c.state == State.ACK_OVERDUE.value).order_by(ledger.c.item_id)).first()
+    mesh = e2e.peers["mesh"]
+    mesh.non_delivery_report(ref, item, WORKFLOW)
+    with mesh.client(mesh.GP_MAILBOX) as gp:
+        before = len(gp.list_messages())
+    conf = {"start": "2026-10-01", "end": "2026-11-01", "ack_timeout_hours": 24, "ack_wait_seconds": 0}
+    run_id, run_state = _run(e2e, conf, dt.datetime(2026, 11, 1, 6, tzinfo=dt.UTC))
+    assert run_state == "failed"
+    assert e2e.stack.task_states(DAG, run_id)["check_acks"] == "failed"
+    assert Ledger(state_db).entries([item])[item].state == State.UNDELIVERABLE
+    with mesh.client(mesh.GP_MAILBOX) as gp:
+        assert len(gp.list_messages()) == before        # the re-run resent nothing, the undelivered letter included
