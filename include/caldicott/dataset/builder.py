@@ -448,6 +448,13 @@ class Keys:
         self._derived: dict[tuple, tuple[tuple, object, bool]] = {}
         self._first: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
+    def clear(self) -> None:
+        """Forget everything (what is asked for again is computed afresh)."""
+        self._codes.clear()
+        self._size.clear()
+        self._derived.clear()
+        self._first.clear()
+
     def copy(self) -> Keys:
         k = Keys()
         k._codes, k._size, k._derived, k._first = (dict(self._codes), dict(self._size), dict(self._derived),

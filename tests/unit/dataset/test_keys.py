@@ -118,15 +118,19 @@ def test_a_changed_id_column_is_encoded_again(how):
     assert orphan.tolist() == [True, False, False, False]
 
 
-def test_cached_values_follow_the_rows_through_screening():
+def test_cached_values_follow_the_rows_through_a_filter():
     ds = tiny()
     rules.REGISTRY["IDSREJ006"].bad(ds)
     rules.REGISTRY["IDS20143"].bad(ds)
-    rules.screen(ds)
+    rules.evaluate(ds)                                         # fills the caches
+    ds.keep("IDS001MPI", np.array([False, True, True]))
+    ds.keep("IDS201CareContact", np.array([True, False, True, True]))
     fresh = Dataset(ds.period, ds.version, {k: v.copy() for k, v in ds.tables.items()})   # nothing cached
     got, want = rules.evaluate(ds), rules.evaluate(fresh)
     for code in want:
         assert np.array_equal(np.asarray(got[code]), np.asarray(want[code])), code
+    res = rules.screen(ds)
+    assert res.file_failures == [] and rules.screen(fresh).quarantined == res.quarantined
 
 
 def test_cascade_with_rows_already_gone_equals_dropping_them_first():
