@@ -94,13 +94,13 @@ def release(items: Iterable[Outbound], sender: Sender, state_engine: Engine, *, 
     earlier attempt left ``sending`` / ``failed``. The sends themselves run on worker threads while the
     calling thread prepares the next chunk (rendering a letter is CPU; a send mostly waits on the peer):
 
-    * a sender that can say what arrived (``reconcilable = True``: MESH tracking, a staged file's existence)
-      may send ``concurrency`` items at once, and the chunk's ``sent`` marks are one transaction after its
+    * a sender that declares it can say what arrived (``reconcilable = True``; MESH: outbox tracking by
+      ``local_id``) may send ``concurrency`` items at once, and the chunk's ``sent`` marks are one transaction after its
       sends. A crash in between leaves those items ``sending``; the next attempt asks the transport about
       each (``already_delivered``) and sends only what did not arrive.
-    * any other sender (SMTP cannot be asked) sends one item at a time on one worker, which records ``sent``
-      right after each send returns, exactly as narrow a window as sending inline: at most the one item
-      whose reply was lost can be sent twice, with the same deterministic Message-ID.
+    * any other sender (SMTP cannot be asked; SFTP and staging do not declare it) sends one item at a time on
+      one worker, which records ``sent`` right after each send returns: exactly as narrow a window as sending
+      inline, so over SMTP at most the one message whose reply was lost is sent twice (same Message-ID).
     """
     ledger = Ledger(state_engine)
     report = ReleaseReport()

@@ -48,7 +48,7 @@ def _letters(e2e, start, end):
 def test_letters_consent_quarantine_acks_and_idempotent_rerun(e2e):
     mesh = e2e.peers["mesh"]
     conf = {"start": "2025-06-01", "end": "2026-08-01", "ack_timeout_hours": 0, "ack_wait_seconds": 120}
-    with GpResponder(mesh.client(mesh.GP_MAILBOX), interval=0.5) as gp:
+    with mesh.client(mesh.GP_MAILBOX) as gp_box, GpResponder(gp_box, interval=0.5) as gp:
         run_id, state = _run(e2e, conf, dt.datetime(2026, 8, 1, 6, tzinfo=dt.UTC))
         assert state == "success", e2e.stack.task_states(DAG, run_id)
     report = e2e.stack.xcom(DAG, run_id, "report")
@@ -123,13 +123,13 @@ def test_crash_mid_batch_then_rerun_sends_each_letter_exactly_once(e2e):
     report = e2e.stack.xcom(DAG, run2, "report")
     smtp_new = [i for i in _delivered_smtp(e2e) if i not in before]
     assert len(smtp_new) == len(set(smtp_new)) and len(partial) < len(smtp_new)
-    gp = mesh.client(mesh.GP_MAILBOX)
     local_ids = []
-    for mid in gp.list_messages():
-        msg = gp.retrieve_message(mid)
-        local_ids.append(msg.local_id)
-        msg.close()
-        gp.acknowledge_message(mid)
+    with mesh.client(mesh.GP_MAILBOX) as gp:
+        for mid in gp.list_messages():
+            msg = gp.retrieve_message(mid)
+            local_ids.append(msg.local_id)
+            msg.close()
+            gp.acknowledge_message(mid)
     assert len(local_ids) == len(set(local_ids))
     post_new = [p for p in e2e.peers["print_house"].files() if p.parent.name.startswith("2026-08-01..")]
     planned_total = sum(v for k, v in report["planned"].items() if k.endswith("_planned"))
