@@ -263,10 +263,16 @@ def fmt(code: str, table: str, col: str, regex: str, bad_value: str) -> Rule:
 
 
 def one_of(code: str, table: str, col: str, allowed, bad_value: str) -> Rule:
+    """Populated but not one of the code list's values."""
     allowed = list(allowed)
-    return _register(Rule(code, table, lambda ds: ~_blank_of(ds, table, col) &
-                          ~isin(ds.tables[table][col], allowed),
-                          _setter(table, col, bad_value)))
+
+    def check(ds: Dataset) -> np.ndarray:
+        s = ds.tables[table][col]
+        if isinstance(s.dtype, pd.CategoricalDtype):   # decided per category, then one gather over the rows
+            cats = pd.Series(s.cat.categories, dtype="string[pyarrow]")
+            return by_code(~_blank(cats) & ~isin(cats, allowed), s.cat.codes.to_numpy(), False)
+        return ~_blank_of(ds, table, col) & ~isin(s, allowed)
+    return _register(Rule(code, table, check, _setter(table, col, bad_value)))
 
 
 def _has_parent(ds: Dataset, table: str, col: str, parent: str, parent_col: str) -> np.ndarray:
@@ -311,7 +317,7 @@ PRES, A606, A607 = "IDS603PresentingComplaints", "IDS606CodedScoreAssessmentRefe
 
 # ---- IDS000 header --------------------------------------------------------------------------------------
 blank("IDS00001", H, "DatSetVer")
-custom("IDS00003", H, lambda ds: ~_blank(ds.tables[H]["DatSetVer"]) &
+custom("IDS00003", H, lambda ds: ~_blank_of(ds, H, "DatSetVer") &
        ~isin(ds.tables[H]["DatSetVer"], list(VERSIONS)), _setter(H, "DatSetVer", "9.9"))
 fmt("IDS00004", H, "DatSetVer", r"[0-9]{1,2}\.[0-9]{1,2}", "two")
 blank("IDS00028", H, "OrgIDProv")
@@ -487,18 +493,18 @@ blank("IDS00101", MPI, "LocalPatientId")
 fmt("IDS00102", MPI, "LocalPatientId", ID20, "X" * 21)
 blank("IDS00151", MPI, "OrgIDLocalPatientId")
 fmt("IDS00152", MPI, "OrgIDLocalPatientId", ORG, "bad code!")
-custom("IDS00153", MPI, lambda ds: ~_blank(ds.tables[MPI]["OrgIDLocalPatientId"]) & _b(
+custom("IDS00153", MPI, lambda ds: ~_blank_of(ds, MPI, "OrgIDLocalPatientId") & _b(
     ds.tables[MPI]["OrgIDLocalPatientId"] != (ds.tables[H]["OrgIDProv"].iloc[0] if len(ds.tables[H]) else "")),
     _setter(MPI, "OrgIDLocalPatientId", "ZZZ99"))
 blank("IDS00111", MPI, "NHSNumber")
 fmt("IDS00115", MPI, "NHSNumberStatus", r"[0-9]{2}", "1")
 one_of("IDS00116", MPI, "NHSNumberStatus", NHS_STATUS, "42")
-custom("IDS00117", MPI, lambda ds: ~_blank(ds.tables[MPI]["NHSNumber"]) & _b(ds.tables[MPI]["NHSNumberStatus"] == "07"),
+custom("IDS00117", MPI, lambda ds: ~_blank_of(ds, MPI, "NHSNumber") & _b(ds.tables[MPI]["NHSNumberStatus"] == "07"),
        _setter(MPI, "NHSNumberStatus", "07"))
 blank("IDS00162", MPI, "NHSNumberStatus")
-custom("IDS00118", MPI, lambda ds: _blank(ds.tables[MPI]["NHSNumber"]) & _blank(ds.tables[MPI]["NHSNumberStatus"]),
+custom("IDS00118", MPI, lambda ds: _blank_of(ds, MPI, "NHSNumber") & _blank_of(ds, MPI, "NHSNumberStatus"),
        lambda ds: (_set(ds, MPI, "NHSNumber", None), _set(ds, MPI, "NHSNumberStatus", None)))
-custom("IDS00161", MPI, lambda ds: _blank(ds.tables[MPI]["NHSNumber"]) &
+custom("IDS00161", MPI, lambda ds: _blank_of(ds, MPI, "NHSNumber") &
        isin(ds.tables[MPI]["NHSNumberStatus"], ["01", "02"]),
        lambda ds: (_set(ds, MPI, "NHSNumber", None), _set(ds, MPI, "NHSNumberStatus", "01")))
 blank("IDS00120", MPI, "PersonBirthDate")
@@ -555,10 +561,10 @@ custom("IDS10140", REF, _before_parent_date(REF, "ReferralRequestReceivedDate", 
 fmt("IDS10117", REF, "SourceOfReferralIAPT", r"[A-Z0-9]{2}", "B")
 fmt("IDS10135", REF, "EndCode", r"[0-9]{2}", "4")
 custom("IDS10137", REF, lambda ds: ds.tables[REF]["ServDischDate"].notna().to_numpy() &
-       _blank(ds.tables[REF]["EndCode"]),
+       _blank_of(ds, REF, "EndCode"),
        lambda ds: (_set(ds, REF, "ServDischDate", ds.period.last.isoformat()), _set(ds, REF, "EndCode", None)))
 custom("IDS10138", REF, lambda ds: ds.tables[REF]["ServDischDate"].isna().to_numpy() &
-       ~_blank(ds.tables[REF]["EndCode"]),
+       ~_blank_of(ds, REF, "EndCode"),
        lambda ds: (_set(ds, REF, "ServDischDate", None), _set(ds, REF, "EndCode", "46")))
 custom("IDS10128", REF, lambda ds: _b(ds.tables[REF]["ServDischDate"] < ds.tables[REF]["ReferralRequestReceivedDate"]),
        lambda ds: (_set(ds, REF, "ReferralRequestReceivedDate", ds.period.last.isoformat()),
@@ -642,7 +648,7 @@ one_of("IDS60307", PRES, "FindSchemeInUse", FIND_SCHEME, "42")
 blank("IDS60308", PRES, "PresComp")
 fmt("IDS60309", PRES, "PresComp", r"[ -~]{1,20}", "X" * 30)
 custom("IDS60310", PRES, lambda ds: _b(ds.tables[PRES]["FindSchemeInUse"] == "01") &
-       ~_blank(ds.tables[PRES]["PresComp"]) & ~_b(ds.tables[PRES]["PresComp"].str.fullmatch(ICD10)),
+       ~_blank_of(ds, PRES, "PresComp") & ~_b(ds.tables[PRES]["PresComp"].str.fullmatch(ICD10)),
        _setter(PRES, "PresComp", "depression"))
 custom("IDS60314", PRES, lambda ds: _b(ds.tables[PRES]["PresCompDate"] > _period_end(ds)),
        _setter(PRES, "PresCompDate", "2999-01-01"))
