@@ -427,8 +427,7 @@ def _value_codes(ds: Dataset, table: str, col: str) -> tuple[np.ndarray, int]:
     elif isinstance(s.dtype, pd.CategoricalDtype):
         codes, n = s.cat.codes.to_numpy().astype(np.int64), len(s.cat.categories)
     elif s.dtype.kind in "Mm":
-        codes, uniq = pd.factorize(s.to_numpy().view(np.int64))
-        return codes.astype(np.int64), len(uniq)     # NaT is one more integer: equal to itself, as wanted
+        return _time_codes(s.to_numpy())
     elif arrow_data(s) is not None and pa.types.is_large_string(arrow_data(s).type):
         def enc() -> tuple[np.ndarray, int]:
             (c,), size = encode_together([arrow_data(s)])
@@ -438,6 +437,24 @@ def _value_codes(ds: Dataset, table: str, col: str) -> tuple[np.ndarray, int]:
         codes, uniq = pd.factorize(s.astype(object), use_na_sentinel=True)
         codes, n = codes.astype(np.int64), len(uniq)
     return np.where(codes < 0, n, codes).astype(np.int64, copy=False), n + 1
+
+
+def _time_codes(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Codes for a date/time column (NaT one value of its own): dates a few weeks apart are their offset in
+    days from the earliest, no hashing; anything more spread out is factorised."""
+    v = values.view(np.int64)
+    nat = np.isnat(values)
+    if nat.all():
+        return np.zeros(len(v), dtype=np.int64), 1
+    lo, hi = int(v[~nat].min()), int(v[~nat].max())
+    unit = np.datetime_data(values.dtype)[0]
+    day = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}.get(unit, 1)
+    step = day if day > 1 and not ((v[~nat] - lo) % day).any() else 1
+    n = (hi - lo) // step + 1
+    if n > 4 * len(v) + 1024:
+        codes, uniq = pd.factorize(v)
+        return codes.astype(np.int64), len(uniq)     # NaT is one more integer: equal to itself, as wanted
+    return np.where(nat, n, (v - lo) // step), n + 1
 
 
 def _compact(key: np.ndarray) -> tuple[np.ndarray, int]:

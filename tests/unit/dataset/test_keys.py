@@ -151,3 +151,18 @@ def test_copy_keeps_working_codes_and_does_not_leak_edits():
     rules._copy_row1_to_row0("IDS001MPI", ["LocalPatientId"])(other)
     assert rules.REGISTRY["IDSREJ010"].check(other).tolist() == [True, True, False]
     assert not rules.REGISTRY["IDSREJ010"].check(ds).any()
+
+
+@pytest.mark.parametrize("unit", ["s", "ns"])
+def test_date_codes_are_equal_exactly_for_equal_dates(unit):
+    rng = np.random.default_rng(2)
+    days = np.datetime64("2026-09-01") + rng.integers(0, 30, 400).astype("timedelta64[D]")
+    for values in (days.astype(f"datetime64[{unit}]"),
+                   days.astype(f"datetime64[{unit}]") + rng.integers(0, 3, 400).astype("timedelta64[h]"),
+                   np.array(["1890-01-01", "2999-12-31", "NaT", "2026-09-01", "NaT"], dtype=f"datetime64[{unit}]")):
+        values = values.copy()
+        values[::7] = np.datetime64("NaT")
+        codes, n = rules._time_codes(values)
+        assert codes.min() >= 0 and codes.max() < n
+        same_value = (values[:, None] == values[None, :]) | (np.isnat(values)[:, None] & np.isnat(values)[None, :])
+        assert ((codes[:, None] == codes[None, :]) == same_value).all()
