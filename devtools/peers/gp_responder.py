@@ -12,6 +12,7 @@ Not started by the demo's peer discovery (no ``start_for_demo``): the demo and t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -68,8 +69,11 @@ class GpResponder:
         return self
 
     def stop(self) -> None:
+        """Stop polling and close the MESH client (the responder owns the client it was given)."""
         self._stop.set()
         self._thread.join(timeout=30)
+        with contextlib.suppress(Exception):
+            self.client.close()
 
     def __enter__(self) -> GpResponder:
         return self.start()

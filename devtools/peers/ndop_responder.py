@@ -8,6 +8,7 @@ acknowledges the request. Started on purpose by the tests and the demo (no ``sta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable
@@ -65,8 +66,11 @@ class NdopResponder:
         return self
 
     def stop(self) -> None:
+        """Stop polling and close the MESH client (the responder owns the client it was given)."""
         self._stop.set()
         self._thread.join(timeout=30)
+        with contextlib.suppress(Exception):
+            self.client.close()
 
     def __enter__(self) -> NdopResponder:
         return self.start()
