@@ -262,7 +262,8 @@ Row-by-row reference (`bench/reference_monthly_dataset.py`: plain Python loops o
 {rt['referrals']:,}-referral month, medians of {rt['repeats']} interleaved rounds: reference {rt['reference_s']:.1f} s,
 vectorised {rt['vectorised_s']:.2f} s, **ratio {rt['ratio']:.0f}x**. Like with like (vectorised builder + the same
 {rt['codes']} rules + cascade): {rt['same_rules_s']:.2f} s, **ratio {rt['same_rules_ratio']:.0f}x**. Each round, wall s:
-{runs}. In CPU seconds of the process (the load-independent figure on shared cores): reference
+{runs}. In CPU seconds of the process (less load-dependent: waiting for a core does not count, sharing one
+still does): reference
 {cpu['reference_s']:.1f}, vectorised {cpu['vectorised_s']:.2f}, **ratio {cpu['ratio']:.0f}x**; like with like
 {cpu['same_rules_s']:.2f}, **ratio {cpu['same_rules_ratio']:.0f}x**. Same quarantine decisions for the shared rules:
 {rt['quarantine_agrees']}; same table counts: {rt['counts_agree']}.
