@@ -80,7 +80,9 @@ def child(channel: str, n: int, chunk: int, peers: dict) -> dict:
             practice = {"ods_code": "Z84000", "name": "Synthetic Practice 1", "email": "gp@nhs.example",
                         "channel": "mesh" if channel == "mesh" else "smime-email", "mesh_mailbox": "X26ABC2",
                         "certificate_pem": cert}
-            letters.append(dataclasses.replace(src, referral_id=f"{src.referral_id}-{i}", patient=patient,
+            # distinct per round too: a round must not overwrite the files of the one before (post counts files)
+            letters.append(dataclasses.replace(src, referral_id=f"{src.referral_id}-{peers.get('round', 0)}-{i}",
+                                               patient=patient,
                                                practice=practice))
         state = make_engine(sqlite_url(root / "state.db"))
         migrate(state)
@@ -216,7 +218,8 @@ def main() -> None:
                 before = _delivered(channel, smtp, mesh, printer)
                 loads.append(os.getloadavg()[0])
                 out = subprocess.run([sys.executable, "-m", "bench.gp_letters", "--child", channel, "--letters",
-                                      str(args.letters), "--chunk", str(args.chunk), "--peers", json.dumps(peers)],
+                                      str(args.letters), "--chunk", str(args.chunk),
+                                      "--peers", json.dumps({**peers, "round": _round})],
                                      capture_output=True, text=True, check=True)
                 loads.append(os.getloadavg()[0])
                 row = json.loads(out.stdout.strip().splitlines()[-1])
