@@ -9,6 +9,8 @@ expired or non-RSA certificate raises ``CertificateError`` and the caller holds 
 
 from __future__ import annotations
 
+import base64
+
 from cryptography import x509
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
@@ -22,10 +24,21 @@ def _builder(data: bytes, certificate_pem: str | bytes):
             .set_content_encryption_algorithm(algorithms.AES256))
 
 
+#: The MIME part cryptography's ``Encoding.SMIME`` writes around the EnvelopedData (RFC 8551 §3.3).
+_SMIME_PART = (b'MIME-Version: 1.0\r\nContent-Disposition: attachment; filename="smime.p7m"\r\n'
+               b'Content-Type: application/pkcs7-mime; smime-type="enveloped-data"; name="smime.p7m"\r\n'
+               b"Content-Transfer-Encoding: base64\r\n\r\n")
+
+
 def envelope(mime_entity: bytes, certificate_pem: str | bytes) -> bytes:
-    """``mime_entity`` encrypted as an ``application/pkcs7-mime`` MIME part (headers + base64 body, CRLF)."""
-    out = _builder(mime_entity, certificate_pem).encrypt(Encoding.SMIME, [pkcs7.PKCS7Options.Binary])
-    return out.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    """``mime_entity`` encrypted as an ``application/pkcs7-mime`` MIME part (headers + base64 body, CRLF).
+
+    The same bytes ``Encoding.SMIME`` produces, but wrapped here around the DER: cryptography builds that
+    part through Python's ``email`` package, which took four times as long as the encryption itself (2.2 ms
+    against 0.5 ms a letter; the GP letters benchmark is CPU-bound on it).
+    """
+    b64 = base64.b64encode(envelope_der(mime_entity, certificate_pem))
+    return _SMIME_PART + b"\r\n".join(b64[i:i + 64] for i in range(0, len(b64), 64)) + b"\r\n"
 
 
 def envelope_der(data: bytes, certificate_pem: str | bytes) -> bytes:
