@@ -149,6 +149,7 @@ def html_to_pdf(markup: str, *, title: str = "Letter") -> bytes:
     width = pdf.w - pdf.l_margin - pdf.r_margin
     bottom = pdf.h - 18
     y = pdf.t_margin
+    font: tuple[str, float] | None = None   # set_font only when it changes (it is not free in fpdf2)
     for tag, runs in blocks:
         size, gap = {"h1": (15, 3), "h2": (12, 2)}.get(tag, (10.5, 2))
         height = size * 0.5
@@ -163,7 +164,9 @@ def html_to_pdf(markup: str, *, title: str = "Letter") -> bytes:
                 y = pdf.t_margin
             x = pdf.l_margin
             for bold, text, w in line:
-                pdf.set_font(family, "B" if bold else "", size)
+                if font != ("B" if bold else "", size):
+                    font = ("B" if bold else "", size)
+                    pdf.set_font(family, *font)
                 pdf.text(x, y + height * 0.78, text)
                 x += w
             y += height
