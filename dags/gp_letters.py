@@ -204,18 +204,23 @@ def gp_letters():
         late = flow.overdue(state, dt.timedelta(hours=float(params["ack_timeout_hours"])))
         result = {**totals, "overdue": len(late), "undeliverable": len(undeliverable), "acks": flow.ack_summary(state),
                   "ledger": Ledger(state).counts(flow.FLOW)}
+
+        def ids(found: list[str]) -> str:
+            return ", ".join(found[:20]) + (" ..." if len(found) > 20 else "")
+
+        alerts = []
         if undeliverable:
-            raise AirflowFailException(
+            alerts.append(
                 f"{len(undeliverable)} GP letter(s) sent over MESH were returned undeliverable (MESH non-delivery "
                 f"report: the practice's mailbox did not collect them; ledger state undeliverable, not resent). "
-                f"Contact the practice and send by another route; letter ids: {', '.join(undeliverable[:20])}"
-                + (" ..." if len(undeliverable) > 20 else ""))
+                f"Contact the practice and send by another route; letter ids: {ids(undeliverable)}")
         if late:
-            raise AirflowFailException(
+            alerts.append(
                 f"{len(late)} GP letter(s) sent over MESH have no business acknowledgement after "
                 f"{params['ack_timeout_hours']} h (ledger state ack_overdue). Check the practice's MESH "
-                f"mailbox / contact the practice; letter ids: {', '.join(late[:20])}"
-                + (" ..." if len(late) > 20 else ""))
+                f"mailbox / contact the practice; letter ids: {ids(late)}")
+        if alerts:
+            raise AirflowFailException(" | ".join(alerts))
         return result
 
     planned = plan_letters()
