@@ -103,3 +103,16 @@ def new_state(folder: Path, name: str = "state.db"):
     engine = make_engine(url)
     migrate(engine)
     return url, engine
+
+
+def gp_inbox(mesh_peer, ids: set[str]) -> list[str]:
+    """local_ids of the messages in the GP practices' inbox that belong to ``ids`` (then acknowledged)."""
+    found = []
+    with mesh_peer.client(mesh_peer.GP_MAILBOX) as gp:
+        for mid in gp.list_messages():
+            msg = gp.retrieve_message(mid)
+            if msg.local_id in ids:
+                found.append(msg.local_id)
+                gp.acknowledge_message(mid)
+            msg.close()
+    return found

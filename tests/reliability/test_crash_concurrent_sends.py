@@ -19,7 +19,7 @@ from caldicott.transport.ledger import DONE, Ledger
 from devtools.peers.mesh import MeshPeer
 from devtools.peers.smtp import SmtpPeer
 
-from .conftest import figure, new_state
+from .conftest import figure, gp_inbox, new_state
 
 KILLED = -9
 CHUNK = 6          # small chunks, so a batch of ~20 letters spans several and a kill lands between them
@@ -41,18 +41,6 @@ def _plan(records, state, start: dt.date, end: dt.date, run_key: str, channel: s
 
 def _ids(batch: dict) -> set[str]:
     return {flow.letter_id(r, e, batch["kind"]) for r, e in batch["letters"]}
-
-
-def _gp_inbox(peer, ids: set[str]) -> list[str]:
-    found = []
-    with peer.client(peer.GP_MAILBOX) as gp:
-        for mid in gp.list_messages():
-            msg = gp.retrieve_message(mid)
-            if msg.local_id in ids:
-                found.append(msg.local_id)
-                gp.acknowledge_message(mid)
-            msg.close()
-    return found
 
 
 def _lives(zygote, job: dict, kills: list[dict]) -> tuple[dict, dict]:
@@ -90,7 +78,7 @@ def test_concurrent_mesh_sends_killed_and_rerun(first, practice, kills, zygote, 
            "end": end, "run_key": first, "mesh": own_mesh.settings(own_mesh.SENDER_MAILBOX).__dict__,
            "mesh_connections": CONNECTIONS, "chunk": CHUNK}
     done, again = _lives(zygote, job, kills)
-    got = _gp_inbox(own_mesh, ids)
+    got = gp_inbox(own_mesh, ids)
     assert done["failed"] == 0 and again["sent"] == 0 and again["already_sent"] == len(ids)
     assert sorted(got) == sorted(ids), "the GP mailbox does not hold every planned letter exactly once"
     entries = Ledger(state).entries(sorted(ids))

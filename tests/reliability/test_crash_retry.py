@@ -30,7 +30,7 @@ from caldicott.updates import deliver
 from devtools.peers.sftp import SftpPeer
 from devtools.peers.smtp import SmtpPeer
 
-from .conftest import figure, new_state
+from .conftest import figure, gp_inbox, new_state
 
 KILLED = -9
 
@@ -143,19 +143,6 @@ MESH_CASES = [  # (month, batch, kill points): distinct letters per case, becaus
 ]
 
 
-def _gp_inbox(mesh_peer, ids: set[str]) -> list[str]:
-    """local_ids of the messages in the GP practices' inbox that belong to ``ids`` (then acknowledged)."""
-    found = []
-    with mesh_peer.client(mesh_peer.GP_MAILBOX) as gp:
-        for mid in gp.list_messages():
-            msg = gp.retrieve_message(mid)
-            if msg.local_id in ids:
-                found.append(msg.local_id)
-                gp.acknowledge_message(mid)
-            msg.close()
-    return found
-
-
 @pytest.mark.parametrize(("month", "batch_id", "kills"), MESH_CASES,
                          ids=["before_send1", "after_send2", "after_mark2", "after_send1+reconcile1",
                               "after_send1x9"])
@@ -168,7 +155,7 @@ def test_letters_mesh_killed_and_rerun(month, batch_id, kills, zygote, mesh_peer
            "end": end, "run_key": month, "mesh": s.__dict__}
     survived, _result, again = _run_until_done(zygote, job, kills)
     ids = _letter_ids(batch)
-    got = _gp_inbox(mesh_peer, ids)
+    got = gp_inbox(mesh_peer, ids)
     assert again["sent"] == 0 and again["already_sent"] == len(ids)
     assert sorted(got) == sorted(ids), "MESH inbox does not hold every planned letter exactly once"
     entries = Ledger(state).entries(sorted(ids))

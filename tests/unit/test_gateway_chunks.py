@@ -12,22 +12,9 @@ import time
 
 import pytest
 from caldicott import gateway
-from caldicott.db import make_engine
 from caldicott.policy.purposes import Protection, Purpose
-from caldicott.state.migrate import migrate
 from caldicott.transport.base import Outbound, TransportError
 from caldicott.transport.ledger import Intent, Ledger, State, item_id
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        eng = make_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    else:
-        eng = make_engine(request.getfixturevalue("pg_url"))
-    migrate(eng)
-    yield eng
-    eng.dispose()
 
 
 def letter(n: int) -> Outbound:

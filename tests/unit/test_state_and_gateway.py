@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from caldicott import gateway
-from caldicott.db import make_engine
 from caldicott.disclosure import register
 from caldicott.policy.purposes import Protection, Purpose
-from caldicott.state.migrate import migrate
 from caldicott.state.quarantine import Quarantined, counts_by_reason, quarantine
 from caldicott.transport.base import Outbound, TransportError
 from caldicott.transport.ledger import Intent, Ledger, State, item_id
@@ -30,18 +27,6 @@ class RecordingSender:
 
     def already_delivered(self, item: Outbound) -> str | None:
         return f"ref-{item.item_id}" if item.item_id in self.delivered else None
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        eng = make_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    else:
-        eng = make_engine(request.getfixturevalue("pg_url"))
-    assert migrate(eng) == [1]
-    assert migrate(eng) == []          # idempotent
-    yield eng
-    eng.dispose()
 
 
 def letter(n: int, **kw) -> Outbound:
