@@ -3,9 +3,9 @@
 
 Once a day, sends each referring provider with an active contract the sessions of **its own**
 referrals that took place that day (Europe/London), with attendance and — only where the contract
-requires it — the clinical summary of each session. The run that closes a month also sends each
-contract that asks for it a **monthly activity file** for invoicing. Column sets and contract
-options: `docs/referrer_updates.md`.
+requires it — the clinical summary of each session, as CSV (`csv-v1`) or a FHIR R4 Bundle
+(`fhir-r4-v1`), per contract. The run that closes a month also sends each contract that asks for it a
+**monthly activity file** for invoicing. Formats and contract options: `docs/referrer_updates.md`.
 
 * **Tasks:** `plan` quarantines bad records (unknown referrer, contact before referral, unusable
   NHS number) and lists the active contracts; `deliver` runs **once per contract** (the map index is

@@ -165,6 +165,69 @@ def test_rerun_of_a_contract_is_idempotent(peer, state_engine, synth_source):
                                             f"{cid}_sessions_2026-10-31_csv-v1.csv"]
 
 
+def _busiest_day(records, referrer_ods: str) -> dt.date:
+    import pandas as pd
+    from caldicott.updates import build
+
+    sessions = build.load_sessions(records, *build.london_bounds(dt.date(2020, 1, 1), dt.date(2026, 11, 1)),
+                                   referrer_ods)
+    days = pd.to_datetime(sessions["contact_at"]).dt.tz_localize("UTC").dt.tz_convert("Europe/London").dt.date
+    counts = days.value_counts()
+    return min(d for d, n in counts.items() if n == counts.max())
+
+
+def test_fhir_contract_delivered_over_sftp(peer, state_engine, synth_source):
+    """fhir-r4-v1 contracts over the real SFTP server: a Bundle per day under a .json name, the day's
+    sessions as Encounters; summary text only for the contract that has summaries, in no form for the other."""
+    import base64
+
+    from caldicott.records.synth import SUMMARIES
+    from caldicott.updates import build, fhir
+
+    contracts = synth_source.result.frames["contract"]
+    sftp = contracts[contracts["transport"] == "sftp"]
+    orgs = build.known_organisations(synth_source.engine)
+
+    def factory(options, contract):
+        return SftpSender(peer.connector(), peer=options.contract_id, create_dirs=True)
+
+    for with_summaries in (False, True):
+        cid = sftp.loc[sftp["include_summaries"] == with_summaries, "contract_id"].iloc[0]
+        contract = {**deliver.load_contract(synth_source.engine, cid), "file_format": "fhir-r4-v1"}
+        day = _busiest_day(synth_source.engine, contract["referrer_org_code"])
+        args = (synth_source.engine, state_engine, cid, day, day + dt.timedelta(days=1), day.isoformat(), factory)
+        result = deliver.deliver_contract(*args, contract=contract)
+        assert result.files == {"sessions": "sent"}
+        folder = peer.root / contract["remote_path"].lstrip("/")
+        path = folder / f"{cid}_sessions_{day.isoformat()}_fhir-r4-v1.json"
+        assert sorted(os.listdir(folder)) == [path.name]                # no .part, no second file
+        assert path.stat().st_mode & 0o777 == 0o640
+        data = path.read_bytes()
+        bundle = json.loads(data)
+        assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
+        expected, _ = build.screen(build.load_sessions(synth_source.engine, *build.london_bounds(
+            day, day + dt.timedelta(days=1)), contract["referrer_org_code"]), orgs)
+        encounters = fhir.resources(bundle, "Encounter")
+        assert len(encounters) > 0
+        assert [e["identifier"][0]["value"] for e in encounters] == expected["care_contact_id"].tolist()
+        assert {e["identifier"][0]["system"] for e in encounters} == {fhir.CARE_CONTACT_ID}
+        assert {e["subject"]["identifier"]["system"] for e in encounters} == {"https://fhir.nhs.uk/Id/nhs-number"}
+        assert [e["subject"]["identifier"]["value"] for e in encounters] == expected["nhs_number"].tolist()
+        assert {r["requester"]["identifier"]["value"] for r in fhir.resources(bundle, "ServiceRequest")} == {
+            contract["referrer_org_code"]}
+        notes = fhir.resources(bundle, "DocumentReference")
+        if with_summaries:
+            assert notes, "the summaries contract's day should have summaries"
+            assert [fhir.summary_text(d) for d in notes] == expected["clinical_summary"].dropna().tolist()
+        else:
+            assert notes == [] and b"DocumentReference" not in data
+            for text in SUMMARIES:
+                assert text.encode() not in data and base64.b64encode(text.encode()) not in data
+        stamp = path.stat().st_mtime_ns
+        again = deliver.deliver_contract(*args, contract=contract)
+        assert again.files == {"sessions": "already_sent"} and path.stat().st_mtime_ns == stamp
+
+
 def test_peer_down_fails_naming_the_contract_only(peer, state_engine, synth_source):
     contracts = synth_source.result.frames["contract"]
     cid = contracts.loc[contracts["transport"] == "sftp", "contract_id"].iloc[0]

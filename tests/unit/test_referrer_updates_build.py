@@ -303,3 +303,174 @@ def test_an_nhs_number_held_by_two_local_patients_is_quarantined(tiny, tmp_path)
     _, rows, bad = _sessions(tiny, "CTB", day)
     assert "C4" not in set(rows["care_contact_id"])
     assert ("patient", "P1", "duplicate_nhs_number") in {(q.record_type, q.record_id, q.reason_code) for q in bad}
+
+
+# ---- fhir-r4-v1: the same rows and fields as a FHIR R4 Bundle ------------------------------------------
+
+def _fhir(records, contract_id, day, **override):
+    contract = {**deliver.load_contract(records, contract_id), "file_format": "fhir-r4-v1", **override}
+    options = build.contract_options(contract)
+    rows, _ = build.screen(build.load_sessions(records, *build.london_bounds(day, day + dt.timedelta(days=1)),
+                                               options.referrer_ods), build.known_organisations(records))
+    return options, rows, build.sessions_file(options, rows, day.isoformat())
+
+
+def _b64(text: str) -> bytes:
+    import base64
+
+    return base64.b64encode(text.encode())
+
+
+def test_fhir_bundle_structure(tiny):
+    import json
+
+    from caldicott.updates import fhir
+
+    _, _, data = _fhir(tiny, "CTA", dt.date(2026, 7, 1))
+    bundle = json.loads(data)
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
+    assert bundle["meta"]["tag"] == [{"system": fhir.FORMAT_TAG, "code": "fhir-r4-v1"}]
+    kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert kinds == ["ServiceRequest", "Encounter", "DocumentReference", "Encounter", "DocumentReference"]
+    # every entry is addressed by its urn:uuid, and every reference inside the bundle resolves to an entry
+    urls = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+    assert all(url == f"urn:uuid:{r['id']}" for url, r in urls.items())
+    refs = [ref for e in fhir.resources(data, "Encounter") for ref in e["basedOn"]] + [
+        ref for d in fhir.resources(data, "DocumentReference") for ref in d["context"]["encounter"]]
+    assert refs and all(r["reference"] in urls for r in refs)
+
+    (referral,) = fhir.resources(data, "ServiceRequest")
+    assert referral["identifier"] == [{"system": fhir.REFERRAL_ID, "value": "RA1"}]
+    assert referral["requester"]["identifier"] == {"system": "https://fhir.nhs.uk/Id/ods-organization-code",
+                                                   "value": "ZPA"}
+    assert referral["status"] == "unknown" and referral["intent"] == "order"
+    encounters = fhir.resources(data, "Encounter")
+    assert [e["identifier"] for e in encounters] == [[{"system": fhir.CARE_CONTACT_ID, "value": c}]
+                                                     for c in ("C1", "C2")]
+    for resource in [referral, *encounters, *fhir.resources(data, "DocumentReference")]:
+        assert resource["subject"] == {"type": "Patient", "identifier": {
+            "system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9990000018"}}
+    first = encounters[0]
+    assert first["period"] == {"start": "2026-07-01T00:30:00+01:00", "end": "2026-07-01T01:15:00+01:00"}
+    assert first["status"] == "finished"
+    assert first["extension"] == [{"url": fhir.ATTENDANCE_EXTENSION, "valueCoding": {
+        "system": fhir.ATTENDANCE_SYSTEM, "code": "5", "display": fhir.ATTENDANCE["5"][0]}}]
+    assert first["class"] == {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR",
+                              "display": "virtual"}
+    assert [t["coding"][0]["system"] for t in first["type"]] == [fhir.APPOINTMENT_TYPE_SYSTEM, fhir.MECHANISM_SYSTEM]
+    assert [t["coding"][0]["code"] for t in first["type"]] == ["02", "02"]
+    notes = fhir.resources(data, "DocumentReference")
+    assert [fhir.summary_text(d) for d in notes] == [SUMMARY_A, SUMMARY_A]
+    assert [d["context"]["encounter"][0]["reference"] for d in notes] == [f"urn:uuid:{e['id']}" for e in encounters]
+    assert _b64(SUMMARY_A) in data
+    # no Patient or Organization resource, nothing of the record beyond the fields of the policy
+    for word in (b"Given", b"Family", b"P0", b'"resourceType":"Patient"', b'"resourceType":"Organization"'):
+        assert word not in data
+
+
+def test_fhir_contract_without_summaries_never_receives_summary_text(tiny):
+    options, rows, data = _fhir(tiny, "CTB", dt.date(2026, 10, 25))
+    assert not options.include_summaries and rows["clinical_summary"].notna().all()   # the source has them ...
+    assert SUMMARY_B.encode() not in data and _b64(SUMMARY_B) not in data              # ... none leaves, in any form
+    assert b"DocumentReference" not in data and b"attachment" not in data
+    with_summaries = build.sessions_file(build.contract_options(
+        {**deliver.load_contract(tiny, "CTB"), "file_format": "fhir-r4-v1", "include_summaries": True}),
+        rows, "2026-10-25")
+    assert _b64(SUMMARY_B) in with_summaries                                           # (the check can fail)
+
+
+def test_fhir_maps_attendance_and_is_deterministic(tiny):
+    from caldicott.updates import fhir
+
+    _, rows, data = _fhir(tiny, "CTB", dt.date(2026, 10, 25))
+    by_id = {e["identifier"][0]["value"]: e for e in fhir.resources(data, "Encounter")}
+    assert set(by_id) == {"C6", "C7", "C9"}
+    assert by_id["C7"]["status"] == "cancelled"                 # AttendOrDNACode 3: did not attend
+    assert by_id["C7"]["extension"][0]["valueCoding"]["code"] == "3"
+    assert by_id["C7"]["period"]["start"] == "2026-10-25T23:30:00+00:00"   # GMT after the clocks went back
+    assert by_id["C6"]["period"]["start"] == "2026-10-25T00:00:00+01:00"
+    assert len(fhir.resources(data, "ServiceRequest")) == 2      # RB1 and RB2, once each
+    again = build.sessions_file(build.contract_options(
+        {**deliver.load_contract(tiny, "CTB"), "file_format": "fhir-r4-v1"}), rows, "2026-10-25")
+    assert again == data
+
+
+def test_fhir_empty_day_and_unknown_codes():
+    import json
+
+    import pandas as pd
+    from caldicott.updates import fhir
+
+    options = ContractOptions("CT9", "ZP9", "sftp", file_format="fhir-r4-v1")
+    empty = json.loads(build.sessions_file(options, pd.DataFrame(columns=list(build.SESSION_COLUMNS)), "2026-01-05"))
+    assert empty["type"] == "collection" and "entry" not in empty          # FHIR JSON has no empty arrays
+    rows = pd.DataFrame([{"care_contact_id": "C1", "service_request_id": "R1", "contact_at": dt.datetime(2026, 1, 5, 9),
+                          "duration_minutes": None, "app_type": None, "attend_code": "9", "cons_mechanism": None,
+                          "clinical_summary": "x", "nhs_number": "9990000018"}])
+    (enc,) = fhir.resources(build.sessions_file(options, rows, "2026-01-05"), "Encounter")
+    assert enc["status"] == "unknown" and enc["period"] == {"start": "2026-01-05T09:00:00+00:00"}
+    assert enc["class"] == {"extension": [{"url": fhir.DATA_ABSENT, "valueCode": "unknown"}]}
+    assert "type" not in enc
+
+
+def test_fhir_contract_file_names_and_encryption(tiny, state_engine):
+    from caldicott.updates import fhir
+
+    ident = make_identity("ZPA")
+    contract = {**deliver.load_contract(tiny, "CTA"), "file_format": "fhir-r4-v1"}
+    sender = _Capture()
+    deliver.deliver_contract(tiny, state_engine, "CTA", dt.date(2026, 7, 1), dt.date(2026, 7, 2), "2026-07-01",
+                             lambda o, c: sender, contract=contract)
+    (plain,) = sender.items
+    assert plain.headers["filename"] == "CTA_sessions_2026-07-01_fhir-r4-v1.json"
+    assert plain.headers["content_type"] == "application/fhir+json"
+    assert [e["identifier"][0]["value"] for e in fhir.resources(plain.payload, "Encounter")] == ["C1", "C2"]
+
+    sender = _Capture()
+    contract = {**contract, "contract_id": "CTA", "certificate_pem": ident.cert_pem.decode()}
+    result = deliver.deliver_contract(tiny, state_engine, "CTA", dt.date(2026, 7, 2), dt.date(2026, 7, 3),
+                                      "2026-07-02", lambda o, c: sender, contract=contract,
+                                      activity_month=dt.date(2026, 7, 1))
+    assert result.files == {"sessions": "sent", "activity": "sent"}
+    names = sorted(i.headers["filename"] for i in sender.items)
+    assert names == ["CTA_activity_2026-07_csv-v1.csv.p7m", "CTA_sessions_2026-07-02_fhir-r4-v1.json.p7m"]
+    sessions = next(i for i in sender.items if i.headers["kind"] == "sessions")
+    decrypted = cms.decrypt_file(sessions.payload, ident.cert_pem, ident.key_pem)
+    assert [e["identifier"][0]["value"] for e in fhir.resources(decrypted, "Encounter")] == ["C3"]
+
+
+@pytest.mark.parametrize("retryable", [True, False])
+def test_retry_is_the_transports_call_not_a_guess_from_the_message(tiny, state_engine, retryable):
+    """A final transport error (e.g. a remote path that is not a file) fails the task at once; a passing one
+    (peer down) lets Airflow retry. The message names the contract and the transport's words only."""
+    from caldicott.transport.base import TransportError
+
+    class Refusing(_Capture):
+        def send(self, item):
+            raise TransportError("CTA: remote path for this file is not a regular file", retryable=retryable)
+
+    with pytest.raises(deliver.ContractDeliveryError) as info:
+        deliver.deliver_contract(tiny, state_engine, "CTA", dt.date(2026, 7, 1), dt.date(2026, 7, 2), "2026-07-01",
+                                 lambda o, c: Refusing())
+    assert info.value.retryable is retryable
+    assert str(info.value) == ("contract CTA: 1 file(s) not delivered: "
+                               "CTA: remote path for this file is not a regular file")
+
+
+def test_fhir_hostile_text_round_trips():
+    """Control characters, quotes, markup, bidi overrides and emoji in a summary: valid JSON, text unchanged."""
+    import json
+
+    import pandas as pd
+    from caldicott.updates import fhir
+
+    texts = ['Zoë said "fine", then left', "\x00\x01\x1b[31mred\x1b[0m", "line\r\nbreak", "\u202eevil\u202c",
+             "😀🏥💊", "</script><script>alert(1)</script>", "{{ 7*7 }} '; DROP TABLE patient; --"]
+    rows = pd.DataFrame([{"care_contact_id": f"C{i}", "service_request_id": "R1",
+                          "contact_at": dt.datetime(2026, 1, 5, 9, i), "duration_minutes": 30, "app_type": "02",
+                          "attend_code": "5", "cons_mechanism": "01", "clinical_summary": t,
+                          "nhs_number": "9990000018"} for i, t in enumerate(texts)])
+    data = build.sessions_file(ContractOptions("CT9", "ZP9", "sftp", file_format="fhir-r4-v1",
+                                               include_summaries=True), rows, "2026-01-05")
+    json.loads(data)
+    assert [fhir.summary_text(d) for d in fhir.resources(data, "DocumentReference")] == texts

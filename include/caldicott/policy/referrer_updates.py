@@ -8,7 +8,7 @@ contract's options, and nowhere else:
   attendance) — enough to update the referrer's patient management system;
 * only contracts with ``include_summaries``: the free-text clinical summary of each session
   (:data:`SUMMARY_FIELDS`). A contract without it never receives summary text: the column is absent,
-  not merely empty;
+  not merely empty (in ``fhir-r4-v1``: no DocumentReference at all);
 * contracts with ``include_activity``: a monthly activity file per referral for invoicing
   (:data:`ACTIVITY_FIELDS`), counts and dates only, no clinical text.
 
@@ -16,8 +16,10 @@ Nothing else from the source reaches a referrer: no names, addresses, postcodes,
 presenting problems, scores or clinician ids. The national data opt-out does not apply (direct care /
 contract, DESIGN.md); GP-sharing consent is about GPs, not referrers, and does not apply either.
 
-Column set versions are part of the contract with each referrer: a change of columns is a new version
-(``csv-v2``), never an edit of ``csv-v1``.
+Two session file formats carry exactly the same fields: ``csv-v1`` (one column per field) and
+``fhir-r4-v1`` (a FHIR R4 Bundle; the field-to-element mapping is in ``caldicott.updates.fhir`` and
+``docs/referrer_updates.md``). Formats are part of the contract with each referrer: a change of columns
+or of the mapping is a new version (``csv-v2``, ``fhir-r4-v2``), never an edit of a published one.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from dataclasses import dataclass
 
 FLOW = "referrer_updates"
 COLUMN_SET = "csv-v1"
+FHIR_FORMAT = "fhir-r4-v1"
 ACTIVITY_COLUMN_SET = "activity-csv-v1"
-SUPPORTED_FORMATS = frozenset({COLUMN_SET})
+#: contract ``file_format`` values the session file can be built in (the activity file is always CSV)
+SUPPORTED_FORMATS = frozenset({COLUMN_SET, FHIR_FORMAT})
 
-#: Session columns every contract receives, in file order (csv-v1).
+#: Session fields every contract receives, in file order (csv-v1; fhir-r4-v1 maps the same fields).
 SESSION_FIELDS: tuple[str, ...] = (
     "contract_id",            # the contract under which the row is sent
     "referrer_ods",           # the referrer's ODS code (the recipient)
@@ -98,7 +102,7 @@ def rules_applied(options: ContractOptions) -> list[str]:
     rules = [
         "direct care / contract: only referrals made by this contract's referrer",
         "only sessions whose London date falls in the run's interval",
-        f"columns {COLUMN_SET}: session dates, type and attendance",
+        f"format {options.file_format}: session dates, type and attendance",
         "national data opt-out not applied: direct care (DESIGN.md)",
     ]
     rules.append("clinical summaries included: the contract requires them" if options.include_summaries

@@ -24,6 +24,7 @@ from caldicott.policy.referrer_updates import (
     ATTENDED,
     CANCELLED,
     DNA,
+    FHIR_FORMAT,
     ContractOptions,
     activity_fields,
     session_fields,
@@ -206,6 +207,15 @@ def sessions_csv(options: ContractOptions, rows: pd.DataFrame) -> bytes:
     }
     columns = [v() if callable(v) else v for v in (available[f] for f in fields)]
     return _write_csv(fields, columns)
+
+
+def sessions_file(options: ContractOptions, rows: pd.DataFrame, period: str) -> bytes:
+    """The session file in the contract's format: ``csv-v1`` or ``fhir-r4-v1`` (ValueError for any other)."""
+    if options.file_format == FHIR_FORMAT:
+        from caldicott.updates.fhir import sessions_bundle
+
+        return sessions_bundle(options, rows, period)
+    return sessions_csv(options, rows)
 
 
 def activity_csv(options: ContractOptions, month: str, rows: pd.DataFrame) -> bytes:

@@ -22,7 +22,15 @@ from caldicott.crypto import cms
 from caldicott.crypto.keys import CertificateError
 from caldicott.gateway import release
 from caldicott.policy.purposes import Protection, Purpose
-from caldicott.policy.referrer_updates import COLUMN_SET, FLOW, ContractOptions, rules_applied
+from caldicott.policy.referrer_updates import (
+    ACTIVITY_COLUMN_SET,
+    COLUMN_SET,
+    FHIR_FORMAT,
+    FLOW,
+    SUPPORTED_FORMATS,
+    ContractOptions,
+    rules_applied,
+)
 from caldicott.records import schema
 from caldicott.records.queries import read
 from caldicott.state.quarantine import quarantine
@@ -69,9 +77,14 @@ def period_key(first: dt.date, end: dt.date) -> str:
     return f"{first.isoformat()}..{end.isoformat()}"
 
 
-def file_name(contract_id: str, kind: str, period: str, *, encrypted: bool) -> str:
-    """Deterministic per (contract, kind, period): a re-run writes the same name, never a second file."""
-    return f"{contract_id}_{kind}_{period}_{COLUMN_SET}.csv" + (cms.SUFFIX if encrypted else "")
+def file_name(contract_id: str, kind: str, period: str, *, encrypted: bool, file_format: str = COLUMN_SET) -> str:
+    """Deterministic per (contract, kind, period): a re-run writes the same name, never a second file.
+
+    ``<contract>_<kind>_<period>_<format>.csv`` or ``.json`` (``fhir-r4-v1``), plus ``.p7m`` when encrypted.
+    Activity files are always CSV and keep their ``csv-v1`` name whatever the session format.
+    """
+    extension = ".json" if file_format == FHIR_FORMAT else ".csv"
+    return f"{contract_id}_{kind}_{period}_{file_format}{extension}" + (cms.SUFFIX if encrypted else "")
 
 
 def plan_interval(records: Engine, state: Engine, first: dt.date, end: dt.date, run_key: str) -> dict:
@@ -105,9 +118,11 @@ def _package(options: ContractOptions, contract: dict, kind: str, period: str, d
             payload, protection, encrypted = cms.encrypt_file(data, contract["certificate_pem"]), Protection.CMS, True
         except CertificateError as exc:
             held[iid] = f"referrer certificate unusable: {exc}"
-    headers = {"filename": file_name(options.contract_id, kind, period, encrypted=encrypted),
-               "column_set": COLUMN_SET, "kind": kind}
-    headers["content_type"] = "application/pkcs7-mime" if encrypted else "text/csv"
+    fmt = options.file_format if kind == "sessions" and options.file_format in SUPPORTED_FORMATS else COLUMN_SET
+    headers = {"filename": file_name(options.contract_id, kind, period, encrypted=encrypted, file_format=fmt),
+               "column_set": fmt if kind == "sessions" else ACTIVITY_COLUMN_SET, "kind": kind}
+    headers["content_type"] = ("application/pkcs7-mime" if encrypted else
+                               "application/fhir+json" if fmt == FHIR_FORMAT else "text/csv")
     if options.transport == "mesh":  # the names caldicott.transport.mesh.MeshSender reads
         headers["workflow_id"] = str(contract.get("mesh_workflow") or "")
     address = str(contract.get("remote_path") or "") if options.transport == "sftp" else str(
@@ -132,7 +147,7 @@ def build_items(records: Engine, state: Engine, contract: dict, first: dt.date, 
     result.quarantined += quarantine(state, FLOW, run_key, bad)
     period = period_key(first, end)
     try:
-        data = build.sessions_csv(options, rows)
+        data = build.sessions_file(options, rows, period)
     except ValueError:  # unsupported format: hold an empty placeholder so a person sees it
         data = b"-"
         held[item_id(FLOW, options.contract_id, "sessions", period)] = (
@@ -192,14 +207,14 @@ def deliver_contract(records: Engine, state: Engine, contract_id: str, first: dt
         else:
             sendable.append(i)
     if sendable:
+        watched = _Watched(sender)
         try:
-            report = release(sendable, sender, state)
+            report = release(sendable, watched, state)
         finally:
             close = getattr(sender, "close", None)
             if close is not None:
                 close()
         errors: list[str] = []
-        retryable = True
         for i in sendable:
             kind = i.headers["kind"]
             if i.item_id in report.sent:
@@ -215,11 +230,41 @@ def deliver_contract(records: Engine, state: Engine, contract_id: str, first: dt
             else:
                 result.files[kind] = "not_sent"
         if errors:
-            retryable = not any("host key" in e for e in errors)
+            # a changed host key (or any error the transport calls final) is not retried: retrying cannot help
             raise ContractDeliveryError(
                 f"contract {options.contract_id}: {len(errors)} file(s) not delivered: {errors[0]}",
-                retryable=retryable)
+                retryable=not watched.final_error)
     return result
+
+
+class _Watched:
+    """The contract's sender, noting whether any transport error it raised was final (``retryable=False``).
+
+    The gateway's report keeps each failure's message only; whether Airflow should retry the task is the
+    transport's call (a changed host key: never; a peer that is down: yes), so it is read here, not guessed
+    from the message text.
+    """
+
+    def __init__(self, sender: Sender) -> None:
+        self._sender = sender
+        self.final_error = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._sender, name)   # channel, reconcilable, concurrency, close ...
+
+    def send(self, item: Outbound) -> str:
+        try:
+            return self._sender.send(item)
+        except TransportError as exc:
+            self.final_error |= not exc.retryable
+            raise
+
+    def already_delivered(self, item: Outbound) -> str | None:
+        try:
+            return self._sender.already_delivered(item)
+        except TransportError as exc:
+            self.final_error |= not exc.retryable
+            raise
 
 
 def _sender(factory: SenderFactory, options: ContractOptions, contract: dict) -> Sender | None:
