@@ -15,9 +15,12 @@ request) or over the REST API with the same fields as `conf` (docs/disclosures.m
    (`CALDICOTT_APPROVERS`). Never approves by default; after `approval_timeout_minutes` it escalates to the
    Caldicott Guardian and the request is refused.
 4. **record_decision** — the register keeps who decided, when, why, legal basis confirmed, whether the patient
-   is told (or why not) and who was consulted. An approval missing any of that fails here; nothing leaves.
+   is told (or why not) and who was consulted. An approval missing any of that, or an answer from anyone not
+   in `CALDICOTT_APPROVERS`, fails here; nothing leaves.
 5. Approved: **release_package** through the release gateway (it re-checks the approval against the recipient
-   and package checksum) and **notify_patient**. Refused: **write_refusal_letter**.
+   and package checksum; the route and certificate must be those approved) by the request's `channel`
+   (`outbox`, `sftp`, or `smime-email` to the requester's secure mailbox), and **notify_patient**.
+   Refused: **write_refusal_letter**.
 
 * **Reads:** `caldicott_records`. **Writes:** `caldicott_state`, files under `CALDICOTT_OUTPUT_DIR`.
 * **XCom / HITL text:** disclosure id, categories, counts, checksums. Never patient identifiers.
@@ -64,14 +67,20 @@ PARAMS = {
     "urgency": Param("routine", type="string", enum=["routine", "urgent", "immediate_risk"], title="Urgency"),
     "consent_status": Param("not_sought", type="string", title="Patient consent",
                             enum=["given", "refused", "not_sought", "not_possible", "not_required"]),
-    "channel": Param("outbox", type="string", enum=["outbox", "sftp"], title="Delivery",
+    "channel": Param("outbox", type="string", enum=["outbox", "sftp", "smime-email"], title="Delivery",
+                     values_display={"outbox": "Outbox: encrypted file, sent by a named person",
+                                     "sftp": "SFTP to the requester's server",
+                                     "smime-email": "S/MIME e-mail to the requester's secure mailbox"},
                      description="outbox: encrypted file for a named person to send by the agreed route; "
-                                 "sftp: to the requester's server"),
+                                 "sftp: to the requester's server; smime-email: S/MIME-encrypted e-mail to "
+                                 "their secure mailbox"),
     "recipient_address": Param("", type="string", title="Recipient address",
-                               description="SFTP directory on the requester's server (channel sftp)"),
-    "connection_id": Param("", type="string", title="Airflow connection of the requester's server",
-                           description="channel sftp: SSH connection with a pinned host_key "
-                                       "(default caldicott_sftp_disclosure)"),
+                               description="channel sftp: directory on the requester's server; channel "
+                                           "smime-email: the requester's secure e-mail address"),
+    "connection_id": Param("", type="string", title="Airflow connection used to deliver",
+                           description="channel sftp: SSH connection with a pinned host_key (default "
+                                       "caldicott_sftp_disclosure); channel smime-email: SMTP relay (default "
+                                       "caldicott_smtp)"),
     "recipient_certificate_pem": Param(type="string", format="multiline", title="Recipient's certificate (PEM)",
                                        description="The package is encrypted to it; nothing leaves unencrypted"),
     "approval_timeout_minutes": Param(DEFAULT_TIMEOUT_MINUTES, type="number", minimum=0.1,
@@ -136,9 +145,10 @@ def disclosure_request():
         from caldicott.disclosure.flow import DecisionIncomplete
         from caldicott.disclosure.flow import record_decision as decide
         from caldicott_airflow.connections import state_engine
+        from caldicott_airflow.disclosure import approvers
 
         try:
-            return decide(state_engine(), summary, response)
+            return decide(state_engine(), summary, response, approvers=[u["id"] for u in approvers()])
         except DecisionIncomplete as exc:
             raise AirflowFailException(str(exc)) from None
 
@@ -153,10 +163,11 @@ def disclosure_request():
         from caldicott.disclosure.flow import release
         from caldicott.disclosure.request import DisclosureRequest
         from caldicott_airflow.connections import state_engine
-        from caldicott_airflow.disclosure_sources import sender_for
+        from caldicott_airflow.disclosure_sources import open_sender
 
         req = DisclosureRequest.from_conf(dict(context["params"]))
-        result = release(state_engine(), req, sender_for(req), req.disclosure_id)
+        with open_sender(req) as sender:
+            result = release(state_engine(), req, sender, req.disclosure_id)
         if not result["released"]:
             if result.get("failed"):
                 raise RuntimeError(f"delivery of {req.disclosure_id} failed; will retry")

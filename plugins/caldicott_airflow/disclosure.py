@@ -1,7 +1,9 @@
 """Airflow adapters of the disclosure flow: who may approve, the approval step, escalation on timeout.
 
 * :func:`approvers` — the service-manager approvers, from ``CALDICOTT_APPROVERS`` (comma-separated Airflow
-  user ids; default ``manager1,manager2``). Read when the DAG file is parsed: no Variable, no database.
+  user ids; default ``manager1,manager2``). Read when the DAG file is parsed: no Variable, no database. An
+  empty list is refused (Airflow would let anyone answer an unassigned task); ``record_decision`` checks the
+  responder against the same list again.
 * :class:`DisclosureApprovalOperator` — Airflow's HITL operator with two options, Approve and Refuse, and
   **no default**: it never approves (or refuses) on anyone's behalf. Subject and body are built at run time
   from the package summary (ids, categories and counts only). The wait is ``approval_timeout_minutes`` from
@@ -146,6 +148,8 @@ class DisclosureApprovalOperator(HITLOperator):
         kwargs["params"] = decision_form()
         if kwargs.get("defaults"):
             raise ValueError("a disclosure approval must have no default answer")
+        if not kwargs["assigned_users"]:  # Airflow lets ANY user answer a HITL task that has no assigned users
+            raise ValueError("a disclosure approval needs at least one assigned approver (CALDICOTT_APPROVERS)")
         super().__init__(options=[APPROVE, REFUSE], multiple=False, **kwargs)
         self.summary_task_id = summary_task_id
         self.escalation = escalation or EscalationNotifier()

@@ -11,11 +11,17 @@
 * Channel ``sftp``: the Airflow SSH/SFTP connection named in the request's ``connection_id`` (default
   ``caldicott_sftp_disclosure``), host key pinned (``plugins/caldicott_airflow/sftp.py``); the remote
   directory is ``recipient_address``.
+* Channel ``smime-email``: the Airflow SMTP connection named in ``connection_id`` (default ``caldicott_smtp``,
+  the relay the GP letters use; its ``from_email`` extra is the sender), through the project's
+  :class:`caldicott.transport.smtp.SmtpSender` wrapped by :class:`caldicott.disclosure.mail.DisclosureMailSender`;
+  ``recipient_address`` is the requester's secure mailbox.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from caldicott.disclosure.request import DisclosureRequest
@@ -33,17 +39,31 @@ def outbox_dir() -> Path:
     return Path(os.environ.get("CALDICOTT_DISCLOSURE_OUTBOX") or output_dir() / "disclosure-outbox")
 
 
-def sender_for(req: DisclosureRequest):
-    """The sender for the request's channel. Only the outbox is wired in this deployment."""
+SMTP_CONN_ID = "caldicott_smtp"
+SFTP_CONN_ID = "caldicott_sftp_disclosure"
+
+
+@contextlib.contextmanager
+def open_sender(req: DisclosureRequest) -> Iterator:
+    """The sender for the request's channel, open for the release and closed after it."""
     if req.channel == "outbox":
         from caldicott.disclosure.outbox import OutboxSender
 
-        return OutboxSender(outbox_dir())
-    if req.channel == "sftp":
+        yield OutboxSender(outbox_dir())
+    elif req.channel == "sftp":
         from caldicott_airflow.sftp import sftp_sender
 
-        return sftp_sender(req.connection_id or "caldicott_sftp_disclosure", peer=req.recipient)
-    raise ConfigMissing(f"channel {req.channel} is not configured for disclosures here; use outbox or sftp")
+        yield sftp_sender(req.connection_id or SFTP_CONN_ID, peer=req.recipient)
+    elif req.channel == "smime-email":
+        from airflow.providers.smtp.hooks.smtp import SmtpHook
+        from caldicott.disclosure.mail import DisclosureMailSender
+        from caldicott.letters.render import Service
+        from caldicott.transport.smtp import SmtpSender
+
+        with SmtpHook(req.connection_id or SMTP_CONN_ID) as hook:
+            yield DisclosureMailSender(SmtpSender(hook._smtp_client, hook.from_email or Service().email))
+    else:
+        raise ConfigMissing(f"channel {req.channel} is not configured for disclosures here")
 
 
 def pseudonym_key() -> bytes | None:

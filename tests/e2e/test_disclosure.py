@@ -156,3 +156,38 @@ def test_approved_disclosure_released_over_sftp(e2e):
         == "patient_already_knows"
     names = zipfile.ZipFile(io.BytesIO(decrypt_file(landed.read_bytes(), ident.cert_pem, ident.key_pem))).namelist()
     assert set(names) == {"manifest.json", "referrals.csv", "outcome_scores.csv"}
+
+
+def test_approved_disclosure_released_by_smime_email(e2e):
+    """channel smime-email: the approved package reaches the requester's secure mailbox through the caldicott_smtp
+    connection, S/MIME-encrypted to their certificate, and opens to exactly the approved package."""
+    import hashlib
+
+    from caldicott.disclosure.mail import package_from_message
+
+    peer = e2e.peers.get("smtp")
+    if peer is None:
+        pytest.skip("no SMTP stand-in peer in this checkout")
+    stack = e2e.stack
+    ident = make_identity("Crown Court secure mailbox")
+    mailbox = "e2e.disclosures@justice.gov.example"
+    conf = request_conf(e2e, "E2E-SMIME", ident.cert_pem, channel="smime-email", recipient_address=mailbox,
+                        categories=["referrals", "appointments"])
+    run_id = stack.trigger(DAG_ID, dt.datetime.now(dt.UTC), conf)
+    wait_task_state(stack, run_id, TASK, "awaiting_input")
+    status, detail = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{TASK}/-1/hitlDetails",
+                               user="manager2")
+    assert status == 200 and f"by `smime-email` to `{mailbox}`" in detail["body"], detail
+    status, body = answer(stack, run_id, "manager2", "Approve", reasons="sealed order; limited to what it specifies",
+                          legal_basis_confirmed=True, consulted="Caldicott Guardian")
+    assert status == 200, body
+    assert stack.wait_run(DAG_ID, run_id, timeout=300) == "success", stack.task_states(DAG_ID, run_id)
+    state = make_engine(sqlite_url(e2e.workspace.state_db))
+    row = next(r for r in register.requests(state) if r["reference"] == "E2E-SMIME")
+    built = register.latest(state, row["disclosure_id"], register.PACKAGE_BUILT)["details"]
+    mine = [raw for raw, msg in zip(peer.raw(), peer.messages(), strict=True) if msg["X-Envelope-To"] == mailbox]
+    assert len(mine) == 1
+    package = package_from_message(mine[0], ident.cert_pem, ident.key_pem)
+    assert hashlib.sha256(package).hexdigest() == built["plaintext_checksum"]
+    assert row["released_checksum"] == built["package_checksum"] and row["decided_by"] == "manager2"
+    assert conf["local_patient_id"].encode() not in mine[0]

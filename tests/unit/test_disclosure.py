@@ -23,6 +23,7 @@ from caldicott.transport.base import Outbound
 from caldicott.transport.ledger import Intent, Ledger, State
 
 KEY = b"k" * 32
+APPROVERS = ["manager1", "manager2"]
 
 
 @pytest.fixture(scope="module")
@@ -225,12 +226,12 @@ def test_whole_flow_approve_release_notify(synth_source, state_engine, requester
     with pytest.raises(flow.DecisionIncomplete):
         flow.record_decision(state_engine, summary, {"chosen_options": ["Approve"], "params_input": {
             "reasons": "", "legal_basis_confirmed": False},
-            "responded_by_user": {"id": "manager1", "name": "manager1"}})
+            "responded_by_user": {"id": "manager1", "name": "manager1"}}, approvers=APPROVERS)
     assert register.status(state_engine, did) == "open"
     out = flow.record_decision(state_engine, summary, {"chosen_options": ["Approve"], "params_input": {
         "reasons": "child at risk; necessary and proportionate", "legal_basis_confirmed": True, "tell_patient": True,
         "not_told_reason": "n/a", "consulted": "Caldicott Guardian"},
-        "responded_by_user": {"id": "manager1", "name": "manager1"}})
+        "responded_by_user": {"id": "manager1", "name": "manager1"}}, approvers=APPROVERS)
     assert out["outcome"] == "approved"
     sender = OutboxSender(tmp_path / "outbox")
     res = flow.release(state_engine, req, sender, did)
@@ -258,7 +259,7 @@ def test_refusal_and_timeout(synth_source, state_engine, requester, tmp_path):
                                                 date_from=str(d_from), date_to=str(d_to)))
         flow.record_request(state_engine, req, "admin")
         summary = flow.make_package(synth_source.engine, state_engine, req)
-        assert flow.record_decision(state_engine, summary, response)["outcome"] == "refused"
+        assert flow.record_decision(state_engine, summary, response, approvers=APPROVERS)["outcome"] == "refused"
         assert flow.release(state_engine, req, OutboxSender(tmp_path / "o"), "k")["released"] is False
         letter = flow.write_refusal(state_engine, req, tmp_path / "out")["letter"]
         text = (tmp_path / "out" / letter).read_text()
@@ -307,3 +308,118 @@ def test_research_uses_the_ndop_cache_and_refuses_unchecked_numbers(synth_source
              "request_id": "t"} for i, h in enumerate(nhs_hash(numbers))])
     pkg = build_package(synth_source.engine, req, opted_out=lookup, pseudonym_key=KEY)
     assert pkg.ndop["opted_out"] > 0 and pkg.counts["demographics"] == pkg.ndop["included_patients"]
+
+
+# ---- who may decide, what an approval binds, the e-mail route's request checks ------------------------
+GOOD_FORM = {"reasons": "sealed order seen; limited to what it specifies", "legal_basis_confirmed": True,
+             "tell_patient": True, "not_told_reason": "n/a", "consulted": "Caldicott Guardian"}
+
+
+def _held(synth_source, state_engine, requester, reference: str, **over):
+    pid, d_from, d_to = _patient_with_history(synth_source)
+    req = DisclosureRequest.from_conf(_conf(requester.cert_pem, request_type="court_order", legal_basis="court_order",
+                                            reference=reference, local_patient_id=pid, categories=["appointments"],
+                                            date_from=str(d_from), date_to=str(d_to), **over))
+    flow.record_request(state_engine, req, "api")
+    return req, flow.make_package(synth_source.engine, state_engine, req)
+
+
+@pytest.mark.parametrize(("user", "approvers"), [
+    ({"id": "admin", "name": "admin"}, APPROVERS),       # a real user, not assigned
+    ({"id": "", "name": "manager1"}, APPROVERS),         # a name alone is not an identity
+    ({}, APPROVERS),                                     # nobody recorded
+    ({"id": "manager1", "name": "manager1"}, []),        # no approvers configured: nobody may decide
+])
+def test_answer_from_someone_not_an_approver_is_not_a_decision(synth_source, state_engine, requester, tmp_path,
+                                                               user, approvers):
+    req, summary = _held(synth_source, state_engine, requester, "NA-1")
+    for option in ("Approve", "Refuse"):
+        with pytest.raises(flow.NotAnApprover) as exc:
+            flow.record_decision(state_engine, summary, {"chosen_options": [option], "params_input": GOOD_FORM,
+                                                         "responded_by_user": user}, approvers=approvers)
+        assert "admin" not in str(exc.value) and req.local_patient_id not in str(exc.value)
+    assert isinstance(exc.value, flow.DecisionIncomplete)  # the DAG fails the run on it
+    did = req.disclosure_id
+    assert register.status(state_engine, did) == "open" and register.decision(state_engine, did) is None
+    attempts = [e for e in register.events(state_engine, did) if e["event"] == register.NOT_AUTHORISED]
+    assert len(attempts) == 2 and attempts[0]["details"]["responded_by_id"] == str(user.get("id") or "")
+    # nothing can be released on it
+    res = flow.release(state_engine, req, OutboxSender(tmp_path / "outbox"), did)
+    assert res["released"] is False and not (tmp_path / "outbox").exists()
+    # an assigned approver can still decide
+    out = flow.record_decision(state_engine, summary, {"chosen_options": ["Approve"], "params_input": GOOD_FORM,
+                                                       "responded_by_user": {"id": "manager2", "name": "M Two"}},
+                               approvers=["manager2"])
+    assert out["outcome"] == "approved" and register.decision(state_engine, did)["actor"] == "M Two"
+
+
+def test_told_and_a_reason_not_to_tell_is_incomplete(synth_source, state_engine, requester):
+    req, summary = _held(synth_source, state_engine, requester, "TELL-1")
+    with pytest.raises(flow.DecisionIncomplete, match="reason not to tell"):
+        flow.record_decision(state_engine, summary, {
+            "chosen_options": ["Approve"], "params_input": {**GOOD_FORM, "not_told_reason": "tipping_off"},
+            "responded_by_user": {"id": "manager1", "name": "manager1"}}, approvers=APPROVERS)
+    assert register.status(state_engine, req.disclosure_id) == "open"
+
+
+def test_approval_binds_the_route_and_certificate(synth_source, state_engine, requester, tmp_path):
+    req, summary = _held(synth_source, state_engine, requester, "ROUTE-1")
+    assert summary["channel"] == "outbox" and summary["certificate_sha256"] == req.certificate_sha256
+    flow.record_decision(state_engine, summary, {"chosen_options": ["Approve"], "params_input": GOOD_FORM,
+                                                 "responded_by_user": {"id": "manager1", "name": "manager1"}},
+                         approvers=APPROVERS)
+    approved = register.decision(state_engine, req.disclosure_id)["details"]
+    assert approved["channel"] == "outbox" and approved["certificate_sha256"] == req.certificate_sha256
+    # a second run of the same reference, asking for another route: the approved bytes do not follow it
+    other = make_identity("Someone Else")
+    for over in ({"channel": "sftp", "recipient_address": "/elsewhere"},
+                 {"channel": "smime-email", "recipient_address": "someone@else.example"},
+                 {"recipient_certificate_pem": other.cert_pem.decode()}):
+        conf = _conf(requester.cert_pem, request_type="court_order", legal_basis="court_order", reference="ROUTE-1",
+                     local_patient_id=req.local_patient_id, categories=["appointments"],
+                     date_from=str(req.date_from), date_to=str(req.date_to))
+        moved = DisclosureRequest.from_conf({**conf, **over})
+        assert moved.disclosure_id == req.disclosure_id
+        res = flow.release(state_engine, moved, OutboxSender(tmp_path / "outbox"), req.disclosure_id)
+        assert res["released"] is False and "route differs" in res["reason"]
+    assert not (tmp_path / "outbox").exists()
+    assert len([e for e in register.events(state_engine, req.disclosure_id)
+                if e["event"] == register.RELEASE_REFUSED]) == 3
+    assert flow.release(state_engine, req, OutboxSender(tmp_path / "outbox"), req.disclosure_id)["released"]
+
+
+def test_register_records_the_certificate_by_fingerprint(requester):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    req = DisclosureRequest.from_conf(_conf(requester.cert_pem, local_patient_id="P1"))
+    d = req.register_details()
+    assert "recipient_certificate_pem" not in d
+    assert d["certificate_sha256"] == x509.load_pem_x509_certificate(requester.cert_pem).fingerprint(
+        hashes.SHA256()).hex()
+
+
+def test_smime_email_needs_one_clean_mailbox(requester):
+    base = _conf(requester.cert_pem, local_patient_id="P1", channel="smime-email")
+    for bad in ("", "not an address", "a@b.example, c@d.example", "a@b.example\r\nBcc: x@y.example",
+                "Court <clerk@court.example>"):
+        with pytest.raises(RequestInvalid, match="recipient_address"):
+            DisclosureRequest.from_conf({**base, "recipient_address": bad})
+    ok = DisclosureRequest.from_conf({**base, "recipient_address": "disclosures.oxford@justice.gov.example"})
+    assert ok.channel == "smime-email"
+    with pytest.raises(RequestInvalid, match="control"):  # no header injection through any channel
+        DisclosureRequest.from_conf({**base, "channel": "sftp", "recipient_address": "/in\nbox"})
+
+
+def test_mail_sender_never_emails_a_package_in_clear():
+    from caldicott.disclosure.mail import message
+    from caldicott.transport.base import TransportError
+
+    for payload, protection in ((b"PK\x03\x04 a zip", Protection.SMIME),
+                                (b"Content-Type: application/pkcs7-mime; smime-type=\"enveloped-data\"\r\n\r\nx",
+                                 Protection.CMS)):
+        item = Outbound("disclosure-x", Purpose.DISCLOSURE, "court_order:x", "smime-email", payload, protection,
+                        address="clerk@court.example", disclosure_id="dsc-x")
+        with pytest.raises(TransportError, match="not an S/MIME envelope") as exc:
+            message(item, "disclosures@nhs.example")
+        assert exc.value.retryable is False

@@ -9,7 +9,7 @@ Every step is idempotent per request, so a retried task never records or sends t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ from sqlalchemy import Engine, select
 from caldicott import gateway
 from caldicott.disclosure import register
 from caldicott.disclosure.letters import patient_notification, refusal
+from caldicott.disclosure.mail import CHANNEL as MAIL_CHANNEL
+from caldicott.disclosure.mail import seal_for_mail
 from caldicott.disclosure.package import OptOuts, build_package, legal_basis_text, seal
 from caldicott.disclosure.request import DisclosureRequest
 from caldicott.policy.disclosure import CATEGORY_LABELS, Category, policy_for
@@ -50,6 +52,24 @@ class DecisionIncomplete(ValueError):
     """An approval lacked what the register must hold. The request stays open; nothing is released."""
 
 
+class NotAnApprover(DecisionIncomplete):
+    """The answer came from someone who is not an assigned approver. Nothing is decided; nothing is released."""
+
+
+#: What an approval binds besides the recipient and the package: the route and the certificate it was sealed to.
+ROUTE_FIELDS = ("channel", "recipient_address", "connection_id", "certificate_sha256")
+
+
+def _route(req: DisclosureRequest) -> dict[str, str | None]:
+    return {"channel": req.channel, "recipient_address": req.recipient_address,
+            "connection_id": req.connection_id, "certificate_sha256": req.certificate_sha256}
+
+
+def _route_differs(recorded: Mapping[str, Any], req: DisclosureRequest) -> list[str]:
+    """Names of the route fields in which ``req`` differs from what was ``recorded`` (package or approval)."""
+    return [k for k, v in _route(req).items() if (recorded.get(k) or "") != (v or "")]
+
+
 def record_request(state: Engine, req: DisclosureRequest, actor: str) -> str:
     """Step 1: the 'requested' event (once). Refuses to reopen a request that already has a decision."""
     did = req.disclosure_id
@@ -68,12 +88,15 @@ def make_package(records: Engine, state: Engine, req: DisclosureRequest, *, opte
 
     plain_sum = hashlib.sha256(plain).hexdigest()
     prev = register.latest(state, req.disclosure_id, register.PACKAGE_BUILT)
-    if prev and prev["details"].get("plaintext_checksum") == plain_sum:  # retry: same content, keep its envelope
-        return prev["details"]
-    enc_sum = register.store_package(state, req.disclosure_id, seal(plain, req.recipient_certificate_pem),
-                                     plain_sum)
+    if prev and prev["details"].get("plaintext_checksum") == plain_sum and not _route_differs(prev["details"], req):
+        return prev["details"]  # retry: same content, same route and certificate: keep its envelope
+    if req.channel == MAIL_CHANNEL:  # the S/MIME part the e-mail carries: the approval binds to exactly it
+        sealed = seal_for_mail(plain, req.recipient_certificate_pem, req.disclosure_id, req.reference)
+    else:
+        sealed = seal(plain, req.recipient_certificate_pem)
+    enc_sum = register.store_package(state, req.disclosure_id, sealed, plain_sum)
     summary = {**pkg.summary(), "legal_basis": req.legal_basis, "urgency": req.urgency,
-               "consent_status": req.consent_status, "recipient": req.recipient, "channel": req.channel,
+               "consent_status": req.consent_status, "recipient": req.recipient, **_route(req),
                "package_checksum": enc_sum, "plaintext_checksum": plain_sum}
     register.append(state, req.disclosure_id, register.PACKAGE_BUILT, SYSTEM, summary)
     return summary
@@ -86,9 +109,11 @@ def approval_text(summary: Mapping[str, Any], timeout_minutes: float) -> tuple[s
     cats = "\n".join(f"- {CATEGORY_LABELS[Category(c)]}: **{summary['record_counts'].get(c, 0)}** records"
                      for c in summary["categories"]) or "- (nothing: no category asked for is allowed)"
     withheld = ", ".join(summary["withheld"]) or "none"
+    address = str(summary.get("recipient_address") or "").replace("`", "'")
+    to = f" to `{address}`" if address else ""
     lines = [
         f"**Request** `{summary['disclosure_id']}` — {pol.label}, urgency **{summary.get('urgency', 'routine')}**",
-        f"**Recipient** `{summary['recipient']}` by `{summary['channel']}` (encrypted to their certificate)",
+        f"**Recipient** `{summary['recipient']}` by `{summary['channel']}`{to} (encrypted to their certificate)",
         f"**Legal basis claimed** {legal_basis_text(summary['legal_basis'])}",
         f"**Consent** {summary.get('consent_status', 'not_sought')}",
         f"**Date range** {summary['date_from']} to {summary['date_to']}",
@@ -108,11 +133,15 @@ def approval_text(summary: Mapping[str, Any], timeout_minutes: float) -> tuple[s
     return subject, "\n\n".join(lines)
 
 
-def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping[str, Any]) -> dict[str, Any]:
+def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping[str, Any], *,
+                    approvers: Collection[str]) -> dict[str, Any]:
     """Step 4: turn the HITL response (or its timeout) into a register decision. Returns the outcome.
 
     ``response`` is the approval step's result: ``{"timed_out": True, "timeout_minutes": n}``, or Airflow's
-    ``chosen_options`` / ``params_input`` / ``responded_by_user`` / ``responded_at``.
+    ``chosen_options`` / ``params_input`` / ``responded_by_user`` / ``responded_at``. ``approvers`` are the user
+    ids who may decide (``CALDICOTT_APPROVERS``). Airflow already lets only the assigned users answer; this checks
+    again, so a misconfigured or empty assignment (which Airflow reads as "anyone may answer") cannot make
+    someone else's answer a decision: it is recorded as ``decision_not_authorised`` and NotAnApprover is raised.
     """
     did = summary["disclosure_id"]
     existing = register.decision(state, did)
@@ -130,6 +159,13 @@ def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping
     form = dict(response.get("params_input") or {})
     user = response.get("responded_by_user") or {}
     actor = str(user.get("name") or user.get("id") or "unknown")
+    responder = str(user.get("id") or "")
+    if not responder or responder not in {str(a) for a in approvers}:
+        register.append(state, did, register.NOT_AUTHORISED, actor[:100], {
+            "responded_by_id": responder, "responded_at": str(response.get("responded_at") or ""),
+            "chosen_options": chosen, "why": "not one of the assigned approvers (CALDICOTT_APPROVERS)"})
+        raise NotAnApprover(f"the answer to {did} did not come from an assigned approver: not recorded as a "
+                            "decision; nothing released")
     details = {
         "reasons": str(form.get("reasons") or "").strip(),
         "legal_basis_confirmed": bool(form.get("legal_basis_confirmed")),
@@ -147,6 +183,8 @@ def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping
             problems.append("no reasons given")
         if not details["tell_patient"] and details["not_told_reason"] == "n/a":
             problems.append("patient not to be told but no reason chosen")
+        if details["tell_patient"] and details["not_told_reason"] != "n/a":
+            problems.append("patient to be told but a reason not to tell them was chosen")
         if details["not_told_reason"] not in NOT_TOLD_REASONS:
             problems.append("unknown reason for not telling the patient")
         if problems:
@@ -154,6 +192,7 @@ def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping
             raise DecisionIncomplete(f"approval of {did} incomplete: {'; '.join(problems)}; nothing released")
         register.append(state, did, "approved", actor, {
             **details, "recipient": summary["recipient"], "package_checksum": summary["package_checksum"],
+            **{k: summary.get(k) for k in ROUTE_FIELDS},
             "categories": summary["categories"], "date_from": summary["date_from"], "date_to": summary["date_to"]})
         return {"disclosure_id": did, "outcome": "approved", "tell_patient": details["tell_patient"]}
     if chosen == [REFUSE]:
@@ -167,6 +206,13 @@ def release(state: Engine, req: DisclosureRequest, sender: Sender, run_key: str)
     """Step 5a: release the approved package through the gateway, exactly once, and record what went."""
     did = req.disclosure_id
     approval = register.approved_release(state, did)
+    if approval is not None:  # the approval binds the route too: these bytes go only where the approver saw
+        differs = _route_differs((register.decision(state, did) or {}).get("details") or {}, req)
+        if differs:
+            reason = f"route differs from the approved one ({', '.join(differs)})"
+            register.append(state, did, register.RELEASE_REFUSED, SYSTEM, {"reason": reason})
+            return {"disclosure_id": did, "released": False, "sent": 0, "already_sent": 0, "refused": 1,
+                    "failed": 0, "not_planned": 0, "reason": reason}
     checksum = approval.package_checksum if approval else (
         (register.latest(state, did, register.PACKAGE_BUILT) or {}).get("details", {}).get("package_checksum", ""))
     payload = register.load_package(state, checksum) or b""
@@ -176,7 +222,7 @@ def release(state: Engine, req: DisclosureRequest, sender: Sender, run_key: str)
         protection=Protection.SMIME if sender.channel == "smime-email" else (
             Protection.SFTP if sender.channel == "sftp" else Protection.CMS),
         address=req.recipient_address, disclosure_id=did,
-        headers={"filename": f"{did}.zip.p7m", "subject": f"Disclosure {req.reference} [secure]"})
+        headers={"filename": f"{did}.zip.p7m", "subject": f"Disclosure {did}"})
     Ledger(state).record_intent([Intent(item.item_id, FLOW, Purpose.DISCLOSURE.value, run_key, req.recipient,
                                         sender.channel, did)])
     report = gateway.release([item], sender, state)

@@ -61,6 +61,8 @@ def approved_release(engine: Engine, disclosure_id: str | None) -> Approval | No
 #: Event names, in the order a request normally collects them.
 REQUESTED, PACKAGE_BUILT, ESCALATED, RELEASED = "requested", "package_built", "escalated", "released"
 DECISION_INCOMPLETE = "decision_incomplete"
+NOT_AUTHORISED = "decision_not_authorised"   # an answer from someone not assigned to decide: not a decision
+RELEASE_REFUSED = "release_refused"          # release attempted by another route than the one approved
 PATIENT_NOTIFIED, PATIENT_NOT_NOTIFIED, REFUSAL_LETTER = "patient_notified", "patient_not_notified", "refusal_letter"
 
 

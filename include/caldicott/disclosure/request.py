@@ -16,7 +16,10 @@ from caldicott.transport.ledger import item_id
 
 URGENCY = ("routine", "urgent", "immediate_risk")
 CONSENT_STATUS = ("given", "refused", "not_sought", "not_possible", "not_required")
-CHANNELS = ("outbox", "sftp")
+CHANNELS = ("outbox", "sftp", "smime-email")
+#: An e-mail address as the To header may carry it: one mailbox, no display name, no spaces or control characters.
+_MAILBOX = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 
 
 class RequestInvalid(ValueError):
@@ -56,10 +59,26 @@ class DisclosureRequest:
         org = self.requester_org_code or re.sub(r"[^a-z0-9]+", "-", self.requester_organisation.lower()).strip("-")
         return f"{self.request_type}:{org}"[:100]
 
+    @property
+    def certificate_sha256(self) -> str | None:
+        """SHA-256 fingerprint of the requester's certificate (DER), or None if it does not parse.
+
+        The register records which certificate a package was encrypted to without storing the certificate.
+        """
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
+        try:
+            cert = x509.load_pem_x509_certificate(self.recipient_certificate_pem.encode())
+        except ValueError:
+            return None
+        return cert.fingerprint(hashes.SHA256()).hex()
+
     def register_details(self) -> dict[str, Any]:
         """Everything the register records about the request (the certificate by fingerprint only)."""
         d = asdict(self)
         d.pop("recipient_certificate_pem")
+        d["certificate_sha256"] = self.certificate_sha256
         d["categories"] = list(self.categories)
         d["date_from"], d["date_to"] = self.date_from.isoformat(), self.date_to.isoformat()
         d["recipient"] = self.recipient
@@ -108,6 +127,11 @@ class DisclosureRequest:
             raise RequestInvalid("urgency, consent_status or channel has an unknown value")
         if basis == LegalBasis.CONSENT and consent != "given":
             raise RequestInvalid("legal_basis consent needs consent_status given")
+        address = str(conf.get("recipient_address") or "").strip()
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in address):
+            raise RequestInvalid("recipient_address contains control characters")
+        if channel == "smime-email" and not _MAILBOX.fullmatch(address):
+            raise RequestInvalid("channel smime-email needs recipient_address: the requester's secure e-mail address")
         if not conf.get("recipient_certificate_pem"):
             raise RequestInvalid("recipient_certificate_pem is required: packages leave encrypted only")
         return cls(
@@ -118,7 +142,7 @@ class DisclosureRequest:
             necessity=str(conf["necessity"]).strip(), legal_basis=basis.value, categories=tuple(cats),
             date_from=d_from, date_to=d_to, urgency=urgency, consent_status=consent, local_patient_id=patient,
             requester_org_code=str(conf.get("requester_org_code") or "").strip(), channel=channel,
-            recipient_address=str(conf.get("recipient_address") or "").strip(),
+            recipient_address=address,
             connection_id=str(conf.get("connection_id") or "").strip(),
             recipient_certificate_pem=str(conf["recipient_certificate_pem"]),
         )

@@ -24,13 +24,15 @@ disclosure_event = Table(
 )
 
 #: The encrypted packages built for requests, kept so the bytes approved are the bytes released.
-#: ``content`` is the CMS envelope to the requester's certificate: unreadable at rest to anyone but them.
+#: ``content`` is the CMS envelope to the requester's certificate: unreadable at rest to anyone but them (DER;
+#: for channel ``smime-email`` the same envelope as the S/MIME part the e-mail carries, see disclosure.mail).
 disclosure_package = Table(
     "disclosure_package",
     metadata,
     Column("package_checksum", String(64), primary_key=True, comment="sha256 of the encrypted bytes"),
     Column("disclosure_id", String(40), nullable=False, index=True),
-    Column("content", LargeBinary, nullable=False, comment="CMS EnvelopedData (DER) to the requester"),
+    Column("content", LargeBinary, nullable=False,
+           comment="CMS EnvelopedData to the requester (DER, or its S/MIME part)"),
     Column("plaintext_checksum", String(64), nullable=False, comment="sha256 of the package before encryption"),
     Column("built_at", DateTime, nullable=False),
 )
