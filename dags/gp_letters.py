@@ -105,12 +105,10 @@ def gp_letters():
             senders: dict = {}
             from_addr, mailbox, print_cert = service.email, "", None
             if kind == "smtp":
-                from airflow.providers.smtp.hooks.smtp import SmtpHook
-                from caldicott.transport.smtp import SmtpSender
+                from caldicott_airflow.smtp import smtp_sender
 
-                hook = stack.enter_context(SmtpHook(SMTP_CONN_ID))
-                from_addr = hook.from_email or service.email
-                senders["smtp"] = SmtpSender(hook._smtp_client, from_addr)
+                senders["smtp"] = stack.enter_context(smtp_sender(SMTP_CONN_ID))
+                from_addr = senders["smtp"].from_addr
             elif kind == "mesh":
                 from caldicott.letters.gp_connect import WORKFLOW
                 from caldicott_airflow.hooks.mesh import MeshHook

@@ -55,13 +55,12 @@ def open_sender(req: DisclosureRequest) -> Iterator:
 
         yield sftp_sender(req.connection_id or SFTP_CONN_ID, peer=req.recipient)
     elif req.channel == "smime-email":
-        from airflow.providers.smtp.hooks.smtp import SmtpHook
         from caldicott.disclosure.mail import DisclosureMailSender
-        from caldicott.letters.render import Service
-        from caldicott.transport.smtp import SmtpSender
 
-        with SmtpHook(req.connection_id or SMTP_CONN_ID) as hook:
-            yield DisclosureMailSender(SmtpSender(hook._smtp_client, hook.from_email or Service().email))
+        from caldicott_airflow.smtp import smtp_sender
+
+        with smtp_sender(req.connection_id or SMTP_CONN_ID) as sender:
+            yield DisclosureMailSender(sender)
     else:
         raise ConfigMissing(f"channel {req.channel} is not configured for disclosures here")
 
