@@ -15,7 +15,7 @@ import logging
 import pkgutil
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select, text
 
 import caldicott
 from caldicott.db import make_engine
@@ -39,6 +39,26 @@ def _create_all(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+#: Key of the PostgreSQL advisory lock that serialises migrations ("CALDMIGR" as a 64-bit integer).
+MIGRATION_LOCK_KEY = int.from_bytes(b"CALDMIGR", "big") - 2**63
+
+
+def _serialise(conn: Connection) -> None:
+    """Make concurrent migrations of one database take turns.
+
+    Tasks migrate on first use in each process, so on a fresh PostgreSQL state database several Celery
+    workers migrate at once; two ``CREATE TABLE`` of one name then fail one of them (duplicate
+    ``pg_type`` entry). A transaction-scoped advisory lock makes the others wait and then find every
+    table made. On SQLite the driver runs DDL outside a transaction, so the same race ends in "table
+    already exists"; ``BEGIN IMMEDIATE`` takes the write lock before anything is looked at (others wait
+    up to the busy timeout).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 #: (version, description, step). Append only.
 STEPS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "create every declared table that is missing", _create_all),
@@ -54,6 +74,7 @@ def migrate(engine: Engine) -> list[int]:
     load_table_modules()
     applied: list[int] = []
     with engine.begin() as conn:
+        _serialise(conn)
         metadata.create_all(conn)
         done = set(conn.execute(select(schema_version.c.version)).scalars())
         for version, description, step in STEPS:
