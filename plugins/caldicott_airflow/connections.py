@@ -3,7 +3,7 @@
 Connection ids (override with the env vars named in the README):
 
 * ``caldicott_records``: the clinical-records source, read-only (``sqlite`` with ``host`` = file path,
-  or ``postgres``);
+  or ``postgres``, whose libpq extras such as ``sslmode`` are honoured);
 * ``caldicott_state``: Caldicott's own state database (same kinds); migrated on first use per process.
 
 Both can come from ``AIRFLOW_CONN_*`` environment variables, the metadata database, or any secrets
@@ -14,19 +14,33 @@ from __future__ import annotations
 
 import functools
 import os
-from urllib.parse import quote
 
 from caldicott.db import make_engine, sqlite_url
-from sqlalchemy import Engine
+from sqlalchemy import URL, Engine
 
 RECORDS_CONN_ID = os.environ.get("CALDICOTT_RECORDS_CONN_ID", "caldicott_records")
 STATE_CONN_ID = os.environ.get("CALDICOTT_STATE_CONN_ID", "caldicott_state")
 
 
-def sqlalchemy_url(conn) -> str:
+#: libpq connection parameters taken from a postgres connection's extras (Airflow's postgres provider
+#: passes these through too). Anything else in the extras is ignored, never sent to the server.
+LIBPQ_EXTRAS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcompression", "sslsni",
+                "channel_binding", "gssencmode", "connect_timeout", "application_name", "options",
+                "target_session_attrs", "keepalives", "keepalives_idle", "keepalives_interval",
+                "keepalives_count", "tcp_user_timeout")
+
+#: Added to the records source's libpq ``options`` on PostgreSQL: every transaction is read-only, the
+#: counterpart of SQLite's ``mode=ro`` (the source is read-only to Caldicott whatever its user may do).
+READ_ONLY_OPTION = "-c default_transaction_read_only=on"
+
+
+def sqlalchemy_url(conn, *, readonly: bool = False) -> str:
     """The SQLAlchemy URL for an Airflow Connection of type sqlite or postgres.
 
-    ``extra.sqlalchemy_url`` wins when set, for drivers this function does not know.
+    ``extra.sqlalchemy_url`` wins when set, for drivers this function does not know. For postgres the
+    libpq parameters in the extras (:data:`LIBPQ_EXTRAS`: ``sslmode``, ``sslrootcert`` ...) are kept, so
+    ``{"sslmode": "verify-full"}`` really means a verified TLS connection; ``readonly`` makes every
+    transaction of the session read-only.
     """
     extra = conn.extra_dejson or {}
     if extra.get("sqlalchemy_url"):
@@ -35,14 +49,13 @@ def sqlalchemy_url(conn) -> str:
     if kind == "sqlite":
         return sqlite_url(conn.host)
     if kind in ("postgres", "postgresql"):
-        auth = ""
-        if conn.login:
-            auth = quote(conn.login, safe="")
-            if conn.password:
-                auth += ":" + quote(conn.password, safe="")
-            auth += "@"
-        port = f":{conn.port}" if conn.port else ""
-        return f"postgresql+psycopg2://{auth}{conn.host or '127.0.0.1'}{port}/{conn.schema or 'postgres'}"
+        query = {k: str(extra[k]) for k in LIBPQ_EXTRAS if extra.get(k) not in (None, "")}
+        if readonly:
+            query["options"] = f"{query['options']} {READ_ONLY_OPTION}" if query.get("options") else READ_ONLY_OPTION
+        url = URL.create("postgresql+psycopg2", username=conn.login or None, password=conn.password or None,
+                         host=conn.host or "127.0.0.1", port=conn.port or None, database=conn.schema or "postgres",
+                         query=query)
+        return url.render_as_string(hide_password=False)
     raise ValueError(f"connection {conn.conn_id!r} has type {conn.conn_type!r}; use sqlite or postgres")
 
 
@@ -54,8 +67,8 @@ def _get_connection(conn_id: str):
 
 @functools.cache
 def records_engine() -> Engine:
-    """Engine on the records source, opened read-only where the backend allows it (SQLite)."""
-    return make_engine(sqlalchemy_url(_get_connection(RECORDS_CONN_ID)), readonly=True)
+    """Engine on the records source, read-only: SQLite opened ``mode=ro``, PostgreSQL read-only transactions."""
+    return make_engine(sqlalchemy_url(_get_connection(RECORDS_CONN_ID), readonly=True), readonly=True)
 
 
 @functools.cache
