@@ -1,6 +1,7 @@
 """DAG integrity over the DagBag: every DAG file in dags/ imports, and every DAG has what on-call staff
-and the Caldicott principles need — an owner, the ``caldicott`` tag, retries, docs, the on-call
-notifier on every task, and no Param default that looks like patient data.
+and the Caldicott principles need — an owner, the ``caldicott`` tag, retries with exponential backoff,
+docs, the on-call notifier on every task, the deadline alerts where lateness matters, and no Param
+default that looks like patient data.
 
 Files are discovered at collection time (``dags/*.py``), so a new DAG file is covered without editing
 this test. Nothing here needs a secret, a connection or a running Airflow.
@@ -8,6 +9,8 @@ this test. Nothing here needs a secret, a connection or a running Airflow.
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib
 import os
 import re
 from pathlib import Path
@@ -31,12 +34,28 @@ PATIENTISH_KEY = re.compile(r"(?i)nhs|given|family|surname|first_?name|last_?nam
 # set retries=0, so that its transient faults still retry. Format: {(dag_id, task_id): "reason"}.
 RETRIES_EXEMPT: dict[tuple[str, str], str] = {}
 
+# Where lateness matters (issue 7): the DAG, the alert's name and how long after the run's logical date
+# (its scheduled time, London) it fires. A DAG listed here must carry exactly this deadline alert, with
+# the callback the triggerer imports from plugins/.
+DEADLINES: dict[str, tuple[str, dt.timedelta]] = {
+    "records_quality": ("records_quality not finished by 06:00", dt.timedelta(hours=6)),  # 00:00 → 06:00
+    "gp_letters": ("gp_letters not finished by 10:00", dt.timedelta(hours=4)),            # 06:00 → 10:00
+    # scheduled on the 1st at 06:00, due on the 20th at 12:00
+    "monthly_dataset": ("monthly data set not submitted by day 20 12:00", dt.timedelta(days=19, hours=6)),
+}
+DEADLINE_CALLBACK = "caldicott_airflow.deadlines.deadline_missed"
+
 
 @pytest.fixture(scope="module")
 def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(DAGS))
+    saved = os.environ.pop("CALDICOTT_DEADLINES", None)  # parse as a deployment does: deadlines on
+    try:
+        return DagBag(dag_folder=str(DAGS))
+    finally:
+        if saved is not None:
+            os.environ["CALDICOTT_DEADLINES"] = saved
 
 
 def _dags_of(dagbag, path: Path):
@@ -71,10 +90,38 @@ def test_dag_policy(dagbag, path):
             assert task.owner and task.owner != "airflow", f"{where}: owner must be set (not 'airflow')"
             if (dag.dag_id, task.task_id) not in RETRIES_EXEMPT:
                 assert task.retries >= 1, f"{where}: retries must be >= 1"
+                assert task.retry_delay and task.retry_delay > dt.timedelta(0), f"{where}: retry_delay must be set"
+                backoff = task.retry_exponential_backoff
+                assert backoff is True or (not isinstance(backoff, bool) and backoff > 1), \
+                    f"{where}: retries must back off exponentially (retry_exponential_backoff)"
             callbacks = task.on_failure_callback or []
             if not isinstance(callbacks, list | tuple):
                 callbacks = [callbacks]
             assert any(_is_oncall(cb) for cb in callbacks), f"{where}: on_failure_callback lacks OnCallNotifier"
+
+
+def _deadlines(dag) -> list:
+    found = dag.deadline
+    return list(found) if isinstance(found, list | tuple) else [found] if found else []
+
+
+@pytest.mark.parametrize("dag_id", sorted(DEADLINES))
+def test_deadline_alerts_are_wired(dagbag, dag_id):
+    """The monthly submission window and the daily finish-by hours really are on the DAGs."""
+    from airflow.sdk import DeadlineReference
+
+    dag = dagbag.dags.get(dag_id)
+    assert dag is not None, f"{dag_id} is not in the DagBag"
+    name, interval = DEADLINES[dag_id]
+    alerts = _deadlines(dag)
+    assert [a.name for a in alerts] == [name], f"{dag_id}: deadline alerts {[a.name for a in alerts]}"
+    alert = alerts[0]
+    assert alert.reference == DeadlineReference.DAGRUN_LOGICAL_DATE
+    assert alert.interval == interval, f"{dag_id}: fires {alert.interval} after the logical date, not {interval}"
+    assert alert.callback.path == DEADLINE_CALLBACK
+    module, _, func = alert.callback.path.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), func)), "the triggerer must be able to import it"
+    assert str(dag.timezone) == "Europe/London", f"{dag_id}: the deadline hour must be a London hour"
 
 
 def _patientish(key: str, value) -> str | None:
