@@ -5,10 +5,11 @@ and api-server (127.0.0.1, random port) and TWO Celery workers, all started here
 of the Celery workers.
 
 Skips with a reason when PostgreSQL (127.0.0.1:5432) or Redis (127.0.0.1:6379) is not reachable; CI has
-both. Isolation: a throwaway PostgreSQL database (dropped afterwards), Redis database 13 and a queue
-name of this run's own (its keys are deleted afterwards). Everything started is stopped, also on failure.
-Nothing listens beyond loopback: the workers run with --skip-serve-logs (the api-server reads their
-log files from the shared Airflow home), the scheduler too, and Celery workers open no port.
+both. Isolation: a throwaway PostgreSQL database (dropped afterwards), Redis database 13, and a queue
+name and broker key prefix of this run's own (its keys, and only its keys, are deleted afterwards).
+Everything started is stopped, also on failure. Nothing listens beyond loopback: the workers run with
+--skip-serve-logs (the api-server reads their log files from the shared Airflow home), the scheduler
+too, and Celery workers open no port.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def redis_queue():
         import redis
 
         client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
-        keys = [k for pattern in (f"*{queue}*", "unacked*", "_kombu.binding*")
-                for k in client.scan_iter(match=pattern)]
+        # every broker key of this run carries the run's own prefix (global_keyprefix below), so a
+        # concurrent run on the same Redis (another CI job, a second checkout) keeps its bindings
+        keys = list(client.scan_iter(match=f"{queue}:*"))
         if keys:
             client.delete(*keys)
         client.close()
@@ -156,6 +158,7 @@ def test_records_quality_runs_on_celery_workers(tmp_path, pg_url, redis_queue, o
             "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
             "AIRFLOW__CELERY__RESULT_BACKEND": pg_url.replace("postgresql+psycopg2://", "db+postgresql://"),
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": redis_queue,
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"{redis_queue}:",
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
             "AIRFLOW__CORE__PARALLELISM": "2",
             "CALDICOTT_ONCALL_WEBHOOK": webhook_url,

@@ -485,13 +485,15 @@ def _copy_frame(dialect: str, cur, name: str, df: pd.DataFrame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--patients", type=int, default=2000, help="number of patients (default 2000)")
+    parser.add_argument("--seed", type=int, default=7, help="seed: the same seed gives the same records (default 7)")
     parser.add_argument("--url", required=True, help="SQLAlchemy URL of the records database to (re)fill")
     parser.add_argument("--keys-dir", type=Path, help="where synthetic peers' keys and certificates are cached")
     parser.add_argument("--manifest", type=Path, help="JSON manifest of counts and deliberately bad ids")
-    parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2020, 4, 1))
-    parser.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2026, 10, 31))
+    parser.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2020, 4, 1),
+                        help="first referral date, YYYY-MM-DD (default 2020-04-01)")
+    parser.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2026, 10, 31),
+                        help="last referral date, YYYY-MM-DD (default 2026-10-31)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
