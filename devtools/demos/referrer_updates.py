@@ -2,7 +2,9 @@
 
 The day is chosen from the synthetic records (the October 2026 London day with most sessions for the
 SFTP contracts), so the files have rows. The run is triggered over the REST API with conf
-``{"day": ..., "activity_month": "2026-10"}``; files land on the local SFTP peer.
+``{"day": ..., "activity_month": "2026-10"}``; files land on the local SFTP peer and are all listed in
+``files_on_sftp_peer``: the synthetic source's SFTP contracts are CT001 (``csv-v1``, with summaries) and CT002
+(``fhir-r4-v1``: ``CT002_sessions_<day>_fhir-r4-v1.json``, a FHIR R4 Bundle, no summaries); CT003 goes by MESH.
 """
 
 from __future__ import annotations

@@ -89,3 +89,22 @@ def test_written_source_works_on_postgresql(pg_url, small):
     pat = queries.patients(engine, ["P0000001", "P0000002"])
     assert set(pat["local_patient_id"]) == {"P0000001", "P0000002"}
     engine.dispose()
+
+
+def test_a_fixed_minority_of_contracts_have_fhir_session_files(small):
+    """Every source delivers at least one fhir-r4-v1 contract (the demo's three: CT002, SFTP, no summaries) and
+    mostly csv-v1; the choice is by position, so the same records come out whatever the formats."""
+    from caldicott.policy.referrer_updates import COLUMN_SET, FHIR_FORMAT, session_fields
+    from caldicott.updates.build import contract_options
+
+    contracts = small.frames["contract"].set_index("contract_id")
+    assert contracts["file_format"].to_dict() == {"CT001": COLUMN_SET, "CT002": FHIR_FORMAT, "CT003": COLUMN_SET}
+    assert contracts.loc["CT002", "transport"] == "sftp" and not contracts.loc["CT002", "include_summaries"]
+    for record in small.frames["contract"].to_dict("records"):
+        session_fields(contract_options(record))       # every generated format is one the flow can build
+
+    big = synth.generate(35_000, seed=3).frames["contract"]
+    fhir = big[big["file_format"] == FHIR_FORMAT]
+    assert fhir["contract_id"].tolist() == ["CT002", "CT007"] and len(fhir) < len(big) / 2
+    assert set(fhir["include_summaries"]) == {True, False}   # FHIR both with and without clinical summaries
+    assert set(big["file_format"]) == {COLUMN_SET, FHIR_FORMAT}

@@ -146,7 +146,7 @@ contract = Table(
     Column("remote_path", String(300), comment="directory on the SFTP peer"),
     Column("mesh_mailbox", String(20)),
     Column("mesh_workflow", String(50)),
-    Column("file_format", String(20), nullable=False, default="csv-v1", comment="'csv-v1' or 'fhir'"),
+    Column("file_format", String(20), nullable=False, default="csv-v1", comment="'csv-v1' or 'fhir-r4-v1'"),
     Column("include_summaries", Boolean, nullable=False, default=False,
            comment="True only where the contract requires clinical summaries of each session"),
     Column("include_activity", Boolean, nullable=False, default=True,

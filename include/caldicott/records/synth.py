@@ -29,6 +29,7 @@ from sqlalchemy import Engine, delete
 
 from caldicott.crypto.keys import cached_identity
 from caldicott.db import make_engine
+from caldicott.policy.referrer_updates import COLUMN_SET, FHIR_FORMAT
 from caldicott.records import schema
 from caldicott.records.nhs_numbers import synthetic_numbers
 from caldicott.records.schema import SNOMED
@@ -93,6 +94,12 @@ SUMMARIES = [
     "Relapse prevention blueprint drafted together.",
     "Discussed low mood and withdrawal; activity scheduling introduced.",
 ]
+
+#: Every fifth contract from the second (CT002, CT007, CT012, ...) has its session file in ``fhir-r4-v1``, the
+#: rest in ``csv-v1``: a fixed minority, so every source (the demo's three contracts included: CT002, SFTP,
+#: without summaries) delivers a FHIR file, and a large one mixes FHIR with SFTP / MESH and with / without
+#: summaries. Derived from the index, not drawn: no random draw moves, so the other records stay as they were.
+FHIR_CONTRACT_EVERY, FHIR_CONTRACT_FIRST = 5, 1
 
 # SourceOfReferralIAPT codes used here (IAPT v2 data dictionary): B1 self, A1 GP, and a provider route.
 SOURCE_SELF, SOURCE_GP, SOURCE_PROVIDER = "B1", "A1", "C1"
@@ -337,7 +344,8 @@ def generate(
         "remote_path": [f"/inbound/{c.lower()}" if i % 3 != 2 else None for i, c in enumerate(prov_codes)],
         "mesh_mailbox": ["X26ABC3" if i % 3 == 2 else None for i in range(n_prov)],
         "mesh_workflow": ["IAPT_SESSION_UPDATE" if i % 3 == 2 else None for i in range(n_prov)],
-        "file_format": "csv-v1",
+        "file_format": [FHIR_FORMAT if i % FHIR_CONTRACT_EVERY == FHIR_CONTRACT_FIRST else COLUMN_SET
+                        for i in range(n_prov)],
         "include_summaries": [i % 2 == 0 for i in range(n_prov)],
         "include_activity": True,
         "certificate_pem": None,
