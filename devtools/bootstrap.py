@@ -1,12 +1,14 @@
 """Prepare a checkout to run: seed the synthetic records, migrate the state DB and Airflow's metadata DB.
 
 ``python -m devtools.bootstrap`` (``make demo`` and ``make test`` call it). Idempotent: the records are
-re-seeded only when the requested size or seed changed, and each migration is a no-op when current.
+re-seeded only when the requested size or seed, or the generator's code, changed, and each migration is a
+no-op when current.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -55,15 +57,24 @@ class Workspace:
         return self.root / "outputs"
 
 
+def generator_fingerprint() -> str:
+    """The generator's own source, hashed: a checkout whose generator changed (a new field, a new contract
+    format) re-seeds its demo records instead of running the flows on data the new code never makes."""
+    return hashlib.sha256(Path(synth.__file__).read_bytes()).hexdigest()[:16]
+
+
 def seed(ws: Workspace, patients: int = DEMO_PATIENTS, seed_value: int = DEMO_SEED) -> bool:
-    """(Re)fill the records DB unless it already holds this size and seed. Returns True if it seeded."""
+    """(Re)fill the records DB unless it already holds this size and seed from this generator.
+    Returns True if it seeded."""
+    generator = generator_fingerprint()
     if ws.records_db.exists() and ws.manifest.exists():
         m = json.loads(ws.manifest.read_text())
-        if m.get("patients") == patients and m.get("seed") == seed_value:
+        if (m.get("patients"), m.get("seed"), m.get("generator")) == (patients, seed_value, generator):
             return False
     ws.root.mkdir(parents=True, exist_ok=True)
     result = synth.generate(patients, seed_value, keys_dir=ws.keys_dir)
     synth.write(result, make_engine(sqlite_url(ws.records_db)), manifest_path=ws.manifest)
+    ws.manifest.write_text(json.dumps({**json.loads(ws.manifest.read_text()), "generator": generator}, indent=2))
     return True
 
 

@@ -5,7 +5,8 @@ with hostile values patched in by hypothesis, then pushed through
 
 * GP letters: ``flow.plan`` and ``flow.send_batch`` for every batch (rendering, S/MIME, GP Connect
   bundles, print files) into a recording sender (the real peers are covered by the crash and fault tests);
-* referrer updates: ``deliver.build_items`` for every contract (CSV files, read back and compared);
+* referrer updates: ``deliver.build_items`` for every contract (csv-v1 and fhir-r4-v1 files, read back and
+  compared);
 * the monthly data set: ``pipeline.build_month`` and ``rules.screen``.
 
 Two kinds of hostility. *Bad records* (garbage / wrong-check-digit / duplicated NHS numbers, birth dates in
@@ -21,6 +22,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -38,7 +40,7 @@ from caldicott.state.migrate import migrate
 from caldicott.state.quarantine import entries
 from caldicott.transport.base import Outbound
 from caldicott.updates import build as ubuild
-from caldicott.updates import deliver
+from caldicott.updates import deliver, fhir
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -243,6 +245,22 @@ def _letters(records, state, base, bad_pat, bad_ref) -> int:
     return sent
 
 
+def _session_rows(item: Outbound, with_summaries: bool) -> list[dict]:
+    """A built session file read back as rows (care_contact_id, and clinical_summary where the contract has it),
+    whatever its format: csv-v1 as CSV; fhir-r4-v1 as a Bundle, one row per Encounter, its summary the text of
+    the DocumentReference pointing at it (none: no summary)."""
+    if item.headers["column_set"] != "fhir-r4-v1":
+        return list(csv.DictReader(io.StringIO(item.payload.decode("utf-8"), newline="")))
+    bundle = json.loads(item.payload)
+    rows = {e["id"]: {"care_contact_id": e["identifier"][0]["value"], **({"clinical_summary": ""}
+                                                                          if with_summaries else {})}
+            for e in fhir.resources(bundle, "Encounter")}
+    for d in fhir.resources(bundle, "DocumentReference"):
+        rows[d["context"]["encounter"][0]["reference"].removeprefix("urn:uuid:")]["clinical_summary"] = \
+            fhir.summary_text(d)
+    return list(rows.values())
+
+
 def _updates(records, state, bad_pat) -> int:
     contracts = ubuild.active_contracts(records)
     built = 0
@@ -253,7 +271,7 @@ def _updates(records, state, bad_pat) -> int:
         for item in items:
             if item.item_id in held or item.headers["kind"] != "sessions":
                 continue
-            rows = list(csv.DictReader(io.StringIO(item.payload.decode("utf-8"), newline="")))
+            rows = _session_rows(item, bool(contract["include_summaries"]))
             assert len(rows) == result.rows["sessions"]
             built += len(rows)
             sessions = pd.read_sql(
