@@ -15,7 +15,6 @@ requester's side (tests, the demo): decrypt with their key and take the zip out.
 
 from __future__ import annotations
 
-import base64
 import email
 import email.policy
 import email.utils
@@ -23,7 +22,7 @@ import hashlib
 from dataclasses import replace
 
 from caldicott.crypto.smime import envelope, open_envelope
-from caldicott.letters.messages import message_id
+from caldicott.letters.messages import boundary_for, message_id, note_with_attachment
 from caldicott.policy.purposes import Protection
 from caldicott.transport.base import Outbound, TransportError
 from caldicott.transport.smtp import SmtpSender
@@ -33,32 +32,19 @@ SUBJECT = "Disclosure {disclosure_id} (S/MIME encrypted)"
 _SMIME_MARKERS = (b"application/pkcs7-mime", b"enveloped-data")
 
 
-def _b64_lines(data: bytes) -> bytes:
-    return base64.encodebytes(data).replace(b"\n", b"\r\n")
-
-
 def inner_entity(disclosure_id: str, reference: str, package_zip: bytes) -> bytes:
     """The MIME entity that is encrypted: a cover note and the package as ``<disclosure id>.zip``.
 
     Written directly (base64 parts, a boundary derived from the id) so the same package gives the same entity.
     """
-    boundary = "=_caldicott_" + hashlib.sha256(disclosure_id.encode()).hexdigest()[:20]
     note = (f"Disclosure {disclosure_id}\r\nYour reference: {reference}\r\n\r\n"
             f"The attached {disclosure_id}.zip is the information approved for release in answer to your request. "
             "Its manifest.json lists what it contains, what was withheld and the rules applied.\r\n"
             f"SHA-256 of the zip: {hashlib.sha256(package_zip).hexdigest()}\r\n\r\n"
             "Keep it only as long as your purpose needs it; do not pass it on.\r\n")
-    return b"".join([
-        f'Content-Type: multipart/mixed; boundary="{boundary}"\r\nMIME-Version: 1.0\r\n\r\n'.encode(),
-        f'--{boundary}\r\nContent-Type: text/plain; charset="utf-8"\r\n'
-        "Content-Transfer-Encoding: base64\r\n\r\n".encode(),
-        _b64_lines(note.encode()),
-        f"--{boundary}\r\nContent-Type: application/zip; name=\"{disclosure_id}.zip\"\r\n"
-        f'Content-Disposition: attachment; filename="{disclosure_id}.zip"\r\n'
-        "Content-Transfer-Encoding: base64\r\n\r\n".encode(),
-        _b64_lines(package_zip),
-        f"--{boundary}--\r\n".encode(),
-    ])
+    return note_with_attachment(note, package_zip, filename=f"{disclosure_id}.zip",
+                                content_type=f'application/zip; name="{disclosure_id}.zip"',
+                                boundary=boundary_for(disclosure_id))
 
 
 def seal_for_mail(package_zip: bytes, certificate_pem: str | bytes, disclosure_id: str, reference: str) -> bytes:
