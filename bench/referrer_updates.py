@@ -1,6 +1,6 @@
 """Benchmark: a large provider's day of referrer updates — 200 contracts, 20,000 sessions, over real SFTP.
 
-``python -m bench.referrer_updates [--contracts 200] [--sessions 20000] [--repeat 3]``
+``python -m bench.referrer_updates [--contracts 200] [--sessions 20000] [--repeat 3] [--format fhir-r4-v1]``
 
 A records source sized for it is generated directly as frames (one referral per patient, one session
 each on the benchmark day, spread evenly over the contracts, half of them with clinical summaries) and
@@ -10,7 +10,7 @@ in a process of its own on loopback, so the figures are the client's: what an Ai
 Stages timed, each from a fresh state database and an empty SFTP root:
 
 * ``plan``: read the day's sessions once, screen them, quarantine the bad ones;
-* ``build``: build all contracts' csv-v1 files (no sending);
+* ``build``: build all contracts' session files (no sending), csv-v1 or, with ``--format``, fhir-r4-v1;
 * ``build + deliver``: what the DAG's mapped tasks do, one after another in one process: per contract,
   read its sessions, build, record ledger intents, connect (SSH handshake, pinned host key), upload
   ``.part``, re-read and verify, rename; one connection per contract, as one task per contract has;
@@ -44,7 +44,7 @@ from bench.results import machine, peak_rss_mib, write_section
 DAY = dt.date(2026, 10, 14)
 
 
-def make_source(path: Path, contracts: int, sessions: int, seed: int = 3) -> None:
+def make_source(path: Path, contracts: int, sessions: int, seed: int = 3, file_format: str = "csv-v1") -> None:
     rng = np.random.default_rng(seed)
     orgs = np.array([f"ZB{i:03d}" for i in range(contracts)])
     n = sessions
@@ -75,7 +75,7 @@ def make_source(path: Path, contracts: int, sessions: int, seed: int = 3) -> Non
             "contract_id": [f"CB{i:03d}" for i in range(contracts)], "referrer_org_code": orgs,
             "name": [f"Bench contract {i}" for i in range(contracts)], "active": True, "transport": "sftp",
             "connection_id": "bench", "remote_path": [f"/inbound/{o.lower()}" for o in orgs],
-            "file_format": "csv-v1", "include_summaries": [i % 2 == 0 for i in range(contracts)],
+            "file_format": file_format, "include_summaries": [i % 2 == 0 for i in range(contracts)],
             "include_activity": True}),
     }
     synth.write(synth.SynthResult(frames=frames), make_engine(sqlite_url(path)))
@@ -101,7 +101,7 @@ class Server:
         self.proc.wait(timeout=30)
 
 
-def run_once(records, workdir: Path, server: Server) -> dict:
+def run_once(records, workdir: Path, server: Server, suffix: str) -> dict:
     state = make_engine(sqlite_url(workdir / f"state-{time.time_ns()}.db"))
     migrate(state)
     contracts = build.active_contracts(records)
@@ -130,7 +130,7 @@ def run_once(records, workdir: Path, server: Server) -> dict:
     t4 = time.perf_counter()
     sent = sum(1 for r in results if r.files.get("sessions") == "sent")
     skipped = sum(1 for r in again if r.files.get("sessions") == "already_sent")
-    files = list(server.root.rglob("*.csv"))
+    files = list(server.root.rglob(f"*{suffix}"))
     assert sent == len(rows) == skipped == len(files), (sent, skipped, len(files))
     assert not list(server.root.rglob("*.part"))
     return {"plan": t1 - t0, "build": t2 - t1, "deliver": t3 - t2, "rerun": t4 - t3, "files": len(files),
@@ -143,26 +143,28 @@ def main() -> None:
     parser.add_argument("--contracts", type=int, default=200)
     parser.add_argument("--sessions", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--format", default="csv-v1", choices=["csv-v1", "fhir-r4-v1"],
+                        help="every contract's session file format (own section in RESULTS.md)")
     args = parser.parse_args()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         t0 = time.perf_counter()
-        make_source(root / "records.db", args.contracts, args.sessions)
+        make_source(root / "records.db", args.contracts, args.sessions, file_format=args.format)
         seed_s = time.perf_counter() - t0
         records = make_engine(sqlite_url(root / "records.db"), readonly=True)
         runs = []
         for i in range(args.repeat):
             server = Server(root / f"peer-{i}")
             try:
-                runs.append(run_once(records, root, server))
+                runs.append(run_once(records, root, server, ".json" if args.format.startswith("fhir") else ".csv"))
             finally:
                 server.stop()
     med = {k: statistics.median(r[k] for r in runs) for k in ("plan", "build", "deliver", "rerun")}
     last = runs[-1]
     per_contract_ms = 1000 * med["deliver"] / args.contracts
     cmd = (f"python -m bench.referrer_updates --contracts {args.contracts} --sessions {args.sessions} "
-           f"--repeat {args.repeat}")
+           f"--repeat {args.repeat}" + (f" --format {args.format}" if args.format != "csv-v1" else ""))
     deliver_row = ("**build + deliver all files** (per contract: read, build, ledger intents, SSH connect with "
                    "pinned key, upload `.part`, re-read + sha256, rename)")
     body = "\n".join([
@@ -171,7 +173,7 @@ def main() -> None:
         "",
         f"A large provider's day: {args.contracts} contracts (all SFTP, half with clinical summaries), "
         f"{last['sessions_read']:,} sessions on {DAY}; {last['files']} files, {last['rows']:,} data rows, "
-        f"{last['bytes'] / 1e6:.1f} MB of csv-v1. Medians of {args.repeat} runs.",
+        f"{last['bytes'] / 1e6:.1f} MB of {args.format}. Medians of {args.repeat} runs.",
         "",
         "| stage | median s |",
         "|---|---|",
@@ -185,7 +187,7 @@ def main() -> None:
         "own mapped task, so wall time there is set by worker slots (`parallelism`) and task start-up, "
         "not by this loop.",
     ])
-    write_section("Referrer updates", body)
+    write_section("Referrer updates" + (f" ({args.format})" if args.format != "csv-v1" else ""), body)
     print(body)
 
 
