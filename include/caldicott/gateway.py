@@ -3,7 +3,8 @@
 ``release(items, sender)`` checks each item against the policy rule for its purpose
 (:mod:`caldicott.policy.purposes`): routine purposes pass when the facts their rule requires are
 asserted and the protection is one the rule allows; every other purpose passes only with an approved
-entry in the disclosure register for exactly this recipient and exactly these bytes (checksum).
+entry in the disclosure register for exactly this recipient, at the address the approver saw, and exactly
+these bytes (checksum).
 It then uses the delivery ledger so that each item leaves at most once, and records what left.
 
 Refusals raise nothing per item: they are counted, the item is held in the ledger with the reason,
@@ -75,6 +76,8 @@ def check(item: Outbound, state_engine: Engine) -> None:
             raise ReleaseRefused("non-routine release without an approved disclosure register entry")
         if approval.recipient != item.recipient:
             raise ReleaseRefused("recipient differs from the approved disclosure")
+        if approval.address != (item.address or ""):
+            raise ReleaseRefused("address differs from the approved disclosure")
         if approval.package_checksum != item.checksum:
             raise ReleaseRefused("package differs from the one approved")
 

@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import zipfile
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -198,6 +199,13 @@ def test_gateway_refuses_disclosure_without_matching_approval(state_engine, tmp_
     assert "differs from the one approved" in rep.refused[f"disclosure-{did}c"]
     rep = gateway.release([_item(did + "c", b"package", recipient="solicitor:x")], sender, state_engine)
     assert "recipient differs" in rep.refused[f"disclosure-{did}c"]
+    # approved for one mailbox: the same bytes to another address are refused (the approver saw the address)
+    register.append(state_engine, did + "c", "approved", "manager1",
+                    {"recipient": "police:tvp", "package_checksum": hashlib.sha256(b"package").hexdigest(),
+                     "recipient_address": "disclosures@tvp.police.example"})
+    rep = gateway.release([replace(_item(did + "c", b"package"), address="someone@elsewhere.example")], sender,
+                          state_engine)
+    assert "address differs" in rep.refused[f"disclosure-{did}c"]
     assert ledger.get(f"disclosure-{did}c").state == State.HELD
     # refused after approval: the latest decision wins
     register.append(state_engine, did + "d", "approved", "manager1",

@@ -15,12 +15,13 @@ DECISIONS = ("approved", "refused", "withdrawn")
 
 @dataclass(frozen=True)
 class Approval:
-    """An approved release: to whom, and the checksum of exactly the package that was approved."""
+    """An approved release: to whom, at which address, and the checksum of exactly the package that was approved."""
 
     disclosure_id: str
     recipient: str
     package_checksum: str
     decided_by: str
+    address: str = ""   # the mailbox or remote directory the approver saw ("" for the outbox)
 
 
 def append(engine: Engine, disclosure_id: str, event: str, actor: str, details: dict[str, Any]) -> None:
@@ -54,7 +55,7 @@ def approved_release(engine: Engine, disclosure_id: str | None) -> Approval | No
     d = row.details or {}
     if not d.get("recipient") or not d.get("package_checksum"):
         return None
-    return Approval(disclosure_id, d["recipient"], d["package_checksum"], row.actor)
+    return Approval(disclosure_id, d["recipient"], d["package_checksum"], row.actor, d.get("recipient_address") or "")
 
 
 # ---- request lifecycle (issue 6) ---------------------------------------------------------------------
