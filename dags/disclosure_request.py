@@ -169,8 +169,11 @@ def disclosure_request():
         with open_sender(req) as sender:
             result = release(state_engine(), req, sender, req.disclosure_id)
         if not result["released"]:
-            if result.get("failed"):
+            if result.get("failed") and not result.get("final"):
                 raise RuntimeError(f"delivery of {req.disclosure_id} failed; will retry")
+            if result.get("failed"):   # the transport's final word (changed host key, mailbox refused)
+                raise AirflowFailException(f"delivery of {req.disclosure_id} failed, not retried: "
+                                           f"{result.get('reason')}")
             raise AirflowFailException(f"release of {req.disclosure_id} refused: {result.get('reason')}")
         return result
 

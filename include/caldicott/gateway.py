@@ -43,6 +43,7 @@ class ReleaseReport:
     already_sent: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)   # item id -> rule that refused it
     failed: dict[str, str] = field(default_factory=dict)    # item id -> transport error (no PII)
+    final: set[str] = field(default_factory=set)            # failed ids whose error the transport called final
     not_planned: list[str] = field(default_factory=list)    # no ledger intent: refused to send
 
     def counts(self) -> dict[str, int]:
@@ -54,6 +55,7 @@ class ReleaseReport:
         self.already_sent += other.already_sent
         self.refused.update(other.refused)
         self.failed.update(other.failed)
+        self.final |= other.final
         self.not_planned += other.not_planned
 
 
@@ -275,7 +277,7 @@ def _settle(chunk: _Chunk, sender: Sender, ledger: Ledger, report: ReleaseReport
         if isinstance(out, TransportError):
             if reconcilable:
                 ledger.mark_failed(item.item_id, str(out))
-            report.failed[item.item_id] = str(out)
+            _note_failure(report, item, out)
             log.warning("send failed: item=%s channel=%s error=%s", item.item_id, sender.channel, out)
             continue
         if reconcilable:
@@ -291,5 +293,13 @@ def _record_failure(ledger: Ledger, report: ReleaseReport, item: Outbound, sende
                     exc: TransportError) -> None:
     """A transport error leaves the item ``failed`` (retried by the next attempt) and in the run's report."""
     ledger.mark_failed(item.item_id, str(exc))
-    report.failed[item.item_id] = str(exc)
+    _note_failure(report, item, exc)
     log.warning("%s failed: item=%s channel=%s error=%s", step, item.item_id, sender.channel, exc)
+
+
+def _note_failure(report: ReleaseReport, item: Outbound, exc: TransportError) -> None:
+    """The failure in the report; ``final`` when the transport says retrying cannot help (a changed host key,
+    a 5xx reply), so the caller can fail its task at once instead of letting Airflow retry for nothing."""
+    report.failed[item.item_id] = str(exc)
+    if not exc.retryable:
+        report.final.add(item.item_id)

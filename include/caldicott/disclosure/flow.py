@@ -227,7 +227,7 @@ def release(state: Engine, req: DisclosureRequest, sender: Sender, run_key: str)
                                         sender.channel, did)])
     report = gateway.release([item], sender, state)
     if report.refused or report.failed or report.not_planned:
-        return {"disclosure_id": did, "released": False, **report.counts(),
+        return {"disclosure_id": did, "released": False, **report.counts(), "final": bool(report.final),
                 "reason": next(iter({**report.refused, **report.failed}.values()), "not planned")}
     entry = Ledger(state).get(item.item_id)
     register.append_once(state, did, register.RELEASED, SYSTEM, {

@@ -207,9 +207,8 @@ def deliver_contract(records: Engine, state: Engine, contract_id: str, first: dt
         else:
             sendable.append(i)
     if sendable:
-        watched = _Watched(sender)
         try:
-            report = release(sendable, watched, state)
+            report = release(sendable, sender, state)
         finally:
             close = getattr(sender, "close", None)
             if close is not None:
@@ -233,38 +232,8 @@ def deliver_contract(records: Engine, state: Engine, contract_id: str, first: dt
             # a changed host key (or any error the transport calls final) is not retried: retrying cannot help
             raise ContractDeliveryError(
                 f"contract {options.contract_id}: {len(errors)} file(s) not delivered: {errors[0]}",
-                retryable=not watched.final_error)
+                retryable=not report.final)
     return result
-
-
-class _Watched:
-    """The contract's sender, noting whether any transport error it raised was final (``retryable=False``).
-
-    The gateway's report keeps each failure's message only; whether Airflow should retry the task is the
-    transport's call (a changed host key: never; a peer that is down: yes), so it is read here, not guessed
-    from the message text.
-    """
-
-    def __init__(self, sender: Sender) -> None:
-        self._sender = sender
-        self.final_error = False
-
-    def __getattr__(self, name: str):
-        return getattr(self._sender, name)   # channel, reconcilable, concurrency, close ...
-
-    def send(self, item: Outbound) -> str:
-        try:
-            return self._sender.send(item)
-        except TransportError as exc:
-            self.final_error |= not exc.retryable
-            raise
-
-    def already_delivered(self, item: Outbound) -> str | None:
-        try:
-            return self._sender.already_delivered(item)
-        except TransportError as exc:
-            self.final_error |= not exc.retryable
-            raise
 
 
 def _sender(factory: SenderFactory, options: ContractOptions, contract: dict) -> Sender | None:
