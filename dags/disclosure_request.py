@@ -12,13 +12,17 @@ request) or over the REST API with the same fields as `conf` (docs/disclosures.m
    (`caldicott.policy.disclosure`); research extracts are de-identified and filtered through the national data
    opt-out. Encrypted to the requester's certificate and kept in the state database.
 3. **approve_disclosure** — waits under **Required Actions** for one of the assigned service managers
-   (`CALDICOTT_APPROVERS`). Never approves by default; after `approval_timeout_minutes` it escalates to the
-   Caldicott Guardian and the request is refused.
-4. **record_decision** — the register keeps who decided, when, why, legal basis confirmed, whether the patient
-   is told (or why not) and who was consulted. An approval missing any of that, or an answer from anyone not
-   in `CALDICOTT_APPROVERS`, fails here; nothing leaves.
+   (`CALDICOTT_APPROVERS`, less the person who filed the request). The page is built from the register,
+   every value escaped, with the route in full (server, folder or mailbox, certificate). Never approves by
+   default; after `approval_timeout_minutes` it escalates to the Caldicott Guardian and the request is refused.
+   When answered, it reads the answer from **Airflow's own HITL record** of this task (never XCom) and the
+   register keeps who decided, when, why, legal basis confirmed, whether the patient is told (or why not) and
+   who was consulted. An approval missing any of that, an answer from anyone not in `CALDICOTT_APPROVERS`, or
+   from the requester, fails here; nothing leaves.
+4. **record_decision** — branches on the register's decision; with none there (e.g. the approval step was
+   marked successful by hand) it records that and fails.
 5. Approved: **release_package** through the release gateway (it re-checks the approval against the recipient
-   and package checksum; the route and certificate must be those approved) by the request's `channel`
+   and package checksum; the route, certificate and server must be those approved) by the request's `channel`
    (`outbox`, `sftp`, or `smime-email` to the requester's secure mailbox), and **notify_patient**.
    Refused: **write_refusal_letter**.
 
@@ -80,7 +84,8 @@ PARAMS = {
     "connection_id": Param("", type="string", title="Airflow connection used to deliver",
                            description="channel sftp: SSH connection with a pinned host_key (default "
                                        "caldicott_sftp_disclosure); channel smime-email: SMTP relay (default "
-                                       "caldicott_smtp)"),
+                                       "caldicott_smtp). Only connections the deployment lists in "
+                                       "CALDICOTT_DISCLOSURE_CONNECTIONS"),
     "recipient_certificate_pem": Param(type="string", format="multiline", title="Recipient's certificate (PEM)",
                                        description="The package is encrypted to it; nothing leaves unencrypted"),
     "approval_timeout_minutes": Param(DEFAULT_TIMEOUT_MINUTES, type="number", minimum=0.1,
@@ -108,12 +113,14 @@ def disclosure_request():
         from caldicott.disclosure.flow import record_request as record
         from caldicott.disclosure.request import DisclosureRequest, RequestInvalid
         from caldicott_airflow.connections import state_engine
+        from caldicott_airflow.disclosure_sources import ConfigMissing, connection_for
 
         try:
             req = DisclosureRequest.from_conf(dict(context["params"]))
+            connection_for(req.channel, req.connection_id)   # only connections the deployment allows
             actor = getattr(context["dag_run"], "triggering_user_name", None) or "api"
             return {"disclosure_id": record(state_engine(), req, actor), "request_type": req.request_type}
-        except (RequestInvalid, AlreadyDecided) as exc:  # not transient: do not retry
+        except (RequestInvalid, AlreadyDecided, ConfigMissing) as exc:  # not transient: do not retry
             raise AirflowFailException(str(exc)) from None
 
     @task
@@ -138,23 +145,23 @@ def disclosure_request():
 
     approve = DisclosureApprovalOperator(task_id="approve_disclosure")
 
-    @task
-    def record_decision(summary: dict, response: dict) -> dict:
-        """The register's decision: approved (bound to recipient + checksum), refused, or timed out."""
-        from airflow.sdk.exceptions import AirflowFailException
-        from caldicott.disclosure.flow import DecisionIncomplete
-        from caldicott.disclosure.flow import record_decision as decide
-        from caldicott_airflow.connections import state_engine
-        from caldicott_airflow.disclosure import approvers
+    @task.branch
+    def record_decision(**context) -> str:
+        """Route by the register's decision: the approval step recorded it from Airflow's HITL record.
 
+        Not from XCom: a task marked successful with a forged result finds no decision here (recorded, fails).
+        """
+        from airflow.sdk.exceptions import AirflowFailException
+        from caldicott.disclosure.flow import DecisionIncomplete, decided_outcome
+        from caldicott.disclosure.request import DisclosureRequest
+        from caldicott_airflow.connections import state_engine
+
+        did = DisclosureRequest.from_conf(dict(context["params"])).disclosure_id
         try:
-            return decide(state_engine(), summary, response, approvers=[u["id"] for u in approvers()])
+            outcome = decided_outcome(state_engine(), did)
         except DecisionIncomplete as exc:
             raise AirflowFailException(str(exc)) from None
-
-    @task.branch
-    def route(decision: dict) -> str:
-        return "release_package" if decision["outcome"] == "approved" else "write_refusal_letter"
+        return "release_package" if outcome == "approved" else "write_refusal_letter"
 
     @task
     def release_package(**context) -> dict:
@@ -163,11 +170,15 @@ def disclosure_request():
         from caldicott.disclosure.flow import release
         from caldicott.disclosure.request import DisclosureRequest
         from caldicott_airflow.connections import state_engine
-        from caldicott_airflow.disclosure_sources import open_sender
+        from caldicott_airflow.disclosure_sources import ConfigMissing, endpoint, open_sender
 
         req = DisclosureRequest.from_conf(dict(context["params"]))
-        with open_sender(req) as sender:
-            result = release(state_engine(), req, sender, req.disclosure_id)
+        try:
+            where = endpoint(req.channel, req.connection_id)
+            with open_sender(req) as sender:
+                result = release(state_engine(), req, sender, req.disclosure_id, endpoint=where)
+        except ConfigMissing as exc:
+            raise AirflowFailException(str(exc)) from None
         if not result["released"]:
             if result.get("failed") and not result.get("final"):
                 raise RuntimeError(f"delivery of {req.disclosure_id} failed; will retry")
@@ -198,11 +209,9 @@ def disclosure_request():
         req = DisclosureRequest.from_conf(dict(context["params"]))
         return write_refusal(state_engine(), req, output_dir())
 
-    summary = build_package(record_request())
-    summary >> approve
-    decision = record_decision(summary, approve.output)
+    build_package(record_request()) >> approve
     released = release_package()
-    route(decision) >> [released, write_refusal_letter()]
+    approve >> record_decision() >> [released, write_refusal_letter()]
     released >> notify_patient()
 
 

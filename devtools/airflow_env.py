@@ -16,7 +16,8 @@ from pathlib import Path
 from devtools.paths import DAGS, PLUGINS, ROOT
 
 #: Users of the simple auth manager: name -> role. Service managers approve held disclosures.
-USERS = {"admin": "admin", "manager1": "op", "manager2": "op", "viewer1": "viewer"}
+USERS = {"admin": "admin", "manager1": "op", "manager2": "op", "viewer1": "viewer", "clerk1": "user"}
+DEMO_APPROVERS = "manager1,manager2"
 
 
 def free_port() -> int:
@@ -45,8 +46,17 @@ def home_secrets(home: Path) -> dict:
 
 
 def passwords(home: Path) -> dict[str, str]:
-    """UI passwords of this Airflow home's users (made on first use, mode 0600)."""
-    return _private_json(home / "passwords.json", lambda: {u: secrets.token_urlsafe(12) for u in USERS})
+    """UI passwords of this Airflow home's users (made on first use, mode 0600; a user added later gets one)."""
+    path = home / "passwords.json"
+    known = _private_json(path, lambda: {u: secrets.token_urlsafe(12) for u in USERS})
+    if set(USERS) - set(known):
+        known = {**{u: secrets.token_urlsafe(12) for u in USERS}, **known}
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(known, fh)
+        tmp.replace(path)
+    return known
 
 
 def sqlite_conn(path: Path) -> str:
@@ -93,6 +103,11 @@ def airflow_env(
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "include"), str(PLUGINS), str(ROOT)]),
+        # The demo's service managers answer held disclosures; production has no default (fail closed).
+        "CALDICOTT_APPROVERS": DEMO_APPROVERS,
+        # The stand-in peers' connections a demo disclosure may use (the referrers' SFTP stand-in doubles as a
+        # requester's server); production lists its own, or none.
+        "CALDICOTT_DISCLOSURE_CONNECTIONS": "caldicott_sftp_referrer,caldicott_smtp",
     })
     if records_db is not None:
         env["AIRFLOW_CONN_CALDICOTT_RECORDS"] = sqlite_conn(records_db)

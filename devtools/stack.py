@@ -166,14 +166,14 @@ class AirflowStack:
         raise TimeoutError(f"DAG {dag_id} was not parsed within {timeout}s")
 
     def trigger(self, dag_id: str, logical_date: dt.datetime, conf: dict | None = None,
-                run_id: str | None = None) -> str:
-        """Trigger a run for ``logical_date`` (its data interval is the period before it)."""
+                run_id: str | None = None, *, user: str = "admin") -> str:
+        """Trigger a run for ``logical_date`` (its data interval is the period before it), as ``user``."""
         self.wait_dag(dag_id)
         self.api("PATCH", f"/dags/{dag_id}", {"is_paused": False})
         body = {"logical_date": logical_date.isoformat(), "conf": conf or {}}
         if run_id:
             body["dag_run_id"] = run_id
-        status, data = self.api("POST", f"/dags/{dag_id}/dagRuns", body)
+        status, data = self.api("POST", f"/dags/{dag_id}/dagRuns", body, user=user)
         if status == 409 and not run_id:
             return self.rerun(dag_id, logical_date)
         if status not in (200, 201):

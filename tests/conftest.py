@@ -22,6 +22,8 @@ from caldicott.state.migrate import migrate
 from sqlalchemy import Engine, create_engine, text
 
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+# The disclosure DAG refuses to load without approvers (no default in production): the demo's, for tests.
+os.environ.setdefault("CALDICOTT_APPROVERS", "manager1,manager2")
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 TEST_PATIENTS, TEST_SEED = 600, 11

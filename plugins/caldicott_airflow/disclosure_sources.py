@@ -8,6 +8,11 @@
   (:mod:`caldicott.policy.ndop`); every cohort number must have a current answer, else the extract is not
   built. ``CALDICOTT_NDOP_OPTED_OUT_FILE`` (opted-out NHS numbers, one a line) overrides it, for tests.
   The opt-out is never assumed to be empty.
+* Connections a disclosure may use: only those the deployment lists in ``CALDICOTT_DISCLOSURE_CONNECTIONS``
+  (comma-separated connection ids). Unset or empty: none, so only the ``outbox`` channel works (fail closed).
+  A requester cannot name an arbitrary connection (and so an arbitrary server) in the run's conf.
+* What the approver is shown and the approval binds (:func:`endpoint`): the connection's host and port, or the
+  outbox folder; the release refuses if the connection points elsewhere by then.
 * Channel ``sftp``: the Airflow SSH/SFTP connection named in the request's ``connection_id`` (default
   ``caldicott_sftp_disclosure``), host key pinned (``plugins/caldicott_airflow/sftp.py``); the remote
   directory is ``recipient_address``.
@@ -41,11 +46,47 @@ def outbox_dir() -> Path:
 
 SMTP_CONN_ID = "caldicott_smtp"
 SFTP_CONN_ID = "caldicott_sftp_disclosure"
+DEFAULT_CONN = {"sftp": SFTP_CONN_ID, "smime-email": SMTP_CONN_ID}
+DEFAULT_PORT = {"sftp": 22, "smime-email": 25}
+
+
+def allowed_connections() -> frozenset[str]:
+    """The connection ids the deployment lets disclosures use (``CALDICOTT_DISCLOSURE_CONNECTIONS``)."""
+    raw = os.environ.get("CALDICOTT_DISCLOSURE_CONNECTIONS", "")
+    return frozenset(c.strip() for c in raw.split(",") if c.strip())
+
+
+def connection_for(channel: str, connection_id: str | None) -> str | None:
+    """The connection a request's channel uses (its own or the default); refused unless the deployment allows it.
+
+    The outbox needs none (None). The error names the connection id and the setting, never request values.
+    """
+    if channel == "outbox":
+        return None
+    conn_id = connection_id or DEFAULT_CONN.get(channel)
+    if not conn_id:
+        raise ConfigMissing(f"channel {channel} is not configured for disclosures here")
+    if conn_id not in allowed_connections():
+        raise ConfigMissing(f"connection {conn_id!r} is not one the deployment allows for disclosures "
+                            "(CALDICOTT_DISCLOSURE_CONNECTIONS)")
+    return conn_id
+
+
+def endpoint(channel: str, connection_id: str | None) -> dict[str, str]:
+    """Where a disclosure by ``channel`` would go, as the approver is shown it and the approval binds it."""
+    conn_id = connection_for(channel, connection_id)
+    if conn_id is None:
+        return {"folder": str(outbox_dir().resolve())}
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    return {"host": str(conn.host or ""), "port": str(conn.port or DEFAULT_PORT.get(channel, ""))}
 
 
 @contextlib.contextmanager
 def open_sender(req: DisclosureRequest) -> Iterator:
     """The sender for the request's channel, open for the release and closed after it."""
+    connection_for(req.channel, req.connection_id)   # the allow-list again, at the moment of sending
     if req.channel == "outbox":
         from caldicott.disclosure.outbox import OutboxSender
 

@@ -13,6 +13,7 @@ from caldicott.crypto.cms import decrypt_file
 from caldicott.crypto.keys import make_identity
 from caldicott.db import make_engine, sqlite_url
 from caldicott.disclosure import register
+from caldicott.disclosure.approval import md_text
 
 pytestmark = pytest.mark.e2e
 
@@ -177,7 +178,8 @@ def test_approved_disclosure_released_by_smime_email(e2e):
     wait_task_state(stack, run_id, TASK, "awaiting_input")
     status, detail = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{TASK}/-1/hitlDetails",
                                user="manager2")
-    assert status == 200 and f"by `smime-email` to `{mailbox}`" in detail["body"], detail
+    assert status == 200, detail
+    assert f"Mailbox {md_text(mailbox)}" in detail["body"] and r"S/MIME\-encrypted e\-mail" in detail["body"]
     status, body = answer(stack, run_id, "manager2", "Approve", reasons="sealed order; limited to what it specifies",
                           legal_basis_confirmed=True, consulted="Caldicott Guardian")
     assert status == 200, body

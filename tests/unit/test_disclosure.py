@@ -222,11 +222,11 @@ def test_whole_flow_approve_release_notify(synth_source, state_engine, requester
                                             legal_basis="safeguarding", local_patient_id=pid,
                                             categories=["demographics", "appointments", "outcome_scores"],
                                             date_from=str(d_from), date_to=str(d_to)))
-    did = flow.record_request(state_engine, req, "manager1")
+    did = flow.record_request(state_engine, req, "clerk1")
     summary = flow.make_package(synth_source.engine, state_engine, req)
     assert summary["categories"] == ["demographics", "appointments"] and summary["withheld"] == ["outcome_scores"]
     assert flow.make_package(synth_source.engine, state_engine, req)["package_checksum"] == summary["package_checksum"]
-    subject, body = flow.approval_text(summary, 60)
+    subject, body = flow.approval_text(state_engine, did, 60, approvers=APPROVERS, endpoint={"folder": "/out"})
     patient = synth_source.result.frames["patient"].set_index("local_patient_id").loc[pid]
     for v in (pid, patient.nhs_number, patient.family_name, patient.postcode):
         assert v not in subject + body
@@ -253,7 +253,7 @@ def test_whole_flow_approve_release_notify(synth_source, state_engine, requester
     assert letter["letter"] and patient.family_name in (tmp_path / "out" / letter["letter"]).read_text()
     assert register.status(state_engine, did) == "released"
     with pytest.raises(flow.AlreadyDecided):
-        flow.record_request(state_engine, req, "manager1")
+        flow.record_request(state_engine, req, "clerk1")
     [row] = register.requests(state_engine)
     assert row["status"] == "released" and row["decided_by"] == "manager1" and row["patient_told"] is True
 
@@ -356,9 +356,9 @@ def test_answer_from_someone_not_an_approver_is_not_a_decision(synth_source, sta
     assert res["released"] is False and not (tmp_path / "outbox").exists()
     # an assigned approver can still decide
     out = flow.record_decision(state_engine, summary, {"chosen_options": ["Approve"], "params_input": GOOD_FORM,
-                                                       "responded_by_user": {"id": "manager2", "name": "M Two"}},
-                               approvers=["manager2"])
-    assert out["outcome"] == "approved" and register.decision(state_engine, did)["actor"] == "M Two"
+                                                       "responded_by_user": {"id": "7", "name": "manager2"}},
+                               approvers=["manager2"])   # FAB: the id is a database number, the name the user
+    assert out["outcome"] == "approved" and register.decision(state_engine, did)["actor"] == "manager2"
 
 
 def test_told_and_a_reason_not_to_tell_is_incomplete(synth_source, state_engine, requester):
@@ -431,3 +431,91 @@ def test_mail_sender_never_emails_a_package_in_clear():
         with pytest.raises(TransportError, match="not an S/MIME envelope") as exc:
             message(item, "disclosures@nhs.example")
         assert exc.value.retryable is False
+
+
+# ---- issue 14: decisions only from Airflow's HITL record, separation of duties, an honest approval page -----
+def test_the_requester_cannot_decide_their_own_request(synth_source, state_engine, requester, tmp_path):
+    pid, d_from, d_to = _patient_with_history(synth_source)
+    req = DisclosureRequest.from_conf(_conf(requester.cert_pem, reference="SOD-1", local_patient_id=pid,
+                                            date_from=str(d_from), date_to=str(d_to)))
+    flow.record_request(state_engine, req, "manager1")   # a manager filed it (Airflow's triggering user)
+    summary = flow.make_package(synth_source.engine, state_engine, req)
+    with pytest.raises(flow.NotAnApprover, match="separation of duties"):
+        flow.record_decision(state_engine, summary, {"chosen_options": ["Approve"], "params_input": GOOD_FORM,
+                                                     "responded_by_user": {"id": "manager1", "name": "manager1"}},
+                             approvers=APPROVERS)
+    [attempt] = [e for e in register.events(state_engine, req.disclosure_id) if e["event"] == register.NOT_AUTHORISED]
+    assert "separation of duties" in attempt["details"]["why"] and attempt["actor"] == "manager1"
+    assert flow.release(state_engine, req, OutboxSender(tmp_path / "o"), "k")["released"] is False
+    # the other manager can
+    assert flow.record_decision(state_engine, summary, {"chosen_options": ["Approve"], "params_input": GOOD_FORM,
+                                                        "responded_by_user": {"id": "manager2", "name": "manager2"}},
+                                approvers=APPROVERS)["outcome"] == "approved"
+
+
+def test_no_answer_in_airflows_record_decides_nothing(synth_source, state_engine, requester, tmp_path):
+    """The approval step's HITL record holds no answer (e.g. the task was marked successful by hand)."""
+    req, summary = _held(synth_source, state_engine, requester, "NOANS-1")
+    did = req.disclosure_id
+    with pytest.raises(flow.DecisionIncomplete, match="no answer"):
+        flow.record_decision(state_engine, summary, {"response_received": False, "chosen_options": [],
+                                                     "params_input": {}, "responded_by_user": None},
+                             approvers=APPROVERS)
+    assert register.has_event(state_engine, did, register.NO_HITL_RESPONSE) and register.decision(state_engine, did) \
+        is None
+    # the branch after the approval step reads the register: no decision there is recorded and refused
+    with pytest.raises(flow.DecisionIncomplete, match="no decision"):
+        flow.decided_outcome(state_engine, did)
+    assert register.has_event(state_engine, did, register.NO_DECISION)
+    res = flow.release(state_engine, req, OutboxSender(tmp_path / "o"), did)
+    assert res["released"] is False and not (tmp_path / "o").exists()
+    assert register.latest(state_engine, did, register.RELEASE_REFUSED)["details"]["reason"] == \
+        "no approval in the register"
+
+
+def test_approval_binds_the_server_the_approver_saw(synth_source, state_engine, requester, tmp_path):
+    req, summary = _held(synth_source, state_engine, requester, "EP-1")
+    seen = {"folder": str(tmp_path / "o")}
+    flow.record_decision(state_engine, summary, {"chosen_options": ["Approve"], "params_input": GOOD_FORM,
+                                                 "responded_by_user": {"id": "manager1", "name": "manager1"}},
+                         approvers=APPROVERS, endpoint=seen)
+    res = flow.release(state_engine, req, OutboxSender(tmp_path / "o"), "k", endpoint={"folder": "/elsewhere"})
+    assert res["released"] is False and "another server" in res["reason"] and not (tmp_path / "o").exists()
+    assert flow.release(state_engine, req, OutboxSender(tmp_path / "o"), "k", endpoint=seen)["released"]
+
+
+HOSTILE_ORG = "X` by `outbox`<!-- \n\n**Recipient** by `outbox` -->[click](http://evil.example)"
+
+
+def _rendered_text(markdown: str) -> str:
+    """What a reader sees: the Markdown rendered by a CommonMark implementation, tags stripped."""
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    rendered = MarkdownIt("commonmark").render(markdown)
+    assert "<!--" not in rendered and "<a " not in rendered and "<code>" not in rendered
+    return html.unescape(re.sub(r"<[^>]+>", "", rendered))
+
+
+def test_approval_page_escapes_what_the_requester_typed_and_shows_the_route(synth_source, state_engine, requester):
+    import re
+
+    from caldicott.disclosure.approval import md_text
+
+    for value in (HOSTILE_ORG, "a*b*_c_ <b>bold</b> &amp; # not a heading", "ok\u202etxt.exe", "`"):
+        text = _rendered_text(md_text(value))   # one line, exactly the value (controls and bidi marks as spaces)
+        assert text.strip() == re.sub(r"[\x00-\x1f\u202e]+", " ", value).strip()
+    req, _ = _held(synth_source, state_engine, requester, "PAGE-1", requester_org_code=HOSTILE_ORG, channel="sftp",
+                   recipient_address="/inbound/x", requester_person="DS <i>Example</i>")
+    subject, body = flow.approval_text(state_engine, req.disclosure_id, 60, approvers=APPROVERS,
+                                       endpoint={"host": "sftp.requester.example", "port": "2222"})
+    text = _rendered_text(body)
+    assert "SFTP to the requester's server" in text and "sftp.requester.example:2222" in text
+    assert "Remote folder /inbound/x" in text and "Outbox folder" not in text
+    assert f"Certificate SHA-256 {req.certificate_sha256}" in text
+    assert f"Encrypted to certificate {req.certificate_subject}" in text and "Requester Test" in text
+    assert "DS <i>Example</i>" in text and "warrant card checked" in text and "PAGE-1" in text
+    assert "Asked for by api" in text and "Who may decide manager1, manager2" in text
+    assert req.local_patient_id not in subject + body

@@ -22,7 +22,7 @@ from caldicott.disclosure.mail import CHANNEL as MAIL_CHANNEL
 from caldicott.disclosure.mail import seal_for_mail
 from caldicott.disclosure.package import OptOuts, build_package, legal_basis_text, seal
 from caldicott.disclosure.request import DisclosureRequest
-from caldicott.policy.disclosure import CATEGORY_LABELS, Category, policy_for
+from caldicott.policy.disclosure import policy_for
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.records import schema
 from caldicott.records.queries import read
@@ -97,51 +97,49 @@ def make_package(records: Engine, state: Engine, req: DisclosureRequest, *, opte
     enc_sum = register.store_package(state, req.disclosure_id, sealed, plain_sum)
     summary = {**pkg.summary(), "legal_basis": req.legal_basis, "urgency": req.urgency,
                "consent_status": req.consent_status, "recipient": req.recipient, **_route(req),
+               "certificate_subject": req.certificate_subject,
                "package_checksum": enc_sum, "plaintext_checksum": plain_sum}
     register.append(state, req.disclosure_id, register.PACKAGE_BUILT, SYSTEM, summary)
     return summary
 
 
-def approval_text(summary: Mapping[str, Any], timeout_minutes: float) -> tuple[str, str]:
-    """Subject and Markdown body of the approval request: ids, names and counts only, never the patient."""
-    pol = policy_for(summary["request_type"])
-    subject = f"Disclosure {summary['disclosure_id']}: {pol.label} — approve or refuse"
-    cats = "\n".join(f"- {CATEGORY_LABELS[Category(c)]}: **{summary['record_counts'].get(c, 0)}** records"
-                     for c in summary["categories"]) or "- (nothing: no category asked for is allowed)"
-    withheld = ", ".join(summary["withheld"]) or "none"
-    address = str(summary.get("recipient_address") or "").replace("`", "'")
-    to = f" to `{address}`" if address else ""
-    lines = [
-        f"**Request** `{summary['disclosure_id']}` — {pol.label}, urgency **{summary.get('urgency', 'routine')}**",
-        f"**Recipient** `{summary['recipient']}` by `{summary['channel']}`{to} (encrypted to their certificate)",
-        f"**Legal basis claimed** {legal_basis_text(summary['legal_basis'])}",
-        f"**Consent** {summary.get('consent_status', 'not_sought')}",
-        f"**Date range** {summary['date_from']} to {summary['date_to']}",
-        "**What would be disclosed**\n\n" + cats,
-        f"**Withheld (not permitted for this request type)** {withheld}",
-    ]
-    if summary.get("deidentified"):
-        lines.append("**De-identified** pseudonymous ids, age bands, months; no free text")
-    if summary.get("ndop") is not None:
-        n = summary["ndop"]
-        lines.append(f"**National data opt-out** {n['opted_out']} opted out, {n['no_valid_nhs_number']} without "
-                     f"an NHS number left out, {n['included_patients']} included")
-    lines += ["", f"Package checksum `{summary['package_checksum'][:16]}…`. The requester's details, purpose and "
-              f"how their authority was checked are in the disclosure register under this id.",
-              f"No decision within {timeout_minutes:g} minutes escalates to the Caldicott Guardian and refuses.",
-              "Do not type patient identifiers into the form."]
-    return subject, "\n\n".join(lines)
+def page_facts(state: Engine, did: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The register's request (with who filed it) and package summary: what the approval page shows.
+
+    Read from the register, never from XCom or the run conf, so the page describes the package that will be
+    released. Raises :class:`DecisionIncomplete` when either is missing (nothing to decide on).
+    """
+    requested = register.latest(state, did, register.REQUESTED)
+    built = register.latest(state, did, register.PACKAGE_BUILT)
+    if requested is None or built is None:
+        raise DecisionIncomplete(f"disclosure {did} has no recorded request or package: nothing to decide on")
+    return {**requested["details"], "requested_by": requested["actor"]}, dict(built["details"])
+
+
+def approval_text(state: Engine, did: str, timeout_minutes: float, *, approvers: Collection[str],
+                  endpoint: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """Subject and Markdown body of the approval page, from the register (:mod:`caldicott.disclosure.approval`)."""
+    from caldicott.disclosure.approval import approval_text as page
+
+    request, summary = page_facts(state, did)
+    return page(request, summary, timeout_minutes, approvers=sorted(approvers), endpoint=endpoint)
 
 
 def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping[str, Any], *,
-                    approvers: Collection[str]) -> dict[str, Any]:
-    """Step 4: turn the HITL response (or its timeout) into a register decision. Returns the outcome.
+                    approvers: Collection[str], endpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Step 4: turn Airflow's record of the approval step's answer (or its timeout) into a register decision.
 
-    ``response`` is the approval step's result: ``{"timed_out": True, "timeout_minutes": n}``, or Airflow's
-    ``chosen_options`` / ``params_input`` / ``responded_by_user`` / ``responded_at``. ``approvers`` are the user
-    ids who may decide (``CALDICOTT_APPROVERS``). Airflow already lets only the assigned users answer; this checks
-    again, so a misconfigured or empty assignment (which Airflow reads as "anyone may answer") cannot make
-    someone else's answer a decision: it is recorded as ``decision_not_authorised`` and NotAnApprover is raised.
+    ``response`` must be **Airflow's own HITL record** of the approval task instance, as the approval operator
+    reads it from Airflow (``response_received``, ``chosen_options``, ``params_input``, ``responded_by_user``,
+    ``responded_at``), or ``{"timed_out": True, "timeout_minutes": n}`` when the wait ran out with no answer in
+    that record. Never XCom or run conf: any Airflow user who can write XCom could forge those (issue 14).
+    ``summary`` is the register's ``package_built`` details (:func:`page_facts`), ``approvers`` the user names
+    who may decide (``CALDICOTT_APPROVERS``), ``endpoint`` the server the page showed (bound into the approval).
+
+    Refused and recorded, nothing released: no answer in the record (``no_hitl_response``); an answer from
+    someone not in ``approvers`` or from the person who filed the request (separation of duties) —
+    ``decision_not_authorised``. Airflow itself already refuses answers from users not assigned; this checks
+    again, so a misconfigured assignment cannot make someone else's answer a decision.
     """
     did = summary["disclosure_id"]
     existing = register.decision(state, did)
@@ -156,16 +154,28 @@ def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping
         register.append(state, did, "refused", SYSTEM, {"reasons": reasons, "timed_out": True})
         return {"disclosure_id": did, "outcome": "refused", "timed_out": True}
     chosen = list(response.get("chosen_options") or [])
+    if not response.get("response_received", True) or not chosen:
+        register.append(state, did, register.NO_HITL_RESPONSE, SYSTEM, {
+            "why": "Airflow's record of the approval step holds no answer: nothing is decided or released"})
+        raise DecisionIncomplete(f"no answer to {did} in Airflow's record of the approval step; nothing released")
     form = dict(response.get("params_input") or {})
     user = response.get("responded_by_user") or {}
-    actor = str(user.get("name") or user.get("id") or "unknown")
-    responder = str(user.get("id") or "")
-    if not responder or responder not in {str(a) for a in approvers}:
+    # The user NAME: under the simple auth manager it equals the id; under FAB the id is a database number
+    # and the name is the directory user name, which is what CALDICOTT_APPROVERS lists.
+    responder = str(user.get("name") or user.get("id") or "")
+    actor = responder or "unknown"
+    requested = register.latest(state, did, register.REQUESTED)
+    requester = str(requested["actor"]) if requested else ""
+    why = None
+    if not user.get("id") or responder not in {str(a) for a in approvers}:
+        why = "not one of the assigned approvers (CALDICOTT_APPROVERS)"
+    elif requester and responder == requester:
+        why = "the person who filed the request cannot decide it (separation of duties)"
+    if why:
         register.append(state, did, register.NOT_AUTHORISED, actor[:100], {
-            "responded_by_id": responder, "responded_at": str(response.get("responded_at") or ""),
-            "chosen_options": chosen, "why": "not one of the assigned approvers (CALDICOTT_APPROVERS)"})
-        raise NotAnApprover(f"the answer to {did} did not come from an assigned approver: not recorded as a "
-                            "decision; nothing released")
+            "responded_by_id": str(user.get("id") or ""), "responded_at": str(response.get("responded_at") or ""),
+            "chosen_options": chosen, "why": why})
+        raise NotAnApprover(f"the answer to {did} was refused ({why}): not recorded as a decision; nothing released")
     details = {
         "reasons": str(form.get("reasons") or "").strip(),
         "legal_basis_confirmed": bool(form.get("legal_basis_confirmed")),
@@ -192,7 +202,7 @@ def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping
             raise DecisionIncomplete(f"approval of {did} incomplete: {'; '.join(problems)}; nothing released")
         register.append(state, did, "approved", actor, {
             **details, "recipient": summary["recipient"], "package_checksum": summary["package_checksum"],
-            **{k: summary.get(k) for k in ROUTE_FIELDS},
+            **{k: summary.get(k) for k in ROUTE_FIELDS}, "endpoint": dict(endpoint or {}),
             "categories": summary["categories"], "date_from": summary["date_from"], "date_to": summary["date_to"]})
         return {"disclosure_id": did, "outcome": "approved", "tell_patient": details["tell_patient"]}
     if chosen == [REFUSE]:
@@ -202,20 +212,47 @@ def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping
     raise DecisionIncomplete(f"approval step for {did} returned no single known option")
 
 
-def release(state: Engine, req: DisclosureRequest, sender: Sender, run_key: str) -> dict[str, Any]:
-    """Step 5a: release the approved package through the gateway, exactly once, and record what went."""
+def decided_outcome(state: Engine, did: str) -> str:
+    """The register's decision for ``did`` (``approved`` / ``refused``), for the DAG's branch after the approval.
+
+    The register is the only source: a task downstream of the approval step that was marked successful with
+    a forged result (XCom) finds no decision here, and the attempt is recorded (``no_decision``) and refused.
+    """
+    dec = register.decision(state, did)
+    if dec is None:
+        register.append(state, did, register.NO_DECISION, SYSTEM, {
+            "why": "the flow went past the approval step but the register holds no decision: nothing released"})
+        raise DecisionIncomplete(f"disclosure {did} has no decision in the register; nothing released")
+    return str(dec["event"])
+
+
+def _refuse_release(state: Engine, did: str, reason: str) -> dict[str, Any]:
+    register.append(state, did, register.RELEASE_REFUSED, SYSTEM, {"reason": reason})
+    return {"disclosure_id": did, "released": False, "sent": 0, "already_sent": 0, "refused": 1,
+            "failed": 0, "not_planned": 0, "reason": reason}
+
+
+def release(state: Engine, req: DisclosureRequest, sender: Sender, run_key: str, *,
+            endpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Step 5a: release the approved package through the gateway, exactly once, and record what went.
+
+    The approval binds the route (channel, address, connection, certificate) and the server the approver saw
+    (``endpoint``: the connection's host and port then; the adapter passes what the connection says now). A
+    release without an approval, or by any other route or server, is refused and recorded; the gateway then
+    checks recipient, address and the exact bytes again.
+    """
     did = req.disclosure_id
     approval = register.approved_release(state, did)
-    if approval is not None:  # the approval binds the route too: these bytes go only where the approver saw
-        differs = _route_differs((register.decision(state, did) or {}).get("details") or {}, req)
-        if differs:
-            reason = f"route differs from the approved one ({', '.join(differs)})"
-            register.append(state, did, register.RELEASE_REFUSED, SYSTEM, {"reason": reason})
-            return {"disclosure_id": did, "released": False, "sent": 0, "already_sent": 0, "refused": 1,
-                    "failed": 0, "not_planned": 0, "reason": reason}
-    checksum = approval.package_checksum if approval else (
-        (register.latest(state, did, register.PACKAGE_BUILT) or {}).get("details", {}).get("package_checksum", ""))
-    payload = register.load_package(state, checksum) or b""
+    if approval is None:
+        return _refuse_release(state, did, "no approval in the register")
+    approved = (register.decision(state, did) or {}).get("details") or {}
+    differs = _route_differs(approved, req)  # these bytes go only where the approver saw
+    if differs:
+        return _refuse_release(state, did, f"route differs from the approved one ({', '.join(differs)})")
+    seen = dict(approved.get("endpoint") or {})
+    if seen and dict(endpoint or {}) != seen:
+        return _refuse_release(state, did, "the connection now points at another server than the approver saw")
+    payload = register.load_package(state, approval.package_checksum) or b""
     item = Outbound(
         item_id=item_id("disclosure", did), purpose=Purpose.DISCLOSURE, recipient=req.recipient,
         channel=sender.channel, payload=payload,

@@ -64,6 +64,8 @@ REQUESTED, PACKAGE_BUILT, ESCALATED, RELEASED = "requested", "package_built", "e
 DECISION_INCOMPLETE = "decision_incomplete"
 NOT_AUTHORISED = "decision_not_authorised"   # an answer from someone not assigned to decide: not a decision
 RELEASE_REFUSED = "release_refused"          # release attempted by another route than the one approved
+NO_HITL_RESPONSE = "no_hitl_response"        # the approval step ended with no answer in Airflow's HITL record
+NO_DECISION = "no_decision"                  # the flow went on past the approval step but the register has none
 PATIENT_NOTIFIED, PATIENT_NOT_NOTIFIED, REFUSAL_LETTER = "patient_notified", "patient_not_notified", "refusal_letter"
 
 

@@ -74,11 +74,22 @@ class DisclosureRequest:
             return None
         return cert.fingerprint(hashes.SHA256()).hex()
 
+    @property
+    def certificate_subject(self) -> str | None:
+        """The requester certificate's subject (RFC 4514), shown to the approver beside its fingerprint."""
+        from cryptography import x509
+
+        try:
+            return x509.load_pem_x509_certificate(self.recipient_certificate_pem.encode()).subject.rfc4514_string()
+        except ValueError:
+            return None
+
     def register_details(self) -> dict[str, Any]:
         """Everything the register records about the request (the certificate by fingerprint only)."""
         d = asdict(self)
         d.pop("recipient_certificate_pem")
         d["certificate_sha256"] = self.certificate_sha256
+        d["certificate_subject"] = self.certificate_subject
         d["categories"] = list(self.categories)
         d["date_from"], d["date_to"] = self.date_from.isoformat(), self.date_to.isoformat()
         d["recipient"] = self.recipient
