@@ -5,8 +5,9 @@
 * Pseudonymisation key for research extracts: the password of connection ``caldicott_pseudonym_key``, or
   ``CALDICOTT_PSEUDONYM_KEY``; at least 16 bytes. Without one, research extracts are not built.
 * National data opt-out for research extracts: the time-limited NDOP cache in the state database
-  (:mod:`caldicott.policy.ndop`); every cohort number must have a current answer, else the extract is not
-  built. ``CALDICOTT_NDOP_OPTED_OUT_FILE`` (opted-out NHS numbers, one a line) overrides it, for tests.
+  (:mod:`caldicott.policy.ndop_cache`), keyed with the password of connection ``caldicott_ndop_cache_key``
+  (:func:`caldicott_airflow.ndop.ndop_cache_key`; no key: the task fails, naming it); every cohort number must
+  have a current answer, else the extract is not built.
   The opt-out is never assumed to be empty.
 * Connections a disclosure may use: only those the deployment lists in ``CALDICOTT_DISCLOSURE_CONNECTIONS``
   (comma-separated connection ids). Unset or empty: none, so only the ``outbox`` channel works (fail closed).
@@ -80,7 +81,8 @@ def endpoint(channel: str, connection_id: str | None) -> dict[str, str]:
     from airflow.sdk import BaseHook
 
     conn = BaseHook.get_connection(conn_id)
-    return {"host": str(conn.host or ""), "port": str(conn.port or DEFAULT_PORT.get(channel, ""))}
+    return {"connection": conn_id, "host": str(conn.host or ""),
+            "port": str(conn.port or DEFAULT_PORT.get(channel, ""))}
 
 
 @contextlib.contextmanager
@@ -121,13 +123,13 @@ def pseudonym_key() -> bytes | None:
     return key.encode() if key else None
 
 
-def ndop_source(state=None):
-    """Opted-out numbers (file override) or a lookup in the NDOP cache of the state database."""
-    path = os.environ.get("CALDICOTT_NDOP_OPTED_OUT_FILE")
-    if path:
-        return {line.strip().rstrip(",") for line in Path(path).read_text().splitlines() if line.strip()}
-    if state is None:
-        return None
+def ndop_source(state):
+    """A lookup of a cohort's opt-outs in the NDOP cache of the state database, keyed with the deployment's secret.
+
+    No override: tests that need other answers fill the cache (or inject a lookup) themselves.
+    """
     from caldicott.disclosure.package import ndop_from_cache
 
-    return ndop_from_cache(state)
+    from caldicott_airflow.ndop import ndop_cache_key
+
+    return ndop_from_cache(state, ndop_cache_key())

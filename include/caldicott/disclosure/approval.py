@@ -53,7 +53,8 @@ def _endpoint_line(route: Mapping[str, Any], endpoint: Mapping[str, Any] | None)
         ep = endpoint or {}
         server = f"{ep.get('host')}:{ep.get('port')}" if ep.get("host") else "(connection not found: cannot release)"
         what = "SFTP server" if channel == "sftp" else "Mail relay"
-        lines.append(f"- **{what}** {md_text(server)} (Airflow connection {md_text(route.get('connection_id'))})")
+        conn = ep.get("connection") or route.get("connection_id")
+        lines.append(f"- **{what}** {md_text(server)} (Airflow connection {md_text(conn)})")
         label = "Remote folder" if channel == "sftp" else "Mailbox"
         lines.append(f"- **{label}** {md_text(route.get('recipient_address'))}")
     else:
