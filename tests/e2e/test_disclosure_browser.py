@@ -20,6 +20,8 @@ from tests.e2e.test_disclosure import DAG_ID, TASK, request_conf, wait_task_stat
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
+#: An organisation code that, unescaped, ended a code span and hid the rest of the line in an HTML comment.
+HOSTILE_CODE = "CC1` by `outbox` <!-- hidden"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -40,7 +42,8 @@ def test_manager_approves_in_the_ui_and_the_package_is_released(e2e, tmp_path):
     ident = make_identity("Family Court")
     conf = request_conf(e2e, "UI-APPROVE-1", ident.cert_pem, request_type="safeguarding",
                         legal_basis="safeguarding", requester_organisation="County Council Children's Services",
-                        categories=["demographics", "appointments", "care_plans"])
+                        categories=["demographics", "appointments", "care_plans"],
+                        requester_org_code=HOSTILE_CODE)   # issue 14: tried to fake the route line
     did = DisclosureRequest.from_conf(conf).disclosure_id
     run_id = stack.trigger(DAG_ID, dt.datetime.now(dt.UTC), conf)
     wait_task_state(stack, run_id, TASK, "awaiting_input")
@@ -60,6 +63,15 @@ def test_manager_approves_in_the_ui_and_the_package_is_released(e2e, tmp_path):
             page.get_by_text("Required Actions").first.click()
             page.get_by_role("link", name="View all required actions").click()
             page.get_by_role("link", name=f"Disclosure {did}").click()
+            # what the approver reads: the requester's text literally, the route in full
+            page.get_by_text("Where it would go").first.wait_for()
+            text = page.locator("body").inner_text()
+            assert HOSTILE_CODE in text, "the organisation code must show literally, not as formatting"
+            for line in ("Outbox folder", "Encrypted to certificate CN=Family Court", "Certificate SHA-256",
+                         "Person asking Clerk to the court", "How their authority was checked sealed order seen",
+                         "Who may decide manager1, manager2"):
+                assert line in text, line
+            page.screenshot(path=str(shots / "disclosure_page.png"), full_page=True)
             page.locator("#element_reasons").fill("Child protection enquiry (s47); necessary and proportionate")
             box = page.locator("input[name=element_legal_basis_confirmed]")
             box.locator("xpath=..").click()  # the switch's visible control
