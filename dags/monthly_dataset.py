@@ -11,7 +11,8 @@ backfill build older months. Required by law (Data Provision Notice, s259(5) HSC
    (`report.html`, `figures.csv`, `quarantine.csv`) and opt-out statement.
 2. **ndop_request → ndop_reply → commissioner_extract** — the national data opt-out does not apply to the
    mandated submission (NDOP patients are kept) but does apply to the commissioner / planning extract:
-   the MPI's NHS numbers go to NHS England over MESH (`SPINE_NTT_UPHOLDING`; cached for a limited time),
+   the MPI's NHS numbers go to NHS England over MESH (`SPINE_NTT_UPHOLDING`) through the release gateway
+   (purpose `ndop_check`, ledgered; answers cached for a limited time, keyed with `caldicott_ndop_cache_key`),
    the reply is awaited by a rescheduling sensor, and the extract is staged without opted-out patients.
 3. **stage_submission** — sends the encrypted archive through the release gateway (purpose `mandated_dataset`),
    exactly once, by the run's route (param `submission_route`, default `configured`: the Airflow Variable
@@ -89,42 +90,38 @@ def monthly_dataset():
     @task
     def ndop_request(**context) -> dict:
         from caldicott.dataset.pipeline import mpi_numbers, ndop_request_id
-        from caldicott.policy.ndop import NdopChecker
         from caldicott_airflow.connections import state_engine
-        from caldicott_airflow.dataset import ndop_transport, settings
+        from caldicott_airflow.dataset import settings
+        from caldicott_airflow.ndop import ndop_checker
 
         period, s = _period(context), settings(context["params"])
         numbers = mpi_numbers(state_engine(), period, s)
-        with ndop_transport() as (transport, label):
-            status = NdopChecker(state_engine(), transport, work_dir=s.work_dir / "ndop").send(
-                numbers, ndop_request_id(period))
+        with ndop_checker(state_engine()) as (checker, label):
+            status = checker.send(numbers, ndop_request_id(period))
         return {"checked": len(numbers), **status.counts(), "via": label}
 
     @task.sensor(poke_interval=30, timeout=3 * 3600, mode="reschedule")
     def ndop_reply(**context):
         from airflow.sdk import PokeReturnValue
         from caldicott.dataset.pipeline import ndop_request_id
-        from caldicott.policy.ndop import NdopChecker
         from caldicott_airflow.connections import state_engine
-        from caldicott_airflow.dataset import ndop_transport, settings
+        from caldicott_airflow.ndop import ndop_checker
 
-        period, s = _period(context), settings(context["params"])
-        with ndop_transport() as (transport, _label):
-            done = NdopChecker(state_engine(), transport, work_dir=s.work_dir / "ndop").collect(
-                ndop_request_id(period))
+        with ndop_checker(state_engine()) as (checker, _label):
+            done = checker.collect(ndop_request_id(_period(context)))
         return PokeReturnValue(is_done=done, xcom_value={"replied": done})
 
     @task
     def commissioner_extract(**context) -> dict:
         from caldicott.dataset.pipeline import mpi_numbers, planning_extract, stage_extract
-        from caldicott.policy.ndop import NdopChecker
         from caldicott_airflow.connections import state_engine
-        from caldicott_airflow.dataset import ndop_transport, settings, staging_sender
+        from caldicott_airflow.dataset import settings, staging_sender
+        from caldicott_airflow.ndop import ndop_checker
 
         period, s = _period(context), settings(context["params"])
         numbers = mpi_numbers(state_engine(), period, s)
-        with ndop_transport() as (transport, label):
-            status = NdopChecker(state_engine(), transport).status(numbers)
+        with ndop_checker(state_engine(), mesh=False) as (checker, label):
+            status = checker.status(numbers)
         checked = set(numbers) if status.complete else set()
         blob, counts = planning_extract(state_engine(), period, s, status.opted_out, checked, label)
         staged = stage_extract(state_engine(), period, s, blob, staging_sender())

@@ -7,6 +7,9 @@ contacts before referral, unknown referrers, scores out of range) and puts each 
 quarantine under `records_quality`, so the data-quality lead can fix them at source before a flow
 has to hold the record back.
 
+**purge_ndop_cache** removes national data opt-out answers past their lifetime (7 days) and the sealed copies of
+opt-out requests left unanswered, so nothing is kept longer than the opt-out allows between monthly checks.
+
 * **Reads:** connection `caldicott_records` (read-only). **Writes:** connection `caldicott_state`.
 * **XCom / logs:** counts per reason code only. Find the records with the runbook's quarantine query.
 * **Safe to re-run:** findings are keyed by (run, record, reason); a re-run adds nothing.
@@ -43,7 +46,16 @@ def records_quality():
 
         return scan(records_engine(), state_engine(), run_key(*daily_interval(context)))
 
+    @task
+    def purge_ndop_cache() -> dict:
+        """Expired opt-out answers and stale requests out of the state database; counts only."""
+        from caldicott.policy.ndop_cache import purge
+        from caldicott_airflow.connections import state_engine
+
+        return purge(state_engine())
+
     scan_records()
+    purge_ndop_cache()
 
 
 records_quality()

@@ -3,7 +3,8 @@
 mesh-sandbox stores and forwards but does not answer ``SPINE_NTT_UPHOLDING`` requests, so this loop plays
 the opt-out service: it downloads each request from the service mailbox (``X26ABC3`` in the demo), returns
 the same list minus the NHS numbers it was told have opted out (same file name, same workflow), and
-acknowledges the request. Started on purpose by the tests and the demo (no ``start_for_demo``).
+acknowledges the request. Started on purpose by the tests and the demo (no ``start_for_demo``); the mailbox and
+the cache key the DAGs need are in :mod:`devtools.peers.ndop_config`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import threading
 from collections.abc import Iterable
 
-from caldicott.policy.ndop import WORKFLOW_ID, parse_reply
+from caldicott.policy.ndop import parse_reply
+from caldicott.transport.ndop_mesh import WORKFLOW_ID
 
 log = logging.getLogger(__name__)
 

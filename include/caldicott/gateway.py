@@ -2,7 +2,9 @@
 
 ``release(items, sender)`` checks each item against the policy rule for its purpose
 (:mod:`caldicott.policy.purposes`): routine purposes pass when the facts their rule requires are
-asserted and the protection is one the rule allows; every other purpose passes only with an approved
+asserted, the protection is one the rule allows and, where the rule names them, the recipient is one it
+allows and the address is the one the deployment configured (the NDOP check: NHS England's opt-out
+service mailbox, ``CALDICOTT_NDOP_MAILBOX``); every other purpose passes only with an approved
 entry in the disclosure register for exactly this recipient, at the address the approver saw, and exactly
 these bytes (checksum).
 It then uses the delivery ledger so that each item leaves at most once, and records what left.
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from caldicott.disclosure.register import approved_release
-from caldicott.policy.purposes import Protection, Purpose, release_rule
+from caldicott.policy.purposes import Protection, Purpose, configured_address, release_rule
 from caldicott.transport.base import Outbound, Sender, TransportError
 from caldicott.transport.ledger import DONE, Ledger, State
 
@@ -72,6 +74,14 @@ def check(item: Outbound, state_engine: Engine) -> None:
     missing = [f for f in rule.required_facts if item.facts.get(f) is not True]
     if missing:
         raise ReleaseRefused(f"{item.purpose!s} requires {', '.join(missing)}")
+    if rule.recipients is not None and item.recipient not in rule.recipients:
+        raise ReleaseRefused(f"recipient is not one {item.purpose!s} may go to")
+    if rule.address_setting is not None:   # the address comes from the deployment, never from the flow alone
+        allowed = configured_address(rule)
+        if allowed is None:
+            raise ReleaseRefused(f"{item.purpose!s} needs {rule.address_setting} configured")
+        if (item.address or "") != allowed:
+            raise ReleaseRefused(f"address is not the configured {rule.address_setting}")
     if not rule.routine or item.purpose == Purpose.DISCLOSURE:
         approval = approved_release(state_engine, item.disclosure_id)
         if approval is None:

@@ -1,4 +1,4 @@
-"""Airflow-side configuration of the monthly data set: key, folders, NDOP transport, staging sender.
+"""Airflow-side configuration of the monthly data set: key, folders, staging sender, submission route.
 
 Configuration (README / docs/monthly_dataset.md):
 
@@ -6,9 +6,8 @@ Configuration (README / docs/monthly_dataset.md):
   variable ``CALDICOTT_DATASET_KEY``; nothing configured → the task fails (no unencrypted fallback);
 * work folder: ``CALDICOTT_DATASET_DIR``, else ``$CALDICOTT_OUTPUT_DIR/monthly_dataset``;
 * staging folder the named submitter reads: ``CALDICOTT_STAGING_DIR``, else ``$CALDICOTT_OUTPUT_DIR/staging``;
-* NDOP check: MESH connection ``caldicott_mesh`` and the service's mailbox ``CALDICOTT_NDOP_MAILBOX`` (differs by
-  environment); or, for local runs only, ``CALDICOTT_NDOP_TEST_DOUBLE=<folder>`` (a file-backed test double,
-  which every output then says answered the check);
+* NDOP check: :mod:`caldicott_airflow.ndop` (cache key connection ``caldicott_ndop_cache_key``, the service's
+  mailbox ``CALDICOTT_NDOP_MAILBOX``, MESH connection ``caldicott_mesh``);
 * submission route: the Airflow Variable ``caldicott_dataset_submission`` (JSON; also settable as the environment
   variable ``AIRFLOW_VAR_CALDICOTT_DATASET_SUBMISSION`` or from a secrets backend), read at run time, never when
   the DAG file is parsed. No Variable: the staged route. The run parameter ``submission_route`` overrides the
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +30,6 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLEntryOperator
 from airflow.sdk import Param
-
-log = logging.getLogger(__name__)
 
 KEY_CONN_ID = os.environ.get("CALDICOTT_DATASET_KEY_CONN_ID", "caldicott_dataset_key")
 SUBMISSION_VARIABLE = os.environ.get("CALDICOTT_DATASET_SUBMISSION_VARIABLE", "caldicott_dataset_submission")
@@ -74,33 +70,6 @@ def staging_sender():
     from caldicott.transport.staging import StagingSender
 
     return StagingSender(Path(os.environ.get("CALDICOTT_STAGING_DIR") or _output_dir() / "staging"))
-
-
-@contextlib.contextmanager
-def ndop_transport():
-    """Yields ``(transport, label)``; the label goes into the opt-out statement."""
-    double = os.environ.get("CALDICOTT_NDOP_TEST_DOUBLE")
-    if double:
-        from caldicott.policy.ndop import FakeNdopService
-
-        log.warning("NDOP check answered by a TEST DOUBLE (CALDICOTT_NDOP_TEST_DOUBLE); not for production")
-        root = Path(double)
-        listed = root / "opted_out.txt"
-        opted = listed.read_text().split() if listed.exists() else []
-        yield FakeNdopService(root, opted_out=opted), "test double (CALDICOTT_NDOP_TEST_DOUBLE)"
-        return
-    mailbox = os.environ.get("CALDICOTT_NDOP_MAILBOX")
-    if not mailbox:
-        raise RuntimeError("no NDOP service mailbox configured (CALDICOTT_NDOP_MAILBOX)")
-    from caldicott.policy.ndop import MeshNdopTransport
-
-    from caldicott_airflow.hooks.mesh import MeshHook
-
-    hook = MeshHook()
-    try:
-        yield MeshNdopTransport(hook.get_conn(), mailbox), f"MESH {mailbox} (SPINE_NTT_UPHOLDING)"
-    finally:
-        hook.close()
 
 
 # ---- the submission route ----------------------------------------------------------------------------------

@@ -70,3 +70,8 @@ def test_monthly_dataset_end_to_end(e2e):
     # XCom carries counts only
     xcom = json.dumps(stack.xcom(DAG_ID, run_id, "build_validate_write"))
     assert opted_out not in xcom
+    # the NDOP request left through the release gateway (ledgered, answered) and never waited on disk in clear
+    from caldicott.transport.ledger import Ledger
+
+    assert Ledger(state).counts("ndop_check", run_key="monthly_dataset-2026-09") == {"acked": 1}
+    assert not [p for p in Path(ws.outputs).rglob("*.dat")]

@@ -299,12 +299,13 @@ def test_report_lists_open_approved_refused(state_engine, tmp_path):
 def test_research_uses_the_ndop_cache_and_refuses_unchecked_numbers(synth_source, state_engine, requester):
     from caldicott.db import utcnow
     from caldicott.disclosure.package import ndop_from_cache
-    from caldicott.policy.ndop import ndop_cache, nhs_hash
+    from caldicott.policy.ndop_cache import NdopKeys
+    from caldicott.policy.state_tables import ndop_cache
 
     req = DisclosureRequest.from_conf(_conf(requester.cert_pem, request_type="research", legal_basis="research_s251",
                                             categories=["demographics"], date_from="2024-01-01",
                                             date_to="2024-06-30"))
-    lookup = ndop_from_cache(state_engine)
+    lookup = ndop_from_cache(state_engine, b"n" * 32)   # the deployment's cache key (caldicott_ndop_cache_key)
     with pytest.raises(PackageError, match="no current check"):
         build_package(synth_source.engine, req, opted_out=lookup, pseudonym_key=KEY)
     f = synth_source.result.frames
@@ -313,7 +314,7 @@ def test_research_uses_the_ndop_cache_and_refuses_unchecked_numbers(synth_source
     with state_engine.begin() as conn:
         conn.execute(ndop_cache.insert(), [
             {"nhs_hash": h, "opted_out": i % 10 == 0, "checked_at": now, "expires_at": now + dt.timedelta(days=1),
-             "request_id": "t"} for i, h in enumerate(nhs_hash(numbers))])
+             "request_id": "t"} for i, h in enumerate(NdopKeys(b"n" * 32).cache_keys(numbers))])
     pkg = build_package(synth_source.engine, req, opted_out=lookup, pseudonym_key=KEY)
     assert pkg.ndop["opted_out"] > 0 and pkg.counts["demographics"] == pkg.ndop["included_patients"]
 

@@ -1,15 +1,15 @@
-"""State of the monthly data set: one row per reporting month's submission (and the NDOP cache tables).
+"""State of the monthly data set: one row per reporting month's submission.
 
 ``dataset_submission`` records what was built and where the encrypted archive is, when it was staged for
 the named submitter, and the SDCS portal's submission reference they entered at the human step. Opaque
-ids and counts only: the archive itself is encrypted on disk, never in the database.
+ids and counts only: the archive itself is encrypted on disk, never in the database. (The national data opt-out
+check's tables are in :mod:`caldicott.policy.state_tables`.)
 """
 
 from __future__ import annotations
 
 from sqlalchemy import JSON, Column, DateTime, Engine, Integer, String, Table, select, update
 
-import caldicott.policy.ndop  # noqa: F401  - declares ndop_cache / ndop_request on the state metadata
 from caldicott.db import insert_ignore, utcnow
 from caldicott.state.schema import metadata
 

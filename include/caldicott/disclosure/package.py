@@ -289,16 +289,20 @@ def checksum(data: bytes) -> str:
 
 
 
-def ndop_from_cache(state: Engine) -> Callable[[list[str]], set[str]]:
-    """Opt-outs from the time-limited NDOP cache (:mod:`caldicott.policy.ndop`, filled by the opt-out check).
+def ndop_from_cache(state: Engine, cache_key: bytes | None) -> Callable[[list[str]], set[str]]:
+    """Opt-outs from the time-limited NDOP cache (:mod:`caldicott.policy.ndop_cache`, filled by the opt-out check).
 
     Every cohort number must have a current answer: if any has none, the extract is not built (the check is
-    run first, over MESH, and answers within about an hour); the opt-out is never assumed.
+    run first, over MESH, and answers within about an hour); the opt-out is never assumed. ``cache_key`` is the
+    deployment's secret the cache is keyed with: without it this refuses at once
+    (:class:`~caldicott.policy.ndop.NdopKeyMissing`), before anything is built.
     """
-    from caldicott.policy.ndop import NdopChecker
+    from caldicott.policy.ndop_check import NdopChecker
+
+    checker = NdopChecker(state, cache_key)   # reads the cache only (no transport)
 
     def lookup(numbers: list[str]) -> set[str]:
-        status = NdopChecker(state, None).status(numbers)  # type: ignore[arg-type] - reads the cache only
+        status = checker.status(numbers)
         if not status.complete:
             raise PackageError(f"national data opt-out: {status.pending} of {len(set(numbers))} cohort NHS numbers "
                                "have no current check; run the opt-out check for the cohort first")

@@ -8,6 +8,7 @@ live beside this file in ``policy/``, one module per flow, so the whole matrix i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -44,6 +45,17 @@ class ReleaseRule:
     allowed_protection: frozenset[Protection]
     required_facts: tuple[str, ...] = ()   # facts the flow must assert True (e.g. consent checked)
     why: str = ""
+    #: the only recipients (opaque ids) this purpose may go to; None: any the flow names
+    recipients: frozenset[str] | None = None
+    #: the deployment setting (environment variable) holding the only address this purpose may go to; None: any.
+    #: Read at release time by the gateway, not taken from the item, so a flow cannot choose where it goes.
+    address_setting: str | None = None
+
+
+#: Opaque recipient id of NHS England's "Check for national data opt-outs" service (MESH).
+NDOP_SERVICE = "nhs-england-ndop"
+#: Where the deployment names that service's MESH mailbox (it differs by environment).
+NDOP_MAILBOX_SETTING = "CALDICOTT_NDOP_MAILBOX"
 
 
 _RULES: dict[Purpose, ReleaseRule] = {
@@ -62,7 +74,9 @@ _RULES: dict[Purpose, ReleaseRule] = {
         "required by law (Data Provision Notice, s259(5) Health and Social Care Act 2012)"),
     Purpose.NDOP_CHECK: ReleaseRule(
         True, frozenset({Protection.MESH}), ("nhs_numbers_only",),
-        "NHS numbers only, to NHS England, to apply the national data opt-out"),
+        "NHS numbers only (the fact is established from the bytes by caldicott.policy.ndop.request_facts), "
+        "to NHS England's opt-out service at the configured mailbox and nowhere else, to apply the opt-out",
+        recipients=frozenset({NDOP_SERVICE}), address_setting=NDOP_MAILBOX_SETTING),
     Purpose.PLANNING_EXTRACT: ReleaseRule(
         True, frozenset({Protection.MESH, Protection.SFTP, Protection.CMS, Protection.STAGED_ENCRYPTED}),
         ("ndop_applied",),
@@ -76,6 +90,13 @@ _RULES: dict[Purpose, ReleaseRule] = {
 def release_rule(purpose: Purpose) -> ReleaseRule:
     """The rule for ``purpose``; an unknown purpose has none and so cannot leave."""
     return _RULES[Purpose(purpose)]
+
+
+def configured_address(rule: ReleaseRule) -> str | None:
+    """The one address ``rule`` allows, from the deployment's configuration; None when unset (then nothing may go)."""
+    if rule.address_setting is None:
+        return None
+    return os.environ.get(rule.address_setting, "").strip() or None
 
 
 def routine_purposes() -> frozenset[Purpose]:

@@ -1,9 +1,11 @@
 """Create or upgrade Caldicott's state database: ``python -m caldicott.state.migrate --url URL``.
 
-Steps are additive and idempotent (create what is missing; never drop), recorded in
+Steps are additive and idempotent (create what is missing; drop only in a numbered step that says why), recorded in
 ``caldicott_schema_version``. Every module named ``state_tables`` under the ``caldicott`` package is
 imported first so its tables join the shared metadata. A change that alters an existing column must
-add a numbered step to :data:`STEPS` with the DDL for both SQLite and PostgreSQL.
+add a numbered step to :data:`STEPS` with the DDL for both SQLite and PostgreSQL. A step that repairs
+what earlier code left behind names, in :data:`ONLY_WHERE`, how to tell a database that has it: a database
+without it (e.g. one created fresh at the current shape) does not run or record that step.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import importlib
 import logging
 import pkgutil
 from collections.abc import Callable
+from pathlib import Path
 
-from sqlalchemy import Connection, Engine, insert, select, text
+from sqlalchemy import Connection, Engine, insert, inspect, select, text
 
 import caldicott
 from caldicott.db import make_engine
@@ -59,10 +62,42 @@ def _serialise(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _has_legacy_ndop_request(conn: Connection) -> bool:
+    return inspect(conn).has_table("ndop_request")
+
+
+def _ndop_keyed_cache(conn: Connection) -> None:
+    """National data opt-out: drop what the unsalted cache and the plain request files left behind.
+
+    The cache used to be keyed by a plain SHA-256 of the NHS number (reversible by trying every number), and an
+    outstanding request waited as a plain ``.dat`` file on disk, its path in ``ndop_request.numbers_file``. Now
+    answers are keyed with HMAC under ``caldicott_ndop_cache_key`` and requests are sealed in
+    ``ndop_request_file``. This step deletes every cached answer (their keys cannot be converted without the
+    numbers; they are simply asked again by the next check), deletes the plain request files the old table
+    points to that this host can see (others: see the runbook), and drops the old table.
+    """
+    paths = [r[0] for r in conn.execute(text("SELECT numbers_file FROM ndop_request WHERE numbers_file IS NOT NULL"))]
+    removed = 0
+    for raw in paths:
+        path = Path(raw)
+        if path.suffix == ".dat" and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    conn.execute(text("DELETE FROM ndop_cache"))
+    conn.execute(text("DROP TABLE ndop_request"))
+    log.info("ndop: unsalted cache emptied; %d of %d plain request file(s) removed", removed, len(paths))
+
+
 #: (version, description, step). Append only.
 STEPS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "create every declared table that is missing", _create_all),
+    (2, "ndop: drop the unsalted opt-out cache and the plain request files", _ndop_keyed_cache),
 ]
+
+#: version -> whether this database has what the step repairs (absent: the step neither runs nor is recorded).
+ONLY_WHERE: dict[int, Callable[[Connection], bool]] = {
+    2: _has_legacy_ndop_request,
+}
 
 
 def migrate(engine: Engine) -> list[int]:
@@ -79,6 +114,8 @@ def migrate(engine: Engine) -> list[int]:
         done = set(conn.execute(select(schema_version.c.version)).scalars())
         for version, description, step in STEPS:
             if version in done:
+                continue
+            if version in ONLY_WHERE and not ONLY_WHERE[version](conn):
                 continue
             step(conn)
             conn.execute(insert(schema_version).values(

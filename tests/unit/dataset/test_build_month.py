@@ -17,12 +17,15 @@ from caldicott.dataset.builder import Period, SourceMonth, build, read_source
 from caldicott.dataset.writer import decrypt, encrypt, load_key, new_key, read_archive
 from caldicott.db import make_engine, sqlite_url
 from caldicott.policy import dataset as policy
-from caldicott.policy.ndop import FakeNdopService, NdopChecker
+from caldicott.policy.ndop_check import NdopChecker
 from caldicott.records import schema
 from caldicott.transport.ledger import Ledger
 from caldicott.transport.staging import StagingSender
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import insert
+
+from devtools.peers.ndop_double import NdopDouble
+from devtools.peers.ndop_responder import SERVICE_MAILBOX
 
 SEPT = Period.month(2026, 9)
 
@@ -163,16 +166,16 @@ def test_pre2020_objection_rule_is_configurable(mode, kept_refs):
     assert ("P3" in set(ds.tables["IDS001MPI"]["LocalPatientId"])) == (mode != "whole_patient")
 
 
-def test_optout_matrix_and_submission_flow(synth_source, state_engine, tmp_path):
+def test_optout_matrix_and_submission_flow(synth_source, state_engine, tmp_path, monkeypatch):
     """NDOP patient IN the mandated tables and NOT in the commissioner extract; staged once; confirmed."""
+    monkeypatch.setenv("CALDICOTT_NDOP_MAILBOX", SERVICE_MAILBOX)   # where the gateway lets the check go
     key = load_key(new_key())
     s = pipeline.Settings(work_dir=tmp_path / "work", key=key, intermediate_db=True)
     out = pipeline.build_validate_write(synth_source.engine, state_engine, SEPT, s)
     assert out["state"] == "written" and out["rows"]["IDS101Referral"] > 0
     numbers = pipeline.mpi_numbers(state_engine, SEPT, s)
     ndop_number = numbers[0]
-    fake = FakeNdopService(tmp_path / "ndop", opted_out=[ndop_number])
-    checker = NdopChecker(state_engine, fake, work_dir=tmp_path / "req")
+    checker = NdopChecker(state_engine, b"k" * 32, NdopDouble(opted_out=[ndop_number]))  # test double, injected
     checker.send(numbers, pipeline.ndop_request_id(SEPT))
     assert checker.collect(pipeline.ndop_request_id(SEPT))
     status = checker.status(numbers)
