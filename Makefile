@@ -5,6 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 MESHV   := .venv-mesh
 MSTAMP  := $(MESHV)/.installed
+LSTAMP  := $(VENV)/.ldap-installed
 
 .PHONY: help venv demo test up lint bench clean
 
@@ -23,13 +24,20 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# python-ldap (directory sign-in) compiles against OpenLDAP's headers, which a fresh machine may lack: best-effort.
+# On failure nothing is stamped (the next run tries again) and the LDAP tests skip with the reason.
+$(LSTAMP): requirements-ldap.txt constraints.txt | $(STAMP)
+	@$(BIN)/pip install --quiet -r requirements-ldap.txt -c constraints.txt && touch $(LSTAMP) \
+	  || echo "WARNING: python-ldap did not install (needs libldap2-dev libsasl2-dev, gcc and the Python headers;" \
+	          "see requirements-ldap.txt): directory sign-in tests will skip"
+
 # The MESH sandbox is a test peer with dependencies that clash with Airflow's: its own venv.
 $(MSTAMP): requirements-mesh.txt
 	test -d $(MESHV) || $(PY) -m venv $(MESHV)
 	$(MESHV)/bin/pip install --quiet -r requirements-mesh.txt
 	touch $(MSTAMP)
 
-venv: $(STAMP) $(MSTAMP)
+venv: $(STAMP) $(MSTAMP) $(LSTAMP)
 
 demo: venv
 	$(BIN)/python -m devtools.demo
