@@ -68,8 +68,6 @@ def _interval(context) -> tuple:
                                    description="Alert when a MESH letter has no business ack after this long."),
         "ack_wait_seconds": Param(0, type="integer", minimum=0, maximum=900,
                                   description="How long check_acks waits for this run's acks before checking."),
-        "fault_after_sends": Param(None, type=["null", "integer"],
-                                   description="TEST ONLY: crash each batch after this many sends."),
     },
 )
 def gp_letters():
@@ -91,11 +89,9 @@ def gp_letters():
         """Render, protect and release one batch through the gateway; counts and ids only."""
         import contextlib
 
-        from airflow.sdk.exceptions import AirflowFailException
         from caldicott.letters.flow import SENDER_FOR, Channels
         from caldicott.letters.flow import send_batch as send
         from caldicott.letters.render import Service
-        from caldicott.transport.faults import CrashAfter, InjectedFault
         from caldicott_airflow.connections import records_engine, state_engine
 
         first, end, _ = _interval(context)
@@ -123,12 +119,7 @@ def gp_letters():
                 sender, print_cert = post_sender(PRINT_CONN_ID)
                 senders["post"] = stack.enter_context(contextlib.closing(sender))
             channels = Channels(senders, service, from_addr, mailbox, print_cert)
-            fault = context["params"].get("fault_after_sends")
-            wrap = (lambda s: CrashAfter(s, int(fault))) if fault is not None else None
-            try:
-                result = send(records_engine(), state_engine(), batch, channels, first, end, wrap=wrap)
-            except InjectedFault as exc:
-                raise AirflowFailException(str(exc)) from None
+            result = send(records_engine(), state_engine(), batch, channels, first, end)
         if result["failed"]:
             raise RuntimeError(f"batch {batch['batch_id']}: {result['failed']} letters failed to send "
                                f"(ledger state 'failed'); retrying sends only those")

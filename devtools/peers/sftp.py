@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 import threading
 from pathlib import Path
 
 import asyncssh
+from caldicott.crypto.keys import private_dir, write_private
 
 # asyncssh logs every channel open and close at INFO: noise in the demo's summary, not news
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
@@ -63,14 +63,13 @@ class SftpPeer:
     def __init__(self, workdir: Path, port: int = 0, username: str = USER) -> None:
         self.dir = Path(workdir) / "sftp"
         self.root = self.dir / "root"
+        private_dir(self.dir)      # holds the host key and the password: 0700
         self.root.mkdir(parents=True, exist_ok=True)
         self.username = username
         self.password = self._secret_file(self.dir / "password", lambda: secrets.token_urlsafe(18))
         key_path = self.dir / "ssh_host_ed25519_key"
-        if not key_path.exists():
-            key = asyncssh.generate_private_key("ssh-ed25519")
-            key.write_private_key(str(key_path))
-            key_path.chmod(0o600)
+        if not key_path.exists():   # 0600 from the first byte (asyncssh's own writer leaves the mode to the umask)
+            write_private(key_path, asyncssh.generate_private_key("ssh-ed25519").export_private_key())
         self.host_key = asyncssh.read_private_key(str(key_path))
         self.port = port
         self.refuse_login = False
@@ -83,11 +82,8 @@ class SftpPeer:
     def _secret_file(path: Path, make) -> str:
         if path.exists():
             return path.read_text().strip()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         value = make()
-        with os.fdopen(fd, "w") as fh:
-            fh.write(value)
+        write_private(path, value.encode())
         return value
 
     # ---- what clients pin --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from devtools.airflow_env import free_port
 from devtools.bootstrap import Workspace, prepare
 from devtools.demo import DemoContext
 from devtools.stack import AirflowStack
+from tests import faults
 
 E2E_PATIENTS, E2E_SEED = 400, 5
 
@@ -27,6 +28,8 @@ def e2e(tmp_path_factory) -> DemoContext:
             extra.update(p.airflow_env())
         env = prepare(ws, root / "airflow", patients=E2E_PATIENTS, seed_value=E2E_SEED, api_port=free_port(),
                       extra=extra)
+        # this Airflow only: the test-side fault switch (tests/faults.py), inert until a test arms it
+        env = faults.e2e_airflow_env(env, root / "faults.json")
         with AirflowStack(env) as stack:
             yield DemoContext(stack=stack, workspace=ws, peers={p.name: p for p in started})
     finally:

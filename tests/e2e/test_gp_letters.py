@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import uuid
+from pathlib import Path
 
 import pytest
 from caldicott.db import make_engine, sqlite_url
@@ -20,6 +22,7 @@ from caldicott.state.quarantine import entries
 from caldicott.transport.ledger import Ledger
 
 from devtools.peers.gp_responder import GpResponder
+from tests import faults
 
 pytestmark = pytest.mark.e2e
 DAG = "gp_letters"
@@ -38,6 +41,13 @@ def _delivered_smtp(e2e) -> list[str]:
         if mid.startswith("gp_letters-"):
             out.append(mid.split("@")[0])
     return out
+
+
+def _mesh_letter_id(msg) -> str:
+    """The letter a MESH message carries: its file name (GP Connect Send Document: ``<letter id>.json``), or else
+    its local id (the letter id, before GP Connect fixed the local id to the sender's ODS code)."""
+    name = msg.filename or ""
+    return name.rsplit(".", 1)[0] if name.startswith(f"{DAG}-") else msg.local_id
 
 
 def _letters(e2e, start, end):
@@ -110,14 +120,33 @@ def test_letters_consent_quarantine_acks_and_idempotent_rerun(e2e):
 
 
 def test_crash_mid_batch_then_rerun_sends_each_letter_exactly_once(e2e):
+    """Every ``send_batch`` of a run crashes after two sends, then a re-run: each letter arrives exactly once.
+
+    The crash comes from the test side (``tests/faults.py``: a ``sitecustomize`` on the e2e Airflow's PYTHONPATH
+    wraps the gateway's sender in the named run's tasks); the DAG has no fault param, and the scheduler, executor
+    and task processes are the real ones. The re-run must skip what the ledger records as sent and reconcile what
+    the crash left ``sending``: a ledger that did not would send some letters twice, and the counts below fail.
+    """
     mesh = e2e.peers["mesh"]
+    control = Path(e2e.stack.env[faults.CONTROL_ENV])
     before = set(_delivered_smtp(e2e))
     conf = {"start": "2026-08-01", "end": "2026-10-01", "ack_timeout_hours": 48}
-    run1, state1 = _run(e2e, {**conf, "fault_after_sends": 2}, dt.datetime(2026, 10, 1, 6, tzinfo=dt.UTC))
+    run1 = f"crash_after_2_sends__{uuid.uuid4().hex[:8]}"
+    faults.arm(control, dag_id=DAG, task_id="send_batch", run_id=run1, after_sends=2)
+    try:
+        e2e.stack.trigger(DAG, dt.datetime(2026, 10, 1, 6, tzinfo=dt.UTC), conf=conf, run_id=run1)
+        state1 = e2e.stack.wait_run(DAG, run1, timeout=600)
+    finally:
+        faults.disarm(control)
     assert state1 == "failed"
-    states = e2e.stack.task_states(DAG, run1)
-    assert states.get("send_batch") in ("failed", None) or "failed" in json.dumps(states)
+    crashed = faults.fired(control)
+    assert crashed and {(c["run_id"], c["try_number"]) for c in crashed} == {(run1, "1")}, crashed
+    status, data = e2e.stack.api("GET", f"/dags/{DAG}/dagRuns/{run1}/taskInstances?limit=100")
+    sends = [t for t in data.get("task_instances", []) if t["task_id"] == "send_batch"]
+    # each crash failed its task at once (no retry), and nothing else failed
+    assert status == 200 and sum(t["state"] == "failed" for t in sends) == len(crashed), sends
     partial = [i for i in _delivered_smtp(e2e) if i not in before]
+    assert len(partial) >= 2 * sum(c["channel"] == "smtp" for c in crashed) > 0
     run2, state2 = _run(e2e, conf, dt.datetime(2026, 10, 1, 7, tzinfo=dt.UTC))
     assert state2 == "success", e2e.stack.task_states(DAG, run2)
     report = e2e.stack.xcom(DAG, run2, "report")
@@ -127,7 +156,7 @@ def test_crash_mid_batch_then_rerun_sends_each_letter_exactly_once(e2e):
     with mesh.client(mesh.GP_MAILBOX) as gp:
         for mid in gp.list_messages():
             msg = gp.retrieve_message(mid)
-            local_ids.append(msg.local_id)
+            local_ids.append(_mesh_letter_id(msg))
             msg.close()
             gp.acknowledge_message(mid)
     assert len(local_ids) == len(set(local_ids))

@@ -12,11 +12,11 @@ from caldicott.letters import flow
 from caldicott.letters.pdf import pdf_text
 from caldicott.letters.render import Service
 from caldicott.state.migrate import migrate
-from caldicott.transport.faults import CrashAfter, InjectedFault
 from caldicott.transport.post import SftpPostSender
 from caldicott.transport.sftp import SftpSender
 
 from devtools.peers.print_house import REMOTE_PATH, PrintHouse
+from tests.faults import InjectedFault, crashing
 from tests.peers.test_letter_transports import OCT
 
 
@@ -40,7 +40,7 @@ def test_posted_copies_arrive_once_each_encrypted_to_the_print_house(synth_sourc
     assert len(post["letters"]) >= 3
     channels = _channels(printer)
     with pytest.raises(InjectedFault):      # the worker dies after two uploads ...
-        flow.send_batch(synth_source.engine, state, post, channels, *OCT, wrap=lambda s: CrashAfter(s, 2))
+        flow.send_batch(synth_source.engine, state, post, crashing(channels, 2), *OCT)
     for _ in range(2):                        # ... and the retry, and a re-run of the day, post the rest once
         result = flow.send_batch(synth_source.engine, state, post, channels, *OCT)
         assert result["failed"] == 0 and result["refused"] == 0

@@ -84,6 +84,12 @@ class Killer:
         if close is not None:
             close()
 
+    def __getattr__(self, name: str):
+        """Anything else (e.g. ``use_journal``, which the letters flow calls on its sender) is the inner sender's."""
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
 
 def _os_with(**overrides):
     """A copy of the ``os`` module with some functions replaced, to patch ONE module's view of ``os``."""
@@ -229,9 +235,10 @@ def run_letters(job: dict) -> dict:
         # ``mesh_connections`` > 1 as in production (MeshHook.sender): kills land with several sends in flight
         senders["mesh"] = MeshSender.connect(MeshSettings(**job["mesh"]), gp_connect.WORKFLOW,
                                              connections=job.get("mesh_connections", 1))
-    channels = flow.Channels(senders, Service(), "letters@nhs.example", job.get("sender_mailbox", "X26ABC1"))
-    out = flow.send_batch(records, state, job["batch"], channels, start, end, wrap=_wrap(job.get("kill")),
-                          chunk=job.get("chunk", flow.CHUNK))
+    wrap = _wrap(job.get("kill"))
+    channels = flow.Channels({k: wrap(s) for k, s in senders.items()}, Service(), "letters@nhs.example",
+                             job.get("sender_mailbox", "X26ABC1"))
+    out = flow.send_batch(records, state, job["batch"], channels, start, end, chunk=job.get("chunk", flow.CHUNK))
     if client is not None:
         client.quit()
     return out

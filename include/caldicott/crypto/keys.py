@@ -1,4 +1,5 @@
-"""Key and certificate loading, and self-signed identities for the demo's synthetic peers.
+"""Key and certificate loading, self-signed identities for the demo's synthetic peers, and the one way key
+material is written to disk (:func:`write_private`).
 
 Production certificates come from the records source (a GP practice's encryption certificate) or from
 an Airflow connection / secrets backend (Caldicott's own keys). Nothing here reads key material from
@@ -7,7 +8,10 @@ the source tree: a test greps the tree for it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,15 +70,47 @@ def cached_identity(keys_dir: Path, name: str) -> Identity:
     RSA keys cannot be derived from a seed, so the generator caches them: re-seeding the demo keeps
     each synthetic practice's key, and the practice's "own" private key stays outside the records DB.
     """
-    keys_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(keys_dir)
     key_path, cert_path = keys_dir / f"{name}.key", keys_dir / f"{name}.crt"
     if key_path.exists() and cert_path.exists():
         return Identity(key_pem=key_path.read_bytes(), cert_pem=cert_path.read_bytes())
     ident = make_identity(name)
-    key_path.write_bytes(ident.key_pem)
-    key_path.chmod(0o600)
+    write_private(key_path, ident.key_pem)
     cert_path.write_bytes(ident.cert_pem)
     return ident
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner can enter (0700), made if missing, tightened if it was looser.
+
+    A key file's own mode is not enough while its folder lets others list it and watch it being replaced."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write secret bytes (a private key, a symmetric key, a password) readable by the owner only, from the
+    first byte: the file is created 0600 by ``os.open`` (``O_EXCL``, under a fresh name, so the mode of a file
+    already there is never inherited), filled, then renamed over ``path``. Its folder is made 0700.
+
+    Writing first and ``chmod`` after (or ``Path.write_bytes``) leaves the key world-readable under the
+    default umask until the ``chmod``; the rename also means a reader never sees half a key.
+    """
+    private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def load_certificate(pem: str | bytes | None, *, at: dt.datetime | None = None) -> x509.Certificate:
