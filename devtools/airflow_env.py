@@ -108,6 +108,9 @@ def airflow_env(
         # The stand-in peers' connections a demo disclosure may use (the referrers' SFTP stand-in doubles as a
         # requester's server); production lists its own, or none.
         "CALDICOTT_DISCLOSURE_CONNECTIONS": "caldicott_sftp_referrer,caldicott_smtp",
+        # The demo's FHIR namespace for referrers' fhir-r4-v1 files (also set in this process, which checks the
+        # files); production sets its own, there is no default (fail closed).
+        "CALDICOTT_FHIR_NAMESPACE": os.environ.setdefault("CALDICOTT_FHIR_NAMESPACE", "https://fhir.caldicott.invalid"),
     })
     if records_db is not None:
         env["AIRFLOW_CONN_CALDICOTT_RECORDS"] = sqlite_conn(records_db)

@@ -8,8 +8,11 @@ uvicorn requires the client certificate, so the MESH connection is mutual TLS as
 verify the server with the CA **file** (DESIGN.md: ``verify=False`` breaks when ``REQUESTS_CA_BUNDLE`` is set).
 
 Mailboxes (mesh_sandbox/store/data/mailboxes.jsonl): X26ABC1 (Caldicott, the sender), X26ABC2 (the GP
-practices' mailbox in the synthetic data), X26ABC3 (referrers); password ``password``. The sandbox does no
-GP routing and no workflow permissions. ``airflow_env()`` gives ``AIRFLOW_CONN_CALDICOTT_MESH``.
+practices' mailbox in the synthetic data), X26ABC3 (referrers); password ``password``. The sandbox has no
+workflow permissions and no GP routing of its own: :mod:`devtools.peers.mesh_routing` wraps it so a GP Connect
+``GPPROVIDER_<NHS number>_<birth date>_<surname>`` address reaches the GP mailbox (or the one ``gp_routes`` names
+for an NHS number), as MESH's registered-practice routing would; :meth:`MeshPeer.routed` lists the addresses
+routed. ``airflow_env()`` gives ``AIRFLOW_CONN_CALDICOTT_MESH``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from caldicott.crypto.keys import private_dir, write_private
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -49,8 +53,8 @@ def _pem_key(key) -> bytes:
 
 
 def make_tls(folder: Path) -> dict[str, str]:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files (mode 0600 keys)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files (0600, folder 0700)."""
+    private_dir(folder)
     paths = {k: str(folder / f"{k}.pem") for k in ("ca", "server", "server_key", "client", "client_key")}
     if all(Path(p).exists() for p in paths.values()):
         return paths
@@ -82,9 +86,7 @@ def make_tls(folder: Path) -> dict[str, str]:
                        ("server", s_cert.public_bytes(serialization.Encoding.PEM)),
                        ("client", c_cert.public_bytes(serialization.Encoding.PEM)),
                        ("server_key", _pem_key(s_key)), ("client_key", _pem_key(c_key))):
-        fd = os.open(paths[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        write_private(Path(paths[name]), data)
     return paths
 
 
@@ -95,10 +97,13 @@ class MeshPeer:
     GP_MAILBOX = GP_MAILBOX
     SENDER_MAILBOX = SENDER_MAILBOX
 
-    def __init__(self, root: Path, port: int | None = None, shared_key: str = "TestKey") -> None:
+    def __init__(self, root: Path, port: int | None = None, shared_key: str = "TestKey",
+                 gp_routes: dict[str, str] | None = None) -> None:
         self.root = Path(root)
         self.port = port or free_port()
         self.shared_key = shared_key
+        self.gp_routes = dict(gp_routes or {})
+        self.routing_log = self.root / "routing.jsonl"
         self.proc: subprocess.Popen | None = None
         self.tls = make_tls(self.root / "tls")
         self.url = f"https://127.0.0.1:{self.port}"
@@ -109,11 +114,14 @@ class MeshPeer:
             raise RuntimeError(f"{uvicorn} missing: run `make venv` (mesh-sandbox lives in its own venv)")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHONPATH"))}
         env.update({"STORE_MODE": "memory", "AUTH_MODE": "full", "SHARED_KEY": self.shared_key,
-                    "ENV": "local", "MAILBOXES_DATA_DIR": str(self.root / "store")})
+                    "ENV": "local", "MAILBOXES_DATA_DIR": str(self.root / "store"),
+                    "MESH_GPPROVIDER_MAILBOX": GP_MAILBOX, "MESH_GPPROVIDER_ROUTES": json.dumps(self.gp_routes),
+                    "MESH_ROUTING_LOG": str(self.routing_log)})
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "mesh-sandbox.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [str(uvicorn), "mesh_sandbox.api:app", "--host", "127.0.0.1", "--port", str(self.port),
+            [str(uvicorn), "mesh_routing:create_app", "--factory", "--app-dir", str(Path(__file__).parent),
+             "--host", "127.0.0.1", "--port", str(self.port),
              "--ssl-keyfile", self.tls["server_key"], "--ssl-certfile", self.tls["server"],
              "--ssl-ca-certs", self.tls["ca"], "--ssl-cert-reqs", "2", "--log-level", "warning",
              "--no-access-log"],
@@ -171,6 +179,12 @@ class MeshPeer:
         return {"conn_type": "mesh", "host": self.url, "login": mailbox, "password": PASSWORD,
                 "extra": {"shared_key": self.shared_key, "ca_file": self.tls["ca"], "client_cert": self.tls["client"],
                           "client_key": self.tls["client_key"]}}
+
+    def routed(self) -> list[dict]:
+        """The registered-practice routing addresses senders used, in order (``mex_to``, ``mailbox``)."""
+        if not self.routing_log.exists():
+            return []
+        return [json.loads(line) for line in self.routing_log.read_text(encoding="utf-8").splitlines() if line]
 
     def airflow_env(self) -> dict[str, str]:
         return {f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(self.connection())}

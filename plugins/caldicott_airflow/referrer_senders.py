@@ -31,6 +31,11 @@ class _ClosingMeshSender:
     def already_delivered(self, item):
         return self._sender.already_delivered(item)
 
+    def use_journal(self, journal):
+        """Journal MESH message ids (crash recovery by the current tracking endpoint); returns this sender."""
+        self._sender.use_journal(journal)
+        return self
+
     def close(self) -> None:
         self._hook.close()
 
@@ -50,5 +55,6 @@ def sender_for(options, contract: dict):
         except Exception:
             hook.close()
             raise
-        return _ClosingMeshSender(hook, MeshSender(client, str(contract["mesh_workflow"])))
+        return _ClosingMeshSender(hook, MeshSender(client, str(contract["mesh_workflow"]),
+                                                   max_chunk_bytes=hook.settings().max_chunk_bytes))
     return None

@@ -15,10 +15,10 @@ from caldicott.letters.pdf import pdf_text
 from caldicott.letters.render import Service
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.state.migrate import migrate
-from caldicott.transport.base import Outbound
-from caldicott.transport.faults import CrashAfter, InjectedFault
+from caldicott.transport.base import Outbound, TransportError
 from caldicott.transport.ledger import Ledger
 from caldicott.transport.mesh import MeshSender, read_acks
+from caldicott.transport.mesh_journal import MeshJournal
 from caldicott.transport.post import StagedPostSender
 from caldicott.transport.smtp import SmtpSender
 
@@ -26,6 +26,7 @@ from devtools.peers.gp_responder import respond_once
 from devtools.peers.mesh import MeshPeer
 from devtools.peers.print_house import PrintHouse
 from devtools.peers.smtp import SmtpPeer
+from tests.faults import InjectedFault, crashing
 
 OCT = (dt.date(2026, 10, 1), dt.date(2026, 11, 1))
 
@@ -53,20 +54,103 @@ def test_smtp_sender_delivers_to_the_local_server(smtp):
     assert msg["X-Envelope-To"] == "p@patients.example" and msg["Message-ID"] == "<gp_letters-t1@caldicott.invalid>"
 
 
-def test_mesh_sender_and_tracking_by_local_id(mesh):
-    item = Outbound("gp_letters-track-1", Purpose.GP_LETTER, "Z84001", "mesh", b'{"resourceType":"Bundle"}',
-                    Protection.MESH, address=mesh.GP_MAILBOX, facts={"gp_sharing_consent": True})
-    with MeshSender.connect(mesh.settings(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW, connections=2) as sender:
-        assert sender.already_delivered(item) is None
-        ref = sender.send(item)
-        assert ref and sender.already_delivered(item)
+def _journal(tmp_path):
+    state = make_engine(sqlite_url(tmp_path / "journal.db"))
+    migrate(state)
+    return MeshJournal(state)
+
+
+def _gp_inbox(mesh) -> list:
+    """(message, body) of every message in the GP mailbox, each then acknowledged (removed)."""
+    out = []
     with mesh.client(mesh.GP_MAILBOX) as gp:
-        ids = gp.list_messages()
-        found = [gp.retrieve_message(i) for i in ids]
-        mine = [m for m in found if m.local_id == item.item_id]
-        assert len(mine) == 1 and mine[0].workflow_id == gp_connect.WORKFLOW
-        for i in ids:
+        for i in gp.list_messages():
+            msg = gp.retrieve_message(i)
+            out.append((msg, msg.read()))
+            msg.close()
             gp.acknowledge_message(i)
+    return out
+
+
+def test_crash_reconciliation_asks_mesh_by_message_id_through_the_current_tracking_endpoint(mesh, tmp_path):
+    """MESH API: ``GET outbox/tracking?messageID=`` (``outbox/tracking/{localID}`` is deprecated, and GP Connect
+    sets every letter's local id to the sender's ODS code, GPCM-SD-146): the id MESH returned is journalled as it
+    is returned, and reconciliation asks about exactly that message."""
+    journal = _journal(tmp_path)
+    item = Outbound("gp_letters-track-1", Purpose.GP_LETTER, "Z84001", "mesh", b'{"resourceType":"Bundle"}',
+                    Protection.MESH, address=mesh.GP_MAILBOX, headers={"local_id": "ZZZ01"},
+                    facts={"gp_sharing_consent": True})
+    with MeshSender.connect(mesh.settings(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW, connections=2,
+                            journal=journal) as sender:
+        assert sender.already_delivered(item) is None          # never sent: nothing journalled
+        ref = sender.send(item)
+        assert journal.lookup(item.item_id).message_id == ref
+        assert sender.already_delivered(item) == ref           # MESH's tracking knows the message
+        # a request that left without a recorded reply: MESH may hold it; a person decides, nothing is resent
+        journal.posting("gp_letters-track-2", 1)
+        unknown = Outbound("gp_letters-track-2", Purpose.GP_LETTER, "Z84001", "mesh", b"{}", Protection.MESH,
+                           address=mesh.GP_MAILBOX)
+        with pytest.raises(TransportError, match="outcome unknown") as err:
+            sender.already_delivered(unknown)
+        assert err.value.retryable is False
+        journal.resolve("gp_letters-track-2", None)            # the person found nothing in MESH
+        assert sender.already_delivered(unknown) is None
+    (msg, _), = _gp_inbox(mesh)
+    assert msg.id() == ref and msg.workflow_id == gp_connect.WORKFLOW and msg.local_id == "ZZZ01"
+
+
+def test_a_message_larger_than_one_chunk_goes_in_chunks_and_arrives_whole(mesh, tmp_path):
+    """MESH API "Send chunked message": each chunk below the limit; ``max_chunk_bytes`` is lowered here so the test
+    need not send 100 MB. An upload that stops after the first chunk is ``uploading`` in MESH's tracking, never
+    delivered, and is sent again in full."""
+    from caldicott.transport.mesh import MAX_CHUNK_BYTES, MeshSettings
+
+    journal = _journal(tmp_path)
+    payload = bytes(range(256)) * 1200                           # 307,200 bytes
+    settings = MeshSettings(**{**mesh.settings(mesh.SENDER_MAILBOX).__dict__, "max_chunk_bytes": 64 * 1024})
+    item = Outbound("gp_letters-big-1", Purpose.GP_LETTER, "Z84001", "mesh", payload, Protection.MESH,
+                    address=mesh.GP_MAILBOX, headers={"content_type": "application/pdf"})
+    with MeshSender.connect(settings, gp_connect.WORKFLOW, journal=journal) as sender:
+        assert sender.max_chunk_bytes == 64 * 1024 < MAX_CHUNK_BYTES
+        requests_made: list[tuple[int, int, int]] = []
+        real = sender.client.send_chunk
+
+        def spy(recipient, chunk, chunk_num, total_chunks, **kw):
+            requests_made.append((chunk_num, total_chunks, len(chunk)))
+            return real(recipient, chunk, chunk_num, total_chunks, **kw)
+
+        sender.client.send_chunk = spy
+        ref = sender.send(item)
+        assert [(n, t) for n, t, _ in requests_made] == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+        assert max(size for *_, size in requests_made) == 64 * 1024
+        assert journal.lookup(item.item_id).chunks == 5
+        assert sender.already_delivered(item) == ref
+        # an upload interrupted after chunk 1 of 5: MESH tracks it as uploading; reconciliation says "not sent"
+        with mesh.client(mesh.SENDER_MAILBOX) as raw:
+            first = raw.send_chunk(mesh.GP_MAILBOX, payload[:65536], 1, 5, workflow_id=gp_connect.WORKFLOW)
+            partial_id = first.json()["message_id"]
+        journal.posting("gp_letters-big-2", 5)
+        journal.accepted("gp_letters-big-2", partial_id)
+        partial = Outbound("gp_letters-big-2", Purpose.GP_LETTER, "Z84001", "mesh", payload, Protection.MESH,
+                           address=mesh.GP_MAILBOX)
+        assert sender.already_delivered(partial) is None
+    with pytest.raises(ValueError):
+        MeshSettings(**{**settings.__dict__, "max_chunk_bytes": MAX_CHUNK_BYTES + 1})
+    got = _gp_inbox(mesh)
+    (body,) = [b for m, b in got if m.id() == ref]
+    assert body == payload
+    assert all(m.id() != partial_id for m, _ in got)             # the interrupted upload was never delivered
+
+
+def test_registered_practice_routing_address_reaches_the_gp_mailbox(mesh):
+    """GPCM-SD-056/063: ``Mex-To`` is ``GPPROVIDER_<NHS number>_<birth date>_<surname>``; the local peer routes it
+    as MESH would (mesh-sandbox has no routing of its own)."""
+    item = Outbound("gp_letters-route-1", Purpose.GP_LETTER, "Z84001", "mesh", b"{}", Protection.MESH,
+                    address="GPPROVIDER_9990000018_19800102_Lee")
+    with MeshSender.connect(mesh.settings(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW) as sender:
+        sender.send(item)
+    assert {"mex_to": "GPPROVIDER_9990000018_19800102_Lee", "mailbox": mesh.GP_MAILBOX} in mesh.routed()
+    assert [m.filename for m, _ in _gp_inbox(mesh)] == ["gp_letters-route-1.json"]
 
 
 def test_a_month_of_letters_through_every_channel_exactly_once(synth_source, mesh, smtp, tmp_path):
@@ -83,7 +167,7 @@ def test_a_month_of_letters_through_every_channel_exactly_once(synth_source, mes
     # crash after 2 sends in the first batch, then re-run everything twice
     first = planned["batches"][0]
     with pytest.raises(InjectedFault):
-        flow.send_batch(synth_source.engine, state, first, channels, *OCT, wrap=lambda s: CrashAfter(s, 2))
+        flow.send_batch(synth_source.engine, state, first, crashing(channels, 2), *OCT)
     for _ in range(2):
         for batch in planned["batches"]:
             result = flow.send_batch(synth_source.engine, state, batch, channels, *OCT)
@@ -106,8 +190,11 @@ def test_a_month_of_letters_through_every_channel_exactly_once(synth_source, mes
     answered: list = []
     with mesh.client(mesh.GP_MAILBOX) as gp:
         assert respond_once(gp, keep=answered) == by_channel.get("mesh", 0)
-    local_ids = [lid for _, lid, _ in answered]
+    local_ids = [lid for _, lid, _ in answered]          # letter ids, from the MESH file names
     assert len(local_ids) == len(set(local_ids))
+    # registered-practice routing (GPCM-SD-056/063): one GPPROVIDER address per MESH letter, none to a mailbox
+    routed = [r["mex_to"] for r in mesh.routed()]
+    assert sum(a.startswith("GPPROVIDER_999") for a in routed) >= by_channel.get("mesh", 0)
     assert "Assessment letter" in pdf_text(gp_connect.pdf_of(answered[0][2])) or \
         "Discharge letter" in pdf_text(gp_connect.pdf_of(answered[0][2]))
     # acks come back and mark the MESH letters acked

@@ -176,13 +176,15 @@ def _busiest_day(records, referrer_ods: str) -> dt.date:
     return min(d for d, n in counts.items() if n == counts.max())
 
 
-def test_fhir_contract_delivered_over_sftp(peer, state_engine, synth_source):
+def test_fhir_contract_delivered_over_sftp(peer, state_engine, synth_source, monkeypatch):
     """fhir-r4-v1 contracts over the real SFTP server: a Bundle per day under a .json name, the day's
     sessions as Encounters; summary text only for the contract that has summaries, in no form for the other."""
     import base64
 
     from caldicott.records.synth import SUMMARIES
     from caldicott.updates import build, fhir
+
+    monkeypatch.setenv(fhir.NAMESPACE_ENV, "https://fhir.caldicott.invalid")   # configuration: fail closed without
 
     contracts = synth_source.result.frames["contract"]
     sftp = contracts[contracts["transport"] == "sftp"]

@@ -307,6 +307,14 @@ def test_an_nhs_number_held_by_two_local_patients_is_quarantined(tiny, tmp_path)
 
 # ---- fhir-r4-v1: the same rows and fields as a FHIR R4 Bundle ------------------------------------------
 
+FHIR_NAMESPACE = "https://fhir.caldicott.invalid"
+
+
+@pytest.fixture(autouse=True)
+def _fhir_namespace(monkeypatch):
+    """The service's FHIR namespace is configuration (fail closed without it): the tests configure one."""
+    monkeypatch.setenv("CALDICOTT_FHIR_NAMESPACE", FHIR_NAMESPACE)
+
 def _fhir(records, contract_id, day, **override):
     contract = {**deliver.load_contract(records, contract_id), "file_format": "fhir-r4-v1", **override}
     options = build.contract_options(contract)
@@ -329,7 +337,7 @@ def test_fhir_bundle_structure(tiny):
     _, _, data = _fhir(tiny, "CTA", dt.date(2026, 7, 1))
     bundle = json.loads(data)
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
-    assert bundle["meta"]["tag"] == [{"system": fhir.FORMAT_TAG, "code": "fhir-r4-v1"}]
+    assert bundle["meta"]["tag"] == [{"system": fhir.systems().format_tag, "code": "fhir-r4-v1"}]
     kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
     assert kinds == ["ServiceRequest", "Encounter", "DocumentReference", "Encounter", "DocumentReference"]
     # every entry is addressed by its urn:uuid, and every reference inside the bundle resolves to an entry
@@ -340,12 +348,12 @@ def test_fhir_bundle_structure(tiny):
     assert refs and all(r["reference"] in urls for r in refs)
 
     (referral,) = fhir.resources(data, "ServiceRequest")
-    assert referral["identifier"] == [{"system": fhir.REFERRAL_ID, "value": "RA1"}]
+    assert referral["identifier"] == [{"system": fhir.systems().referral_id, "value": "RA1"}]
     assert referral["requester"]["identifier"] == {"system": "https://fhir.nhs.uk/Id/ods-organization-code",
                                                    "value": "ZPA"}
     assert referral["status"] == "unknown" and referral["intent"] == "order"
     encounters = fhir.resources(data, "Encounter")
-    assert [e["identifier"] for e in encounters] == [[{"system": fhir.CARE_CONTACT_ID, "value": c}]
+    assert [e["identifier"] for e in encounters] == [[{"system": fhir.systems().care_contact_id, "value": c}]
                                                      for c in ("C1", "C2")]
     for resource in [referral, *encounters, *fhir.resources(data, "DocumentReference")]:
         assert resource["subject"] == {"type": "Patient", "identifier": {
@@ -353,11 +361,12 @@ def test_fhir_bundle_structure(tiny):
     first = encounters[0]
     assert first["period"] == {"start": "2026-07-01T00:30:00+01:00", "end": "2026-07-01T01:15:00+01:00"}
     assert first["status"] == "finished"
-    assert first["extension"] == [{"url": fhir.ATTENDANCE_EXTENSION, "valueCoding": {
-        "system": fhir.ATTENDANCE_SYSTEM, "code": "5", "display": fhir.ATTENDANCE["5"][0]}}]
+    assert first["extension"] == [{"url": fhir.systems().attendance_extension, "valueCoding": {
+        "system": fhir.systems().attendance, "code": "5", "display": fhir.ATTENDANCE["5"][0]}}]
     assert first["class"] == {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "VR",
                               "display": "virtual"}
-    assert [t["coding"][0]["system"] for t in first["type"]] == [fhir.APPOINTMENT_TYPE_SYSTEM, fhir.MECHANISM_SYSTEM]
+    assert [t["coding"][0]["system"] for t in first["type"]] == [fhir.systems().appointment_type,
+                                                                 fhir.systems().mechanism]
     assert [t["coding"][0]["code"] for t in first["type"]] == ["02", "02"]
     notes = fhir.resources(data, "DocumentReference")
     assert [fhir.summary_text(d) for d in notes] == [SUMMARY_A, SUMMARY_A]
@@ -474,3 +483,54 @@ def test_fhir_hostile_text_round_trips():
                                                include_summaries=True), rows, "2026-01-05")
     json.loads(data)
     assert [fhir.summary_text(d) for d in fhir.resources(data, "DocumentReference")] == texts
+
+
+# ---- data hygiene: shared care contact ids, control characters in free text (issue 13) --------------------------
+
+def test_a_care_contact_id_shared_by_two_referrals_is_quarantined_on_both_rows():
+    """Two referrals (two patients) carrying the same care contact id: neither row may leave, since the referrer keys
+    updates on that id; the care contact and both referrals are quarantined (data set rule IDS20143)."""
+    import pandas as pd
+
+    base = {"contact_at": dt.datetime(2026, 7, 1, 9), "received_date": dt.date(2026, 6, 1), "referrer_org_code": "ZPA",
+            "nhs_holders": 1}
+    rows = pd.DataFrame([
+        {**base, "care_contact_id": "C1", "service_request_id": "RA1", "nhs_number": "9990000018",
+         "local_patient_id": "P0"},
+        {**base, "care_contact_id": "C1", "service_request_id": "RA2", "nhs_number": "9990000026",
+         "local_patient_id": "P1"},
+        {**base, "care_contact_id": "C2", "service_request_id": "RA1", "nhs_number": "9990000018",
+         "local_patient_id": "P0"},
+        # one row here, but the source holds a twin elsewhere (another referrer's referral): held back as well
+        {**base, "care_contact_id": "C3", "service_request_id": "RA3", "nhs_number": "9990000034",
+         "local_patient_id": "P2", "contact_holders": 2},
+    ])
+    rows["contact_holders"] = rows["contact_holders"].fillna(1)
+    kept, bad = build.screen(rows, {"ZPA"})
+    assert kept["care_contact_id"].tolist() == ["C2"]
+    found = {(q.record_type, q.record_id) for q in bad if q.reason_code == "duplicate_care_contact_id"}
+    assert found == {("care_contact", "C1"), ("referral", "RA1"), ("referral", "RA2"), ("care_contact", "C3"),
+                     ("referral", "RA3")}
+    assert all("9990" not in q.reason for q in bad)
+
+
+def test_control_and_bidi_characters_are_removed_from_summaries_and_reported_as_counts(tiny, state_engine, tmp_path):
+    from caldicott.updates import free_text
+
+    hostile = "Mood \x00better\u202e, sleep \x1b[31mpoor\x1b[0m\u2066x\u2069;\r\nplan\tagreed. Ζωή שלום 😀"
+    with make_engine(sqlite_url(tmp_path / "records.db")).begin() as c:     # (the fixture's engine is read-only)
+        c.execute(schema.care_contact.update().where(schema.care_contact.c.care_contact_id == "C1")
+                  .values(clinical_summary=hostile))
+    sender = _Capture()
+    result = deliver.deliver_contract(tiny, state_engine, "CTA", dt.date(2026, 7, 1), dt.date(2026, 7, 2),
+                                      "2026-07-01", lambda o, c: sender)
+    (item,) = sender.items
+    rows = {r["care_contact_id"]: r for r in csv.DictReader(io.StringIO(item.payload.decode("utf-8"), newline=""))}
+    text = rows["C1"]["clinical_summary"]
+    for bad in ("\x00", "\x1b", "\u202e", "\u2066", "\u2069", "\r"):
+        assert bad not in text
+    assert text == "Mood better, sleep [31mpoor[0mx;\nplan\tagreed. Ζωή שלום 😀"
+    assert result.text_cleaned == {"values_changed": 1, "bidi_controls": 3, "control_characters": 3}
+    assert deliver.summarise([result.as_dict()])["text_cleaned"] == result.text_cleaned
+    assert "Mood" not in str(result.as_dict())                  # counts only, never the text
+    assert free_text.clean_text("tab\tand\nnewline stay")[0] == "tab\tand\nnewline stay"

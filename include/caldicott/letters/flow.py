@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
@@ -27,13 +27,14 @@ from caldicott.db import insert_ignore, utcnow
 from caldicott.gateway import CHUNK, ReleaseReport, release
 from caldicott.letters import gp_connect, messages
 from caldicott.letters.build import LetterData, find_events, load_letters
-from caldicott.letters.render import Service, email_body, render_pdf
+from caldicott.letters.render import Service, attachment_name, email_body, letter_title, render_pdf
 from caldicott.letters.state_tables import letter_ack
 from caldicott.policy import letters as policy
 from caldicott.records.checks import POSTCODE_RE
 from caldicott.state.quarantine import Quarantined, quarantine
 from caldicott.transport.base import Outbound, Sender
 from caldicott.transport.ledger import DONE, Intent, Ledger, State, ledger
+from caldicott.transport.mesh_journal import MeshJournal
 from caldicott.transport.mesh_reports import Report
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,29 @@ class Channels:
     workflow: str = gp_connect.WORKFLOW
 
 
+def send_document(letter: LetterData, lid: str, pdf: bytes, ch: Channels,
+                  generated_at: dt.datetime) -> tuple[str, bytes, dict[str, str]]:
+    """GP Connect Send Document for one letter: ``(Mex-To, FHIR message, MESH headers)``.
+
+    Addressed by MESH registered-practice routing (NHS number, birth date, surname: GPCM-SD-056/063), not to a
+    mailbox; minimum necessary patient fields only (:func:`caldicott.policy.letters.minimum_patient`)."""
+    patient = policy.minimum_patient(letter.patient, "gp")
+    svc = ch.service
+    sender = gp_connect.SendingOrganisation(svc.ods_code, svc.name, svc.phone, ch.sender_mailbox)
+    c = svc.clinician
+    author = gp_connect.Author(c.sds_user_id, c.family, (c.given,) if c.given else (), c.prefix, c.phone)
+    document = gp_connect.Document(letter_title(letter.event), pdf,
+                                   gp_connect.activity_reference(letter.referral_id, letter.event))
+    headers = gp_connect.mesh_headers(document, patient, sender, lid)
+    headers["workflow_id"] = ch.workflow
+    try:
+        payload = gp_connect.build_bundle(lid, document=document, patient=patient, sender=sender, author=author,
+                                          generated_at=generated_at, care_setting=svc.care_setting)
+    except ValueError:
+        return "", b"-", headers     # incomplete demographics: the send fails with "no MESH address" (ids only)
+    return gp_connect.mesh_address(patient), payload, headers
+
+
 def outbound_items(letters: list[LetterData], kind: str, channel: str, batch: str, ch: Channels,
                    skip: set[str]) -> Iterator[Outbound]:
     """Render and protect each letter of a batch, lazily (one PDF in memory at a time)."""
@@ -148,28 +172,26 @@ def outbound_items(letters: list[LetterData], kind: str, channel: str, batch: st
         if d.route is None or d.route.channel != channel or d.outcome != "send":
             continue   # the record changed since planning: leave the intent for the next run to re-plan
         route = d.route
-        pdf = render_pdf(letter, kind, ch.service)
+        now = dt.datetime.now(dt.UTC)
+        pdf = render_pdf(letter, kind, ch.service, created=now)
         facts = {"gp_sharing_consent": bool(letter.patient.get("gp_sharing_consent", True))}
         headers: dict[str, str] = {"batch": batch.replace("/", "_")}
+        address = route.address
+        filename = attachment_name(letter.event)
         if channel == "smime-email":
             payload = messages.smime_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
-                                           certificate_pem=letter.practice["certificate_pem"], service=ch.service.name)
+                                           certificate_pem=letter.practice["certificate_pem"], service=ch.service.name,
+                                           filename=filename)
         elif channel == "smime":
             payload = messages.smime_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
                                            certificate_pem=letter.patient["patient_certificate_pem"],
-                                           service=ch.service.name)
+                                           service=ch.service.name, filename=filename)
         elif channel == "secure-email":
             payload = messages.gateway_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
-                                             service=ch.service.name)
+                                             service=ch.service.name, filename=filename)
         elif channel == "mesh":
-            patient = policy.minimum_patient(letter.patient, "gp")
-            payload = gp_connect.build_bundle(
-                lid, pdf=pdf, patient=patient, sender_ods=ch.service.ods_code, sender_mailbox=ch.sender_mailbox,
-                recipient_ods=route.recipient, recipient_mailbox=route.address,
-                title=f"{letter.event.title()} letter", event_date=letter.event_date,
-                sender_reference=f"{letter.referral_id}/{letter.event}")
-            headers.update({"workflow_id": ch.workflow, "filename": f"{lid}.json",
-                            "content_type": "application/fhir+json"})
+            address, payload, mesh_headers = send_document(letter, lid, pdf, ch, now)
+            headers.update(mesh_headers)
         elif channel == "post":
             if not ch.print_certificate_pem:
                 continue   # no print house configured: stays intended, reported as pending
@@ -177,14 +199,14 @@ def outbound_items(letters: list[LetterData], kind: str, channel: str, batch: st
         else:
             continue
         yield Outbound(lid, route.purpose, route.recipient, channel, payload, route.protection,
-                       address=route.address, headers=headers, facts=facts)
+                       address=address, headers=headers, facts=facts)
 
 
 SENDER_FOR = {"smime-email": "smtp", "smime": "smtp", "secure-email": "smtp", "mesh": "mesh", "post": "post"}
 
 
 def send_batch(records: Engine, state: Engine, batch: dict, ch: Channels, start: dt.date, end: dt.date,
-               wrap: Callable[[Sender], Sender] | None = None, chunk: int = CHUNK) -> dict:
+               chunk: int = CHUNK) -> dict:
     """Send one planned batch; returns counts and the ids of letters that failed (XCom-safe).
 
     Letters are rendered lazily while the gateway sends the previous ``chunk`` (see :func:`release`), so at
@@ -202,8 +224,8 @@ def send_batch(records: Engine, state: Engine, batch: dict, ch: Channels, start:
     if todo:
         letters = load_letters(records, todo)
         sender = ch.senders[SENDER_FOR[channel]]
-        if wrap is not None:
-            sender = wrap(sender)
+        if hasattr(sender, "use_journal"):
+            sender.use_journal(MeshJournal(state))   # MESH message ids, for crash recovery by tracking
         report.merge(release(outbound_items(letters, kind, channel, batch["batch_id"], ch, skip), sender, state,
                              chunk=chunk))
     counts = report.counts()

@@ -1,20 +1,33 @@
-"""Render a letter's (autoescaped) HTML to PDF with fpdf2 and the DejaVu Sans font.
+"""Render a letter's (autoescaped) HTML to PDF with fpdf2, in any script a patient's name may be written in.
 
 Templates (:mod:`caldicott.letters.render`) produce a small, fixed subset of HTML: ``h1``, ``h2``, ``p``,
 ``li``, ``b`` and ``br``. Jinja autoescapes every value, so a patient called ``<script>`` arrives here as
 ``&lt;script&gt;``; the parser below turns the markup into blocks and the character references back into
 text, and the PDF shows ``<script>`` literally. A value can never become markup.
 
-DejaVu Sans (shipped with matplotlib) covers the accented names a service meets (``O'Brien-Zoë``,
-``Ní Bhriain``). Parsing a 700 kB TrueType file costs about 0.1 s, more than everything else in a letter,
-so each face is parsed **once per process**: it is first cut down to the Latin, punctuation and symbol
-ranges a letter uses, and each new document gets a light copy of the parsed font whose glyph-usage map
-is its own (fpdf2 subsets the embedded font per document at output).
+Fonts. A letter whose every character is in Windows-1252 (nearly all) is set in the PDF core font Helvetica:
+nothing to embed, ten times faster. Any other letter is set in Unicode fonts, embedded and subset per letter
+(fpdf2 keeps only the glyphs the letter uses), each character in the first face that has it:
+
+1. DejaVu Sans (shipped by matplotlib, already a dependency): Latin, Greek, Cyrillic, Hebrew, Arabic, symbols;
+2. Noto Sans Devanagari (PyPI ``fontpkg-noto-sans-devanagari``, SIL OFL): Devanagari;
+3. Noto Sans CJK (PyPI ``cvttf-notosanscjk-regular``, the SIL OFL Noto Sans CJK TC): Chinese, Japanese, Korean.
+
+That is fpdf2's "fallback fonts" (``FPDF.set_fallback_fonts``) done in this module's own line layout, which
+places text with the fast ``FPDF.text`` (fpdf2 applies fallbacks only in ``cell``/``write``). A face whose
+package is missing is skipped: its characters then print as the first face's "missing" box. Right-to-left runs
+(Hebrew, Arabic) are placed in visual order (the Unicode bidirectional algorithm, ``fpdf.bidi``); letters are not
+shaped (Arabic joining, Devanagari conjuncts need HarfBuzz), so those scripts print legibly but unjoined.
+
+Parsing a font costs more than everything else in a letter (0.1 s for DejaVu, 0.7 s for the 16 MB CJK face), so
+each face is parsed **once per process**, when a letter first needs it, and each new document gets a light copy
+of the parsed font whose glyph-usage map is its own.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 import functools
 import io
 import os
@@ -22,21 +35,13 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
-from fontTools import subset as ftsubset
 from fontTools import ttLib
 from fpdf import FPDF
 from fpdf.fonts import SubsetMap, TTFFont
 
 FAMILY = "dejavu"
-#: Letters whose every character is in Windows-1252 (nearly all: English text, Western European names
-#: such as O'Brien-Zoë or Ní Bhriain, dashes, bullets) use the PDF core font Helvetica, which needs no
-#: embedding and renders ten times faster; any other character switches the whole letter to DejaVu Sans.
 CORE = "helvetica"
 CORE_ENCODING = "cp1252"
-#: The code points kept in the once-per-process font: Latin (with extensions and combining marks),
-#: general punctuation, currency and arrows. Anything else prints as the font's "missing" box.
-UNICODES = [*range(0x20, 0x7F), *range(0xA0, 0x250), *range(0x300, 0x370), *range(0x2000, 0x2070),
-            0x20AC, 0x2122, *range(0x2190, 0x2194), 0x2713, 0x2717]
 
 
 def font_path(bold: bool = False) -> Path:
@@ -47,36 +52,80 @@ def font_path(bold: bool = False) -> Path:
     return Path(os.path.dirname(matplotlib.__file__)) / "mpl-data" / "fonts" / "ttf" / name
 
 
-@functools.cache
-def _font_bytes(bold: bool) -> bytes:
-    font = ttLib.TTFont(str(font_path(bold)), recalcTimestamp=False)
-    options = ftsubset.Options(notdef_outline=True, recommended_glyphs=True, layout_features=[])
-    sub = ftsubset.Subsetter(options)
-    sub.populate(unicodes=UNICODES)
-    sub.subset(font)
-    buf = io.BytesIO()
-    font.save(buf)
-    return buf.getvalue()
+def _devanagari_path(bold: bool) -> Path | None:
+    try:
+        import fontpkg_noto_sans_devanagari as pkg
+    except ImportError:
+        return None
+    return next(iter(sorted((Path(pkg.__file__).parent / "files").glob("*.ttf"))), None)
+
+
+def _cjk_path(bold: bool) -> Path | None:
+    try:
+        import cvttf_NotoSansCJK_Regular as pkg
+    except ImportError:
+        return None
+    return next(iter(sorted(Path(pkg.__file__).parent.glob("*.otf"))), None)
+
+
+#: Unicode faces in the order a character is looked up: (fpdf2 family name, path of the regular / bold file).
+#: Faces without a bold file use the regular one for bold too.
+FACES: tuple[tuple[str, object], ...] = (
+    (FAMILY, font_path),
+    ("notodeva", _devanagari_path),
+    ("notocjk", _cjk_path),
+)
 
 
 @functools.cache
-def _prototype(bold: bool) -> TTFFont:
-    """One parsed font per face and process (metrics, cmap, widths), from the cut-down font in memory."""
+def _face_file(family: str, bold: bool) -> Path | None:
+    path = dict(FACES)[family](bold)
+    return Path(path) if path is not None and Path(path).exists() else None
+
+
+@functools.cache
+def _font_bytes(family: str, bold: bool) -> bytes:
+    path = _face_file(family, bold)
+    assert path is not None
+    return path.read_bytes()
+
+
+@functools.cache
+def _prototype(family: str, bold: bool) -> TTFFont:
+    """One parsed font per face, weight and process (metrics, cmap, widths)."""
     holder = FPDF()
-    return TTFFont(holder, io.BytesIO(_font_bytes(bold)), FAMILY + ("B" if bold else ""), "B" if bold else "")
+    style = "B" if bold else ""
+    return TTFFont(holder, io.BytesIO(_font_bytes(family, bold)), family + style, style)
 
 
-def _attach_fonts(pdf: FPDF) -> None:
-    """Give ``pdf`` its own light copies of the cached fonts (shared metrics, own glyph subset)."""
-    for bold in (False, True):
-        proto = _prototype(bold)
-        font = copy.copy(proto)
-        font.i = len(pdf.fonts) + 1
-        font.ttfont = ttLib.TTFont(io.BytesIO(_font_bytes(bold)), recalcTimestamp=False, lazy=True)
-        font.subset = SubsetMap(font)
-        font.biggest_size_pt = 0
-        font.missing_glyphs = []
-        pdf.fonts[proto.fontkey] = font
+@functools.cache
+def _available() -> tuple[str, ...]:
+    return tuple(f for f, _ in FACES if _face_file(f, False) is not None and _face_file(f, True) is not None)
+
+
+@functools.lru_cache(maxsize=100_000)
+def face_for(char: str) -> str:
+    """The first Unicode face that has a glyph for ``char`` (the first face if none has)."""
+    code = ord(char)
+    for family in _available():
+        # the fallbacks only ever serve what DejaVu lacks (Devanagari and beyond)
+        if (family == FAMILY or code >= 0x0900) and code in _prototype(family, False).cmap:
+            return family
+    return FAMILY
+
+
+def _attach_fonts(pdf: FPDF, families: set[str]) -> None:
+    """Give ``pdf`` its own light copies of the cached faces it needs (shared metrics, own glyph subset)."""
+    for family in (f for f in _available() if f in families):
+        for bold in (False, True):
+            proto = _prototype(family, bold)
+            font = copy.copy(proto)
+            font.i = len(pdf.fonts) + 1
+            font.ttfont = ttLib.TTFont(io.BytesIO(_font_bytes(family, bold)), recalcTimestamp=False, lazy=True)
+            font.subset = SubsetMap(font)
+            font.biggest_size_pt = 0
+            font.missing_glyphs = []
+            pdf.fonts[proto.fontkey] = font
 
 
 class _Blocks(HTMLParser):
@@ -132,24 +181,25 @@ def parse_blocks(markup: str) -> list[tuple[str, list[tuple[bool, str]]]]:
     return parser.blocks
 
 
-def html_to_pdf(markup: str, *, title: str = "Letter") -> bytes:
-    """A PDF of ``markup`` (the template subset above). Deterministic for the same markup."""
+def html_to_pdf(markup: str, *, title: str = "Letter", created: _dt.datetime | None = None) -> bytes:
+    """A PDF of ``markup`` (the template subset above), created at ``created`` (default: now, UTC): the same
+    markup and time give the same bytes."""
     pdf = FPDF(format="A4")
     pdf.core_fonts_encoding = CORE_ENCODING
-    pdf.set_creation_date(_EPOCH)
+    pdf.set_creation_date(created or _dt.datetime.now(_dt.UTC))
     pdf.set_title(title)
     pdf.set_creator("Caldicott")
     pdf.set_margins(20, 18, 20)
     pdf.set_auto_page_break(True, margin=18)
     blocks = parse_blocks(markup)
-    family = CORE if _fits_core(blocks) else FAMILY
-    if family == FAMILY:
-        _attach_fonts(pdf)
+    core = _fits_core(blocks)
+    if not core:
+        _attach_fonts(pdf, {face_for(c) for _, runs in blocks for _, text in runs for c in set(text)} | {FAMILY})
     pdf.add_page()
     width = pdf.w - pdf.l_margin - pdf.r_margin
     bottom = pdf.h - 18
     y = pdf.t_margin
-    font: tuple[str, float] | None = None   # set_font only when it changes (it is not free in fpdf2)
+    font: tuple[str, str, float] | None = None   # set_font only when it changes (it is not free in fpdf2)
     for tag, runs in blocks:
         size, gap = {"h1": (15, 3), "h2": (12, 2)}.get(tag, (10.5, 2))
         height = size * 0.5
@@ -158,17 +208,20 @@ def html_to_pdf(markup: str, *, title: str = "Letter") -> bytes:
             runs = [(True, t) for _, t in runs]
         if tag == "li":
             runs = [(False, "•  "), *runs]
-        for line in _wrap(runs, size, width, family):
+        for line in _wrap(runs, size, width, core):
             if y + height > bottom:
                 pdf.add_page()
                 y = pdf.t_margin
             x = pdf.l_margin
             for bold, text, w in line:
-                if font != ("B" if bold else "", size):
-                    font = ("B" if bold else "", size)
-                    pdf.set_font(family, *font)
-                pdf.text(x, y + height * 0.78, text)
-                x += w
+                style = "B" if bold else ""
+                pieces = [(CORE, text)] if core else _face_runs(_visual(text))
+                for family, piece in pieces:
+                    if font != (family, style, size):
+                        font = (family, style, size)
+                        pdf.set_font(family, style, size)
+                    pdf.text(x, y + height * 0.78, piece)
+                    x += (w if core else _word_width(False, bold, piece) * size)
             y += height
         y += gap
     return bytes(pdf.output())
@@ -184,15 +237,37 @@ def _fits_core(blocks) -> bool:
     return True
 
 
+_RTL = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc]")
+
+
+def _visual(text: str) -> str:
+    """``text`` in display order: right-to-left runs reversed by the Unicode bidi algorithm (LTR paragraph)."""
+    if not _RTL.search(text):
+        return text
+    from fpdf.bidi import BidiParagraph
+    from fpdf.enums import TextDirection
+
+    return BidiParagraph(text, base_direction=TextDirection.LTR).get_reordered_string()
+
+
+def _face_runs(text: str) -> list[tuple[str, str]]:
+    """Split ``text`` into runs set in one face each."""
+    runs: list[tuple[str, str]] = []
+    for ch in text:
+        face = face_for(ch) if not ch.isspace() else (runs[-1][0] if runs else FAMILY)
+        if runs and runs[-1][0] == face:
+            runs[-1] = (face, runs[-1][1] + ch)
+        else:
+            runs.append((face, ch))
+    return runs
+
+
 @functools.cache
-def _width_table(family: str, bold: bool) -> dict[str, float]:
-    """Glyph advance per character (font units per 1000 em), for every character the face can print."""
-    if family == FAMILY:
-        cw = _prototype(bold).cw
-        return {chr(c): cw[c] for c in UNICODES}
+def _core_widths(bold: bool) -> dict[str, float]:
+    """Glyph advance per character of Helvetica (font units per 1000 em), for every Windows-1252 character."""
     from fpdf.fonts import CORE_FONTS_CHARWIDTHS
 
-    cw = CORE_FONTS_CHARWIDTHS[family + ("B" if bold else "")]
+    cw = CORE_FONTS_CHARWIDTHS[CORE + ("B" if bold else "")]
     table = {}
     for i in range(256):
         try:
@@ -203,16 +278,27 @@ def _width_table(family: str, bold: bool) -> dict[str, float]:
     return table
 
 
+@functools.lru_cache(maxsize=100_000)
+def _char_width(bold: bool, ch: str) -> float:
+    """Advance of ``ch`` in the Unicode face that sets it (font units per 1000 em)."""
+    proto = _prototype(face_for(ch), bold)
+    return proto.cw[ord(ch)] if ord(ch) in proto.cmap else proto.cw[ord("?")]
+
+
 @functools.lru_cache(maxsize=50_000)
-def _word_width(family: str, bold: bool, word: str) -> float:
+def _word_width(core: bool, bold: bool, word: str) -> float:
     """Width of ``word`` at 1 pt, in mm (words repeat across letters: cached)."""
-    table = _width_table(family, bold)
-    default = table.get("?", 500)
-    return sum(table.get(c, default) for c in word) / 1000 * 25.4 / 72
+    if core:
+        table = _core_widths(bold)
+        default = table.get("?", 500)
+        units = sum(table.get(c, default) for c in word)
+    else:
+        units = sum(_char_width(bold, c) for c in word)
+    return units / 1000 * 25.4 / 72
 
 
 def _wrap(runs: list[tuple[bool, str]], size: float, width: float,
-          family: str) -> list[list[tuple[bool, str, float]]]:
+          core: bool) -> list[list[tuple[bool, str, float]]]:
     """Greedy word wrap with cached glyph widths (fpdf2's own breaker is quadratic in paragraph length)."""
     lines: list[list[tuple[bool, str, float]]] = []
     line: list[tuple[bool, str, float]] = []
@@ -223,14 +309,14 @@ def _wrap(runs: list[tuple[bool, str]], size: float, width: float,
             line, used = [], 0.0
             continue
         for word in _WORDS.findall(text):
-            w = _word_width(family, bold, word) * size
-            if line and used + _word_width(family, bold, word.rstrip()) * size > width:
+            w = _word_width(core, bold, word) * size
+            if line and used + _word_width(core, bold, word.rstrip()) * size > width:
                 lines.append(line)
                 line, used = [], 0.0
                 word = word.lstrip()
                 if not word:
                     continue
-                w = _word_width(family, bold, word) * size
+                w = _word_width(core, bold, word) * size
             if line and line[-1][0] == bold:
                 prev = line[-1]
                 line[-1] = (bold, prev[1] + word, prev[2] + w)
@@ -251,7 +337,3 @@ def pdf_text(data: bytes) -> str:
 
     return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(data)).pages)
 
-
-import datetime as _dt  # noqa: E402
-
-_EPOCH = _dt.datetime(2020, 1, 1, tzinfo=_dt.UTC)

@@ -24,8 +24,28 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 @dataclass(frozen=True)
+class Clinician:
+    """The named clinician responsible for the service's letters: signs each letter and is the Send Document
+    author (GPCM-SD-032..034: SDS user id, official name, telephone). Configuration, not patient data."""
+
+    prefix: str = "Dr"
+    given: str = "Alex"
+    family: str = "Example"
+    role: str = "Clinical Lead, Consultant Clinical Psychologist"
+    sds_user_id: str = "999000000001"   # synthetic (a real one is the clinician's 12-digit SDS user id)
+    phone: str = "0113 000 0001"
+
+    @property
+    def display(self) -> str:
+        return " ".join(p for p in (self.prefix, self.given, self.family) if p)
+
+
+@dataclass(frozen=True)
 class Service:
-    """The sending service as it signs its letters (configuration, not patient data)."""
+    """The sending service as it signs its letters (configuration, not patient data).
+
+    ``care_setting``: optional SNOMED CT (code, display) from the UK Core care setting type value set, sent in
+    the Send Document Composition when the service knows its own."""
 
     name: str = "NHS Talking Therapies (Synthetic Service)"
     address: str = "1 Example Street, Leeds LS1 1AA"
@@ -33,6 +53,8 @@ class Service:
     signatory: str = "Clinical Lead"
     ods_code: str = "ZZZ01"
     email: str = "letters@talkingtherapies.nhs.example"
+    clinician: Clinician = Clinician()
+    care_setting: tuple[str, str] | None = None
 
 
 @functools.cache
@@ -79,9 +101,24 @@ def render_markup(letter: LetterData, recipient_kind: str, service: Service | No
     return template.render(**context(letter, recipient_kind, service or Service()))
 
 
-def render_pdf(letter: LetterData, recipient_kind: str, service: Service | None = None) -> bytes:
-    title = "Assessment letter" if letter.event == "assessment" else "Discharge letter"
-    return html_to_pdf(render_markup(letter, recipient_kind, service), title=title)
+TITLES = {"assessment": "Assessment letter", "discharge": "Discharge letter"}
+
+
+def letter_title(event: str) -> str:
+    """What the letter is, in words: the PDF's title, the Send Document title, the attachment's name."""
+    return TITLES.get(event, "Letter")
+
+
+def attachment_name(event: str) -> str:
+    """A file name that says what the letter is (no patient data): ``assessment-letter.pdf``."""
+    return letter_title(event).lower().replace(" ", "-") + ".pdf"
+
+
+def render_pdf(letter: LetterData, recipient_kind: str, service: Service | None = None, *,
+               created: dt.datetime | None = None) -> bytes:
+    """The letter as PDF; ``created`` (default: now) is the PDF's creation date."""
+    return html_to_pdf(render_markup(letter, recipient_kind, service), title=letter_title(letter.event),
+                       created=created or dt.datetime.now(dt.UTC))
 
 
 def email_body(service: Service | None = None) -> str:

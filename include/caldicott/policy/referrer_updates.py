@@ -12,6 +12,9 @@ contract's options, and nowhere else:
 * contracts with ``include_activity``: a monthly activity file per referral for invoicing
   (:data:`ACTIVITY_FIELDS`), counts and dates only, no clinical text.
 
+Free text that leaves (the summary) is first cleaned of control characters other than tab and newline and of
+Unicode bidirectional overrides (:mod:`caldicott.updates.free_text`); what was removed is reported as counts.
+
 Nothing else from the source reaches a referrer: no names, addresses, postcodes, birth dates,
 presenting problems, scores or clinician ids. The national data opt-out does not apply (direct care /
 contract, DESIGN.md); GP-sharing consent is about GPs, not referrers, and does not apply either.
@@ -65,6 +68,12 @@ ACTIVITY_FIELDS: tuple[str, ...] = (
     "first_contact_date",
     "last_contact_date",
 )
+
+#: Reason codes this flow adds to the shared record checks' (:data:`caldicott.records.checks.REASONS`).
+REASONS = {
+    "duplicate_care_contact_id": "the care contact id is on more than one session row (data set rule IDS20143): "
+                                 "the referrer keys updates on it, so none of those rows is sent",
+}
 
 ATTENDED = frozenset({"5", "6"})
 DNA = frozenset({"3", "7"})

@@ -1,14 +1,26 @@
-"""MESH sender: one MESH message per item, with ``local_id`` = the ledger item id.
+"""MESH sender: one MESH message per item, following the MESH API (NHS England, mesh-api-specification).
 
 Wraps one or more ``mesh_client.MeshClient`` (built by :func:`make_client` here, or by the Airflow ``MeshHook``);
 with several, up to that many sends are in flight at once (:class:`MeshSender`).
-After a crash between MESH accepting a message and the ledger recording it, :meth:`already_delivered`
-asks MESH's outbox tracking for the item's ``local_id``; if MESH knows it, the message left and is not sent
-again. (The by-local-id tracking endpoint is deprecated in the MESH API but served by MESH and
-mesh-sandbox; where it is not, the outbox is the fallback.)
 
-Acknowledgements of GP Connect messages come back on the ``_ACK`` workflow: :func:`read_acks` downloads
-them, parses them (:func:`caldicott.letters.gp_connect.parse_ack`) and acknowledges (removes) them.
+* **Addressing and metadata** come from the item: ``address`` is ``Mex-To`` (a mailbox id, or a GP Connect
+  ``GPPROVIDER_...`` routing address), and ``headers`` may set ``workflow_id``, ``local_id`` (default: the ledger
+  item id), ``subject``, ``filename`` and ``content_type``.
+* **Chunking**: MESH accepts at most 100 MB of data in one request; larger messages go as ordered chunks, each
+  "smaller than 100MB" (MESH API, "Outbox workflow" / "Send chunked message"). :data:`MAX_CHUNK_BYTES` is that
+  limit; ``MeshSettings.max_chunk_bytes`` (connection extra ``max_chunk_bytes``) lowers it, e.g. for a receiver
+  with a smaller limit, or for tests.
+* **Crash recovery** uses MESH's current tracking endpoint, ``GET outbox/tracking?messageID=``
+  (``MeshClient.track_message``): with a :class:`~caldicott.transport.mesh_journal.MeshJournal` attached, the
+  message id MESH returns is journalled before anything else, and :meth:`MeshSender.already_delivered` asks
+  MESH about that message. Where MESH may have accepted a message but never answered (a timeout, a crash
+  mid-request), the outcome is unknown: the item fails with a final error naming it and a person checks MESH,
+  rather than a letter going twice. (Only a sender without a journal falls back to the deprecated
+  ``outbox/tracking/{localID}``; it is not used by GP letters or referrer updates.)
+
+Inbox reads are filtered by workflow on the server (``workflow_filter``): :func:`read_acks` downloads only the
+acknowledgement workflow, parses each ack (:func:`caldicott.letters.gp_connect.parse_ack`) and acknowledges
+(removes) it after the caller has taken it.
 """
 
 from __future__ import annotations
@@ -23,13 +35,22 @@ import requests
 from mesh_client import MeshError
 
 from caldicott.transport.base import Outbound, TransportError
+from caldicott.transport.mesh_journal import MeshJournal
 
 log = logging.getLogger(__name__)
 
 
+#: The most data MESH accepts in one request: "The maximum amount of data allowed by MESH in a single request
+#: message is 100MB"; each chunk must be smaller than that (MESH API). Decimal megabytes, the stricter reading.
+MAX_CHUNK_BYTES = 100_000_000 - 1
+
+
 @dataclass(frozen=True)
 class MeshSettings:
-    """How to reach one MESH mailbox. ``ca_file`` verifies the server; ``cert``/``key`` are the client's."""
+    """How to reach one MESH mailbox. ``ca_file`` verifies the server; ``cert``/``key`` are the client's.
+
+    ``max_chunk_bytes``: messages larger than this go as chunks of at most this size (at most
+    :data:`MAX_CHUNK_BYTES`, the MESH API's limit)."""
 
     url: str
     mailbox: str
@@ -38,6 +59,11 @@ class MeshSettings:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    max_chunk_bytes: int = MAX_CHUNK_BYTES
+
+    def __post_init__(self) -> None:
+        if not 0 < int(self.max_chunk_bytes) <= MAX_CHUNK_BYTES:
+            raise ValueError(f"max_chunk_bytes must be between 1 and {MAX_CHUNK_BYTES} (the MESH API's limit)")
 
 
 def make_client(s: MeshSettings):
@@ -45,7 +71,8 @@ def make_client(s: MeshSettings):
 
     cert = (s.cert_file, s.key_file) if s.cert_file and s.key_file else None
     client = MeshClient(s.url, mailbox=s.mailbox, password=s.password, shared_key=s.shared_key.encode(),
-                        cert=cert, verify=s.ca_file, max_retries=2, timeout=60, application_name="caldicott")
+                        cert=cert, verify=s.ca_file, max_retries=2, timeout=60, application_name="caldicott",
+                        max_chunk_size=int(s.max_chunk_bytes))
     if s.ca_file:
         # requests would otherwise merge REQUESTS_CA_BUNDLE / certifi into every request (DESIGN.md gotcha)
         client._session.verify = s.ca_file
@@ -56,21 +83,29 @@ def make_client(s: MeshSettings):
     return client
 
 
+#: MESH tracking states (``status``) of a message whose upload never completed: never delivered, safe to resend.
+INCOMPLETE = frozenset({"uploading"})
+
+
 class MeshSender:
     """Sends each item as one MESH message, on one or more ``MeshClient`` connections to the same mailbox.
 
-    ``reconcilable``: MESH can be asked whether an item arrived (outbox tracking by ``local_id``), so the
-    gateway may record ``sent`` for a chunk at once and keep ``concurrency`` sends in flight: a crash in
-    between is healed by :meth:`already_delivered`, never by a blind resend. Each client is used by one thread
-    at a time (a ``requests`` session is not meant to be shared across threads): a send leases one from a
-    pool. The caller owns the clients passed in; :meth:`connect` builds a sender that owns its own, and
-    :meth:`close` (or ``with``) closes those (mesh_client warns about a client that is never closed).
+    ``reconcilable``: MESH can be asked whether an item arrived (tracking by the journalled message id), so the
+    gateway may record ``sent`` for a chunk at once and keep ``concurrency`` sends in flight: a crash in between
+    is healed by :meth:`already_delivered`, never by a blind resend. Each client is used by one thread at a time
+    (a ``requests`` session is not meant to be shared across threads): a send leases one from a pool. The caller
+    owns the clients passed in; :meth:`connect` builds a sender that owns its own, and :meth:`close` (or ``with``)
+    closes those (mesh_client warns about a client that is never closed).
+
+    ``max_chunk_bytes`` (default: the settings', else :data:`MAX_CHUNK_BYTES`) is the chunk size; ``journal``
+    (:meth:`use_journal`) records message ids for crash recovery.
     """
 
     channel = "mesh"
     reconcilable = True
 
-    def __init__(self, client, workflow_id: str, *, extra_clients: Sequence = ()) -> None:
+    def __init__(self, client, workflow_id: str, *, extra_clients: Sequence = (), max_chunk_bytes: int | None = None,
+                 journal: MeshJournal | None = None) -> None:
         self.client = client
         self.workflow_id = workflow_id
         self._clients = [client, *extra_clients]
@@ -78,9 +113,13 @@ class MeshSender:
         for c in self._clients:
             self._idle.put(c)
         self._owned: list = []
+        chunk = max_chunk_bytes or getattr(client, "_max_chunk_size", None) or MAX_CHUNK_BYTES
+        self.max_chunk_bytes = min(int(chunk), MAX_CHUNK_BYTES)
+        self.journal = journal
 
     @classmethod
-    def connect(cls, settings: MeshSettings, workflow_id: str, *, connections: int = 1) -> MeshSender:
+    def connect(cls, settings: MeshSettings, workflow_id: str, *, connections: int = 1,
+                journal: MeshJournal | None = None) -> MeshSender:
         """A sender with ``connections`` clients of its own (closed by :meth:`close`)."""
         clients: list = []
         try:
@@ -90,9 +129,15 @@ class MeshSender:
             for c in clients:
                 c.close()
             raise
-        sender = cls(clients[0], workflow_id, extra_clients=clients[1:])
+        sender = cls(clients[0], workflow_id, extra_clients=clients[1:], max_chunk_bytes=settings.max_chunk_bytes,
+                     journal=journal)
         sender._owned = clients
         return sender
+
+    def use_journal(self, journal: MeshJournal) -> MeshSender:
+        """Record message ids in ``journal`` (the flows attach their state database's); returns this sender."""
+        self.journal = journal
+        return self
 
     @property
     def concurrency(self) -> int:
@@ -119,27 +164,94 @@ class MeshSender:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _options(self, item: Outbound) -> dict[str, str]:
+        h = item.headers
+        out = {"workflow_id": h.get("workflow_id") or self.workflow_id, "local_id": h.get("local_id") or item.item_id,
+               "filename": h.get("filename") or f"{item.item_id}.json",
+               "content_type": h.get("content_type") or "application/json"}
+        if h.get("subject"):
+            out["subject"] = h["subject"]
+        return out
+
     def send(self, item: Outbound) -> str:
         if not item.address:
-            raise TransportError(f"item {item.item_id}: no MESH mailbox", retryable=False)
+            raise TransportError(f"item {item.item_id}: no MESH address", retryable=False)
+        options = self._options(item)
+        data = item.payload
+        size = self.max_chunk_bytes
+        chunks = [data[i:i + size] for i in range(0, len(data), size)] or [data]
+        created = False
         try:
             with self._lease() as client:
-                return client.send_message(
-                    item.address, item.payload, workflow_id=item.headers.get("workflow_id", self.workflow_id),
-                    local_id=item.item_id, filename=item.headers.get("filename", f"{item.item_id}.json"),
-                    subject=item.headers.get("subject"),
-                    content_type=item.headers.get("content_type", "application/json"))
+                if self.journal is not None:
+                    self.journal.posting(item.item_id, len(chunks))
+                resp = client.send_chunk(item.address, chunks[0], 1, len(chunks), **options)
+                if resp.status_code not in (200, 202):
+                    raise MeshError(_json(resp))
+                message_id = str(_json(resp)["message_id"])
+                created = True
+                if self.journal is not None:
+                    self.journal.accepted(item.item_id, message_id)
+                for n, chunk in enumerate(chunks[1:], start=2):
+                    client.send_chunk(item.address, chunk, n, len(chunks), message_id=message_id, **options)
+                return message_id
         except requests.HTTPError as exc:
             code = exc.response.status_code if exc.response is not None else None
+            self._not_created(item, created, certain=exc.response is not None)
             raise TransportError(f"item {item.item_id}: MESH HTTP {code}",
                                  retryable=code is None or code >= 500) from exc
         except MeshError as exc:  # MESH answered with an error document (e.g. 403 forbidden): not transient
+            self._not_created(item, created, certain=True)
             raise TransportError(f"item {item.item_id}: MESH refused the message (MeshError)",
                                  retryable=False) from exc
-        except Exception as exc:  # connection errors, timeouts
+        except requests.ConnectionError as exc:
+            # refused / connect timeout / TLS handshake: the request never left, so MESH holds nothing; a reset
+            # after it left may have left a message in MESH (the journal keeps "posting": outcome unknown)
+            self._not_created(item, created, certain=_never_sent(exc))
+            raise TransportError(f"item {item.item_id}: MESH connection error ({type(exc).__name__})") from exc
+        except TransportError:
+            raise
+        except Exception as exc:  # timeouts and resets after the request left: MESH may hold the message
             raise TransportError(f"item {item.item_id}: MESH error {type(exc).__name__}") from exc
 
+    def _not_created(self, item: Outbound, created: bool, *, certain: bool) -> None:
+        if self.journal is not None and not created and certain:
+            self.journal.not_created(item.item_id)
+
     def already_delivered(self, item: Outbound) -> str | None:
+        """The MESH message id if ``item`` reached MESH complete, else None; TransportError if MESH cannot say."""
+        if self.journal is None:
+            return self._by_local_id(item)
+        entry = self.journal.lookup(item.item_id)
+        if entry is None:
+            return None     # no request for this item ever left a journalled sender
+        if entry.message_id is None:
+            raise TransportError(
+                f"item {item.item_id}: MESH outcome unknown (a request left but MESH's reply was never recorded); "
+                "look the message up in MESH (MOLES) and record the answer with MeshJournal.resolve before it is "
+                "sent again", retryable=False)
+        with self._lease() as client:
+            try:
+                info = client.track_message(entry.message_id)
+            except requests.HTTPError as exc:
+                code = exc.response.status_code if exc.response is not None else None
+                if code == 404:
+                    raise TransportError(f"item {item.item_id}: MESH no longer knows message {entry.message_id}; "
+                                         "check MESH (MOLES) before sending again", retryable=False) from exc
+                raise TransportError(f"item {item.item_id}: MESH tracking HTTP {code}") from exc
+            except requests.RequestException as exc:
+                raise TransportError(
+                    f"item {item.item_id}: MESH tracking unavailable ({type(exc).__name__})") from exc
+        status = str(info.get("status") or "").lower()
+        if status in INCOMPLETE:
+            return None     # the upload of a chunked message never completed: MESH never delivers it
+        return str(info.get("message_id") or entry.message_id)
+
+    def _by_local_id(self, item: Outbound) -> str | None:
+        """Deprecated ``outbox/tracking/{localID}``, for senders without a journal whose local id is the item id."""
+        if item.headers.get("local_id") not in (None, "", item.item_id):
+            raise TransportError(f"item {item.item_id}: cannot reconcile with MESH without a journal",
+                                 retryable=False)
         with self._lease() as client:
             session = getattr(client, "_session", None)
             url = getattr(client, "mailbox_url", None)
@@ -159,16 +271,42 @@ class MeshSender:
         return data.get("messageID") or data.get("messageId") or data.get("message_id") or "tracked"
 
 
-def read_acks(client, workflow_suffix: str = "_ACK", limit: int = 500) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(mesh message id, body)`` for each acknowledgement message in the inbox, then remove it."""
-    for n, message_id in enumerate(client.iterate_message_ids()):
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """Whether a connection error happened before the request reached MESH (so no message was created)."""
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, SSLError
+
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError | SSLError)
+
+
+def _json(resp) -> dict:
+    try:
+        return resp.json()
+    except ValueError:
+        return {"status_code": resp.status_code}
+
+
+def read_acks(client, workflow_id: str | None = None, limit: int = 500) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(mesh message id, body)`` for each acknowledgement in the inbox, then remove it.
+
+    Only messages of ``workflow_id`` (default: GP Connect Send Document's ``GPCONNECT_SEND_DOCUMENT_ACK``,
+    GPCM-SD-058) are listed: MESH filters the inbox (``workflow_filter``), so other flows' messages in the shared
+    mailbox are neither downloaded nor touched."""
+    if workflow_id is None:
+        from caldicott.letters.gp_connect import ACK_WORKFLOW
+
+        workflow_id = ACK_WORKFLOW
+    for n, message_id in enumerate(client.iterate_message_ids(workflow_filter=workflow_id)):
         if n >= limit:
             break
         msg = client.retrieve_message(message_id)
         workflow = getattr(msg, "workflow_id", "") or ""
+        message_type = str(getattr(msg, "message_type", "") or "").upper()
         body = msg.read()
         msg.close()
-        if not workflow.endswith(workflow_suffix):
-            continue
+        if workflow != workflow_id or message_type == "REPORT":
+            continue    # a filter the server did not apply, or a report (read by mesh_reports)
         yield message_id, body
         client.acknowledge_message(message_id)

@@ -28,9 +28,13 @@ class Report:
     event: str                  # e.g. "TRANSFER"
 
 
-def read_reports(client, limit: int = 500) -> Iterator[Report]:
-    """Yield each ``REPORT`` message in the inbox; acknowledge (remove) it after the caller has taken it."""
-    for n, message_id in enumerate(client.iterate_message_ids()):
+def read_reports(client, limit: int = 500, workflow_id: str | None = None) -> Iterator[Report]:
+    """Yield each ``REPORT`` message in the inbox; acknowledge (remove) it after the caller has taken it.
+
+    A report carries the workflow id of the message it is about (MESH API, "Error Report Header"), so
+    ``workflow_id`` (e.g. GP Connect's ``GPCONNECT_SEND_DOCUMENT``) makes MESH list only this flow's reports:
+    another flow's report in a shared mailbox is then left for that flow instead of being consumed here."""
+    for n, message_id in enumerate(client.iterate_message_ids(workflow_filter=workflow_id)):
         if n >= limit:
             break
         msg = client.retrieve_message(message_id)

@@ -29,6 +29,9 @@ from caldicott.policy.referrer_updates import (
     activity_fields,
     session_fields,
 )
+from caldicott.policy.referrer_updates import (
+    REASONS as POLICY_REASONS,
+)
 from caldicott.records import schema
 from caldicott.records.checks import REASONS, contact_problems
 from caldicott.records.nhs_numbers import valid_mask
@@ -40,7 +43,7 @@ LONDON = "Europe/London"
 #: Columns read per session (join of care_contact, referral and the patient's NHS number).
 SESSION_COLUMNS = ("care_contact_id", "service_request_id", "contact_at", "duration_minutes", "app_type",
                    "attend_code", "cons_mechanism", "clinical_summary", "referrer_org_code", "received_date",
-                   "local_patient_id", "nhs_number", "nhs_holders")
+                   "local_patient_id", "nhs_number", "nhs_holders", "contact_holders")
 #: load_sessions' marker column: None, or the record type ("care_contact" / "referral") holding an unreadable value
 UNREADABLE = "_unreadable"
 
@@ -90,9 +93,14 @@ def load_sessions(records: Engine, start_utc: dt.datetime, end_utc: dt.datetime,
     # how many local patients hold this NHS number (ix_patient_nhs_number): more than one is ambiguous
     holders = (select(func.count()).select_from(same).where(same.c.nhs_number == p.c.nhs_number)
                .scalar_subquery().label("nhs_holders"))
+    # how many care contact rows carry this care contact id (a source without the key allows several: they may
+    # belong to different referrals, even different referrers' patients, so none of them can be sent)
+    twin = c.alias("same_contact")
+    contact_holders = (select(func.count()).select_from(twin).where(twin.c.care_contact_id == c.c.care_contact_id)
+                       .scalar_subquery().label("contact_holders"))
     q = (select(c.c.care_contact_id, c.c.service_request_id, c.c.contact_at, c.c.duration_minutes, c.c.app_type,
                 c.c.attend_code, c.c.cons_mechanism, c.c.clinical_summary, r.c.referrer_org_code,
-                r.c.received_date, r.c.local_patient_id, p.c.nhs_number, holders)
+                r.c.received_date, r.c.local_patient_id, p.c.nhs_number, holders, contact_holders)
          .select_from(c.join(r, c.c.service_request_id == r.c.service_request_id)
                       .outerjoin(p, r.c.local_patient_id == p.c.local_patient_id))
          .where(c.c.contact_at >= start_utc, c.c.contact_at < end_utc))
@@ -125,6 +133,10 @@ def screen(sessions: pd.DataFrame, known_orgs: set[str] | None = None) -> tuple[
       referrer could not match the update to the right patient (the patient is quarantined);
     * ``duplicate_nhs_number``: the number is held by more than one local patient anywhere in the source
       (the referrer would file the session against whichever patient it knows: quarantined);
+    * ``duplicate_care_contact_id``: the care contact id is on more than one row (in these rows or anywhere in
+      the source): the referrer keys updates on it, so the rows could overwrite each other's patient. Every such
+      row is held back: the care contact and each referral carrying it are quarantined (the data set rejects the
+      group the same way, IDS20143);
     * ``unreadable_value``: a stored value its column's type cannot hold (SQLite source; see
       :func:`caldicott.records.queries.read`): the session, or the referral if its date is the bad one.
     """
@@ -142,6 +154,18 @@ def screen(sessions: pd.DataFrame, known_orgs: set[str] | None = None) -> tuple[
                 seen.add(key)
                 out.append(Quarantined(*key, "unreadable_value", REASONS["unreadable_value"]))
         drop |= marked
+    contact = sessions["care_contact_id"].astype(str)
+    twins = contact.duplicated(keep=False).to_numpy().copy()
+    if "contact_holders" in sessions:
+        twins |= (pd.to_numeric(sessions["contact_holders"], errors="coerce").fillna(0) > 1).to_numpy()
+    twins &= ~drop
+    if twins.any():
+        reason = POLICY_REASONS["duplicate_care_contact_id"]
+        out += [Quarantined("care_contact", str(cid), "duplicate_care_contact_id", reason)
+                for cid in pd.unique(contact[twins])]
+        out += [Quarantined("referral", str(rid), "duplicate_care_contact_id", reason)
+                for rid in pd.unique(sessions.loc[twins, "service_request_id"])]
+        drop |= twins
     if known_orgs is not None:
         org = sessions["referrer_org_code"]
         unknown = (org.notna() & ~org.isin(known_orgs)).to_numpy()

@@ -36,7 +36,9 @@ from caldicott.records.queries import read
 from caldicott.state.quarantine import quarantine
 from caldicott.transport.base import Outbound, Sender, TransportError
 from caldicott.transport.ledger import DONE, Intent, Ledger, item_id
-from caldicott.updates import build
+from caldicott.transport.mesh_journal import MeshJournal
+from caldicott.updates import build, free_text
+from caldicott.updates.fhir import NamespaceNotConfigured
 
 #: Returns the sender for a contract, or None when its transport is not available in this deployment.
 SenderFactory = Callable[[ContractOptions, dict], Sender | None]
@@ -62,10 +64,12 @@ class ContractResult:
     quarantined: int = 0
     held_reasons: dict[str, str] = field(default_factory=dict)
     rules: list[str] = field(default_factory=list)
+    text_cleaned: dict[str, int] = field(default_factory=dict)   # characters removed from free text, by kind
 
     def as_dict(self) -> dict:
         return {"contract_id": self.contract_id, "files": self.files, "rows": self.rows,
-                "quarantined": self.quarantined, "held": self.held_reasons, "rules": self.rules}
+                "quarantined": self.quarantined, "held": self.held_reasons, "rules": self.rules,
+                "text_cleaned": self.text_cleaned}
 
 
 def period_key(first: dt.date, end: dt.date) -> str:
@@ -145,9 +149,14 @@ def build_items(records: Engine, state: Engine, contract: dict, first: dt.date, 
     start_utc, end_utc = build.london_bounds(first, end)
     rows, bad = build.screen(build.load_sessions(records, start_utc, end_utc, options.referrer_ods), orgs)
     result.quarantined += quarantine(state, FLOW, run_key, bad)
+    if options.include_summaries:   # the only free text that leaves: cleaned, and reported as counts
+        rows, result.text_cleaned = free_text.clean(rows)
     period = period_key(first, end)
     try:
         data = build.sessions_file(options, rows, period)
+    except NamespaceNotConfigured as exc:  # fail closed: hold it, saying what to configure
+        data = b"-"
+        held[item_id(FLOW, options.contract_id, "sessions", period)] = str(exc)
     except ValueError:  # unsupported format: hold an empty placeholder so a person sees it
         data = b"-"
         held[item_id(FLOW, options.contract_id, "sessions", period)] = (
@@ -190,6 +199,8 @@ def deliver_contract(records: Engine, state: Engine, contract_id: str, first: dt
                                 options.contract_id, options.transport, batch_id=options.contract_id)
                          for i in items)
     sender = None if len(held) == len(items) else _sender(sender_factory, options, contract)
+    if sender is not None and hasattr(sender, "use_journal"):
+        sender.use_journal(MeshJournal(state))   # MESH message ids, for crash recovery by tracking
     if sender is None:
         for i in items:
             held.setdefault(i.item_id, f"not delivered: transport not available ({options.transport})")
@@ -251,8 +262,11 @@ def summarise(results: list[dict]) -> dict:
     """Totals over contracts' results (ids and counts only)."""
     files: dict[str, int] = {}
     rows: dict[str, int] = {}
+    cleaned: dict[str, int] = {}
     held: list[str] = []
     for r in results:
+        for kind, n in (r.get("text_cleaned") or {}).items():
+            cleaned[kind] = cleaned.get(kind, 0) + int(n)
         for kind, status in r.get("files", {}).items():
             files[status] = files.get(status, 0) + 1
             if status == "held":
@@ -260,7 +274,8 @@ def summarise(results: list[dict]) -> dict:
         for kind, n in r.get("rows", {}).items():
             rows[kind] = rows.get(kind, 0) + int(n)
     return {"contracts": len(results), "files": files, "rows": rows,
-            "quarantined": sum(int(r.get("quarantined", 0)) for r in results), "held": sorted(held)}
+            "quarantined": sum(int(r.get("quarantined", 0)) for r in results), "held": sorted(held),
+            "text_cleaned": cleaned}
 
 
 __all__ = ["ContractDeliveryError", "ContractResult", "deliver_contract", "file_name", "period_key",

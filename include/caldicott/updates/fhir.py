@@ -31,44 +31,118 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import uuid
+from dataclasses import dataclass
 
 import pandas as pd
 
 from caldicott.letters.gp_connect import NHS_NUMBER, ODS
 from caldicott.policy.referrer_updates import FHIR_FORMAT, ContractOptions, session_fields
 
-#: The service's own namespace for the identifiers and code systems below (no national FHIR ones exist for
-#: IAPT codes). Part of the format agreed with referrers: changing it is a new format version.
-NAMESPACE_URL = "https://fhir.talkingtherapies.nhs.example"
+#: Where the service's own FHIR namespace comes from: the base URL under which its identifier systems and IAPT code
+#: systems live (no national FHIR ones exist for IAPT codes). Part of the format agreed with referrers. There is no
+#: default: without it the format refuses to build (fail closed) rather than publish a placeholder.
+NAMESPACE_ENV = "CALDICOTT_FHIR_NAMESPACE"
 UUIDS = uuid.UUID("2d6f3b1e-6c1a-4d1e-9a57-0f3c7c1b8e42")
 
-FORMAT_TAG = f"{NAMESPACE_URL}/CodeSystem/referrer-update-format"
-CARE_CONTACT_ID = f"{NAMESPACE_URL}/Id/iapt-care-contact-id"
-REFERRAL_ID = f"{NAMESPACE_URL}/Id/iapt-service-request-id"
-ATTENDANCE_EXTENSION = f"{NAMESPACE_URL}/StructureDefinition/Extension-IAPT-AttendOrDNA"
-ATTENDANCE_SYSTEM = f"{NAMESPACE_URL}/CodeSystem/iapt-attend-or-dna"
-APPOINTMENT_TYPE_SYSTEM = f"{NAMESPACE_URL}/CodeSystem/iapt-appointment-type"
-MECHANISM_SYSTEM = f"{NAMESPACE_URL}/CodeSystem/iapt-consultation-mechanism"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 DATA_ABSENT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
 SNOMED = "http://snomed.info/sct"
+#: UK Core (HL7 UK / NHS England, FHIR R4) profiles the resources conform to and claim in ``meta.profile``.
+UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/"
+PROFILES = {"Bundle": UK_CORE + "UKCore-Bundle", "ServiceRequest": UK_CORE + "UKCore-ServiceRequest",
+            "Encounter": UK_CORE + "UKCore-Encounter", "DocumentReference": UK_CORE + "UKCore-DocumentReference"}
 
-#: IAPT AttendOrDNACode (NHS Data Dictionary "attended or did not attend") -> (display, Encounter.status).
+
+class NamespaceNotConfigured(ValueError):
+    """The service's FHIR namespace is not configured: fhir-r4-v1 files are not built (held, never guessed)."""
+
+
+@dataclass(frozen=True)
+class Systems:
+    """The identifier and code systems of fhir-r4-v1, under the service's configured namespace."""
+
+    namespace: str
+
+    @property
+    def format_tag(self) -> str:
+        return f"{self.namespace}/CodeSystem/referrer-update-format"
+
+    @property
+    def care_contact_id(self) -> str:
+        return f"{self.namespace}/Id/iapt-care-contact-id"
+
+    @property
+    def referral_id(self) -> str:
+        return f"{self.namespace}/Id/iapt-service-request-id"
+
+    @property
+    def attendance_extension(self) -> str:
+        return f"{self.namespace}/StructureDefinition/Extension-IAPT-AttendOrDNA"
+
+    @property
+    def attendance(self) -> str:
+        return f"{self.namespace}/CodeSystem/iapt-attend-or-dna"
+
+    @property
+    def appointment_type(self) -> str:
+        return f"{self.namespace}/CodeSystem/iapt-appointment-type"
+
+    @property
+    def mechanism(self) -> str:
+        return f"{self.namespace}/CodeSystem/iapt-consultation-mechanism"
+
+
+def systems(namespace: str | None = None) -> Systems:
+    """The systems under ``namespace`` (default: ``$CALDICOTT_FHIR_NAMESPACE``); NamespaceNotConfigured if none.
+
+    The namespace must be an absolute ``https://`` URL without query or fragment (identifier and code systems are
+    URIs the referrer's system keys on)."""
+    ns = (namespace if namespace is not None else os.environ.get(NAMESPACE_ENV, "")).strip().rstrip("/")
+    if not ns:
+        raise NamespaceNotConfigured(
+            f"{FHIR_FORMAT}: the service's FHIR namespace is not configured (set {NAMESPACE_ENV} to the base URL "
+            "agreed with referrers, e.g. https://fhir.<your-trust>.nhs.uk); no file is built without it")
+    if not ns.startswith("https://") or any(c in ns for c in "?# ") or len(ns) <= len("https://"):
+        raise NamespaceNotConfigured(f"{FHIR_FORMAT}: {NAMESPACE_ENV} must be an https:// base URL")
+    return Systems(ns)
+
+
+#: IAPT AttendOrDNACode -> (NHS Data Dictionary "ATTENDED OR DID NOT ATTEND" display, Encounter.status). The IAPT
+#: v2.0/v2.1 value set (rule IDS20128) is 2..7.
 ATTENDANCE: dict[str, tuple[str, str]] = {
-    "5": ("Attended on time or before the professional was ready", "finished"),
-    "6": ("Arrived late but was seen", "finished"),
-    "7": ("Arrived late and could not be seen", "cancelled"),
-    "2": ("Cancelled by, or on behalf of, the patient", "cancelled"),
-    "3": ("Did not attend, no advance warning given", "cancelled"),
-    "4": ("Cancelled or postponed by the provider", "cancelled"),
+    "5": ("Attended on time or, if late, before the relevant care professional was ready to see the patient",
+          "finished"),
+    "6": ("Arrived late, after the relevant care professional was ready to see the patient, but was seen",
+          "finished"),
+    "7": ("Patient arrived late and could not be seen", "cancelled"),
+    "2": ("Appointment cancelled by, or on behalf of, the patient", "cancelled"),
+    "3": ("Did not attend - no advance warning given", "cancelled"),
+    "4": ("Appointment cancelled or postponed by the health care provider", "cancelled"),
 }
+#: IAPT AppType (NHS Data Dictionary "APPOINTMENT TYPE (IMPROVING ACCESS TO PSYCHOLOGICAL THERAPIES)"; rule
+#: IDS20156 permits 01..08). Codes whose display could not be checked against the Data Dictionary carry none
+#: (``display`` is optional in FHIR; a wrong one is worse than none).
 APPOINTMENT_TYPES = {"01": "Assessment", "02": "Treatment", "03": "Assessment and treatment",
-                     "04": "Review and treatment", "05": "Review without treatment", "06": "Enabling",
-                     "07": "Discharge"}
-#: IAPT ConsMechanism -> (display, v3 ActCode for Encounter.class)
-MECHANISMS = {"01": ("Face to face", "AMB"), "02": ("Telephone", "VR"), "04": ("Video consultation", "VR"),
-              "05": ("Talk type (text)", "VR"), "06": ("Online", "VR")}
+                     "04": "Review without treatment", "05": "Review and treatment"}
+#: IAPT v2.1 ConsMechanism (NHS Data Dictionary "CONSULTATION MECHANISM (MENTAL HEALTH)") -> (display, v3 ActCode
+#: for Encounter.class). 06 (SMS) and 03 (telemedicine web camera) are v2.0 ConsMediumUsed codes retired in v2.1;
+#: records that still hold them keep their old display.
+MECHANISMS = {
+    "01": ("Face to face", "AMB"),
+    "02": ("Telephone", "VR"),
+    "03": ("Telemedicine web camera", "VR"),
+    "04": ("Talk type for a person unable to speak", "VR"),
+    "05": ("Email", "VR"),
+    "06": ("Short Message Service (SMS) - Text Messaging", "VR"),
+    "09": ("Text Message (Asynchronous)", "VR"),
+    "10": ("Instant messaging (Synchronous)", "VR"),
+    "11": ("Video consultation", "VR"),
+    "12": ("Message Board (Asynchronous)", "VR"),
+    "13": ("Chat Room (Synchronous)", "VR"),
+    "98": ("Other", None),
+}
 CLASS_DISPLAY = {"AMB": "ambulatory", "VR": "virtual"}
 
 
@@ -107,11 +181,19 @@ def _drop_empty(resource: dict) -> dict:
     return {k: v for k, v in resource.items() if v not in (None, [], {})}
 
 
-def sessions_bundle(options: ContractOptions, rows: pd.DataFrame, period: str) -> bytes:
-    """The ``fhir-r4-v1`` file for one contract and period, as UTF-8 JSON bytes (deterministic)."""
+def _meta(kind: str) -> dict:
+    return {"profile": [PROFILES[kind]]}
+
+
+def sessions_bundle(options: ContractOptions, rows: pd.DataFrame, period: str, *, namespace: str | None = None
+                    ) -> bytes:
+    """The ``fhir-r4-v1`` file for one contract and period, as UTF-8 JSON bytes (deterministic).
+
+    ``namespace`` defaults to ``$CALDICOTT_FHIR_NAMESPACE``; NamespaceNotConfigured without one."""
     fields = set(session_fields(options))
     if options.file_format != FHIR_FORMAT:
         raise ValueError(f"contract {options.contract_id}: not a {FHIR_FORMAT} contract")
+    sy = systems(namespace)
     summaries = "clinical_summary" in fields
     entries: list[dict] = []
     referrals: dict[str, dict] = {}
@@ -127,7 +209,8 @@ def sessions_bundle(options: ContractOptions, rows: pd.DataFrame, period: str) -
             if rid not in referrals:
                 referrals[rid] = _drop_empty({
                     "resourceType": "ServiceRequest", "id": _uid("ServiceRequest", rid),
-                    "identifier": [{"system": REFERRAL_ID, "value": rid}],
+                    "meta": _meta("ServiceRequest"),
+                    "identifier": [{"system": sy.referral_id, "value": rid}],
                     "status": "unknown", "intent": "order", "subject": _patient(nhs),
                     "requester": {"type": "Organization", "identifier": {"system": ODS,
                                                                           "value": options.referrer_ods}},
@@ -137,17 +220,17 @@ def sessions_bundle(options: ContractOptions, rows: pd.DataFrame, period: str) -
             klass = MECHANISMS.get(mechanism or "", (None, None))[1]
             period_ = {"start": start, "end": end} if end else {"start": start}
             encounter = _drop_empty({
-                "resourceType": "Encounter", "id": _uid("Encounter", cid),
-                "extension": [{"url": ATTENDANCE_EXTENSION, "valueCoding": _coding(ATTENDANCE_SYSTEM, attend,
-                                                                                    ATTENDANCE)}]
+                "resourceType": "Encounter", "id": _uid("Encounter", cid), "meta": _meta("Encounter"),
+                "extension": [{"url": sy.attendance_extension, "valueCoding": _coding(sy.attendance, attend,
+                                                                                       ATTENDANCE)}]
                 if attend is not None else None,
-                "identifier": [{"system": CARE_CONTACT_ID, "value": cid}],
+                "identifier": [{"system": sy.care_contact_id, "value": cid}],
                 "status": ATTENDANCE.get(attend or "", (None, "unknown"))[1],
                 "class": {"system": ACT_CODE, "code": klass, "display": CLASS_DISPLAY[klass]} if klass else
                 {"extension": [{"url": DATA_ABSENT, "valueCode": "unknown"}]},
-                "type": [{"coding": [c]} for c in (_coding(APPOINTMENT_TYPE_SYSTEM, _text(rec["app_type"]),
+                "type": [{"coding": [c]} for c in (_coding(sy.appointment_type, _text(rec["app_type"]),
                                                            APPOINTMENT_TYPES),
-                                                   _coding(MECHANISM_SYSTEM, mechanism, MECHANISMS)) if c],
+                                                   _coding(sy.mechanism, mechanism, MECHANISMS)) if c],
                 "subject": _patient(nhs),
                 "basedOn": [{"reference": f"urn:uuid:{referrals[rid]['id']}", "type": "ServiceRequest"}],
                 "period": period_,
@@ -156,7 +239,8 @@ def sessions_bundle(options: ContractOptions, rows: pd.DataFrame, period: str) -
             note = _text(rec["clinical_summary"]) if summaries else None
             if note is not None:
                 sessions.append({
-                    "resourceType": "DocumentReference", "id": _uid("DocumentReference", cid), "status": "current",
+                    "resourceType": "DocumentReference", "id": _uid("DocumentReference", cid),
+                    "meta": _meta("DocumentReference"), "status": "current",
                     "type": {"coding": [{"system": SNOMED, "code": "371531000",
                                          "display": "Report of clinical encounter"}]},
                     "subject": _patient(nhs),
@@ -169,11 +253,25 @@ def sessions_bundle(options: ContractOptions, rows: pd.DataFrame, period: str) -
     bundle_id = _uid("Bundle", f"{options.contract_id}/sessions/{period}")
     bundle = _drop_empty({
         "resourceType": "Bundle", "id": bundle_id,
-        "meta": {"tag": [{"system": FORMAT_TAG, "code": FHIR_FORMAT}]},
+        "meta": {"profile": [PROFILES["Bundle"]], "tag": [{"system": sy.format_tag, "code": FHIR_FORMAT}]},
         "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{bundle_id}"},
         "type": "collection", "entry": entries,
     })
     return json.dumps(bundle, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+_COMPAT = {"NAMESPACE_URL": "namespace", "FORMAT_TAG": "format_tag", "CARE_CONTACT_ID": "care_contact_id",
+           "REFERRAL_ID": "referral_id", "ATTENDANCE_EXTENSION": "attendance_extension",
+           "ATTENDANCE_SYSTEM": "attendance", "APPOINTMENT_TYPE_SYSTEM": "appointment_type",
+           "MECHANISM_SYSTEM": "mechanism"}
+
+
+def __getattr__(name: str) -> str:
+    """The systems under the configured namespace by their former constant names (receiver side and tests);
+    NamespaceNotConfigured when none is configured, as for building."""
+    if name in _COMPAT:
+        return getattr(systems(), _COMPAT[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resources(data: bytes | dict, kind: str) -> list[dict]:

@@ -5,7 +5,8 @@ Connection fields: ``host`` = the MESH base URL (``https://msg.int.spine2.ncrs.n
 password. Extras: ``shared_key`` (the environment's HMAC key), ``ca_file`` (CA bundle that verifies the
 server: always a file, never ``verify=False``), ``client_cert`` / ``client_key`` (the mailbox's TLS
 client certificate and key, paths), ``connections`` (how many connections :meth:`MeshHook.sender` opens to
-send in parallel; default 4). Example::
+send in parallel; default 4), ``max_chunk_bytes`` (messages larger than this are sent in chunks of this size;
+default and maximum the MESH API's 100 MB limit, :data:`caldicott.transport.mesh.MAX_CHUNK_BYTES`). Example::
 
     AIRFLOW_CONN_CALDICOTT_MESH='{"conn_type": "mesh", "host": "https://127.0.0.1:8700", "login": "X26ABC1",
       "password": "...", "extra": {"shared_key": "...", "ca_file": "/etc/caldicott/mesh-ca.pem",
@@ -38,9 +39,10 @@ class MeshHook(BaseHook):
         extra = conn.extra_dejson or {}
         if not extra.get("shared_key"):
             raise ValueError(f"connection {self.mesh_conn_id!r} has no shared_key extra")
+        chunk = {"max_chunk_bytes": int(extra["max_chunk_bytes"])} if extra.get("max_chunk_bytes") else {}
         return MeshSettings(url=conn.host, mailbox=conn.login, password=conn.password or "",
                             shared_key=extra["shared_key"], ca_file=extra.get("ca_file"),
-                            cert_file=extra.get("client_cert"), key_file=extra.get("client_key"))
+                            cert_file=extra.get("client_cert"), key_file=extra.get("client_key"), **chunk)
 
     def get_conn(self):
         """An open MeshClient (handshake done); close it with :meth:`close` or use the hook in ``with``."""
@@ -64,7 +66,8 @@ class MeshHook(BaseHook):
         settings = self.settings()
         while len(self._extra) < max(1, connections) - 1:
             self._extra.append(make_client(settings))
-        return MeshSender(client, workflow_id, extra_clients=list(self._extra))
+        return MeshSender(client, workflow_id, extra_clients=list(self._extra),
+                          max_chunk_bytes=settings.max_chunk_bytes)
 
     def close(self) -> None:
         extra, self._extra = self._extra, []
