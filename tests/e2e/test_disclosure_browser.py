@@ -81,10 +81,16 @@ def test_manager_approves_in_the_ui_and_the_package_is_released(e2e, tmp_path):
             page.get_by_role("button", name="Approve").click()
             page.get_by_text("response successful").first.wait_for()
             page.screenshot(path=str(shots / "disclosure_approved.png"))
+            assert stack.wait_run(DAG_ID, run_id, timeout=300) == "success", stack.task_states(DAG_ID, run_id)
+            page.reload()
+            page.get_by_text("Where it would go").first.wait_for()
+            page.screenshot(path=str(shots / "disclosure_after.png"), full_page=True)
+            after = page.locator("body").inner_text()   # the page states the outcome: who answered, task state
+            assert "Response received at" in after and "from manager1" in after and "Success" in after, after
+            assert "After you answer" in after
         finally:
             browser.close()
 
-    assert stack.wait_run(DAG_ID, run_id, timeout=300) == "success", stack.task_states(DAG_ID, run_id)
     state = make_engine(sqlite_url(e2e.workspace.state_db))
     dec = register.decision(state, did)
     assert dec["event"] == "approved" and dec["actor"] == "manager1"

@@ -108,5 +108,9 @@ def approval_text(request: Mapping[str, Any], summary: Mapping[str, Any], timeou
               f"**Who may decide** {', '.join(md_text(a) for a in approvers)}. An answer from anyone else, or "
               "from the person who asked, is refused and recorded.",
               f"No decision within {timeout_minutes:g} minutes escalates to the Caldicott Guardian and refuses.",
-              "To refuse, choose Refuse and give your reasons. Do not type patient identifiers into the form."]
+              "To refuse, choose Refuse and give your reasons. Do not type patient identifiers into the form.",
+              "After you answer, this page shows who answered and when, and this task turns **Success** once the "
+              "decision is in the disclosure register (an approval then releases the package; a refusal writes the "
+              "refusal letter), or **Failed** with the reason in its log when it is not a decision (an incomplete "
+              "approval, or an answer from someone not allowed): then nothing is sent."]
     return subject, "\n\n".join(lines)
