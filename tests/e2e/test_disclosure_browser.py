@@ -1,6 +1,8 @@
 """A service manager approves a held disclosure in the Airflow UI: headless Debian chromium driven by
-Playwright logs in as manager1, opens Required Actions, finds the request by its disclosure id, fills in
-the decision form, approves, and the package is released through the gateway to the outbox."""
+Playwright logs in as manager1, opens Required Actions, finds the request by its disclosure id, reads the page
+(the requester's text shown literally, the route in full), fills in the decision form, approves, and the package
+is released through the gateway to the outbox; the page then says who answered and that the step succeeded.
+Before that, the admin (who filed the request, so not assigned) tries to refuse and is told they may not."""
 
 from __future__ import annotations
 
@@ -54,6 +56,21 @@ def test_manager_approves_in_the_ui_and_the_package_is_released(e2e, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
                                     args=ARGS)
         try:
+            # someone not assigned (the admin, who filed the request) is told so when they try to answer
+            other = browser.new_page(viewport={"width": 1400, "height": 1200})
+            other.set_default_timeout(60_000)
+            other.goto(stack.base + "/")
+            other.fill("input[name=username]", "admin")
+            other.fill("input[name=password]", password["admin"])
+            other.keyboard.press("Enter")
+            other.get_by_text("Required Actions").first.click()
+            other.get_by_role("link", name="View all required actions").click()
+            other.get_by_role("link", name=f"Disclosure {did}").click()
+            other.locator("#element_reasons").fill("trying to decide my own request")
+            other.get_by_role("button", name="Refuse").click()   # a refusal needs only the reason...
+            other.get_by_text("You do not have permission to perform this action").first.wait_for()  # ...but not theirs
+            other.screenshot(path=str(shots / "disclosure_not_assigned.png"))
+            other.close()
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
             page.set_default_timeout(60_000)
             page.goto(stack.base + "/")
