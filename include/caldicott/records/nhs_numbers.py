@@ -2,9 +2,11 @@
 
 The rule (NHS Data Dictionary): weights 10..2 on digits 1-9, remainder mod 11, check = 11 - remainder,
 11 becomes 0 and 10 means no valid number exists with those nine digits. NHS England's receiving
-side also rejects numbers whose first five digits mirror the last five (e.g. ``1234554321``). The
-scalar ``nhs-number`` package agrees with this (tests compare them); this module exists because a
-national-size month has millions of numbers and a Python loop over them is too slow.
+side (``is_valid_nhs_number`` in nhsengland/Reusable-Code-Library ``src/dsp/udfs/misc.py``) also rejects
+numbers whose first five digits mirror the last five (e.g. ``1234554321``, ``0000000000``) and has no
+date-of-birth rule for Scotland's CHI range. The scalar ``nhs-number`` package differs in exactly those two
+places; tests/unit/test_nhs_numbers.py names them. This module exists because a national-size month has
+millions of numbers and a Python loop over them is too slow.
 """
 
 from __future__ import annotations
