@@ -6,8 +6,8 @@
 1. Generates the source frames of one month directly with numpy (reported separately: it stands in for
    reading the records source, which is timed on its own with ``read_source`` over SQLite for the
    ratio month), then times ``build`` (+ pre-2020 rule), ``screen`` (every registered rule, quarantine
-   decisions) and ``write`` (Parquet per table, manifest, zip, AES-256-GCM; without and with the intermediate
-   SQLite database). Peak RSS of the process.
+   decisions) and ``write`` (Parquet per table, manifest, zip, AES-256-GCM; without and with the IDB CSVs the
+   submitter imports, which replaced the intermediate SQLite database). Peak RSS of the process.
 2. Speed ratio against the row-by-row reference builder + validator (``bench/reference_monthly_dataset.py``)
    on a smaller month (medians of ``--ratio-repeats`` interleaved rounds: the cores are shared, so each round
    times both sides under the same load), with a check that both quarantine the same records for the rules
@@ -128,21 +128,23 @@ def national_month(referrals: int, contacts: int, assessments: int, seed: int = 
     return SourceMonth(patients, refs, contacts_df, assess, history(refs["service_request_id"], h_treat, h_scores))
 
 
-def run_pipeline(src: SourceMonth, out: Path, key: bytes, *, intermediate_db: bool) -> dict:
+def run_pipeline(src: SourceMonth, out: Path, key: bytes, *, idb_csv: bool) -> dict:
     t0 = time.perf_counter()
     ds = build(src, PERIOD)
     apply_pre2020(ds, src.patients, "referrals_before_cutover")
     t1 = time.perf_counter()
     res = rules.screen(ds)
     t2 = time.perf_counter()
-    written = write(ds, out, key, with_intermediate_db=False)
+    written = write(ds, out, key, with_idb=False)
     t3 = time.perf_counter()
     timing = {"build": t1 - t0, "validate": t2 - t1, "write": t3 - t2}
-    if intermediate_db:
-        write(ds, out, key, name="with_db.zip.enc", with_intermediate_db=True)
-        timing["write_with_intermediate_db"] = time.perf_counter() - t3
+    idb_bytes = None
+    if idb_csv:
+        idb_bytes = write(ds, out, key, name="with_idb.zip.enc", with_idb=True).size
+        timing["write_with_idb_csv"] = time.perf_counter() - t3
     return {"timing": timing, "counts": ds.counts(), "quarantined": len(res.quarantined),
-            "by_reason": res.by_reason, "bytes": written.size, "file_failures": res.file_failures}
+            "by_reason": res.by_reason, "bytes": written.size, "idb_bytes": idb_bytes,
+            "file_failures": res.file_failures}
 
 
 def ratio(n_referrals: int, repeats: int = 3) -> dict:
@@ -211,7 +213,7 @@ def main() -> None:
     parser.add_argument("--ratio-referrals", type=int, default=50_000)
     parser.add_argument("--ratio-repeats", type=int, default=3)
     parser.add_argument("--read-patients", type=int, default=100_000)
-    parser.add_argument("--no-intermediate-db", action="store_true")
+    parser.add_argument("--no-idb-csv", action="store_true")
     parser.add_argument("--no-write-results", action="store_true")
     args = parser.parse_args()
     key = load_key(new_key())
@@ -220,7 +222,7 @@ def main() -> None:
     gen = time.perf_counter() - t0
     sizes = src.sizes()
     with tempfile.TemporaryDirectory() as d:
-        big = run_pipeline(src, Path(d), key, intermediate_db=not args.no_intermediate_db)
+        big = run_pipeline(src, Path(d), key, idb_csv=not args.no_idb_csv)
     del src
     gc.collect()
     peak = peak_rss_mib()
@@ -248,8 +250,8 @@ referrals, {sizes['contacts']:,} care contacts, {sizes['assessments']:,} assessm
 Peak RSS {peak:,.0f} MiB. {len(rules.REGISTRY)} rules evaluated; {big['quarantined']:,} records quarantined
 ({', '.join(f'{k} {v:,}' for k, v in big['by_reason'].items())});
 file-level failures left: {big['file_failures'] or 'none'}.
-Rows written: {', '.join(f'{k} {v:,}' for k, v in big['counts'].items())}; archive {big['bytes'] / 2**20:,.0f} MiB.
-"""
+Rows written: {', '.join(f'{k} {v:,}' for k, v in big['counts'].items())}; archive {big['bytes'] / 2**20:,.0f} MiB
+""" + (f"(with the IDB CSVs: {big['idb_bytes'] / 2**20:,.0f} MiB).\n" if big["idb_bytes"] else ".\n")
     if rd:
         body += (f"\nReading the source (``read_source`` over SQLite, {rd['service_patients']:,}-patient synthetic "
                  f"service, one month: {rd['patients']:,} patients, {rd['referrals']:,} referrals, "

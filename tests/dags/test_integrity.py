@@ -34,14 +34,15 @@ PATIENTISH_KEY = re.compile(r"(?i)nhs|given|family|surname|first_?name|last_?nam
 # set retries=0, so that its transient faults still retry. Format: {(dag_id, task_id): "reason"}.
 RETRIES_EXEMPT: dict[tuple[str, str], str] = {}
 
-# Where lateness matters (issue 7): the DAG, the alert's name and how long after the run's logical date
-# (its scheduled time, London) it fires. A DAG listed here must carry exactly this deadline alert, with
-# the callback the triggerer imports from plugins/.
-DEADLINES: dict[str, tuple[str, dt.timedelta]] = {
-    "records_quality": ("records_quality not finished by 06:00", dt.timedelta(hours=6)),  # 00:00 → 06:00
-    "gp_letters": ("gp_letters not finished by 10:00", dt.timedelta(hours=4)),            # 06:00 → 10:00
-    # scheduled on the 1st at 06:00, due on the 20th at 12:00
-    "monthly_dataset": ("monthly data set not submitted by day 20 12:00", dt.timedelta(days=19, hours=6)),
+# Where lateness matters: the DAG, the alert's name, what its deadline is measured from and the interval. The
+# daily flows: after the run's logical date (its scheduled time, London). The monthly data set: before the close
+# of the submission window that takes the run's month, from the published calendar. A DAG listed here must
+# carry exactly this deadline alert, with the callback the triggerer imports from plugins/.
+DEADLINES: dict[str, tuple[str, str, dt.timedelta]] = {
+    "records_quality": ("records_quality not finished by 06:00", "logical_date", dt.timedelta(hours=6)),
+    "gp_letters": ("gp_letters not finished by 10:00", "logical_date", dt.timedelta(hours=4)),
+    "monthly_dataset": ("monthly data set not submitted 72 h before the submission window closes",
+                        "window_close", -dt.timedelta(hours=72)),
 }
 DEADLINE_CALLBACK = "caldicott_airflow.deadlines.deadline_missed"
 
@@ -112,12 +113,17 @@ def test_deadline_alerts_are_wired(dagbag, dag_id):
 
     dag = dagbag.dags.get(dag_id)
     assert dag is not None, f"{dag_id} is not in the DagBag"
-    name, interval = DEADLINES[dag_id]
+    from caldicott_airflow.deadlines import SubmissionWindowClose
+
+    name, measured_from, interval = DEADLINES[dag_id]
     alerts = _deadlines(dag)
     assert [a.name for a in alerts] == [name], f"{dag_id}: deadline alerts {[a.name for a in alerts]}"
     alert = alerts[0]
-    assert alert.reference == DeadlineReference.DAGRUN_LOGICAL_DATE
-    assert alert.interval == interval, f"{dag_id}: fires {alert.interval} after the logical date, not {interval}"
+    if measured_from == "logical_date":
+        assert alert.reference == DeadlineReference.DAGRUN_LOGICAL_DATE
+    else:
+        assert isinstance(alert.reference, SubmissionWindowClose), alert.reference
+    assert alert.interval == interval, f"{dag_id}: fires {alert.interval} from its reference, not {interval}"
     assert alert.callback.path == DEADLINE_CALLBACK
     module, _, func = alert.callback.path.rpartition(".")
     assert callable(getattr(importlib.import_module(module), func)), "the triggerer must be able to import it"

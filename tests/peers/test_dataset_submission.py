@@ -8,7 +8,9 @@
   a re-run does not touch it; an unfinished attempt by another route blocks the send; a server that is down fails
   the attempt with nothing recorded, and the next attempt sends once.
 
-Either way the run records the transport's reference in ``dataset_submission`` (state ``submitted``).
+Either way the run records the transport's reference in ``dataset_submission`` (state ``submitted``). The refresh of a
+month is a submission of its own: after the primary went, it goes once more as its own MESH message (its own local
+id) or file (``..._refresh.zip.enc``), and a re-run sends neither again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import pandas as pd
 import pytest
 from caldicott.dataset import pipeline, state_tables
 from caldicott.dataset.builder import Period
-from caldicott.dataset.submit import RouteConflict, record_automatic, submit
+from caldicott.dataset.calendar import Kind
+from caldicott.dataset.submit import RouteConflict, record_automatic, submission_item_id, submit
 from caldicott.dataset.writer import load_key, new_key, read_archive, read_archive_bytes
 from caldicott.transport.ledger import Ledger, State
 from caldicott.transport.staging import StagingSender
@@ -65,13 +68,13 @@ def _configure(monkeypatch, **config) -> None:
     monkeypatch.setenv("AIRFLOW_VAR_CALDICOTT_DATASET_SUBMISSION", json.dumps(config))
 
 
-def _send(state_engine, params: dict | None = None) -> dict:
+def _send(state_engine, params: dict | None = None, kind: Kind = Kind.PRIMARY) -> dict:
     """What the DAG's stage_submission does: target from params + Variable, sender from connections."""
     from caldicott_airflow.dataset import submission_sender, submission_target
 
     target = submission_target(params or {"submission_route": "configured"})
     with submission_sender(target) as sender:
-        return submit(state_engine, SEPT, target, sender)
+        return submit(state_engine, SEPT, target, sender, kind)
 
 
 def _drain(peer, mailbox: str) -> list[tuple[str, str, str, bytes]]:
@@ -200,3 +203,40 @@ def test_intermediary_down_then_up_sends_once(sftp, written, state_engine, monke
     up = _send(state_engine)
     assert (up["sent"], up["reference"]) == (1, "/inbound/iapt/iapt_2026-09_v2.1.zip.enc")
     assert len(list(sftp.root.rglob("*.enc"))) == 1
+
+
+def _refresh(synth_source, state_engine, settings) -> None:
+    """A month later: September built again from the source as its refresh."""
+    pipeline.build_validate_write(synth_source.engine, state_engine, SEPT, settings, Kind.REFRESH)
+
+
+def test_the_refresh_goes_as_its_own_mesh_message(fresh_mesh, written, synth_source, state_engine, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_CALDICOTT_MESH", json.dumps(fresh_mesh.connection()))
+    _configure(monkeypatch, **MESH_CONFIG)
+    primary = _send(state_engine)
+    record_automatic(state_engine, SEPT, primary)
+    _refresh(synth_source, state_engine, written)
+    refresh = _send(state_engine, kind=Kind.REFRESH)
+    again = [_send(state_engine), _send(state_engine, kind=Kind.REFRESH)]
+    assert (primary["sent"], refresh["sent"], refresh["kind"]) == (1, 1, "refresh")
+    assert [(a["sent"], a["already_sent"]) for a in again] == [(0, 1), (0, 1)]
+    assert again[0]["confirmed"] and not again[1]["confirmed"]
+    received = {local_id: body for _mid, local_id, _wf, body in _drain(fresh_mesh, INTERMEDIARY)}
+    assert set(received) == {submission_item_id(SEPT), submission_item_id(SEPT, Kind.REFRESH)}     # once each
+    archive = Path(state_tables.get(state_engine, "2026-09", Kind.REFRESH)["archive_path"])
+    assert received[refresh["item_id"]] == archive.read_bytes() != received[primary["item_id"]]
+    recorded = record_automatic(state_engine, SEPT, refresh)
+    assert (recorded["kind"], recorded["reference"]) == ("refresh", refresh["reference"])
+    assert state_tables.get(state_engine, "2026-09")["submission_reference"] == primary["reference"]
+
+
+def test_the_refresh_goes_as_its_own_sftp_file(sftp, written, synth_source, state_engine, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_CALDICOTT_SFTP_DATASET", json.dumps(sftp.connection()))
+    _configure(monkeypatch, route="sftp", sftp_conn_id="caldicott_sftp_dataset", sftp_directory="/inbound/iapt")
+    _send(state_engine)
+    _refresh(synth_source, state_engine, written)
+    refresh = _send(state_engine, kind=Kind.REFRESH)
+    assert _send(state_engine, kind=Kind.REFRESH)["already_sent"] == 1
+    assert refresh["reference"] == "/inbound/iapt/iapt_2026-09_v2.1_refresh.zip.enc"
+    assert sorted(p.name for p in (sftp.root / "inbound/iapt").iterdir()) == [
+        "iapt_2026-09_v2.1.zip.enc", "iapt_2026-09_v2.1_refresh.zip.enc"]

@@ -1,4 +1,10 @@
-"""Which route the month's submission takes, and sending it by that route exactly once (no Airflow import).
+"""Which route a submission takes, and sending it by that route exactly once (no Airflow import).
+
+A submission is a reporting period in one of its two kinds (:class:`caldicott.dataset.calendar.Kind`): the
+**primary** in the window after the month, the **refresh** in the next one. Each is its own ledger item, archive
+and reference, so the refresh goes even though the primary went, and neither goes twice. A submission whose
+window has closed before it left is not sent at all: :class:`WindowMissed` names the period and kind (NHS England
+takes nothing into a closed window; the run must fail and say so).
 
 NHS England's SDCS Cloud portal has no public upload API, so the default route (``staged``) stages the encrypted
 archive for the named submitter, who uploads it by hand and enters the portal's reference at a human step. A
@@ -12,7 +18,8 @@ the same encrypted archive there automatically:
 
 Whatever the route, the archive goes through the release gateway (purpose ``mandated_dataset``, fact
 ``validated``, protection ``staged-encrypted`` / ``mesh`` / ``sftp``) as the SAME ledger item
-(``item_id("monthly_dataset", month, "submission")``), so a month leaves once, by one route:
+(:func:`submission_item_id`: ``item_id("monthly_dataset", month, "submission")`` for the primary, with ``"refresh"``
+appended for the refresh), so a submission leaves once, by one route:
 
 * a re-run finds the item ``sent`` and sends nothing, by whichever route is asked for this time, and reports
   the route that actually carried it (the ledger's channel);
@@ -28,6 +35,7 @@ intermediary's own receipt is outside Caldicott, so ``acked`` is not claimed.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,6 +45,7 @@ from sqlalchemy import Engine
 
 from caldicott.dataset import state_tables
 from caldicott.dataset.builder import Period
+from caldicott.dataset.calendar import Kind, Window
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.transport.base import Outbound, Sender
 from caldicott.transport.ledger import DONE, Intent, Ledger, item_id
@@ -68,6 +77,15 @@ class SubmissionConfigError(ValueError):
 
 class RouteConflict(RuntimeError):
     """An earlier, unfinished attempt used another route; sending by this one could deliver the month twice."""
+
+
+class WindowMissed(RuntimeError):
+    """The submission window closed before this submission left (or was confirmed). Not transient."""
+
+    def __init__(self, period: str, kind: Kind | str, window: Window, what: str = "before it left") -> None:
+        self.period, self.kind, self.window = period, Kind(kind), window
+        super().__init__(f"the {period} {Kind(kind).value} submission missed its window: the window closed on "
+                         f"{window.closes.isoformat()} (end of day, London) {what}; NHS England takes it no more")
 
 
 @dataclass(frozen=True)
@@ -138,18 +156,24 @@ def resolve_target(requested: str | None, config: Mapping | None, *, submitter: 
                             sftp_directory=directory)
 
 
-def submission_item_id(period: Period) -> str:
-    """The one ledger item of a month's submission, whatever the route."""
-    return item_id(FLOW, period.key, "submission")
+def submission_item_id(period: Period, kind: Kind | str = Kind.PRIMARY) -> str:
+    """The one ledger item of a submission (period and kind), whatever the route.
+
+    The primary's id is the one every earlier version used for "the month", so what already left is recognised.
+    """
+    if Kind(kind) == Kind.PRIMARY:
+        return item_id(FLOW, period.key, "submission")
+    return item_id(FLOW, period.key, "submission", Kind(kind).value)
 
 
-def _outbound(target: SubmissionTarget, iid: str, period: Period, path: Path, version: str) -> Outbound:
+def _outbound(target: SubmissionTarget, iid: str, period: Period, path: Path, version: str,
+              kind: Kind | str = Kind.PRIMARY) -> Outbound:
     headers = {"filename": path.name}
-    address = period.key                       # staging: a folder per month
+    address = period.key                       # staging: a folder per month (the refresh's file is named so)
     if target.route == Route.MESH:
         address = target.mesh_mailbox
         headers.update(workflow_id=target.mesh_workflow, content_type="application/octet-stream",
-                       subject=f"IAPT v{version} {period.key}")
+                       subject=f"IAPT v{version} {period.key} {Kind(kind).value}")
     elif target.route == Route.SFTP:
         address = target.sftp_directory
     return Outbound(iid, Purpose.MANDATED_DATASET, target.recipient, target.channel, path.read_bytes(),
@@ -161,72 +185,86 @@ def _reference(ref: str | None) -> str:
     return ref if len(ref) <= REFERENCE_MAX else ref[-REFERENCE_MAX:]
 
 
-def submit(state: Engine, period: Period, target: SubmissionTarget, sender: Sender) -> dict:
-    """Send (or stage) the month's encrypted archive by ``target``'s route through the release gateway, once.
+def submit(state: Engine, period: Period, target: SubmissionTarget, sender: Sender,
+           kind: Kind | str = Kind.PRIMARY, *, window: Window | None = None, now: dt.datetime | None = None) -> dict:
+    """Send (or stage) one submission's encrypted archive by ``target``'s route through the release gateway, once.
 
-    Returns ids and counts for XCom: ``route`` is the route that carried the month (the ledger's, on a re-run),
+    Returns ids and counts for XCom: ``route`` is the route that carried it (the ledger's, on a re-run),
     ``automatic`` whether a person still has to upload it, ``reference`` the transport's reference (MESH message
-    id, remote path, staged path). Raises :class:`RouteConflict` (see the module docstring).
+    id, remote path, staged path), ``confirmed`` / ``submission_reference`` whether it is already confirmed and by
+    what. Raises :class:`RouteConflict` (see the module docstring) and, when ``window`` has closed and the
+    submission has not left, :class:`WindowMissed` (nothing is sent; the register says ``missed``).
     """
     from caldicott.gateway import release
 
-    row = state_tables.get(state, period.key)
+    kind = Kind(kind)
+    row = state_tables.get(state, period.key, kind)
     if row is None:
-        raise RuntimeError(f"no data set written for {period.key}")
+        raise RuntimeError(f"no data set written for {period.key} ({kind.value})")
     if sender.channel != target.channel:
         raise ValueError(f"sender channel {sender.channel} does not match route {target.route}")
-    iid = submission_item_id(period)
+    iid = submission_item_id(period, kind)
     ledger = Ledger(state)
     entry = ledger.get(iid)
     if entry is not None and entry.state in DONE:  # left already (by whichever route): not even read again
-        state_tables.mark_staged(state, period.key, iid)
-        return _result(period, iid, entry.channel, entry.transport_ref, target, {"already_sent": 1})
+        state_tables.mark_staged(state, period.key, iid, kind)
+        return _result(state, period, kind, iid, entry.channel, entry.transport_ref, target, {"already_sent": 1})
+    if window is not None and window.is_closed(now or dt.datetime.now(dt.UTC)):
+        state_tables.mark_missed(state, period.key, kind)
+        raise WindowMissed(period.key, kind, window)
     if entry is not None and entry.channel != target.channel:
         raise RouteConflict(
-            f"the {period.key} submission was attempted via {entry.channel} (ledger state {entry.state}); "
-            f"re-run with submission_route={ROUTE_OF_CHANNEL.get(entry.channel, entry.channel)} so that "
-            f"transport is asked whether it arrived")
+            f"the {period.key} {kind.value} submission was attempted via {entry.channel} (ledger state "
+            f"{entry.state}); re-run with submission_route={ROUTE_OF_CHANNEL.get(entry.channel, entry.channel)} so "
+            "that transport is asked whether it arrived")
     ledger.record_intent([Intent(iid, FLOW, Purpose.MANDATED_DATASET.value, period.key, target.recipient,
                                  target.channel, batch_id=period.key)])
     path = Path(row["archive_path"])
-    report = release([_outbound(target, iid, period, path, str(row["version"]))], sender, state)
+    report = release([_outbound(target, iid, period, path, str(row["version"]), kind)], sender, state)
     counts = report.counts()
     after = ledger.get(iid)
     if report.sent or report.already_sent:
-        state_tables.mark_staged(state, period.key, iid)
+        state_tables.mark_staged(state, period.key, iid, kind)
     ref = after.transport_ref if after is not None and after.state in DONE else None
-    return _result(period, iid, target.channel, ref, target, counts)
+    return _result(state, period, kind, iid, target.channel, ref, target, counts)
 
 
-def _result(period: Period, iid: str, channel: str, ref: str | None, target: SubmissionTarget,
-            counts: Mapping[str, int]) -> dict:
+def _result(state: Engine, period: Period, kind: Kind, iid: str, channel: str, ref: str | None,
+            target: SubmissionTarget, counts: Mapping[str, int]) -> dict:
     route = ROUTE_OF_CHANNEL.get(channel, Route.STAGED)
     full = {"sent": 0, "already_sent": 0, "refused": 0, "failed": 0, "not_planned": 0, **counts}
-    return {"run_key": period.key, "item_id": iid, "route": route.value, "requested_route": target.route.value,
-            "automatic": route != Route.STAGED, "reference": _reference(ref) if ref else None,
-            "via": target.describe() if channel == target.channel else channel, **full}
+    row = state_tables.get(state, period.key, kind) or {}
+    confirmed = row.get("state") == state_tables.SUBMITTED and bool(row.get("submission_reference"))
+    return {"run_key": period.key, "kind": kind.value, "item_id": iid, "route": route.value,
+            "requested_route": target.route.value, "automatic": route != Route.STAGED,
+            "reference": _reference(ref) if ref else None,
+            "via": target.describe() if channel == target.channel else channel,
+            "confirmed": confirmed, "submission_reference": row.get("submission_reference") if confirmed else None,
+            **full}
 
 
-def record_automatic(state: Engine, period: Period, result: Mapping) -> dict:
-    """Record an automatically sent month as submitted, with the transport's reference (idempotent)."""
+def record_automatic(state: Engine, period: Period, result: Mapping, kind: Kind | str | None = None) -> dict:
+    """Record an automatically sent submission as submitted, with the transport's reference (idempotent; a
+    different reference for one already confirmed raises :class:`~caldicott.dataset.state_tables.ConfirmationConflict`).
+    """
+    kind = Kind(kind or result.get("kind") or Kind.PRIMARY)
     if not result.get("automatic"):
         raise ValueError("record_automatic is for the mesh and sftp routes; the staged route is confirmed by a person")
     ref = _reference(result.get("reference"))
     if not ref:
-        raise RuntimeError(f"the {period.key} submission has no transport reference; it was not sent")
+        raise RuntimeError(f"the {period.key} {kind.value} submission has no transport reference; it was not sent")
     entry = Ledger(state).get(str(result["item_id"]))
     if entry is None or entry.state not in DONE:
-        raise RuntimeError(f"the {period.key} submission is not sent (ledger: {entry.state if entry else 'none'})")
-    row = state_tables.get(state, period.key)
-    if row is None:
-        raise RuntimeError(f"no data set written for {period.key}")
-    if row["state"] != state_tables.SUBMITTED or row["submission_reference"] != ref:
-        state_tables.mark_submitted(state, period.key, ref, f"automatic: {result.get('via') or result['route']}"[:100])
-        row = state_tables.get(state, period.key)
-    return {"run_key": period.key, "state": row["state"], "route": result["route"], "reference": ref,
-            "submitted_at": row["submitted_at"].isoformat(timespec="seconds") if row["submitted_at"] else None,
-            "automatic": True}
+        raise RuntimeError(f"the {period.key} {kind.value} submission is not sent "
+                           f"(ledger: {entry.state if entry else 'none'})")
+    if state_tables.get(state, period.key, kind) is None:
+        raise RuntimeError(f"no data set written for {period.key} ({kind.value})")
+    row = state_tables.mark_submitted(state, period.key, ref,
+                                      f"automatic: {result.get('via') or result['route']}"[:100], kind)
+    return {"run_key": period.key, "kind": kind.value, "state": row["state"], "route": result["route"],
+            "reference": ref, "automatic": True,
+            "submitted_at": row["submitted_at"].isoformat(timespec="seconds") if row["submitted_at"] else None}
 
 
-__all__ = ["CHANNEL", "REQUESTABLE", "Route", "RouteConflict", "SubmissionConfigError",
-           "SubmissionTarget", "record_automatic", "resolve_target", "submission_item_id", "submit"]
+__all__ = ["CHANNEL", "REQUESTABLE", "Route", "RouteConflict", "SubmissionConfigError", "SubmissionTarget",
+           "WindowMissed", "record_automatic", "resolve_target", "submission_item_id", "submit"]

@@ -1,16 +1,21 @@
-"""Write the submission: one Parquet file per table + ``manifest.json`` (+ the intermediate database), in
-one archive, encrypted at rest.
+"""Write the submission: one Parquet file per table, one IDB CSV per table and ``manifest.json``, in one
+archive, encrypted at rest.
 
-The archive is a ZIP (``IDS000Header.parquet`` ..., ``manifest.json`` with row counts and sha256 per member,
-optionally ``intermediate.sqlite`` holding the same tables under their physical names, for loading into
-NHS England's intermediate database). It is built in memory and only its encrypted form touches the
-disk: AES-256-GCM with a key from configuration (an Airflow connection or ``CALDICOTT_DATASET_KEY``,
-base64 of 32 bytes), random 96-bit nonce, the file header as associated data::
+The archive is a ZIP: ``IDS000Header.parquet`` ... (loss-free: types and nulls exactly), ``idb/IDS000Header.csv``
+... (what NHS England's intermediate database imports, national columns and order: :mod:`caldicott.dataset.idb`)
+and ``manifest.json`` (row counts, columns and sha256 of every member). It is built in memory and only its
+encrypted form touches the disk: AES-256-GCM with a key from configuration (an Airflow connection or
+``CALDICOTT_DATASET_KEY``, base64 of 32 bytes), random 96-bit nonce, the file header as associated data::
 
     b"CALDDS1\\n" | key id (8 bytes: first 8 of sha256(key)) | nonce (12) | ciphertext+tag
 
-The named submitter decrypts with ``python -m caldicott.dataset.writer decrypt FILE OUT.zip`` and the same
-key before uploading through the SDCS Cloud portal. Parquet keeps types and nulls exactly (loss-free).
+No plain patient data is written anywhere, not even to a temporary file: the intermediate SQLite database earlier
+versions built in the temporary folder (in clear, row by row) is gone; the CSVs replace it. The one file written
+while the archive is made, ``NAME.part``, is encrypted, deleted in a ``finally`` if the write fails, and swept by
+the next run (:func:`sweep`) if the process was killed mid-write.
+
+The named submitter uses the same key: ``python -m caldicott.dataset.writer idb FILE OUTDIR`` writes the IDB CSVs
+(0600, in a 0700 folder) for the IDB's import, ``decrypt FILE OUT.zip`` the whole archive.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import hashlib
 import io
 import json
 import os
-import sqlite3
+import shutil
 import sys
 import tempfile
 import zipfile
@@ -33,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from caldicott.dataset import idb
 from caldicott.dataset.builder import COLUMNS, Dataset
 
 MAGIC = b"CALDDS1\n"
@@ -92,35 +98,6 @@ def table_bytes(df: pd.DataFrame, name: str) -> bytes:
     return buf.getvalue()
 
 
-def intermediate_db(ds: Dataset) -> bytes:
-    """The tables as a SQLite database with the physical names (the intermediate database's shape)."""
-    with tempfile.TemporaryDirectory(prefix="caldicott-ids-") as tmp:
-        path = Path(tmp) / "intermediate.sqlite"
-        con = sqlite3.connect(path)
-        try:
-            con.execute("PRAGMA journal_mode=OFF")
-            con.execute("PRAGMA synchronous=OFF")
-            for name, cols in COLUMNS.items():
-                df = ds.tables[name][cols]
-                con.execute(f'CREATE TABLE "{name}" ({", ".join(f"{c!r}" for c in cols)})'.replace("'", '"'))
-                out = pd.DataFrame({c: _sqlite_values(df[c]) for c in cols})
-                marks = ", ".join("?" for _ in cols)
-                con.executemany(f'INSERT INTO "{name}" VALUES ({marks})', out.itertuples(index=False, name=None))
-            con.commit()
-        finally:
-            con.close()
-        return path.read_bytes()
-
-
-def _sqlite_values(s: pd.Series) -> pd.Series:
-    if s.dtype.kind == "M":
-        fmt = "%Y-%m-%d %H:%M:%S" if (s.dropna().dt.normalize() != s.dropna()).any() else "%Y-%m-%d"
-        v = s.dt.strftime(fmt)
-    else:
-        v = s
-    return v.astype(object).where(v.notna(), None)
-
-
 @dataclass(frozen=True)
 class Written:
     path: Path
@@ -129,41 +106,82 @@ class Written:
     manifest: dict
 
 
-def archive_bytes(ds: Dataset, *, with_intermediate_db: bool = True, extra: dict | None = None) -> tuple[bytes, dict]:
+def archive_bytes(ds: Dataset, *, with_idb: bool = True, extra: dict | None = None) -> tuple[bytes, dict]:
     """The plaintext ZIP and its manifest (kept in memory; never written unencrypted)."""
     members: dict[str, bytes] = {f"{name}.parquet": table_bytes(ds.tables[name], name) for name in COLUMNS}
-    if with_intermediate_db:
-        members["intermediate.sqlite"] = intermediate_db(ds)
+    csvs = idb.members(ds.tables, COLUMNS) if with_idb else {}
+    members.update(csvs)
     manifest = {
         "dataset": "IAPT / NHS Talking Therapies", "version": ds.version,
         "reporting_period": {"start": ds.period.first.isoformat(), "end": ds.period.last.isoformat()},
         "tables": {name: {"file": f"{name}.parquet", "rows": len(ds.tables[name]), "columns": COLUMNS[name]}
                    for name in COLUMNS},
+        "idb": {"layout": "IAPT v2.1 intermediate database (iapt_v2_1_fields.tsv)", "encoding": "UTF-8",
+                "import_order": [n.removeprefix(f"{idb.FOLDER}/").removesuffix(".csv") for n in csvs]}
+        if csvs else None,
         "files": {n: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in members.items()},
         **(extra or {}),
     }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for n, b in members.items():
-            zf.writestr(n, b, compress_type=zipfile.ZIP_DEFLATED if n.endswith(".sqlite") else zipfile.ZIP_STORED)
+            if n.endswith(".csv"):   # text: deflate, quickly (a national month is hundreds of MB of CSV)
+                zf.writestr(n, b, compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
+            else:                    # Parquet is compressed already
+                zf.writestr(n, b, compress_type=zipfile.ZIP_STORED)
         zf.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
     return buf.getvalue(), manifest
 
 
-def write(ds: Dataset, out_dir: Path, key: bytes, *, name: str | None = None, with_intermediate_db: bool = True,
+def write(ds: Dataset, out_dir: Path, key: bytes, *, name: str | None = None, with_idb: bool = True,
           extra: dict | None = None) -> Written:
-    """Write the encrypted archive to ``out_dir`` (mode 0600, written as ``.part`` then renamed)."""
+    """Write the encrypted archive to ``out_dir`` (mode 0600, written as ``.part`` then renamed).
+
+    The ``.part`` is removed if anything fails on the way (a ``finally``); a process killed mid-write leaves it
+    for :func:`sweep` at the next run. It only ever holds ciphertext.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    plain, manifest = archive_bytes(ds, with_intermediate_db=with_intermediate_db, extra=extra)
+    plain, manifest = archive_bytes(ds, with_idb=with_idb, extra=extra)
     blob = encrypt(plain, key)
     del plain
     path = out_dir / (name or f"iapt_{ds.period.key}_v{ds.version}.zip.enc")
     part = path.with_name(path.name + ".part")
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(blob)
-    part.replace(path)
+    done = False
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        part.replace(path)
+        done = True
+    finally:
+        if not done:
+            part.unlink(missing_ok=True)
     return Written(path, hashlib.sha256(blob).hexdigest(), len(blob), manifest)
+
+
+#: temporary folders earlier versions made for the intermediate SQLite database (in clear) in the temp folder
+LEGACY_TEMP_PREFIX = "caldicott-ids-"
+
+
+def sweep(out_dir: Path) -> list[str]:
+    """Delete what a killed run left: ``*.part`` files in ``out_dir`` and this user's legacy temporary folders.
+
+    Returns the names removed (file names only: they hold no patient data). Runs at the start of every build.
+    """
+    removed: list[str] = []
+    if out_dir.is_dir():
+        for p in out_dir.glob("*.part"):
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    tmp = Path(tempfile.gettempdir())
+    for p in tmp.glob(f"{LEGACY_TEMP_PREFIX}*"):
+        try:
+            if p.is_dir() and p.stat().st_uid == os.getuid():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+        except OSError:
+            continue
+    return removed
 
 
 def read_archive(path: Path, key: bytes) -> dict[str, pd.DataFrame]:
@@ -181,16 +199,48 @@ def read_archive_bytes(blob: bytes, key: bytes) -> dict[str, pd.DataFrame]:
     return out
 
 
+def write_idb(archive: Path, out_dir: Path, key: bytes) -> list[Path]:
+    """Decrypt ``archive`` and write its IDB CSVs into ``out_dir`` (made 0700; files 0600), in import order.
+
+    For the named submitter, on an encrypted drive: these files hold patient data in clear, for as long as the
+    IDB import takes. Delete the folder after the upload.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(out_dir, 0o700)
+    written: list[Path] = []
+    with zipfile.ZipFile(io.BytesIO(decrypt(archive.read_bytes(), key))) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        order = (manifest.get("idb") or {}).get("import_order") or []
+        if not order:
+            raise ValueError("this archive carries no IDB CSVs (written before they were added): use decrypt")
+        for table in order:
+            target = out_dir / f"{table}.csv"
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(zf.read(f"{idb.FOLDER}/{table}.csv"))
+            written.append(target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Data set archive tools for the named submitter")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("decrypt", help=f"decrypt an archive with the key in ${KEY_ENV}")
+    d = sub.add_parser("decrypt", help=f"decrypt an archive (zip) with the key in ${KEY_ENV}")
     d.add_argument("archive", type=Path)
     d.add_argument("out", type=Path)
+    i = sub.add_parser("idb", help=f"write the archive's IDB CSVs into a folder, with the key in ${KEY_ENV}")
+    i.add_argument("archive", type=Path)
+    i.add_argument("out_dir", type=Path)
     sub.add_parser("new-key", help="print a new base64 AES-256 key")
     args = parser.parse_args(argv)
     if args.cmd == "new-key":
         print(new_key())
+        return 0
+    if args.cmd == "idb":
+        files = write_idb(args.archive, args.out_dir, load_key())
+        print(f"{len(files)} IDB tables in {args.out_dir}, import in this order:", file=sys.stderr)
+        for f in files:
+            print(f"  {f.name}", file=sys.stderr)
         return 0
     data = decrypt(args.archive.read_bytes(), load_key())
     fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -126,9 +126,12 @@ def apply_ndop(extract: pd.DataFrame, opted_out: set[str],
     return kept.drop(columns=["_nhs"]).reset_index(drop=True), counts
 
 
-def statement(period_key: str, *, mandated_counts: dict, pre2020: dict, ndop_in_mandated: int,
+def statement(period_key: str, *, mandated_counts: dict, pre2020: dict, ndop_in_mandated: int | None,
               planning: dict | None, ndop_source: str) -> dict:
-    """The opt-out statement for a run: which rule applied to which output, with counts (no patient data)."""
+    """The opt-out statement for a run: which rule applied to which output, with counts (no patient data).
+
+    ``ndop_in_mandated`` is None until NHS England's opt-out check has answered (shown as pending, never as a number).
+    """
     applied = [
         {"rule": "ndop_not_applied_required_by_law", "output": MANDATED, **RULES["ndop_not_applied_required_by_law"],
          "counts": {"ndop_patients_kept_in_submission": ndop_in_mandated}},

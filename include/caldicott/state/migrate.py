@@ -88,15 +88,44 @@ def _ndop_keyed_cache(conn: Connection) -> None:
     log.info("ndop: unsalted cache emptied; %d of %d plain request file(s) removed", removed, len(paths))
 
 
+def _dataset_submission_unkinded(conn: Connection) -> bool:
+    insp = inspect(conn)
+    return insp.has_table("dataset_submission") and "kind" not in {
+        c["name"] for c in insp.get_columns("dataset_submission")}
+
+
+def _dataset_submission_kind(conn: Connection) -> None:
+    """Monthly data set: one row per reporting period AND kind (primary, refresh), with the window and figures.
+
+    The key changes from ``run_key`` to ``(run_key, kind)``, which SQLite can only do by rebuilding the table: the
+    old one is renamed (on PostgreSQL its primary-key constraint too, whose name the new table needs), the new one
+    created from the declaration in :mod:`caldicott.dataset.state_tables`, every row copied as ``primary`` (all
+    earlier submissions were primary ones), and the old table dropped.
+    """
+    from caldicott.dataset.state_tables import dataset_submission
+
+    conn.execute(text("ALTER TABLE dataset_submission RENAME TO dataset_submission_pre3"))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE dataset_submission_pre3 RENAME CONSTRAINT dataset_submission_pkey "
+                          "TO dataset_submission_pre3_pkey"))
+    dataset_submission.create(conn)
+    old = ", ".join(c["name"] for c in inspect(conn).get_columns("dataset_submission_pre3"))
+    conn.execute(text(f"INSERT INTO dataset_submission ({old}, kind) SELECT {old}, 'primary' "
+                      "FROM dataset_submission_pre3"))
+    conn.execute(text("DROP TABLE dataset_submission_pre3"))
+
+
 #: (version, description, step). Append only.
 STEPS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "create every declared table that is missing", _create_all),
     (2, "ndop: drop the unsalted opt-out cache and the plain request files", _ndop_keyed_cache),
+    (3, "dataset_submission: one row per reporting period and kind (primary / refresh)", _dataset_submission_kind),
 ]
 
 #: version -> whether this database has what the step repairs (absent: the step neither runs nor is recorded).
 ONLY_WHERE: dict[int, Callable[[Connection], bool]] = {
     2: _has_legacy_ndop_request,
+    3: _dataset_submission_unkinded,
 }
 
 

@@ -1,5 +1,6 @@
 """A month built from the seeded source, against counts computed independently from the generator's frames;
-the BST boundary; the opt-out matrix; the encrypted archive; staging exactly once; the submission register."""
+the BST boundary; the opt-out matrix (with the real figures in the statement and the report); the encrypted archive
+(Parquet and IDB CSVs, nothing in clear on disk); staging exactly once; the submission register."""
 
 from __future__ import annotations
 
@@ -170,9 +171,15 @@ def test_optout_matrix_and_submission_flow(synth_source, state_engine, tmp_path,
     """NDOP patient IN the mandated tables and NOT in the commissioner extract; staged once; confirmed."""
     monkeypatch.setenv("CALDICOTT_NDOP_MAILBOX", SERVICE_MAILBOX)   # where the gateway lets the check go
     key = load_key(new_key())
-    s = pipeline.Settings(work_dir=tmp_path / "work", key=key, intermediate_db=True)
+    s = pipeline.Settings(work_dir=tmp_path / "work", key=key, provider_name="Synthetic Talking Therapies")
     out = pipeline.build_validate_write(synth_source.engine, state_engine, SEPT, s)
     assert out["state"] == "written" and out["rows"]["IDS101Referral"] > 0
+    # before the opt-out check answers, the statement and the report say "pending", never a made-up number
+    stmt = json.loads((s.month_dir(SEPT) / "optout_statement.json").read_text())
+    kept = {r["rule"]: r for r in stmt["rules"]}["ndop_not_applied_required_by_law"]["counts"]
+    assert kept == {"ndop_patients_kept_in_submission": None}
+    html = (s.month_dir(SEPT) / "report.html").read_text()
+    assert "pending (the opt-out check has not answered yet)" in html and "=-1" not in html
     numbers = pipeline.mpi_numbers(state_engine, SEPT, s)
     ndop_number = numbers[0]
     checker = NdopChecker(state_engine, b"k" * 32, NdopDouble(opted_out=[ndop_number]))  # test double, injected
@@ -196,8 +203,10 @@ def test_optout_matrix_and_submission_flow(synth_source, state_engine, tmp_path,
     rules_applied = {r["rule"]: r for r in stmt["rules"]}
     assert rules_applied["ndop_not_applied_required_by_law"]["counts"]["ndop_patients_kept_in_submission"] == 1
     assert rules_applied["ndop_applied"]["output"] == "commissioner_extract"
+    html = (s.month_dir(SEPT) / "report.html").read_text()          # re-rendered with the real figures
+    assert "ndop patients kept in submission: 1" in html and "pending" not in html
 
-    # archive: one file per table + manifest with counts and checksums (+ intermediate database)
+    # archive: one Parquet and one IDB CSV per table + manifest with counts and checksums; no SQLite any more
     plain = decrypt(Path(state_tables.get(state_engine, "2026-09")["archive_path"]).read_bytes(), key)
     with zipfile.ZipFile(io.BytesIO(plain)) as zf:
         names = set(zf.namelist())
@@ -206,8 +215,9 @@ def test_optout_matrix_and_submission_flow(synth_source, state_engine, tmp_path,
 
         for name, meta in manifest["files"].items():
             assert hashlib.sha256(zf.read(name)).hexdigest() == meta["sha256"]
-    assert {"manifest.json", "intermediate.sqlite", "IDS001MPI.parquet",
-            "IDS607CodedScoreAssessmentAct.parquet"} <= names
+    assert {"manifest.json", "IDS001MPI.parquet", "IDS607CodedScoreAssessmentAct.parquet", "idb/IDS001MPI.csv",
+            "idb/IDS607CodedScoreAssessmentAct.csv"} <= names and "intermediate.sqlite" not in names
+    assert manifest["idb"]["import_order"][0] == "IDS000Header"
     assert manifest["tables"]["IDS101Referral"]["rows"] == out["rows"]["IDS101Referral"]
     with pytest.raises(ValueError):
         decrypt(Path(state_tables.get(state_engine, "2026-09")["archive_path"]).read_bytes(), load_key(new_key()))
@@ -227,9 +237,13 @@ def test_optout_matrix_and_submission_flow(synth_source, state_engine, tmp_path,
     assert Ledger(state_engine).get(first["item_id"]).state == "acked"
     # a re-run of a staged month does not rebuild it
     assert pipeline.build_validate_write(synth_source.engine, state_engine, SEPT, s)["rebuilt"] is False
-    # the report exists and carries counts, not identifiers
+    # the report exists and carries counts, not identifiers; nothing in the work folder is patient data in clear
     html = (s.month_dir(SEPT) / "report.html").read_text()
-    assert "data:image/png;base64," in html and ndop_number not in html
+    assert "<svg" in html and ndop_number not in html and "Synthetic Talking Therapies (ZZZ01)" in html
+    for f in s.work_dir.rglob("*"):
+        if f.is_file() and not f.name.endswith(".enc"):
+            assert f.name in {"report.html", "figures.csv", "quarantine.csv", "optout_statement.json"}, f
+            assert ndop_number not in f.read_text()
 
 
 def test_encryption_round_trip_and_tamper_detection():
@@ -277,3 +291,15 @@ def test_values_the_column_type_cannot_hold_are_quarantined_not_fatal(tmp_path):
     assert ("IDS60706", "A-TEXT") in q                    # text score: incorrect format
     assert ds.tables["IDS607CodedScoreAssessmentAct"]["_rid"].tolist() == ["A-OK"]
     assert res.file_failures == []
+
+
+def test_a_month_without_data_does_not_pass_for_a_submission(synth_source, state_engine, tmp_path):
+    """A run that built nothing must say so (the synthetic service starts in April 2020), and write nothing: NHS
+    England would reject an empty file anyway (IDSREJ003/004/005)."""
+    empty = Period.month(2019, 6)
+    s = pipeline.Settings(work_dir=tmp_path / "work", key=load_key(new_key()))
+    with pytest.raises(pipeline.EmptyMonth, match="2019-06 primary: the records source has no referral open in "
+                                                  "the month; nothing was built"):
+        pipeline.build_validate_write(synth_source.engine, state_engine, empty, s)
+    assert state_tables.get(state_engine, "2019-06") is None
+    assert not [p for p in (tmp_path / "work").rglob("*") if p.is_file()]
