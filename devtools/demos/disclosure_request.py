@@ -13,11 +13,15 @@ import contextlib
 import datetime as dt
 import sqlite3
 import time
+from pathlib import Path
 
 from caldicott.crypto.keys import cached_identity
 from caldicott.db import make_engine, sqlite_url
 from caldicott.disclosure import register
 from caldicott.disclosure.request import DisclosureRequest
+from caldicott.transport.ledger import item_id
+
+from devtools.paths import ROOT
 
 ORDER = 60
 DAG_ID = "disclosure_request"
@@ -87,10 +91,32 @@ def run(ctx) -> dict:
     states = {name: stack.wait_run(DAG_ID, run_id, timeout=600) for name, run_id in runs.items()}
     out: dict = {"state": "success" if all(s == "success" for s in states.values()) else "failed",
                  "runs": states or "already decided (register)"}
-    for name, (conf, *_rest) in cases.items():
+    for name, (conf, user, option, _form) in cases.items():
         did = DisclosureRequest.from_conf(conf).disclosure_id
-        out[name] = {"disclosure_id": did, "status": register.status(state, did)}
+        out[name] = {"disclosure_id": did, "request_type": conf["request_type"], "reference": conf["reference"],
+                     "requester": conf["requester_organisation"], "categories": conf["categories"],
+                     "answered_by": user, "answer": option, "status": register.status(state, did),
+                     **_outcome(ws, did)}
     ok = out["approved"]["status"] == "released" and out["refused"]["status"] == "refused"
     out["state"] = out["state"] if ok else "failed"
-    out["report"] = "python -m caldicott.disclosure.report --url " + sqlite_url(ws.state_db)
+    out["report"] = ".venv/bin/python -m caldicott.disclosure.report --url " + _url(ws.state_db)
     return out
+
+
+def _url(db: Path) -> str:
+    """The database's URL as a person types it in the checkout (relative), else absolute (a test's workspace)."""
+    return f"sqlite:///{db.relative_to(ROOT)}" if db.is_relative_to(ROOT) else sqlite_url(db)
+
+
+def _outcome(ws, did: str) -> dict:
+    """Where the released package went (the ledger's channel and transport reference: for the outbox, the file) and
+    which letters were written (paths under the outputs folder)."""
+    db = sqlite3.connect(ws.state_db)
+    try:
+        row = db.execute("SELECT channel, state, transport_ref FROM delivery_ledger WHERE item_id = ?",
+                         (item_id("disclosure", did),)).fetchone()
+    finally:
+        db.close()
+    letters = sorted(str(p.relative_to(ws.outputs)) for p in (ws.outputs / "disclosures" / did).glob("*.txt"))
+    return {"release": {"channel": row[0], "state": row[1], "transport_ref": row[2]} if row else None,
+            "letters": letters}

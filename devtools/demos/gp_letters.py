@@ -4,6 +4,7 @@ MESH letters (the sandbox does not route acks, so the demo plays the practice wi
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 
 from devtools.peers.gp_responder import GpResponder
 
@@ -24,7 +25,23 @@ def run(ctx) -> dict:
             responder.stop()
     report = ctx.stack.xcom(DAG_ID, run_id, "report") or {}
     acks = ctx.stack.xcom(DAG_ID, run_id, "check_acks") or {}
-    return {"state": state, "run_id": run_id, "letters": report.get("letters"), "sent": report.get("sent"),
-            "already_sent": report.get("already_sent"), "withheld": report.get("withheld"),
+    return {"state": state, "run_id": run_id, "start": START, "end": END, "letters": report.get("letters"),
+            "sent": report.get("sent"), "already_sent": report.get("already_sent"), "withheld": report.get("withheld"),
             "held": len(report.get("held_ids") or []), "quarantined_by_reason": report.get("quarantined_by_reason"),
-            "acked": acks.get("acked"), "ack_overdue": acks.get("overdue")}
+            "planned": report.get("planned"), "acked": acks.get("acked"), "ack_overdue": acks.get("overdue"),
+            "ledger": ledger_rows(ctx.workspace.state_db, report.get("run_key"))}
+
+
+def ledger_rows(state_db, run_key: str | None) -> list[dict]:
+    """The run's items in the delivery ledger by purpose (GP letter / patient copy), channel and state: what went
+    where, counted whether this run or an earlier one sent it (so a re-run of the demo reports the same)."""
+    if not run_key:
+        return []
+    db = sqlite3.connect(state_db)
+    try:
+        rows = db.execute("SELECT purpose, channel, state, COUNT(*) FROM delivery_ledger "
+                          "WHERE flow = ? AND run_key = ? GROUP BY purpose, channel, state "
+                          "ORDER BY purpose, channel, state", (DAG_ID, run_key)).fetchall()
+    finally:
+        db.close()
+    return [{"purpose": p, "channel": c, "state": s, "items": n} for p, c, s, n in rows]

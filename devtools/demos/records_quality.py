@@ -12,5 +12,5 @@ def run(ctx) -> dict:
     run_id = ctx.stack.trigger(DAG_ID, dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
     state = ctx.stack.wait_run(DAG_ID, run_id, timeout=600)
     result = ctx.stack.xcom(DAG_ID, run_id, "scan_records") or {}
-    return {"state": state, "run_id": run_id, "quarantined": result.get("quarantined"),
-            "by_reason": result.get("by_reason")}
+    return {"state": state, "run_id": run_id, "records_checked": result.get("records_checked"),
+            "quarantined": result.get("quarantined"), "by_reason": result.get("by_reason")}
