@@ -15,7 +15,7 @@ from caldicott.updates import deliver, fhir
 r4_bundle = pytest.importorskip("fhir.resources.R4B.bundle", reason="fhir.resources (test dependency) not installed")
 
 NS = "https://fhir.caldicott.invalid"
-#: Permitted codes, from the reference value sets (shared/reference/iapt_v2_0_value_sets.tsv: IDS20128
+#: Permitted codes, from the reference value sets (NHS England's v2.0 value sets: IDS20128
 #: AttendOrDNACode, IDS20156 AppType) and, for v2.1's ConsMechanism (CONSULTATION MECHANISM (MENTAL HEALTH), which
 #: replaced v2.0's ConsMediumUsed), the NHS Data Dictionary element's national codes.
 ATTEND_CODES = ["2", "3", "4", "5", "6", "7"]

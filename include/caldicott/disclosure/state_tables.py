@@ -1,4 +1,4 @@
-"""The append-only disclosure register (DESIGN.md: disclosures), declared on the state metadata.
+"""The append-only disclosure register (docs/disclosures.md), declared on the state metadata.
 
 Every fact about a request is an event row; nothing is updated or deleted (a PostgreSQL trigger or
 grants can enforce that in production; :mod:`caldicott.disclosure.register` only ever inserts). The

@@ -2,7 +2,7 @@
 print-and-post files. Message-IDs are derived from the letter's ledger id, so a resent letter carries the
 same Message-ID and the receiver can tell it is the same one.
 
-Subjects and file names never carry patient data (DESIGN.md): only the service's name.
+Subjects and file names never carry patient data (docs/architecture.md): only the service's name.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Outcome arithmetic for discharge letters, with the national programme's definitions (DESIGN.md).
+"""Outcome arithmetic for discharge letters, with the national programme's definitions (docs/gp_letters.md).
 
 * caseness: PHQ-9 >= 10 **or** GAD-7 >= 8;
 * recovery: at caseness at the first measure and below **both** thresholds at the last;

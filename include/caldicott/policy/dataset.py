@@ -1,6 +1,6 @@
 """Which opt-outs apply to the monthly data set's outputs, and the statement each run writes about them.
 
-Outputs of the ``monthly_dataset`` flow and the rule for each (DESIGN.md, "Which opt-out applies where"):
+Outputs of the ``monthly_dataset`` flow and the rule for each (docs/monthly_dataset.md, which opt-out applies where):
 
 * **mandated submission** (IAPT / NHS Talking Therapies data set to NHS England): required by law (Data
   Provision Notice under s259(5) Health and Social Care Act 2012). The national data opt-out does NOT apply

@@ -1,4 +1,4 @@
-"""GP letters policy: who gets a letter, by which channel, with which fields (one place, DESIGN.md).
+"""GP letters policy: who gets a letter, by which channel, with which fields (one place: docs/architecture.md).
 
 Rules, each stated in the run's report by code:
 

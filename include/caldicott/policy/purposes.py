@@ -1,6 +1,6 @@
 """Why data leaves the service: the purposes, which are routine, and what each must prove.
 
-This is the policy module's spine (DESIGN.md: one policy module). The release gateway asks
+This is the policy module's spine (docs/architecture.md: one policy module). The release gateway asks
 :func:`release_rule` for every outbound item; a purpose that is not routine can only leave with an
 approved entry in the disclosure register. Field lists (minimum necessary) and opt-out rules per flow
 live beside this file in ``policy/``, one module per flow, so the whole matrix is read in one folder.

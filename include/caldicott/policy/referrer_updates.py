@@ -17,7 +17,7 @@ Unicode bidirectional overrides (:mod:`caldicott.updates.free_text`); what was r
 
 Nothing else from the source reaches a referrer: no names, addresses, postcodes, birth dates,
 presenting problems, scores or clinician ids. The national data opt-out does not apply (direct care /
-contract, DESIGN.md); GP-sharing consent is about GPs, not referrers, and does not apply either.
+contract); GP-sharing consent is about GPs, not referrers, and does not apply either.
 
 Two session file formats carry exactly the same fields: ``csv-v1`` (one column per field) and
 ``fhir-r4-v1`` (a FHIR R4 Bundle; the field-to-element mapping is in ``caldicott.updates.fhir`` and
@@ -112,7 +112,7 @@ def rules_applied(options: ContractOptions) -> list[str]:
         "direct care / contract: only referrals made by this contract's referrer",
         "only sessions whose London date falls in the run's interval",
         f"format {options.file_format}: session dates, type and attendance",
-        "national data opt-out not applied: direct care (DESIGN.md)",
+        "national data opt-out not applied: direct care",
     ]
     rules.append("clinical summaries included: the contract requires them" if options.include_summaries
                  else "clinical summaries withheld: the contract does not require them")

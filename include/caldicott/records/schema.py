@@ -163,7 +163,7 @@ SNOMED = {
     "WSAS_PRIVATE": "932611000000106",
     "WSAS_RELATIONSHIPS": "932621000000100",
 }
-"""SNOMED CT codes of the coded scored assessments the service records (DESIGN.md)."""
+"""SNOMED CT codes of the coded scored assessments the service records (NHS England's assessment-scale catalogue)."""
 
 SCORE_RANGES = {
     SNOMED["PHQ9"]: (0, 27),

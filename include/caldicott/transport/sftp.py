@@ -1,7 +1,7 @@
 """SFTP delivery: upload ``name.part``, verify size and sha256 by reading it back, then rename atomically.
 
 A reader polling the remote directory sees either no file or the whole, verified file, never a partial
-one (DESIGN.md: the SFTP provider has no upload-then-rename, so this module does it). File names are
+one (the SFTP provider has no upload-then-rename, so this module does it). File names are
 chosen by the flow and are deterministic per (contract, interval), so a re-run replaces the same file or
 skips it; it never adds a second one. ``already_delivered`` re-reads the final file and compares its
 checksum, which is how the release gateway reconciles after a crash mid-send.

@@ -1,4 +1,4 @@
-"""Recovery and reliable improvement, with the national definitions (DESIGN.md)."""
+"""Recovery and reliable improvement, with the national definitions (NHS England's national programme)."""
 
 from __future__ import annotations
 
