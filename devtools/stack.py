@@ -1,7 +1,7 @@
 """Start a real local Airflow (api-server, scheduler, dag-processor, triggerer) on loopback, and drive it.
 
 ``airflow standalone`` would start log servers on every interface; a health-data service must not, so
-each component is started here with ``--skip-serve-logs`` and the API on 127.0.0.1 (nothing of a health-data service listens beyond loopback). With
+each component is started here with ``--skip-serve-logs`` and the API on 127.0.0.1. With
 LocalExecutor the task logs are files under the Airflow home, read by the api-server directly.
 The stack is a context manager: leaving it stops every process it started.
 """

@@ -1,6 +1,6 @@
 """The quarantine: records a flow held back, each with a reason, so the rest of the batch proceeds.
 
-An invariant of the architecture (docs/architecture.md): bad input is quarantined, not fatal. Each entry names the record by the
+Bad input is quarantined, not fatal. Each entry names the record by the
 source's opaque id and a reason code (documented in the README's runbook); the reason text must never
 carry patient data — it says what rule failed, not what the value was.
 """
