@@ -56,13 +56,13 @@ def child(channel: str, n: int, chunk: int, peers: dict) -> dict:
     from caldicott.db import make_engine, sqlite_url
     from caldicott.gateway import release
     from caldicott.letters import flow, gp_connect
-    from caldicott.letters.render import Service
     from caldicott.state.migrate import migrate
     from caldicott.transport.ledger import Intent, Ledger
     from caldicott.transport.mesh import MeshSender
     from caldicott.transport.post import StagedPostSender
     from caldicott.transport.smtp import SmtpSender
 
+    from devtools.demo_service import demo_service
     from devtools.peers.print_house import PrintHouse
 
     with tempfile.TemporaryDirectory() as d:
@@ -100,7 +100,7 @@ def child(channel: str, n: int, chunk: int, peers: dict) -> dict:
                                         connections=peers["mesh_connections"])
         else:
             sender = StagedPostSender(printer.staging)
-        ch = flow.Channels({sender_key(channel): sender}, Service(), "letters@nhs.example", "X26ABC1",
+        ch = flow.Channels({sender_key(channel): sender}, demo_service(), "letters@nhs.example", "X26ABC1",
                            printer.cert_path.read_text())
         rates = []
         profiler = None

@@ -1,6 +1,7 @@
 """Benchmark: a large provider's day of referrer updates — 200 contracts, 20,000 sessions, over real SFTP.
 
-``python -m bench.referrer_updates [--contracts 200] [--sessions 20000] [--repeat 3] [--format fhir-r4-v1]``
+``python -m bench.referrer_updates [--contracts 200] [--sessions 20000] [--repeat 3] [--format fhir-r4-v1]
+[--no-write]``
 
 A records source sized for it is generated directly as frames (one referral per patient, one session
 each on the benchmark day, spread evenly over the contracts, half of them with clinical summaries) and
@@ -40,6 +41,7 @@ from caldicott.transport.sftp import SftpSender, paramiko_connector
 from caldicott.updates import build, deliver
 
 from bench.results import machine, peak_rss_mib, write_section
+from devtools.airflow_env import DEMO_FHIR_NAMESPACE
 
 DAY = dt.date(2026, 10, 14)
 
@@ -145,7 +147,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--format", default="csv-v1", choices=["csv-v1", "fhir-r4-v1"],
                         help="every contract's session file format (own section in RESULTS.md)")
+    parser.add_argument("--no-write", action="store_true", help="print the section, leave bench/RESULTS.md alone")
     args = parser.parse_args()
+    # the service's FHIR namespace is configuration with no default (fhir-r4-v1 files are held without one): the
+    # bench is a local run, so it takes the demo's unless the caller set one
+    os.environ.setdefault("CALDICOTT_FHIR_NAMESPACE", DEMO_FHIR_NAMESPACE)
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -187,7 +193,8 @@ def main() -> None:
         "own mapped task, so wall time there is set by worker slots (`parallelism`) and task start-up, "
         "not by this loop.",
     ])
-    write_section("Referrer updates" + (f" ({args.format})" if args.format != "csv-v1" else ""), body)
+    if not args.no_write:
+        write_section("Referrer updates" + (f" ({args.format})" if args.format != "csv-v1" else ""), body)
     print(body)
 
 

@@ -19,7 +19,9 @@ Tasks: `plan_letters` (quarantine, withhold, hold, ledger intents; batches per p
 and business acks from the MESH inbox; **fails, alerting on-call, when MESH letters have no business
 ack after `ack_timeout_hours`** — the failure names letter ids only).
 
-* **Reads:** `caldicott_records` (read-only). **Writes:** `caldicott_state` (ledger, quarantine, acks).
+* **Reads:** `caldicott_records` (read-only); the Airflow Variable `caldicott_service` (the sending service's
+  name, address, ODS code and named clinician, JSON; no default: unset, `send_batch` fails naming it).
+  **Writes:** `caldicott_state` (ledger, quarantine, acks).
 * **Safe to re-run:** every letter has a deterministic id per (referral, event, recipient); the ledger
   sends each exactly once, however often the day is re-run or a task retried. Conf `{"day": "YYYY-MM-DD"}`
   redoes one day; `{"start": ..., "end": ...}` a range (end exclusive).
@@ -91,15 +93,15 @@ def gp_letters():
 
         from caldicott.letters.flow import SENDER_FOR, Channels
         from caldicott.letters.flow import send_batch as send
-        from caldicott.letters.render import Service
         from caldicott_airflow.connections import records_engine, state_engine
+        from caldicott_airflow.service import sending_service
 
         first, end, _ = _interval(context)
         kind = SENDER_FOR[batch["channel"]]
-        service = Service()
+        service = sending_service()   # Variable caldicott_service; unset: fails here, before anything is sent
         with contextlib.ExitStack() as stack:
             senders: dict = {}
-            from_addr, mailbox, print_cert = service.email, "", None
+            from_addr, mailbox, print_cert = "", "", None   # from_addr: the SMTP connection's from_email
             if kind == "smtp":
                 from caldicott_airflow.smtp import smtp_sender
 
@@ -158,7 +160,7 @@ def gp_letters():
         import time
 
         from airflow.sdk.exceptions import AirflowFailException
-        from caldicott.letters import flow
+        from caldicott.letters import flow, gp_connect
         from caldicott.transport.ledger import Ledger, State
         from caldicott.transport.mesh import read_acks
         from caldicott.transport.mesh_reports import read_reports
@@ -186,7 +188,9 @@ def gp_letters():
                 got = flow.record_acks(state, list(read_acks(client)))
                 for k in totals:
                     totals[k] += got.get(k, 0)
-                undeliverable += flow.record_non_delivery(state, read_reports(client))["undeliverable_ids"]
+                # only Send Document's reports: another flow's report in the shared mailbox is left for that flow
+                reports = read_reports(client, workflow_id=gp_connect.WORKFLOW)
+                undeliverable += flow.record_non_delivery(state, reports)["undeliverable_ids"]
                 if waiting() == 0 or time.monotonic() >= deadline:
                     break
                 time.sleep(2)

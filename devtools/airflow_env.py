@@ -13,11 +13,14 @@ import secrets
 import socket
 from pathlib import Path
 
+from devtools import demo_service
 from devtools.paths import DAGS, PLUGINS, ROOT
 
 #: Users of the simple auth manager: name -> role. Service managers approve held disclosures.
 USERS = {"admin": "admin", "manager1": "op", "manager2": "op", "viewer1": "viewer", "clerk1": "user"}
 DEMO_APPROVERS = "manager1,manager2"
+#: The demo's FHIR namespace for referrers' fhir-r4-v1 files (``CALDICOTT_FHIR_NAMESPACE``; no production default).
+DEMO_FHIR_NAMESPACE = "https://fhir.caldicott.invalid"
 
 
 def free_port() -> int:
@@ -110,7 +113,10 @@ def airflow_env(
         "CALDICOTT_DISCLOSURE_CONNECTIONS": "caldicott_sftp_referrer,caldicott_smtp",
         # The demo's FHIR namespace for referrers' fhir-r4-v1 files (also set in this process, which checks the
         # files); production sets its own, there is no default (fail closed).
-        "CALDICOTT_FHIR_NAMESPACE": os.environ.setdefault("CALDICOTT_FHIR_NAMESPACE", "https://fhir.caldicott.invalid"),
+        "CALDICOTT_FHIR_NAMESPACE": os.environ.setdefault("CALDICOTT_FHIR_NAMESPACE", DEMO_FHIR_NAMESPACE),
+        # The demo's sending service (synthetic name, ODS code, clinician) as the Variable caldicott_service;
+        # production sets its own, there is no default (fail closed: gp_letters' send_batch fails naming it).
+        **demo_service.airflow_env(),
     })
     if records_db is not None:
         env["AIRFLOW_CONN_CALDICOTT_RECORDS"] = sqlite_conn(records_db)

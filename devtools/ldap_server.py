@@ -28,6 +28,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from caldicott.crypto.keys import private_dir, write_private
+
 from devtools.airflow_env import free_port
 from devtools.stack import AirflowStack
 
@@ -90,11 +92,11 @@ def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    # the key first, 0600 from its first byte in a 0700 folder (write_bytes + chmod leaves a window world-readable)
+    write_private(paths[2], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    paths[2].chmod(0o600)
     return paths
 
 
@@ -135,12 +137,11 @@ class LdapServer:
         reason = missing()
         if reason:
             raise RuntimeError(reason)
-        (self.dir / "data").mkdir(parents=True, exist_ok=True)
-        self.dir.chmod(0o700)
+        private_dir(self.dir)                       # 0700 before anything secret is written into it
+        private_dir(self.dir / "data")
         _, cert, key = _tls_files(self.dir)
         conf = self.dir / "slapd.conf"
-        conf.write_text(self._slapd_conf(cert, key))
-        conf.chmod(0o600)
+        write_private(conf, self._slapd_conf(cert, key).encode())   # holds the root password
         self._client_env_files()
         log = open(self.dir / "slapd.log", "ab")  # noqa: SIM115 - closed with the process
         # -d keeps slapd in the foreground (no daemon to lose track of); 256 logs connections and operations.
@@ -203,9 +204,8 @@ access to * by dn.exact="{self.bind_dn}" read by self read by * none
 
     def _client_env_files(self) -> None:
         (self.dir / "ldap.conf").write_text(f"TLS_CACERT {self.ca_file}\nTLS_REQCERT demand\n")
-        pw = self.dir / "root.pw"
-        pw.write_text(self._root_password)   # ldapadd -y reads the whole file: no trailing newline
-        pw.chmod(0o600)
+        # ldapadd -y reads the whole file: no trailing newline
+        write_private(self.dir / "root.pw", self._root_password.encode())
 
     def client_env(self) -> dict[str, str]:
         """Environment for ldap-utils: this directory's CA only; no system or user ldap.conf."""

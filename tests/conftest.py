@@ -52,6 +52,15 @@ def synth_source(tmp_path_factory) -> SynthSource:
                        json.loads((root / "manifest.json").read_text()))
 
 
+@pytest.fixture(scope="session")
+def service():
+    """The demo's synthetic sending service (``devtools.demo_service``): production reads its own from the Airflow
+    Variable ``caldicott_service`` and has no default."""
+    from devtools.demo_service import demo_service
+
+    return demo_service()
+
+
 @pytest.fixture
 def state_engine(tmp_path) -> Engine:
     """A fresh, migrated SQLite state database for one test."""

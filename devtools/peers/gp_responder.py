@@ -7,18 +7,83 @@ sends back an ITK3 infrastructure ack (20013) and a business ack (30001) to the 
 workflow, then acknowledges (removes) the original. ``codes`` changes what it answers (e.g. only the
 infrastructure ack, or a negative code); stopping it (or never starting it) is how the tests make acks go missing.
 
+:func:`ack_bundle` builds those ITK3 Responses and :func:`pdf_of` reads the letter out of a message: the receiving
+practice's side of the specification, kept here because nothing in the service itself does either.
+
 Not started by the demo's peer discovery (no ``start_for_demo``): the demo and tests start it on purpose.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime as dt
+import json
 import logging
 import threading
+import uuid
 
 from caldicott.letters import gp_connect
 
 log = logging.getLogger(__name__)
+
+
+def pdf_of(bundle_bytes: bytes) -> bytes:
+    """The PDF a Send Document message carries: the Composition's first section entry (what a practice files)."""
+    bundle = json.loads(bundle_bytes)
+    (composition,) = gp_connect.resources(bundle, "Composition")
+    first = composition["section"][0]["entry"][0]["reference"]
+    for doc in gp_connect.resources(bundle, "Bundle"):
+        for e in doc.get("entry", []):
+            if e.get("fullUrl") == first:
+                return base64.b64decode(e["resource"]["content"])
+    raise ValueError("the Composition's first section entry is not in the document bundle")
+
+
+def ack_bundle(original: bytes | dict, code: str, *, responder_ods: str = "GPPRACTICE") -> bytes:
+    """An ITK3 Response to ``original`` (GPCM-SD-050..055): ``code`` 20013 (infrastructure OK), 30001 (business OK)
+    or a negative code, from ``responder_ods`` (the practice). Real practices' systems send these themselves;
+    Caldicott only reads them (:func:`caldicott.letters.gp_connect.parse_ack`)."""
+    bundle = json.loads(original) if isinstance(original, bytes) else original
+    (header,) = gp_connect.resources(bundle, "MessageHeader")
+    handling = {e["url"]: e for e in header.get("extension", [{}])[0].get("extension", [])}
+    ok = code in (gp_connect.INFRA_OK, gp_connect.BUSINESS_OK)
+    rid = str(uuid.uuid5(gp_connect.NAMESPACE, f"{header['id']}/ack/{code}"))
+    org = str(uuid.uuid5(gp_connect.NAMESPACE, f"{header['id']}/ack/{code}/org"))
+    ack = {
+        "resourceType": "Bundle", "id": rid, "type": "message",
+        "meta": {"profile": [gp_connect.PROFILES["message_bundle"]]},
+        "identifier": {"system": gp_connect.RFC4122, "value": rid},
+        "entry": [
+            {"fullUrl": f"urn:uuid:{rid}", "resource": {
+                "resourceType": "MessageHeader", "id": rid, "meta": {"profile": [gp_connect.PROFILES["header"]]},
+                "extension": [{"url": gp_connect.ITK_HANDLING, "extension": [
+                    {"url": "BusAckRequested", "valueBoolean": False},
+                    {"url": "InfAckRequested", "valueBoolean": False},
+                    {"url": "RecipientType", "valueCoding": {"system": gp_connect.ITK_RECIPIENT_TYPE, "code": "FI",
+                                                             "display": "For Information"}},
+                    {"url": "MessageDefinition", "valueReference": {"reference": gp_connect.MESSAGE_DEFINITION}},
+                    {"url": "SenderReference",
+                     "valueString": handling.get("SenderReference", {}).get("valueString", "None")},
+                    {"url": "LocalExtension", "valueString": "None"}]}],
+                "event": {"system": gp_connect.ITK_EVENT, "code": "ITK008M", "display": "ITK Response"},
+                "sender": {"reference": f"urn:uuid:{org}"},
+                "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "source": {"endpoint": responder_ods},
+                "response": {"identifier": header["id"], "code": "ok" if ok else "fatal-error"},
+            }},
+            {"fullUrl": f"urn:uuid:{org}", "resource": {
+                "resourceType": "Organization", "id": org, "meta": {"profile": [gp_connect.PROFILES["header_org"]]},
+                "identifier": [{"system": gp_connect.ODS, "value": responder_ods}]}},
+            {"fullUrl": f"urn:uuid:{rid}-o", "resource": {
+                "resourceType": "OperationOutcome", "id": f"{rid}-o",
+                "issue": [{"severity": "information" if ok else "error",
+                           "code": "informational" if ok else "processing",
+                           "details": {"coding": [{"system": gp_connect.ITK_RESPONSE_CODES, "code": code}]}}],
+            }},
+        ],
+    }
+    return json.dumps(ack, separators=(",", ":")).encode()
 
 
 def respond_once(gp_client, codes: tuple[str, ...] = (gp_connect.INFRA_OK, gp_connect.BUSINESS_OK),
@@ -35,11 +100,11 @@ def respond_once(gp_client, codes: tuple[str, ...] = (gp_connect.INFRA_OK, gp_co
         msg.close()
         if workflow != gp_connect.WORKFLOW:
             continue
-        gp_connect.pdf_of(body)  # a bundle without its PDF would get a negative ack from a real system
+        pdf_of(body)  # a bundle without its PDF would get a negative ack from a real system
         if keep is not None:
             keep.append((message_id, letter, body))
         for code in codes:
-            gp_client.send_message(sender, gp_connect.ack_bundle(body, code), workflow_id=gp_connect.ACK_WORKFLOW,
+            gp_client.send_message(sender, ack_bundle(body, code), workflow_id=gp_connect.ACK_WORKFLOW,
                                    local_id="GPPRACTICE", filename=f"ack-{code}-{letter}.json")
         gp_client.acknowledge_message(message_id)
         answered += 1

@@ -1,6 +1,6 @@
 """Local configuration of the national data opt-out check (nothing listens; nothing to stop).
 
-* the cache key: a fresh secret per workspace in ``workdir/ndop/cache.key`` (0600), given to Airflow as the
+* the cache key: a fresh secret per workspace in ``workdir/ndop/cache.key`` (0600, folder 0700), given to Airflow as the
   password of connection ``caldicott_ndop_cache_key`` (production: a secrets backend; no key, no check);
 * NHS England's opt-out service mailbox on the mesh-sandbox (``CALDICOTT_NDOP_MAILBOX``), answered by
   :class:`devtools.peers.ndop_responder.NdopResponder` when a test or the demo starts it.
@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
+
+from caldicott.crypto.keys import private_dir, write_private
 
 from devtools.peers.ndop_responder import SERVICE_MAILBOX
 
@@ -19,12 +20,11 @@ CACHE_KEY_CONN_ID = "caldicott_ndop_cache_key"
 
 
 def cache_key_file(path: Path) -> str:
-    """The secret in ``path``, made on first use (mode 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The secret in ``path``, made on first use: 0600 from its first byte, in a folder only the owner can enter
+    (0700, tightened if it was looser) — :func:`caldicott.crypto.keys.write_private`."""
+    private_dir(path.parent)
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(48))
+        write_private(path, secrets.token_urlsafe(48).encode())
     return path.read_text().strip()
 
 

@@ -8,8 +8,9 @@ Configured by environment variables (docs/runbook.md, docs/deployment.md), or pe
 
 * ``CALDICOTT_ONCALL_WEBHOOK``: URL that receives a JSON POST (a chat or paging integration);
   ``CALDICOTT_ONCALL_WEBHOOK_TOKEN``, if set, is sent as ``Authorization: Bearer ...``;
-* ``CALDICOTT_ONCALL_EMAIL``: comma-separated addresses, sent through Airflow's SMTP provider with the
-  connection ``CALDICOTT_SMTP_CONN_ID`` (default ``smtp_default``; its extras carry ``from_email``).
+* ``CALDICOTT_ONCALL_EMAIL``: comma-separated addresses, sent over the SMTP connection ``CALDICOTT_SMTP_CONN_ID``
+  (default ``smtp_default``; its extras carry ``from_email``) with the letters' fail-closed TLS policy
+  (:mod:`caldicott.transport.smtp`: SMTPS or STARTTLS, server certificate verified; plain only to loopback).
 
 Neither set: the alert is only logged (the task log and the scheduler already show the failure).
 Alerting never raises: a broken webhook must not mask the task's own failure.
@@ -22,6 +23,8 @@ import json
 import logging
 import os
 import urllib.request
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 
 from airflow.sdk import BaseNotifier
 from caldicott.redact import scrub
@@ -80,20 +83,40 @@ def send_webhook(url: str, msg: dict, token: str | None = None, timeout: float =
         return False
 
 
+def alert_email(to: list[str], from_addr: str, msg: dict) -> EmailMessage:
+    """The alert as a short e-mail: a plain-text part and an HTML table, both from ``msg`` (no patient data)."""
+    rows = "".join(f"<tr><th align='left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in msg.items())
+    body = f"<p>Caldicott on-call alert (no patient data).</p><table>{rows}</table>"
+    if msg.get("log_url"):
+        body += f"<p><a href=\"{html.escape(str(msg['log_url']))}\">Task log</a></p>"
+    mail = EmailMessage()
+    mail["Subject"] = subject_for(msg)
+    mail["From"] = from_addr
+    mail["To"] = ", ".join(to)
+    mail["Date"] = formatdate(localtime=False)
+    mail["Message-ID"] = make_msgid(domain="caldicott.invalid")
+    mail.set_content("Caldicott on-call alert (no patient data).\n\n"
+                     + "".join(f"{k}: {v}\n" for k, v in msg.items()))
+    mail.add_alternative(body, subtype="html")
+    return mail
+
+
 def send_email(to: str, msg: dict, conn_id: str | None = None) -> bool:
-    """Send ``msg`` as a short e-mail through Airflow's SMTP provider connection. Never raises."""
+    """Send ``msg`` as a short e-mail over the SMTP connection ``conn_id``. Never raises.
+
+    Through :func:`caldicott_airflow.smtp.smtp_client`, the letters' own fail-closed transport: SMTPS or STARTTLS
+    with the server verified (``ca_file`` extra or the system CAs), plain only to a loopback relay. Airflow's
+    ``SmtpHook`` is not used: it would send in clear to any host whose extras say so, and let ``ssl_context: none``
+    switch verification off. A connection the policy refuses is logged as a failed alert (the webhook may still
+    carry it), never sent in clear."""
     conn_id = conn_id or os.environ.get(SMTP_CONN_ENV, "smtp_default")
     try:
-        from airflow.providers.smtp.hooks.smtp import SmtpHook
+        from caldicott_airflow.smtp import smtp_client
 
-        rows = "".join(f"<tr><th align='left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in msg.items())
-        body = f"<p>Caldicott on-call alert (no patient data).</p><table>{rows}</table>"
-        if msg.get("log_url"):
-            body += f"<p><a href=\"{html.escape(str(msg['log_url']))}\">Task log</a></p>"
-        with SmtpHook(smtp_conn_id=conn_id) as hook:
-            hook.send_email_smtp(to=[a.strip() for a in to.split(",") if a.strip()], subject=subject_for(msg),
-                                 html_content=body)
+        recipients = [a.strip() for a in to.split(",") if a.strip()]
+        with smtp_client(conn_id) as (client, from_addr):
+            client.send_message(alert_email(recipients, from_addr, msg), from_addr, recipients)
         return True
     except Exception as exc:
         log.error("on-call e-mail failed: %s", type(exc).__name__)

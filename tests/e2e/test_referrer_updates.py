@@ -61,7 +61,7 @@ def _check_bundle(data: bytes, contract: dict, day: dt.date, expected: pd.DataFr
     contract says. Returns the Encounters' care contact ids."""
     bundle = json.loads(data)
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
-    assert bundle["meta"]["tag"] == [{"system": fhir.FORMAT_TAG, "code": "fhir-r4-v1"}]
+    assert bundle["meta"]["tag"] == [{"system": fhir.systems().format_tag, "code": "fhir-r4-v1"}]
     assert {e["resource"]["resourceType"] for e in bundle.get("entry", [])} <= {
         "ServiceRequest", "Encounter", "DocumentReference"}
     encounters = fhir.resources(bundle, "Encounter")

@@ -12,7 +12,6 @@ from caldicott.crypto import smime
 from caldicott.db import make_engine, sqlite_url
 from caldicott.letters import flow, gp_connect
 from caldicott.letters.pdf import pdf_text
-from caldicott.letters.render import Service
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.state.migrate import migrate
 from caldicott.transport.base import Outbound, TransportError
@@ -22,7 +21,7 @@ from caldicott.transport.mesh_journal import MeshJournal
 from caldicott.transport.post import StagedPostSender
 from caldicott.transport.smtp import SmtpSender
 
-from devtools.peers.gp_responder import respond_once
+from devtools.peers.gp_responder import pdf_of, respond_once
 from devtools.peers.mesh import MeshPeer
 from devtools.peers.print_house import PrintHouse
 from devtools.peers.smtp import SmtpPeer
@@ -153,7 +152,7 @@ def test_registered_practice_routing_address_reaches_the_gp_mailbox(mesh):
     assert [m.filename for m, _ in _gp_inbox(mesh)] == ["gp_letters-route-1.json"]
 
 
-def test_a_month_of_letters_through_every_channel_exactly_once(synth_source, mesh, smtp, tmp_path):
+def test_a_month_of_letters_through_every_channel_exactly_once(synth_source, mesh, smtp, service, tmp_path):
     state = make_engine(sqlite_url(tmp_path / "state.db"))
     migrate(state)
     planned = flow.plan(synth_source.engine, state, *OCT, "2026-10")
@@ -163,7 +162,7 @@ def test_a_month_of_letters_through_every_channel_exactly_once(synth_source, mes
     mesh_sender = MeshSender.connect(mesh.settings(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW, connections=4)
     channels = flow.Channels({"smtp": SmtpSender(client, "letters@nhs.example"), "mesh": mesh_sender,
                               "post": StagedPostSender(printer.staging)},
-                             Service(), "letters@nhs.example", mesh.SENDER_MAILBOX, printer.cert_path.read_text())
+                             service, "letters@nhs.example", mesh.SENDER_MAILBOX, printer.cert_path.read_text())
     # crash after 2 sends in the first batch, then re-run everything twice
     first = planned["batches"][0]
     with pytest.raises(InjectedFault):
@@ -195,8 +194,8 @@ def test_a_month_of_letters_through_every_channel_exactly_once(synth_source, mes
     # registered-practice routing (GPCM-SD-056/063): one GPPROVIDER address per MESH letter, none to a mailbox
     routed = [r["mex_to"] for r in mesh.routed()]
     assert sum(a.startswith("GPPROVIDER_999") for a in routed) >= by_channel.get("mesh", 0)
-    assert "Assessment letter" in pdf_text(gp_connect.pdf_of(answered[0][2])) or \
-        "Discharge letter" in pdf_text(gp_connect.pdf_of(answered[0][2]))
+    assert "Assessment letter" in pdf_text(pdf_of(answered[0][2])) or \
+        "Discharge letter" in pdf_text(pdf_of(answered[0][2]))
     # acks come back and mark the MESH letters acked
     with mesh.client(mesh.SENDER_MAILBOX) as box:
         got = flow.record_acks(state, list(read_acks(box)))
@@ -217,13 +216,13 @@ def test_a_month_of_letters_through_every_channel_exactly_once(synth_source, mes
     assert counts.get("acked", 0) + counts.get("sent", 0) == sum(expected.values())
 
 
-def test_no_ack_marks_letters_overdue(synth_source, mesh, tmp_path):
+def test_no_ack_marks_letters_overdue(synth_source, mesh, service, tmp_path):
     state = make_engine(sqlite_url(tmp_path / "state.db"))
     migrate(state)
     planned = flow.plan(synth_source.engine, state, dt.date(2026, 9, 1), dt.date(2026, 10, 1), "2026-09")
     sent = 0
     with MeshSender.connect(mesh.settings(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW) as sender:
-        channels = flow.Channels({"mesh": sender}, Service(), "a@x", mesh.SENDER_MAILBOX)
+        channels = flow.Channels({"mesh": sender}, service, "a@x", mesh.SENDER_MAILBOX)
         for batch in planned["batches"]:
             if batch["channel"] == "mesh":
                 sent += flow.send_batch(synth_source.engine, state, batch, channels, dt.date(2026, 9, 1),

@@ -10,11 +10,11 @@ from caldicott.crypto import smime
 from caldicott.db import make_engine, sqlite_url
 from caldicott.letters import flow
 from caldicott.letters.pdf import pdf_text
-from caldicott.letters.render import Service
 from caldicott.state.migrate import migrate
 from caldicott.transport.post import SftpPostSender
 from caldicott.transport.sftp import SftpSender
 
+from devtools.demo_service import demo_service
 from devtools.peers.print_house import REMOTE_PATH, PrintHouse
 from tests.faults import InjectedFault, crashing
 from tests.peers.test_letter_transports import OCT
@@ -29,7 +29,7 @@ def printer(tmp_path):
 
 def _channels(printer, host_key: str | None = None) -> flow.Channels:
     sender = SftpPostSender(SftpSender(printer.sftp.connector(host_key=host_key), peer="print house"), REMOTE_PATH)
-    return flow.Channels({"post": sender}, Service(), "letters@nhs.example", "", printer.cert_path.read_text())
+    return flow.Channels({"post": sender}, demo_service(), "letters@nhs.example", "", printer.cert_path.read_text())
 
 
 def test_posted_copies_arrive_once_each_encrypted_to_the_print_house(synth_source, printer, tmp_path):

@@ -212,7 +212,7 @@ def test_fhir_contract_delivered_over_sftp(peer, state_engine, synth_source, mon
         encounters = fhir.resources(bundle, "Encounter")
         assert len(encounters) > 0
         assert [e["identifier"][0]["value"] for e in encounters] == expected["care_contact_id"].tolist()
-        assert {e["identifier"][0]["system"] for e in encounters} == {fhir.CARE_CONTACT_ID}
+        assert {e["identifier"][0]["system"] for e in encounters} == {fhir.systems().care_contact_id}
         assert {e["subject"]["identifier"]["system"] for e in encounters} == {"https://fhir.nhs.uk/Id/nhs-number"}
         assert [e["subject"]["identifier"]["value"] for e in encounters] == expected["nhs_number"].tolist()
         assert {r["requester"]["identifier"]["value"] for r in fhir.resources(bundle, "ServiceRequest")} == {

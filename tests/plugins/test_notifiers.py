@@ -1,17 +1,22 @@
 """On-call alerts: a real webhook receiver and a real SMTP server on loopback, and no patient data in
-either even when the exception quoted a patient's NHS number, name, birth date, postcode and e-mail."""
+either even when the exception quoted a patient's NHS number, name, birth date, postcode and e-mail. The e-mail goes
+through the letters' fail-closed SMTP transport (``caldicott.transport.smtp``): plain only to loopback, STARTTLS with
+the relay's certificate verified, and a connection the policy refuses is never sent in clear."""
 
 from __future__ import annotations
 
 import json
+import socket
 from email import message_from_bytes
 from email.policy import default as default_policy
 from types import SimpleNamespace
 
 from caldicott.redact import scrub
-from caldicott_airflow.notifiers import OnCallNotifier, failure_message
+from caldicott_airflow.notifiers import OnCallNotifier, failure_message, send_email
 
 from devtools.airflow_env import free_port
+from devtools.peers.mesh import make_tls
+from devtools.peers.smtp import SmtpPeer
 
 
 def _patient_values(synth_source, n: int | None = None) -> list[dict]:
@@ -79,7 +84,7 @@ def test_webhook_alert_carries_the_failure_and_no_patient_data(synth_source, web
     _assert_clean(raw, row)
 
 
-def test_email_alert_through_the_smtp_provider_has_no_patient_data(synth_source, smtp_server, monkeypatch):
+def test_email_alert_over_loopback_smtp_has_no_patient_data(synth_source, smtp_server, monkeypatch):
     monkeypatch.delenv("CALDICOTT_ONCALL_WEBHOOK", raising=False)
     row = _patient_values(synth_source, 2)[1]
     OnCallNotifier(email="oncall@example.org", smtp_conn_id="oncall_smtp_test").notify(
@@ -111,3 +116,36 @@ def test_alerting_never_raises_when_channels_are_down(monkeypatch, caplog):
 def test_failure_message_without_exception():
     msg = failure_message({"ti": SimpleNamespace(dag_id="d", task_id="t", run_id="r", try_number=1)})
     assert msg["error"] is None and msg["error_class"] is None and msg["dag_id"] == "d"
+
+
+ALERT = {"kind": "task_failed", "dag_id": "gp_letters", "task_id": "send_batch", "try_number": 1, "error": "boom"}
+
+
+def test_email_alert_refuses_plain_smtp_to_a_remote_relay_without_touching_the_network(monkeypatch, caplog):
+    def touched(*args, **kwargs):
+        raise AssertionError("the network was touched")
+
+    monkeypatch.setattr(socket, "create_connection", touched)
+    monkeypatch.setattr(socket, "getaddrinfo", touched)
+    monkeypatch.setenv("AIRFLOW_CONN_ONCALL_PLAIN_REMOTE", json.dumps({
+        "conn_type": "smtp", "host": "relay.trust.nhs.example", "port": 25,
+        "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "caldicott-alerts@example.org"}}))
+    assert send_email("oncall@example.org", ALERT, "oncall_plain_remote") is False
+    assert "on-call e-mail failed: SmtpSecurityError" in caplog.text
+
+
+def test_email_alert_over_starttls_is_sent_only_to_a_verified_relay(tmp_path, monkeypatch, caplog):
+    with SmtpPeer(tmp_path / "smtp", tls="starttls") as relay:
+        monkeypatch.setenv("AIRFLOW_CONN_ONCALL_STARTTLS", json.dumps(relay.connection()))
+        assert send_email("oncall@example.org", ALERT, "oncall_starttls") is True
+        (mail,) = relay.messages()
+        assert mail["Subject"] == "[caldicott] task failed: gp_letters.send_batch (try 1)"
+        assert mail["To"] == "oncall@example.org"
+        other_ca = make_tls(tmp_path / "other-ca")["ca"]          # a CA that did not sign the relay's certificate
+        monkeypatch.setenv("AIRFLOW_CONN_ONCALL_WRONG_CA", json.dumps(relay.connection(ca_file=other_ca)))
+        assert send_email("oncall@example.org", ALERT, "oncall_wrong_ca") is False
+        monkeypatch.setenv("AIRFLOW_CONN_ONCALL_NO_VERIFY", json.dumps(relay.connection(ssl_context="none")))
+        assert send_email("oncall@example.org", ALERT, "oncall_no_verify") is False
+        assert len(relay.messages()) == 1, "an alert went to a relay that was not verified"
+    assert caplog.text.count("on-call e-mail failed: SmtpSecurityError") == 2
+

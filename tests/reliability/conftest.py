@@ -105,14 +105,95 @@ def new_state(folder: Path, name: str = "state.db"):
     return url, engine
 
 
+def letter_of(msg) -> str:
+    """The letter id a GP Connect message carries: its MESH file name, ``<letter id>.json``. Send Document's
+    ``Mex-LocalID`` is the sender's ODS code (GPCM-SD-146), the same for every letter, so it tells none apart."""
+    return str(getattr(msg, "filename", "") or "").removesuffix(".json")
+
+
 def gp_inbox(mesh_peer, ids: set[str]) -> list[str]:
-    """local_ids of the messages in the GP practices' inbox that belong to ``ids`` (then acknowledged)."""
+    """Letter ids (from the MESH file names) of the messages in the GP practices' inbox that belong to ``ids``,
+    one entry per message, so a letter delivered twice appears twice; those messages are then acknowledged."""
     found = []
     with mesh_peer.client(mesh_peer.GP_MAILBOX) as gp:
         for mid in gp.list_messages():
             msg = gp.retrieve_message(mid)
-            if msg.local_id in ids:
-                found.append(msg.local_id)
-                gp.acknowledge_message(mid)
+            letter = letter_of(msg)
             msg.close()
+            if letter in ids:
+                found.append(letter)
+                gp.acknowledge_message(mid)
     return found
+
+
+def outcome_unknown(state, ids) -> dict[str, str]:
+    """Items the flow holds as "MESH outcome unknown": ``failed`` in the ledger with that reason AND journalled
+    ``posting`` with no MESH message id (a request left, MESH's answer was never recorded). Item id -> reason."""
+    from caldicott.transport.ledger import State, ledger
+    from caldicott.transport.mesh_journal import POSTING, MeshJournal
+    from sqlalchemy import select
+
+    journal = MeshJournal(state)
+    with state.connect() as conn:
+        rows = conn.execute(select(ledger.c.item_id, ledger.c.state, ledger.c.detail)
+                            .where(ledger.c.item_id.in_(sorted(ids)))).all()
+    held = {}
+    for item, st, detail in rows:
+        entry = journal.lookup(item)
+        if st == State.FAILED.value and "MESH outcome unknown" in (detail or "") and entry is not None \
+                and entry.state == POSTING and entry.message_id is None:
+            held[item] = detail
+    return held
+
+
+def resolve_as_a_person(state, mesh_peer, ids) -> dict[str, str | None]:
+    """Do what the runbook asks of a person for each letter held as "MESH outcome unknown": look the letter up in
+    MESH (production: MOLES; here the sandbox's record of the recipient's inbox, by the letter id in the file name,
+    without collecting anything) and record the answer with ``MeshJournal.resolve``: the message id found, or None
+    if MESH never got it (the next run then sends it). Returns item id -> the answer recorded."""
+    from caldicott.transport.mesh_journal import MeshJournal
+
+    unknown = set(ids)
+    found: dict[str, str] = {}
+    with mesh_peer.client(mesh_peer.GP_MAILBOX) as gp:
+        for mid in gp.list_messages():
+            msg = gp.retrieve_message(mid)
+            letter = letter_of(msg)
+            msg.close()
+            if letter in unknown:
+                assert letter not in found, f"{letter} is in MESH twice"
+                found[letter] = mid
+    journal = MeshJournal(state)
+    answers = {item: found.get(item) for item in sorted(unknown)}
+    for item, message_id in answers.items():
+        journal.resolve(item, message_id)
+    return answers
+
+
+def finish_mesh_letters(zygote, job: dict, state, mesh_peer, ids: set[str]) -> dict[str, int]:
+    """After the kills: run the MESH letters step to completion, honestly, then once more (which must send nothing).
+
+    A kill while a request is on its way to MESH (another connection's send when one thread's kill takes the
+    process down) leaves a letter MESH may or may not hold. The flow must not guess: the completing run fails
+    exactly those letters as "MESH outcome unknown" (held in the ledger with the reason, journalled without a
+    message id) and delivers or reconciles every other one. A person then looks each one up in MESH and records
+    the answer (:func:`resolve_as_a_person`); the next run sends only what MESH never got, once.
+    Returns counts for the figures board."""
+    from caldicott.transport.ledger import DONE, Ledger
+
+    rc, done = zygote.run(job)
+    assert rc == 0, done
+    held = outcome_unknown(state, ids)
+    assert set(done["failed_ids"]) == set(held), "a letter failed for a reason other than an unknown MESH outcome"
+    entries = Ledger(state).entries(sorted(ids))
+    assert len(entries) == len(ids) and all(entries[i].state in DONE for i in ids - set(held)), \
+        "a letter is neither delivered nor held as outcome unknown"
+    answers: dict[str, str | None] = {}
+    if held:
+        answers = resolve_as_a_person(state, mesh_peer, held)
+        rc, after = zygote.run(job)
+        assert rc == 0 and after["failed"] == 0, after
+        assert after["sent"] == sum(a is None for a in answers.values()), "resent a letter MESH already held"
+    rc, again = zygote.run(job)
+    assert rc == 0 and again["sent"] == 0 and again["already_sent"] == len(ids), again
+    return {"outcome_unknown": len(held), "found_in_mesh": sum(a is not None for a in answers.values())}

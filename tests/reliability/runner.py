@@ -40,6 +40,10 @@ import signal
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:   # run as a script: ``devtools`` (the demo's service identity) is not installed
+    sys.path.insert(0, str(ROOT))
+
 
 def die() -> None:
     """SIGKILL this process: no cleanup of any kind runs."""
@@ -217,9 +221,10 @@ def run_letters(job: dict) -> dict:
 
     from caldicott.db import make_engine
     from caldicott.letters import flow, gp_connect
-    from caldicott.letters.render import Service
     from caldicott.transport.mesh import MeshSender, MeshSettings
     from caldicott.transport.smtp import SmtpSender
+
+    from devtools.demo_service import demo_service
 
     records = make_engine(job["records_url"], readonly=True)
     state = make_engine(job["state_url"])
@@ -236,7 +241,7 @@ def run_letters(job: dict) -> dict:
         senders["mesh"] = MeshSender.connect(MeshSettings(**job["mesh"]), gp_connect.WORKFLOW,
                                              connections=job.get("mesh_connections", 1))
     wrap = _wrap(job.get("kill"))
-    channels = flow.Channels({k: wrap(s) for k, s in senders.items()}, Service(), "letters@nhs.example",
+    channels = flow.Channels({k: wrap(s) for k, s in senders.items()}, demo_service(), "letters@nhs.example",
                              job.get("sender_mailbox", "X26ABC1"))
     out = flow.send_batch(records, state, job["batch"], channels, start, end, chunk=job.get("chunk", flow.CHUNK))
     if client is not None:
@@ -448,10 +453,11 @@ def preload() -> None:
 
     import paramiko  # noqa: F401
     from caldicott.dataset import pipeline  # noqa: F401
-    from caldicott.letters import flow, gp_connect  # noqa: F401
-    from caldicott.letters.render import Service  # noqa: F401
+    from caldicott.letters import flow, gp_connect, render  # noqa: F401
     from caldicott.transport import mesh, sftp, smtp, staging  # noqa: F401
     from caldicott.updates import deliver  # noqa: F401
+
+    from devtools import demo_service  # noqa: F401
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from caldicott.crypto import smime
 from caldicott.letters import flow
-from caldicott.letters.render import Service
 from caldicott.transport.smtp import SmtpSender
 
 from devtools.leakscan import patient_values
@@ -31,14 +30,14 @@ from .conftest import figure, new_state
 OCT = (dt.date(2026, 10, 1), dt.date(2026, 11, 1))
 
 
-def test_each_delivered_letter_opens_only_with_its_practice_key(synth_source, tmp_path):
+def test_each_delivered_letter_opens_only_with_its_practice_key(synth_source, service, tmp_path):
     _, state = new_state(tmp_path)
     planned = flow.plan(synth_source.engine, state, *OCT, "2026-10")
     batches = [b for b in planned["batches"] if b["channel"] == "smime-email"]
     assert len(batches) >= 2
     with SmtpPeer(tmp_path / "smtp") as smtp:
         client = smtplib.SMTP("127.0.0.1", smtp.port, timeout=30)
-        ch = flow.Channels({"smtp": SmtpSender(client, "letters@nhs.example")}, Service(), "letters@nhs.example")
+        ch = flow.Channels({"smtp": SmtpSender(client, "letters@nhs.example")}, service, "letters@nhs.example")
         for b in batches:
             assert flow.send_batch(synth_source.engine, state, b, ch, *OCT)["sent"] == len(b["letters"])
         client.quit()

@@ -10,19 +10,22 @@ import datetime as dt
 import pytest
 from caldicott.db import make_engine, sqlite_url
 from caldicott.letters import flow, gp_connect
-from caldicott.letters.render import Service
 from caldicott.state.migrate import migrate
 from caldicott.transport.ledger import Ledger, State, ledger
 from caldicott.transport.mesh import MeshSender, read_acks
 from caldicott.transport.mesh_reports import read_reports
 from sqlalchemy import select
 
+from devtools.demo_service import demo_service
 from devtools.peers.gp_responder import respond_once
 from devtools.peers.mesh import MeshPeer
 
-from .conftest import figure
+from .conftest import figure, letter_of
 
 SEPT = (dt.date(2026, 9, 1), dt.date(2026, 10, 1))
+#: A report carries the undelivered message's Mex-LocalID: for Send Document, the sender's ODS code (GPCM-SD-146),
+#: so the letter is found by the report's linked MESH message id (the ledger's transport_ref)
+ODS = demo_service().ods_code
 
 
 @pytest.fixture
@@ -35,7 +38,7 @@ def _send_mesh_letters(synth_source, state, mesh) -> list[dict]:
     planned = flow.plan(synth_source.engine, state, *SEPT, "2026-09")
     batches = [b for b in planned["batches"] if b["channel"] == "mesh"]
     with MeshSender.connect(mesh.settings(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW) as sender:
-        channels = flow.Channels({"mesh": sender}, Service(), "a@x", mesh.SENDER_MAILBOX)
+        channels = flow.Channels({"mesh": sender}, demo_service(), "a@x", mesh.SENDER_MAILBOX)
         for b in batches:
             assert flow.send_batch(synth_source.engine, state, b, channels, *SEPT)["failed"] == 0
     return batches
@@ -50,16 +53,15 @@ def test_a_non_delivery_report_marks_the_letter_undeliverable_and_nothing_is_res
     led = Ledger(state)
     undelivered = ids[0]
     entry = led.entries([undelivered])[undelivered]
-    mesh.non_delivery_report(entry.transport_ref, undelivered, gp_connect.WORKFLOW)
+    mesh.non_delivery_report(entry.transport_ref, ODS, gp_connect.WORKFLOW)
     with mesh.client(mesh.GP_MAILBOX) as gp:       # the GP answers the letters it did collect (not the first)
-        gp.acknowledge_message(next(i for i in gp.list_messages()
-                                    if gp.retrieve_message(i).local_id == undelivered))
+        gp.acknowledge_message(next(i for i in gp.list_messages() if letter_of(gp.retrieve_message(i)) == undelivered))
         answered = respond_once(gp)
     assert answered == len(ids) - 1
 
     with mesh.client(mesh.SENDER_MAILBOX) as inbox:
         acks = flow.record_acks(state, list(read_acks(inbox)))       # acks leave the report in the inbox
-        got = flow.record_non_delivery(state, read_reports(inbox))
+        got = flow.record_non_delivery(state, read_reports(inbox, workflow_id=gp_connect.WORKFLOW))
         assert inbox.list_messages() == []                            # ... which is removed once recorded
     assert acks["acked"] == len(ids) - 1
     assert got == {"undeliverable_ids": [undelivered], "reports_unmatched": 0}
@@ -76,9 +78,15 @@ def test_a_non_delivery_report_marks_the_letter_undeliverable_and_nothing_is_res
     with mesh.client(mesh.GP_MAILBOX) as gp:
         assert gp.list_messages() == []
     # the same report again (a retry after a crash before it was removed from the inbox) changes nothing
-    mesh.non_delivery_report(entry.transport_ref, undelivered, gp_connect.WORKFLOW)
+    mesh.non_delivery_report(entry.transport_ref, ODS, gp_connect.WORKFLOW)
     with mesh.client(mesh.SENDER_MAILBOX) as inbox:
-        assert flow.record_non_delivery(state, read_reports(inbox)) == {"undeliverable_ids": [],
-                                                                         "reports_unmatched": 1}
+        assert flow.record_non_delivery(state, read_reports(inbox, workflow_id=gp_connect.WORKFLOW)) == {
+            "undeliverable_ids": [], "reports_unmatched": 1}
     assert led.entries([undelivered])[undelivered].state == State.UNDELIVERABLE
+    # another flow's report in the shared mailbox is not GP letters' to take (check_acks reads Send Document's only)
+    mesh.non_delivery_report("another-flows-message", ODS, "ANOTHER_FLOW_WORKFLOW")
+    with mesh.client(mesh.SENDER_MAILBOX) as inbox:
+        assert flow.record_non_delivery(state, read_reports(inbox, workflow_id=gp_connect.WORKFLOW)) == {
+            "undeliverable_ids": [], "reports_unmatched": 0}
+        assert len(inbox.list_messages()) == 1, "another flow's report was consumed"
     figure("fault cases")

@@ -3,7 +3,8 @@ a 0700 folder, whatever the umask.
 
 The keys are made the way ``make demo`` and the e2e session make them: the workspace's synthetic records
 (``devtools.bootstrap.seed``, which writes ``peer-keys/``) and each stand-in peer that keeps key material (MESH
-TLS, SFTP host key and password, the print house, the data set key, SMTP with TLS). The umask is 0 while they are
+TLS, SFTP host key and password, the print house, the data set key, SMTP with TLS, the opt-out cache key, the test
+directory's TLS key). The umask is 0 while they are
 written, so a mode can only come from the writer (:func:`caldicott.crypto.keys.write_private`), not from a
 cautious shell.
 """
@@ -19,8 +20,10 @@ import pytest
 from caldicott.crypto import keys
 
 from devtools.bootstrap import Workspace, seed
+from devtools.ldap_server import _tls_files
 from devtools.peers.mesh import MeshPeer
 from devtools.peers.monthly_dataset import MonthlyDatasetConfig
+from devtools.peers.ndop_config import NdopConfig
 from devtools.peers.print_house import PrintHouse
 from devtools.peers.sftp import SftpPeer
 from devtools.peers.smtp import SmtpPeer
@@ -58,12 +61,14 @@ def test_every_demo_and_test_key_is_0600_in_a_0700_folder(tmp_path):
         PrintHouse(peers / "print_house", sftp=False)
         MonthlyDatasetConfig(peers / "monthly_dataset")
         SmtpPeer(peers / "smtp", tls="starttls")
+        NdopConfig(peers / "ndop")                   # the opt-out cache key
+        _tls_files(root / "ldap")                    # the test directory's TLS key (devtools/ldap_server.py)
         keys.cached_identity(ws.keys_dir, "disclosure-requester")   # devtools/demos/disclosure_request.py
 
     secrets = sorted(p for p in root.rglob("*") if p.is_file() and _secret(p))
     names = {p.name for p in secrets}
     assert {"ssh_host_ed25519_key", "password", "server_key.pem", "client_key.pem", "PRINTHOUSE.key",
-            "dataset.key", "disclosure-requester.key"} <= names, names
+            "dataset.key", "disclosure-requester.key", "cache.key", "server.key"} <= names, names
     assert sum(p.parent == ws.keys_dir and p.suffix == ".key" for p in secrets) >= 2
     assert len({p.parent for p in secrets if p.name == "server_key.pem"}) == 2          # MESH and SMTP
     loose = [f"{p.relative_to(root)} {_mode(p):o} (folder {_mode(p.parent):o})" for p in secrets

@@ -27,7 +27,8 @@ from caldicott.db import insert_ignore, utcnow
 from caldicott.gateway import CHUNK, ReleaseReport, release
 from caldicott.letters import gp_connect, messages
 from caldicott.letters.build import LetterData, find_events, load_letters
-from caldicott.letters.render import Service, attachment_name, email_body, letter_title, render_pdf
+from caldicott.letters.render import attachment_name, email_body, letter_title, render_pdf
+from caldicott.letters.service import Service
 from caldicott.letters.state_tables import letter_ack
 from caldicott.policy import letters as policy
 from caldicott.records.checks import POSTCODE_RE

@@ -28,8 +28,10 @@ letter carries the same MessageHeader id and the practice's acknowledgements (``
 identifier``) map back to the ledger; only the generation timestamps differ between two builds.
 
 The MESH metadata that goes with it (workflow, ``Mex-To``, subject, local id) is :func:`mesh_headers` /
-:func:`mesh_address`. :func:`ack_bundle` / :func:`parse_ack` are the ITK3 Response messages (infrastructure
-ack 20013, business ack 30001; negative codes otherwise) on the ``_ACK`` workflow (GPCM-SD-058).
+:func:`mesh_address`. :func:`parse_ack` reads the practice's ITK3 Response messages (infrastructure ack 20013,
+business ack 30001; negative codes otherwise) on the ``_ACK`` workflow (GPCM-SD-058). Building acks, and reading
+the PDF back out of a message, is the receiving practice's side: the stand-in practice in
+``devtools/peers/gp_responder.py`` does it, nothing here sends one.
 """
 
 from __future__ import annotations
@@ -318,7 +320,7 @@ def mesh_headers(document: Document, patient: dict, sender: SendingOrganisation,
             "filename": f"{item_id}.json", "content_type": "application/fhir+json"}
 
 
-# ---- receiver side and acknowledgements --------------------------------------------------------------------------
+# ---- reading bundles and acknowledgements ---------------------------------------------------------------------------
 
 def resources(bundle: dict, kind: str) -> list[dict]:
     """Resources of one type in a message bundle, looking inside the document bundle it carries."""
@@ -330,63 +332,6 @@ def resources(bundle: dict, kind: str) -> list[dict]:
         if res.get("resourceType") == "Bundle":
             out += resources(res, kind)
     return out
-
-
-def pdf_of(bundle_bytes: bytes) -> bytes:
-    """The PDF a Send Document message carries: the Composition's first section entry (receiver side; tests)."""
-    bundle = json.loads(bundle_bytes)
-    (composition,) = resources(bundle, "Composition")
-    first = composition["section"][0]["entry"][0]["reference"]
-    for doc in resources(bundle, "Bundle"):
-        for e in doc.get("entry", []):
-            if e.get("fullUrl") == first:
-                return base64.b64decode(e["resource"]["content"])
-    raise ValueError("the Composition's first section entry is not in the document bundle")
-
-
-def ack_bundle(original: bytes | dict, code: str, *, responder_ods: str = "GPPRACTICE") -> bytes:
-    """An ITK3 Response to ``original`` (GPCM-SD-050..055): ``code`` 20013 (infrastructure OK), 30001 (business OK)
-    or a negative code. Used by the GP-side test double; real practices' systems send these themselves."""
-    bundle = json.loads(original) if isinstance(original, bytes) else original
-    (header,) = resources(bundle, "MessageHeader")
-    handling = {e["url"]: e for e in header.get("extension", [{}])[0].get("extension", [])}
-    ok = code in (INFRA_OK, BUSINESS_OK)
-    rid = str(uuid.uuid5(NAMESPACE, f"{header['id']}/ack/{code}"))
-    org = str(uuid.uuid5(NAMESPACE, f"{header['id']}/ack/{code}/org"))
-    ack = {
-        "resourceType": "Bundle", "id": rid, "type": "message",
-        "meta": {"profile": [PROFILES["message_bundle"]]},
-        "identifier": {"system": RFC4122, "value": rid},
-        "entry": [
-            {"fullUrl": f"urn:uuid:{rid}", "resource": {
-                "resourceType": "MessageHeader", "id": rid, "meta": {"profile": [PROFILES["header"]]},
-                "extension": [{"url": ITK_HANDLING, "extension": [
-                    {"url": "BusAckRequested", "valueBoolean": False},
-                    {"url": "InfAckRequested", "valueBoolean": False},
-                    {"url": "RecipientType", "valueCoding": {"system": ITK_RECIPIENT_TYPE, "code": "FI",
-                                                             "display": "For Information"}},
-                    {"url": "MessageDefinition", "valueReference": {"reference": MESSAGE_DEFINITION}},
-                    {"url": "SenderReference",
-                     "valueString": handling.get("SenderReference", {}).get("valueString", "None")},
-                    {"url": "LocalExtension", "valueString": "None"}]}],
-                "event": {"system": ITK_EVENT, "code": "ITK008M", "display": "ITK Response"},
-                "sender": {"reference": f"urn:uuid:{org}"},
-                "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "source": {"endpoint": responder_ods},
-                "response": {"identifier": header["id"], "code": "ok" if ok else "fatal-error"},
-            }},
-            {"fullUrl": f"urn:uuid:{org}", "resource": {
-                "resourceType": "Organization", "id": org, "meta": {"profile": [PROFILES["header_org"]]},
-                "identifier": [{"system": ODS, "value": responder_ods}]}},
-            {"fullUrl": f"urn:uuid:{rid}-o", "resource": {
-                "resourceType": "OperationOutcome", "id": f"{rid}-o",
-                "issue": [{"severity": "information" if ok else "error",
-                           "code": "informational" if ok else "processing",
-                           "details": {"coding": [{"system": ITK_RESPONSE_CODES, "code": code}]}}],
-            }},
-        ],
-    }
-    return json.dumps(ack, separators=(",", ":")).encode()
 
 
 def parse_ack(data: bytes) -> tuple[str, str, bool, str] | None:

@@ -11,50 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from caldicott.letters.build import LetterData
 from caldicott.letters.pdf import html_to_pdf
+from caldicott.letters.service import Service
 from caldicott.policy.letters import minimum_patient
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-
-
-@dataclass(frozen=True)
-class Clinician:
-    """The named clinician responsible for the service's letters: signs each letter and is the Send Document
-    author (GPCM-SD-032..034: SDS user id, official name, telephone). Configuration, not patient data."""
-
-    prefix: str = "Dr"
-    given: str = "Alex"
-    family: str = "Example"
-    role: str = "Clinical Lead, Consultant Clinical Psychologist"
-    sds_user_id: str = "999000000001"   # synthetic (a real one is the clinician's 12-digit SDS user id)
-    phone: str = "0113 000 0001"
-
-    @property
-    def display(self) -> str:
-        return " ".join(p for p in (self.prefix, self.given, self.family) if p)
-
-
-@dataclass(frozen=True)
-class Service:
-    """The sending service as it signs its letters (configuration, not patient data).
-
-    ``care_setting``: optional SNOMED CT (code, display) from the UK Core care setting type value set, sent in
-    the Send Document Composition when the service knows its own."""
-
-    name: str = "NHS Talking Therapies (Synthetic Service)"
-    address: str = "1 Example Street, Leeds LS1 1AA"
-    phone: str = "0113 000 0000"
-    signatory: str = "Clinical Lead"
-    ods_code: str = "ZZZ01"
-    email: str = "letters@talkingtherapies.nhs.example"
-    clinician: Clinician = Clinician()
-    care_setting: tuple[str, str] | None = None
 
 
 @functools.cache
@@ -96,9 +62,9 @@ def context(letter: LetterData, recipient_kind: str, service: Service) -> dict:
     }
 
 
-def render_markup(letter: LetterData, recipient_kind: str, service: Service | None = None) -> str:
+def render_markup(letter: LetterData, recipient_kind: str, service: Service) -> str:
     template = environment().get_template(f"{letter.event}.html.j2")
-    return template.render(**context(letter, recipient_kind, service or Service()))
+    return template.render(**context(letter, recipient_kind, service))
 
 
 TITLES = {"assessment": "Assessment letter", "discharge": "Discharge letter"}
@@ -114,12 +80,12 @@ def attachment_name(event: str) -> str:
     return letter_title(event).lower().replace(" ", "-") + ".pdf"
 
 
-def render_pdf(letter: LetterData, recipient_kind: str, service: Service | None = None, *,
+def render_pdf(letter: LetterData, recipient_kind: str, service: Service, *,
                created: dt.datetime | None = None) -> bytes:
     """The letter as PDF; ``created`` (default: now) is the PDF's creation date."""
     return html_to_pdf(render_markup(letter, recipient_kind, service), title=letter_title(letter.event),
                        created=created or dt.datetime.now(dt.UTC))
 
 
-def email_body(service: Service | None = None) -> str:
-    return environment().get_template("email_body.txt.j2").render(service=service or Service())
+def email_body(service: Service) -> str:
+    return environment().get_template("email_body.txt.j2").render(service=service)

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import requests
+import urllib3
 from mesh_client import MeshError
 
 from caldicott.transport.base import Outbound, TransportError
@@ -209,6 +210,12 @@ class MeshSender:
             # after it left may have left a message in MESH (the journal keeps "posting": outcome unknown)
             self._not_created(item, created, certain=_never_sent(exc))
             raise TransportError(f"item {item.item_id}: MESH connection error ({type(exc).__name__})") from exc
+        except urllib3.exceptions.ResponseError as exc:
+            # mesh_client never retries the first request (it could create a second message): it raises this when
+            # MESH, or its front end, answered it with a retryable status (429, 502, 503, 504). An answer, not a
+            # silence: no message was created (a later chunk's failure leaves the journalled message "uploading")
+            self._not_created(item, created, certain=True)
+            raise TransportError(f"item {item.item_id}: MESH busy (a retryable HTTP status)") from exc
         except TransportError:
             raise
         except Exception as exc:  # timeouts and resets after the request left: MESH may hold the message

@@ -260,20 +260,6 @@ def sessions_bundle(options: ContractOptions, rows: pd.DataFrame, period: str, *
     return json.dumps(bundle, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-_COMPAT = {"NAMESPACE_URL": "namespace", "FORMAT_TAG": "format_tag", "CARE_CONTACT_ID": "care_contact_id",
-           "REFERRAL_ID": "referral_id", "ATTENDANCE_EXTENSION": "attendance_extension",
-           "ATTENDANCE_SYSTEM": "attendance", "APPOINTMENT_TYPE_SYSTEM": "appointment_type",
-           "MECHANISM_SYSTEM": "mechanism"}
-
-
-def __getattr__(name: str) -> str:
-    """The systems under the configured namespace by their former constant names (receiver side and tests);
-    NamespaceNotConfigured when none is configured, as for building."""
-    if name in _COMPAT:
-        return getattr(systems(), _COMPAT[name])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def resources(data: bytes | dict, kind: str) -> list[dict]:
     """The resources of one type in a bundle (receiver side; tests)."""
     bundle = json.loads(data) if isinstance(data, bytes) else data

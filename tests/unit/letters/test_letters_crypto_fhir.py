@@ -14,6 +14,8 @@ from caldicott.letters.pdf import html_to_pdf, pdf_text
 from caldicott.policy import letters as policy
 from caldicott.policy.purposes import Protection
 
+from devtools.peers.gp_responder import ack_bundle, pdf_of  # the receiving practice's side
+
 
 @pytest.fixture(scope="module")
 def pdf_bytes():
@@ -79,13 +81,13 @@ def test_gp_connect_bundle_carries_the_pdf_and_acks_map_back(pdf_bytes):
     b = build()
     bundle = json.loads(b)
     assert bundle["type"] == "message"
-    assert gp_connect.pdf_of(b) == pdf_bytes
+    assert pdf_of(b) == pdf_bytes
     (patient,) = gp_connect.resources(bundle, "Patient")
     assert patient["identifier"][0]["value"] == "9990000018"
     assert b == build()     # the same letter generated at the same time: the same bytes
     for code, kind, positive in (("20013", "infrastructure", True), ("30001", "business", True),
                                  ("30002", "business", False)):
-        parsed = gp_connect.parse_ack(gp_connect.ack_bundle(b, code))
+        parsed = gp_connect.parse_ack(ack_bundle(b, code))
         assert parsed == (gp_connect.message_header_id("gp_letters-1"), kind, positive, code)
 
 

@@ -11,6 +11,10 @@ from caldicott.letters.pdf import html_to_pdf, parse_blocks, pdf_text
 from caldicott.letters.render import render_markup, render_pdf
 from caldicott.records.synth import SUMMARIES
 
+from devtools.demo_service import demo_service
+
+SERVICE = demo_service()   # the demo's synthetic service (production: Variable caldicott_service, no default)
+
 
 def _letter(given="<script>alert(1)</script>", family="O'Brien-Zoë", event="assessment", **patient) -> LetterData:
     p = {"local_patient_id": "P0000001", "nhs_number": "9990000018", "given_name": given, "family_name": family,
@@ -29,10 +33,10 @@ def _letter(given="<script>alert(1)</script>", family="O'Brien-Zoë", event="ass
 
 def test_values_are_autoescaped_in_markup_and_literal_in_pdf():
     letter = _letter()
-    markup = render_markup(letter, "patient")
+    markup = render_markup(letter, "patient", SERVICE)
     assert "<script>" not in markup and "&lt;script&gt;" in markup
     assert "<b>Mill</b>" not in markup  # a value cannot become markup
-    text = pdf_text(render_pdf(letter, "patient"))
+    text = pdf_text(render_pdf(letter, "patient", SERVICE))
     assert "<script>alert(1)</script>" in text
     assert "O'Brien-Zoë" in text
     assert "1 <b>Mill</b> Lane" in text
@@ -40,7 +44,7 @@ def test_values_are_autoescaped_in_markup_and_literal_in_pdf():
 
 
 def test_non_latin_text_switches_to_dejavu_and_stays_literal():
-    data = render_pdf(_letter(given="Łukasz", family="Ŝtefan-Øyvind ✓"), "gp")
+    data = render_pdf(_letter(given="Łukasz", family="Ŝtefan-Øyvind ✓"), "gp", SERVICE)
     text = pdf_text(data)
     assert "Łukasz" in text and "Ŝtefan" in text
     assert b"DejaVu" in data
@@ -48,19 +52,19 @@ def test_non_latin_text_switches_to_dejavu_and_stays_literal():
 
 def test_gp_copy_carries_no_address_and_patient_copy_does():
     letter = _letter(given="Ann", family="Lee")
-    gp, patient = pdf_text(render_pdf(letter, "gp")), pdf_text(render_pdf(letter, "patient"))
+    gp, patient = pdf_text(render_pdf(letter, "gp", SERVICE)), pdf_text(render_pdf(letter, "patient", SERVICE))
     assert "LS6 2ZZ" not in gp and "LS6 2ZZ" in patient
     assert "999 000 0018" in gp and "Synthetic Practice 1" in gp
     assert "copy it to your GP" in patient
 
 
 def test_patient_who_declined_is_told_the_gp_was_not_sent_it():
-    text = pdf_text(render_pdf(_letter(given="Ann", family="Lee", gp_sharing_consent=False), "patient"))
+    text = pdf_text(render_pdf(_letter(given="Ann", family="Lee", gp_sharing_consent=False), "patient", SERVICE))
     assert "not sent this letter" in text
 
 
 def test_discharge_letter_content():
-    text = pdf_text(render_pdf(_letter(given="Ann", family="Lee", event="discharge"), "gp"))
+    text = pdf_text(render_pdf(_letter(given="Ann", family="Lee", event="discharge"), "gp", SERVICE))
     for needle in ("Discharge letter", "Attended: 6", "Missed (did not attend): 1", "PHQ-9: first 14, last 5",
                    "Recovery: yes", "Reliable improvement: yes"):
         assert needle in text
@@ -88,6 +92,6 @@ def october(synth_source):
 def test_real_letters_never_carry_session_notes(october):
     assert {lt.event for lt in october} == {"assessment", "discharge"}
     for letter in october[:25]:
-        text = pdf_text(render_pdf(letter, "gp"))
+        text = pdf_text(render_pdf(letter, "gp", SERVICE))
         assert not any(s[:30] in text for s in SUMMARIES)
         assert letter.patient["given_name"] in text

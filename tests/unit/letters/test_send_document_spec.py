@@ -15,6 +15,8 @@ import json
 import pytest
 from caldicott.letters import gp_connect as g
 
+from devtools.peers.gp_responder import ack_bundle, pdf_of  # the receiving practice's side
+
 fhir_stu3 = pytest.importorskip("fhir.resources.STU3.bundle", reason="fhir.resources (test dependency) not installed")
 
 NOW = dt.datetime(2026, 10, 15, 6, 3, 27, tzinfo=dt.UTC)
@@ -153,7 +155,7 @@ def test_GPCM_SD_109_to_112_and_124_the_pdf_is_the_first_section_entry_base64(ms
     assert section["entry"][0]["reference"] == f"urn:uuid:{binary['id']}"
     assert binary["contentType"] == "application/pdf"
     assert base64.b64decode(binary["content"]) == PDF
-    assert g.pdf_of(raw) == PDF
+    assert pdf_of(raw) == PDF
 
 
 def test_GPCM_SD_028_to_031_sending_organisation(msg):
@@ -218,7 +220,7 @@ def test_GPCM_SD_058_acks_use_the_ack_workflow():
                                                          ("30002", "business", False),
                                                          ("10001", "infrastructure", False)])
 def test_itk3_acks_are_parsed_and_map_back_to_the_letter(raw, code, kind, positive):
-    ack = g.ack_bundle(raw, code)
+    ack = ack_bundle(raw, code)
     fhir_stu3.Bundle.model_validate_json(ack)
     assert g.parse_ack(ack) == (g.message_header_id("gp_letters-abc"), kind, positive, code)
 
