@@ -41,6 +41,7 @@ from caldicott.transport.staging import StagingSender
 
 from bench.referrer_updates import Server as SftpServer
 from bench.results import machine, peak_rss_mib, write_section
+from devtools.demo_service import DEMO_SERVICE
 from devtools.peers.mesh import MeshPeer
 
 SEPT = Period.month(2026, 9)
@@ -113,7 +114,7 @@ def main() -> None:
         synth.write(synth.generate(args.patients, seed=7), records)
         state = make_engine(sqlite_url(root / "build.db"))
         migrate(state)
-        s = pipeline.Settings(work_dir=root / "work", key=key)
+        s = pipeline.Settings(org_provider=DEMO_SERVICE["ods_code"], work_dir=root / "work", key=key)
         built = pipeline.build_validate_write(records, state, SEPT, s)
         real = Path(state_tables.get(state, SEPT.key)["archive_path"])
         national = root / "national" / real.name

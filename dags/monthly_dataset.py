@@ -89,7 +89,8 @@ def _fail_and_alert(context, exc: Exception, kind: str | None = None):
     deadline=submission_window_close(),
     params={
         "version": Param("2.1", enum=["2.0", "2.1"], description="data set version"),
-        "org_provider": Param("ZZZ01", type="string", description="OrgIDProv (ODS code of the provider)"),
+        "org_provider": Param("", type="string", description="OrgIDProv (ODS code of the provider); empty: the "
+                                                             "ods_code of the Variable caldicott_service"),
         "provider_name": Param("", type="string", description="the provider's name, for the report's heading"),
         "org_submitter": Param("", type="string", description="OrgIDSubmit, if different"),
         "pre2020_objection": Param("referrals_before_cutover",

@@ -60,16 +60,24 @@ def dataset_key() -> bytes:
 
 
 def settings(params: dict):
+    """The data set's settings for this run. The provider (OrgIDProv, the report's name) is the deployment's own
+    sending service (Variable ``caldicott_service``) unless the run names another: no built-in default."""
     from caldicott.dataset.pipeline import Settings
 
+    from caldicott_airflow.service import sending_service
+
     work = Path(os.environ.get("CALDICOTT_DATASET_DIR") or _output_dir() / "monthly_dataset")
+    org_provider, provider_name = params.get("org_provider"), params.get("provider_name")
+    if not org_provider or not provider_name:
+        service = sending_service()   # fails the task, naming the Variable, when it is not configured
+        org_provider, provider_name = org_provider or service.ods_code, provider_name or service.name
     return Settings(work_dir=work, key=dataset_key(), version=str(params.get("version") or "2.1"),
-                    org_provider=params.get("org_provider") or "ZZZ01",
+                    org_provider=org_provider,
                     org_submitter=params.get("org_submitter") or None,
                     pre2020=params.get("pre2020_objection") or "referrals_before_cutover",
                     submitter=params.get("submitter") or "named-submitter",
                     commissioner=params.get("commissioner") or "commissioner",
-                    provider_name=params.get("provider_name") or "")
+                    provider_name=provider_name)
 
 
 # ---- the calendar and the run's plan -------------------------------------------------------------------------

@@ -14,14 +14,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from caldicott.dataset import rules, state_tables
-from caldicott.dataset.builder import Period, build, read_source
+from caldicott.dataset import builder, rules, state_tables
+from caldicott.dataset.builder import Period, read_source
 from caldicott.dataset.calendar import load
 from caldicott.dataset.writer import decrypt, load_key, read_archive
 from caldicott.db import make_engine, sqlite_url
 from sqlalchemy import text
 
 from devtools.peers.ndop_responder import SERVICE_MAILBOX, NdopResponder
+
+
+def build(*args, **kw):
+    """The builder with the test provider's ODS code (OrgIDProv has no default)."""
+    return builder.build(*args, **{"org_provider": "ZZZ01", **kw})
 
 pytestmark = pytest.mark.e2e
 

@@ -39,7 +39,7 @@ def _browser_or_skip():
 def reports(synth_source, state_engine, tmp_path):
     """Two months through the pipeline (so September's report has a trend), September's opt-out check answered,
     and a page with a recovery rate below standard."""
-    s = pipeline.Settings(work_dir=tmp_path / "work", key=load_key(new_key()),
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=tmp_path / "work", key=load_key(new_key()),
                           provider_name="Synthetic Talking Therapies")
     for month in (8, 9):
         pipeline.build_validate_write(synth_source.engine, state_engine, Period.month(2026, month), s)

@@ -59,7 +59,7 @@ def sftp(tmp_path):
 @pytest.fixture
 def written(synth_source, state_engine, tmp_path):
     """September 2026 built, validated and written (encrypted) into a fresh state database."""
-    s = pipeline.Settings(work_dir=tmp_path / "work", key=load_key(new_key()))
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=tmp_path / "work", key=load_key(new_key()))
     pipeline.build_validate_write(synth_source.engine, state_engine, SEPT, s)
     return s
 

@@ -237,7 +237,7 @@ def test_a_second_reference_is_refused_and_alerts(synth_source, tmp_path, monkey
     state = make_engine(url)
     migrate(state)
     sept = Period.month(2026, 9)
-    s = pipeline.Settings(work_dir=tmp_path / "work", key=load_key(new_key()))
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=tmp_path / "work", key=load_key(new_key()))
     pipeline.build_validate_write(synth_source.engine, state, sept, s)
     pipeline.stage(state, sept, s, StagingSender(tmp_path / "staging"))
     pipeline.confirm(state, sept, "SDCS-FIRST-1", "submitter")

@@ -88,7 +88,7 @@ def run_submission_build(job: dict) -> dict:
     records = make_engine(job["records_url"], readonly=True)
     state = make_engine(job["state_url"])
     period = Period.month(*(int(x) for x in job["month"].split("-")))
-    s = pipeline.Settings(work_dir=Path(job["work_dir"]), key=bytes.fromhex(job["key_hex"]))
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=Path(job["work_dir"]), key=bytes.fromhex(job["key_hex"]))
     built = pipeline.build_validate_write(records, state, period, s, job["kind"])
     return {"state": built["state"], "rebuilt": built["rebuilt"], "kind": built["kind"]}
 

@@ -283,7 +283,7 @@ def run_dataset(job: dict) -> dict:
     state = make_engine(job["state_url"])
     year, month = (int(x) for x in job["month"].split("-")[:2])
     period = Period.month(year, month)
-    s = pipeline.Settings(work_dir=Path(job["work_dir"]), key=bytes.fromhex(job["key_hex"]))
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=Path(job["work_dir"]), key=bytes.fromhex(job["key_hex"]))
     sender = _wrap(job.get("kill"))(StagingSender(Path(job["staging"])))
     first = pipeline.stage(state, period, s, sender)
     blob = Path(job["extract_blob"]).read_bytes()
@@ -324,7 +324,7 @@ def run_dataset_build(job: dict) -> dict:
     state = make_engine(job["state_url"])
     year, month = (int(x) for x in job["month"].split("-")[:2])
     period = Period.month(year, month)
-    s = pipeline.Settings(work_dir=Path(job["work_dir"]), key=bytes.fromhex(job["key_hex"]))
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=Path(job["work_dir"]), key=bytes.fromhex(job["key_hex"]))
     built = pipeline.build_validate_write(records, state, period, s)
     staged = pipeline.stage(state, period, s, StagingSender(Path(job["staging"])))
     return {"build": {"state": built["state"], "rebuilt": built["rebuilt"]}, "stage": staged}

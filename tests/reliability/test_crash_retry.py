@@ -227,7 +227,7 @@ def dataset_written(synth_source, tmp_path_factory):
     """The month built, validated and written once; each case copies its state database."""
     root = tmp_path_factory.mktemp("dataset")
     _url, state = new_state(root)
-    s = pipeline.Settings(work_dir=root / "work", key=KEY)
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=root / "work", key=KEY)
     pipeline.build_validate_write(synth_source.engine, state, OCT, s)
     numbers = set(pipeline.mpi_numbers(state, OCT, s))
     blob, _ = pipeline.planning_extract(state, OCT, s, set(), numbers, "test")

@@ -61,7 +61,7 @@ def built(synth_source, tmp_path_factory):
     """September 2026 written as its primary and (rebuilt) as its refresh; each case copies the state database."""
     root = tmp_path_factory.mktemp("dataset-built")
     _url, state = new_state(root)
-    s = pipeline.Settings(work_dir=root / "work", key=KEY)
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=root / "work", key=KEY)
     for kind in Kind:
         pipeline.build_validate_write(synth_source.engine, state, SEPT, s, kind)
     with state.begin() as conn:
@@ -213,7 +213,8 @@ def test_build_killed_mid_write_leaves_nothing_in_clear(zygote, synth_source, tm
 
     rc, result = zygote.run(job)
     assert rc == 0 and result["rebuilt"], result
-    numbers = set(pipeline.mpi_numbers(state, SEPT, pipeline.Settings(work_dir=work, key=KEY), Kind.REFRESH))
+    numbers = set(pipeline.mpi_numbers(state, SEPT, pipeline.Settings(org_provider="ZZZ01", work_dir=work, key=KEY),
+                                       Kind.REFRESH))
     assert numbers and list(tmp.iterdir()) == []
     for f in work.rglob("*"):
         if not f.is_file():

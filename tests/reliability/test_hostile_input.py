@@ -304,7 +304,7 @@ def _updates(records, state, bad_pat) -> int:
 
 def _dataset(records, state, base, bad_pat, bad_ref, tmp) -> int:
     period = Period.month(2026, 10)
-    s = pipeline.Settings(work_dir=tmp, key=bytes(32))
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=tmp, key=bytes(32))
     ds, _, _ = pipeline.build_month(records, period, s)
     mpi_before = set(ds.tables["IDS001MPI"]["_rid"])
     refs_before = set(ds.tables["IDS101Referral"]["_rid"])
@@ -421,7 +421,8 @@ def test_values_the_column_type_cannot_hold(field, base, tmp_path):
         assert upd and all(e.record_type == "care_contact" for e in upd), upd
 
     # the data set quarantines it under a rule code (or leaves it out of the period) and builds the rest
-    ds = pipeline.build_month(records, Period.month(2026, 10), pipeline.Settings(work_dir=tmp_path, key=bytes(32)))[0]
+    ds = pipeline.build_month(records, Period.month(2026, 10), pipeline.Settings(
+        org_provider="ZZZ01", work_dir=tmp_path, key=bytes(32)))[0]
     res = rules.screen(ds)
     assert not res.file_failures
 

@@ -1,8 +1,7 @@
 """The demo's sending service stays in devtools (issue 14: demo defaults live in tests/ and devtools/, production
 defaults fail closed). Its identifying values — the synthetic service's name, ODS code ``ZZZ01``, the clinician's
 SDS user id ``999000000001``, the demo e-mail domain — must not reappear as defaults in the GP letters code that
-production runs: the letters package, its DAG and the Airflow adapters. (The monthly data set's ``org_provider``
-default is tracked separately.)"""
+production runs: the letters and data set packages, their DAGs and the Airflow adapters."""
 
 from __future__ import annotations
 
@@ -12,10 +11,9 @@ from devtools.demo_service import DEMO_SERVICE
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = [ROOT / "include" / "caldicott" / "letters", ROOT / "include" / "caldicott" / "updates",
-              ROOT / "include" / "caldicott" / "transport", ROOT / "dags" / "gp_letters.py",
-              ROOT / "plugins" / "caldicott_airflow"]
-#: the monthly data set's adapter still defaults ``org_provider`` to ZZZ01: being reworked separately
-NOT_YET = {ROOT / "plugins" / "caldicott_airflow" / "dataset.py"}
+              ROOT / "include" / "caldicott" / "transport", ROOT / "include" / "caldicott" / "dataset",
+              ROOT / "dags", ROOT / "plugins" / "caldicott_airflow"]
+NOT_YET: set[Path] = set()
 VALUES = [DEMO_SERVICE["name"], DEMO_SERVICE["address"], DEMO_SERVICE["ods_code"],
           DEMO_SERVICE["clinician"]["sds_user_id"], "talkingtherapies.nhs.example", "fhir.caldicott.invalid"]
 

@@ -564,12 +564,14 @@ class Keys:
         return (codes >= 0) & present[np.maximum(codes, 0)] if len(present) else np.zeros(len(codes), bool)
 
 
-def build(src: SourceMonth, period: Period, *, version: str = DEFAULT_VERSION, org_provider: str = "ZZZ01",
+def build(src: SourceMonth, period: Period, *, org_provider: str, version: str = DEFAULT_VERSION,
           org_submitter: str | None = None, system: str = "Caldicott",
           created_at: dt.datetime | None = None) -> Dataset:
     """Map one period of source rows to the data set tables (vectorised; no validation here)."""
     if version not in VERSIONS:
         raise ValueError(f"data set version {version!r} is not supported (one of {', '.join(VERSIONS)})")
+    if not org_provider:
+        raise ValueError("org_provider (OrgIDProv, the provider's ODS code) is required: it has no default")
     created = created_at or dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
     src = SourceMonth(*(f.reset_index(drop=True) for f in (src.patients, src.referrals, src.contacts,
                                                             src.assessments)), history=src.history)

@@ -59,7 +59,7 @@ class Settings:
     work_dir: Path
     key: bytes = dataclasses.field(repr=False, default=b"")
     version: str = DEFAULT_VERSION
-    org_provider: str = "ZZZ01"
+    org_provider: str = ""                      # OrgIDProv: the deployment's ODS code (required; no default)
     org_submitter: str | None = None
     pre2020: str = policy.Pre2020Rule.REFERRALS_BEFORE_CUTOVER.value
     submitter: str = "named-submitter"          # opaque id of the named submitter (recipient in the ledger)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from caldicott.dataset import pipeline, rules, state_tables
-from caldicott.dataset.builder import Period, SourceMonth, build, read_source
+from caldicott.dataset import builder, pipeline, rules, state_tables
+from caldicott.dataset.builder import Period, SourceMonth, read_source
 from caldicott.dataset.writer import decrypt, encrypt, load_key, new_key, read_archive
 from caldicott.db import make_engine, sqlite_url
 from caldicott.policy import dataset as policy
@@ -27,6 +27,11 @@ from sqlalchemy import insert
 
 from devtools.peers.ndop_double import NdopDouble
 from devtools.peers.ndop_responder import SERVICE_MAILBOX
+
+
+def build(*args, **kw):
+    """The builder with the test provider's ODS code (OrgIDProv has no default)."""
+    return builder.build(*args, **{"org_provider": "ZZZ01", **kw})
 
 SEPT = Period.month(2026, 9)
 
@@ -171,7 +176,8 @@ def test_optout_matrix_and_submission_flow(synth_source, state_engine, tmp_path,
     """NDOP patient IN the mandated tables and NOT in the commissioner extract; staged once; confirmed."""
     monkeypatch.setenv("CALDICOTT_NDOP_MAILBOX", SERVICE_MAILBOX)   # where the gateway lets the check go
     key = load_key(new_key())
-    s = pipeline.Settings(work_dir=tmp_path / "work", key=key, provider_name="Synthetic Talking Therapies")
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=tmp_path / "work", key=key,
+                          provider_name="Synthetic Talking Therapies")
     out = pipeline.build_validate_write(synth_source.engine, state_engine, SEPT, s)
     assert out["state"] == "written" and out["rows"]["IDS101Referral"] > 0
     # before the opt-out check answers, the statement and the report say "pending", never a made-up number
@@ -297,7 +303,7 @@ def test_a_month_without_data_does_not_pass_for_a_submission(synth_source, state
     """A run that built nothing must say so (the synthetic service starts in April 2020), and write nothing: NHS
     England would reject an empty file anyway (IDSREJ003/004/005)."""
     empty = Period.month(2019, 6)
-    s = pipeline.Settings(work_dir=tmp_path / "work", key=load_key(new_key()))
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=tmp_path / "work", key=load_key(new_key()))
     with pytest.raises(pipeline.EmptyMonth, match="2019-06 primary: the records source has no referral open in "
                                                   "the month; nothing was built"):
         pipeline.build_validate_write(synth_source.engine, state_engine, empty, s)

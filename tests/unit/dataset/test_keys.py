@@ -12,10 +12,15 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from caldicott.dataset import builder, rules
-from caldicott.dataset.builder import Dataset, build, cascade
+from caldicott.dataset.builder import Dataset, cascade
 from caldicott.records.nhs_numbers import synthetic_numbers
 
 from tests.unit.dataset.test_rules import PERIOD, tiny, tiny_source
+
+
+def build(*args, **kw):
+    """The builder with the test provider's ODS code (OrgIDProv has no default)."""
+    return builder.build(*args, **{"org_provider": "ZZZ01", **kw})
 
 AWKWARD = ["", " ", "  ", "\t", "\n", "\u00a0", "\u2003", "\u3000", "\u200b", "\ufeff", "\x00", "\x7f", "\x1f",
            "a", " a", "a ", "!", "~", "A" * 20, "A" * 21, " " + "A" * 19, "é", "Aé", "日本", "P1", "R-1/2",

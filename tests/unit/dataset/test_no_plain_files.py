@@ -9,9 +9,14 @@ import os
 import tempfile
 
 import pytest
-from caldicott.dataset import pipeline, writer
-from caldicott.dataset.builder import Period, build, read_source
+from caldicott.dataset import builder, pipeline, writer
+from caldicott.dataset.builder import Period, read_source
 from caldicott.dataset.writer import MAGIC, load_key, new_key
+
+
+def build(*args, **kw):
+    """The builder with the test provider's ODS code (OrgIDProv has no default)."""
+    return builder.build(*args, **{"org_provider": "ZZZ01", **kw})
 
 SEPT = Period.month(2026, 9)
 
@@ -51,7 +56,7 @@ def test_a_failed_write_leaves_nothing(synth_source, tmp_path, monkeypatch, priv
 
 
 def test_the_next_run_sweeps_what_a_killed_one_left(synth_source, state_engine, tmp_path, private_tmp):
-    s = pipeline.Settings(work_dir=tmp_path / "work", key=load_key(new_key()))
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=tmp_path / "work", key=load_key(new_key()))
     month = s.month_dir(SEPT)
     month.mkdir(parents=True)
     (month / "iapt_2026-09_v2.1.zip.enc.part").write_bytes(MAGIC + b"half an archive")

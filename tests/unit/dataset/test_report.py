@@ -94,7 +94,8 @@ def test_trend_prefers_the_refresh_and_keeps_twelve_months():
 
 @pytest.fixture
 def two_months(synth_source, state_engine, tmp_path):
-    s = pipeline.Settings(work_dir=tmp_path / "work", key=load_key(new_key()), provider_name="Synthetic service")
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=tmp_path / "work", key=load_key(new_key()),
+                          provider_name="Synthetic service")
     for month in (8, 9):
         pipeline.build_validate_write(synth_source.engine, state_engine, Period.month(2026, month), s)
     return s

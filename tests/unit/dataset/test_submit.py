@@ -71,7 +71,7 @@ def test_misconfiguration_is_refused_clearly(requested, config, message):
 
 @pytest.fixture
 def written(synth_source, state_engine, tmp_path):
-    s = pipeline.Settings(work_dir=tmp_path / "work", key=load_key(new_key()))
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=tmp_path / "work", key=load_key(new_key()))
     pipeline.build_validate_write(synth_source.engine, state_engine, SEPT, s)
     return s
 
@@ -135,7 +135,7 @@ IN_WINDOW = dt.datetime(2026, 10, 5, 9, tzinfo=dt.UTC)
 
 
 def test_refresh_is_its_own_submission_and_goes_although_the_primary_went(synth_source, state_engine, tmp_path):
-    s = pipeline.Settings(work_dir=tmp_path / "work", key=load_key(new_key()))
+    s = pipeline.Settings(org_provider="ZZZ01", work_dir=tmp_path / "work", key=load_key(new_key()))
     pipeline.build_validate_write(synth_source.engine, state_engine, AUG, s, Kind.PRIMARY)
     staging = StagingSender(tmp_path / "staging")
     target = resolve_target("staged", None, submitter="sub-1")
