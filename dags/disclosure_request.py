@@ -195,9 +195,10 @@ def disclosure_request():
         from caldicott.disclosure.request import DisclosureRequest
         from caldicott_airflow.connections import records_engine, state_engine
         from caldicott_airflow.disclosure_sources import output_dir
+        from caldicott_airflow.service import sending_service
 
         req = DisclosureRequest.from_conf(dict(context["params"]))
-        return notify(records_engine(), state_engine(), req, output_dir())
+        return notify(records_engine(), state_engine(), req, output_dir(), service=sending_service().name)
 
     @task
     def write_refusal_letter(**context) -> dict:
@@ -205,9 +206,10 @@ def disclosure_request():
         from caldicott.disclosure.request import DisclosureRequest
         from caldicott_airflow.connections import state_engine
         from caldicott_airflow.disclosure_sources import output_dir
+        from caldicott_airflow.service import sending_service
 
         req = DisclosureRequest.from_conf(dict(context["params"]))
-        return write_refusal(state_engine(), req, output_dir())
+        return write_refusal(state_engine(), req, output_dir(), service=sending_service().name)
 
     build_package(record_request()) >> approve
     released = release_package()

@@ -249,7 +249,8 @@ def test_whole_flow_approve_release_notify(synth_source, state_engine, requester
     plain = decrypt_file(sent, requester.cert_pem, requester.key_pem)
     assert set(zipfile.ZipFile(io.BytesIO(plain)).namelist()) == {"manifest.json", "demographics.csv",
                                                                    "appointments.csv"}
-    letter = flow.notify_patient(synth_source.engine, state_engine, req, tmp_path / "out")
+    letter = flow.notify_patient(synth_source.engine, state_engine, req, tmp_path / "out",
+                                 service="Synthetic Talking Therapies")
     assert letter["letter"] and patient.family_name in (tmp_path / "out" / letter["letter"]).read_text()
     assert register.status(state_engine, did) == "released"
     with pytest.raises(flow.AlreadyDecided):
@@ -269,7 +270,7 @@ def test_refusal_and_timeout(synth_source, state_engine, requester, tmp_path):
         summary = flow.make_package(synth_source.engine, state_engine, req)
         assert flow.record_decision(state_engine, summary, response, approvers=APPROVERS)["outcome"] == "refused"
         assert flow.release(state_engine, req, OutboxSender(tmp_path / "o"), "k")["released"] is False
-        letter = flow.write_refusal(state_engine, req, tmp_path / "out")["letter"]
+        letter = flow.write_refusal(state_engine, req, tmp_path / "out", service="Synthetic TT")["letter"]
         text = (tmp_path / "out" / letter).read_text()
         assert ref in text and pid not in text
     rows = {r["reference"]: r for r in register.requests(state_engine)}

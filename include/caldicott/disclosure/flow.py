@@ -275,8 +275,11 @@ def release(state: Engine, req: DisclosureRequest, sender: Sender, run_key: str,
             **report.counts()}
 
 
-def notify_patient(records: Engine, state: Engine, req: DisclosureRequest, out_dir: Path) -> dict[str, Any]:
-    """Step 5b: write the patient's letter unless the approver recorded a reason not to tell them."""
+def notify_patient(records: Engine, state: Engine, req: DisclosureRequest, out_dir: Path, *,
+                   service: str) -> dict[str, Any]:
+    """Step 5b: write the patient's letter unless the approver recorded a reason not to tell them.
+
+    ``service``: the sending service's name, the same one its GP letters carry."""
     did = req.disclosure_id
     dec = register.decision(state, did)
     if dec is None or dec["event"] != "approved" or not register.has_event(state, did, register.RELEASED):
@@ -296,12 +299,12 @@ def notify_patient(records: Engine, state: Engine, req: DisclosureRequest, out_d
     rel = f"disclosures/{did}/patient_notification.txt"
     patient_notification(out_dir / rel, patient=pat.iloc[0].to_dict(), request=req.register_details(),
                          categories=d["categories"], decided_on=dt.date.today(),
-                         legal_basis_text=legal_basis_text(req.legal_basis))
+                         legal_basis_text=legal_basis_text(req.legal_basis), service=service)
     register.append_once(state, did, register.PATIENT_NOTIFIED, SYSTEM, {"letter": rel, "route": "post"})
     return {"disclosure_id": did, "letter": rel}
 
 
-def write_refusal(state: Engine, req: DisclosureRequest, out_dir: Path) -> dict[str, Any]:
+def write_refusal(state: Engine, req: DisclosureRequest, out_dir: Path, *, service: str) -> dict[str, Any]:
     """Step 5c: the refusal letter to the requester (their details, never the patient's)."""
     did = req.disclosure_id
     dec = register.decision(state, did)
@@ -309,6 +312,6 @@ def write_refusal(state: Engine, req: DisclosureRequest, out_dir: Path) -> dict[
         return {"disclosure_id": did, "letter": None}
     rel = f"disclosures/{did}/refusal_letter.txt"
     refusal(out_dir / rel, request=req.register_details(), decided_on=dt.date.today(),
-            reasons=dec["details"].get("reasons") or "No reason was recorded.")
+            reasons=dec["details"].get("reasons") or "No reason was recorded.", service=service)
     register.append_once(state, did, register.REFUSAL_LETTER, SYSTEM, {"letter": rel})
     return {"disclosure_id": did, "letter": rel}

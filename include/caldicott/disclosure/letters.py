@@ -13,8 +13,6 @@ from pathlib import Path
 
 from caldicott.policy.disclosure import CATEGORY_LABELS, Category, policy_for
 
-SERVICE = os.environ.get("CALDICOTT_SERVICE_NAME", "NHS Talking Therapies service")
-
 
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -25,8 +23,12 @@ def _write(path: Path, text: str) -> Path:
 
 
 def patient_notification(path: Path, *, patient: dict, request: dict, categories: list[str], decided_on: dt.date,
-                         legal_basis_text: str) -> Path:
-    """Tell the patient what was disclosed, to whom, when and why ("no surprises")."""
+                         legal_basis_text: str, service: str) -> Path:
+    """Tell the patient what was disclosed, to whom, when and why ("no surprises").
+
+    ``service`` is the sending service's name as configured for all its letters (no default)."""
+    if not service:
+        raise ValueError("the service's name is required: it has no default")
     name = f"{patient.get('given_name', '')} {patient.get('family_name', '')}".strip()
     address = "\n".join(x for x in (name, patient.get("address_line") or "", patient.get("postcode") or "") if x)
     items = "\n".join(f"  - {CATEGORY_LABELS[Category(c)]}" for c in categories) or "  - (none)"
@@ -38,7 +40,7 @@ Dear {name},
 
 Information we have shared about you
 
-We are writing to let you know that {SERVICE} has shared some of the information we hold
+We are writing to let you know that {service} has shared some of the information we hold
 about you with {request['requester_organisation']}.
 Kind of request: {policy_for(request['request_type']).label}; their reference: {request['reference']}.
 
@@ -56,13 +58,15 @@ Officer, or the Information Commissioner's Office (ico.org.uk, 0303 123 1113).
 
 Yours sincerely,
 
-Service manager, {SERVICE}
+Service manager, {service}
 """
     return _write(path, text)
 
 
-def refusal(path: Path, *, request: dict, decided_on: dt.date, reasons: str) -> Path:
+def refusal(path: Path, *, request: dict, decided_on: dt.date, reasons: str, service: str) -> Path:
     """Tell the requester the request was refused, and why, without saying anything about the patient."""
+    if not service:
+        raise ValueError("the service's name is required: it has no default")
     text = f"""{request['requester_person']}
 {request['requester_organisation']}
 
@@ -86,6 +90,6 @@ consider the request again.
 
 Yours sincerely,
 
-Service manager, {SERVICE}
+Service manager, {service}
 """
     return _write(path, text)
