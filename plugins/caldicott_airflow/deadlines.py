@@ -32,9 +32,8 @@ logical date in the past, so its deadline has already passed and it alerts at on
 
 ``dag.test()`` / ``airflow dags test`` do not evaluate deadlines, and in Airflow 3.3.2 they crash when a
 run with a DAG-level deadline *succeeds* (``DagRun.update_state`` looks the alerts up by id and gets
-the SDK objects: ``'dict' object has no attribute 'hex'``). So the helpers return ``None`` (no
-deadline) when ``CALDICOTT_DEADLINES=off``: set it for ``dag.test()``-based tests and local debugging,
-never in a deployment (the dag-processor and scheduler must see the same DAG).
+the SDK objects: ``'dict' object has no attribute 'hex'``). There is no switch for that here: a test that
+runs a DAG that way strips the alerts on its own side (tests/dagtest_site/sitecustomize.py).
 """
 
 from __future__ import annotations
@@ -95,11 +94,6 @@ async def deadline_missed(alert: str = "deadline", webhook_url: str | None = Non
     return f"{alert}: alerted via {', '.join(channels) or 'task log only'}"
 
 
-def deadlines_enabled() -> bool:
-    """False when ``CALDICOTT_DEADLINES=off`` (for ``dag.test()``; see the module docs)."""
-    return os.environ.get("CALDICOTT_DEADLINES", "on").strip().lower() not in ("off", "0", "false", "no")
-
-
 def _callback(alert: str, webhook_url: str | None, email: str | None) -> AsyncCallback:
     kwargs = {"alert": alert}
     if webhook_url:
@@ -121,8 +115,6 @@ def daily_finish_by(hour: int, minute: int = 0, *, scheduled_at: dt.time = dt.ti
     if due <= dt.timedelta(0):
         raise ValueError("the finish-by time must be after the scheduled time on the same day")
     alert = name or f"daily run not finished by {hour:02d}:{minute:02d}"
-    if not deadlines_enabled():
-        return None
     return DeadlineAlert(reference=DeadlineReference.DAGRUN_LOGICAL_DATE, interval=due,
                          callback=_callback(alert, webhook_url, email), name=alert)
 
@@ -222,8 +214,6 @@ def submission_window_close(lead: dt.timedelta | None = None, *, name: str | Non
         raise ValueError("the lead must not be negative (it is how long BEFORE the close the alert fires)")
     hours = lead.total_seconds() / 3600
     alert = name or f"monthly data set not submitted {hours:g} h before the submission window closes"
-    if not deadlines_enabled():
-        return None
     return DeadlineAlert(reference=SubmissionWindowClose(), interval=-lead,
                          callback=_callback(alert, webhook_url, email), name=alert)
 
@@ -242,7 +232,5 @@ def submission_window(alert_day: int = 20, alert_hour: int = 12, *, scheduled_da
     due = (dt.timedelta(days=alert_day - scheduled_day, hours=alert_hour)
            - dt.timedelta(hours=scheduled_at.hour, minutes=scheduled_at.minute))
     alert = name or f"monthly submission not finished by day {alert_day} {alert_hour:02d}:00"
-    if not deadlines_enabled():
-        return None
     return DeadlineAlert(reference=DeadlineReference.DAGRUN_LOGICAL_DATE, interval=due,
                          callback=_callback(alert, webhook_url, email), name=alert)

@@ -51,12 +51,7 @@ DEADLINE_CALLBACK = "caldicott_airflow.deadlines.deadline_missed"
 def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
-    saved = os.environ.pop("CALDICOTT_DEADLINES", None)  # parse as a deployment does: deadlines on
-    try:
-        return DagBag(dag_folder=str(DAGS))
-    finally:
-        if saved is not None:
-            os.environ["CALDICOTT_DEADLINES"] = saved
+    return DagBag(dag_folder=str(DAGS))
 
 
 def _dags_of(dagbag, path: Path):

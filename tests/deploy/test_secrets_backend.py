@@ -18,6 +18,7 @@ from caldicott.state.quarantine import counts_by_reason
 
 from devtools.airflow_env import airflow_env
 from devtools.paths import venv_bin
+from tests.dagtest import without_deadlines
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +37,8 @@ def test_records_quality_reads_its_connections_from_a_secrets_backend(tmp_path, 
     env = airflow_env(tmp_path / "airflow", api_port=8080, extra={
         "AIRFLOW__SECRETS__BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
         "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps({"connections_file_path": str(conn_file)}),
-        # `dags test` crashes on a successful run of a DAG with a deadline (Airflow 3.3.2; deadlines.py)
-        "CALDICOTT_DEADLINES": "off",
     })
+    env = without_deadlines(env)   # `dags test` crashes on a successful run of a DAG with a deadline (3.3.2)
     env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_CONN_")}
     assert not any(k.startswith("AIRFLOW_CONN_") for k in env)
 

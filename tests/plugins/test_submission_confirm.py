@@ -129,7 +129,6 @@ def test_dag_wiring(monkeypatch):
 
     from devtools.paths import ROOT
 
-    monkeypatch.delenv("CALDICOTT_DEADLINES", raising=False)          # parsed as a deployment parses it
     monkeypatch.delenv("CALDICOTT_DATASET_ALERT_LEAD_HOURS", raising=False)
     bag = DagBag(dag_folder=str(ROOT / "dags" / "monthly_dataset.py"))
     assert not bag.import_errors

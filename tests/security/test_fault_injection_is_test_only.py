@@ -21,7 +21,8 @@ from tests import faults
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYED = ("dags", "plugins", "include")
-SWITCHES = re.compile(r"fault_after|CrashAfter|InjectedFault|transport\.faults|CALDICOTT_E2E_FAULTS|worker_site")
+SWITCHES = re.compile(r"fault_after|CrashAfter|InjectedFault|transport\.faults|CALDICOTT_E2E_FAULTS|worker_site"
+                      r"|CALDICOTT_DEADLINES|dagtest_site")   # test-only switches: tests/ and devtools/ only
 
 
 def test_no_fault_switch_in_deployed_code():
