@@ -33,7 +33,7 @@ logical date in the past, so its deadline has already passed and it alerts at on
 ``dag.test()`` / ``airflow dags test`` do not evaluate deadlines, and in Airflow 3.3.2 they crash when a
 run with a DAG-level deadline *succeeds* (``DagRun.update_state`` looks the alerts up by id and gets
 the SDK objects: ``'dict' object has no attribute 'hex'``). There is no switch for that here: a test that
-runs a DAG that way strips the alerts on its own side (tests/dagtest_site/sitecustomize.py).
+runs a DAG that way strips the alerts on its own side, in its own subprocess.
 """
 
 from __future__ import annotations
