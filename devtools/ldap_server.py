@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from caldicott.crypto.keys import private_dir, write_private
 
 from devtools.airflow_env import free_port
-from devtools.stack import AirflowStack
+from devtools.stack import AirflowStack, stop_process_groups
 
 SLAPD_CANDIDATES = ("/usr/sbin/slapd", "/usr/local/sbin/slapd")
 SCHEMAS = ("core", "cosine", "nis", "inetorgperson")
@@ -156,13 +152,8 @@ class LdapServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process_groups([self.proc], grace=15)
         self.proc = None
 
     def __enter__(self) -> LdapServer:
@@ -285,29 +276,12 @@ class DirectoryStack(AirflowStack):
     """An Airflow (FAB auth manager) whose users sign in with their passwords in ``directory``.
 
     ``token(user)`` comes from ``POST /auth/token`` (FAB's route, which binds to the directory as that user);
-    ``request()`` reaches paths outside ``/api/v2`` such as FAB's ``/auth/fab/v1/users``.
+    ``request()`` (the stack's) reaches paths outside ``/api/v2`` such as FAB's ``/auth/fab/v1/users``.
     """
 
     def __init__(self, env: dict[str, str], directory: LdapServer) -> None:
         super().__init__(env)
         self.directory = directory
-
-    def request(self, method: str, path: str, body: dict | None = None, *, token: str | None = None
-                ) -> tuple[int, dict]:
-        """One JSON request to ``path`` (from the server root); returns (status, JSON body), never raises on 4xx."""
-        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-        req = urllib.request.Request(f"{self.base}{path}", method=method, headers=headers,
-                                     data=json.dumps(body).encode() if body is not None else None)
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                raw = r.read()
-                return r.status, json.loads(raw) if raw else {}
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            try:
-                return e.code, json.loads(raw)
-            except ValueError:
-                return e.code, {"detail": raw.decode(errors="replace")}
 
     def login(self, username: str, password: str) -> tuple[int, dict]:
         """``POST /auth/token`` with a user name and password."""

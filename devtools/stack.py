@@ -137,13 +137,12 @@ class AirflowStack:
                 self._tokens[user] = json.loads(r.read())["access_token"]
         return self._tokens[user]
 
-    def api(self, method: str, path: str, body: dict | None = None, *, user: str = "admin") -> tuple[int, dict]:
-        """Call the REST API as ``user``; returns (status, JSON body). Does not raise on 4xx."""
-        req = urllib.request.Request(
-            f"{self.base}/api/v2{path}", method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"Bearer {self.token(user)}", "Content-Type": "application/json"},
-        )
+    def request(self, method: str, path: str, body: dict | None = None, *, token: str | None = None
+                ) -> tuple[int, dict]:
+        """One JSON request to ``path`` (from the server root); returns (status, JSON body), never raises on 4xx."""
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        req = urllib.request.Request(f"{self.base}{path}", method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body is not None else None)
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 raw = r.read()
@@ -154,6 +153,10 @@ class AirflowStack:
                 return e.code, json.loads(raw)
             except ValueError:
                 return e.code, {"detail": raw.decode(errors="replace")}
+
+    def api(self, method: str, path: str, body: dict | None = None, *, user: str = "admin") -> tuple[int, dict]:
+        """Call the REST API as ``user``; returns (status, JSON body). Does not raise on 4xx."""
+        return self.request(method, f"/api/v2{path}", body, token=self.token(user))
 
     def wait_dag(self, dag_id: str, timeout: float = 120) -> None:
         """Wait until the dag-processor has parsed ``dag_id`` into the metadata database."""

@@ -21,7 +21,6 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import signal
 import subprocess
 import time
 import urllib.error
@@ -36,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from devtools.airflow_env import free_port
 from devtools.paths import ROOT
+from devtools.stack import stop_process_groups
 
 CONN_ID = "caldicott_mesh"
 SENDER_MAILBOX, GP_MAILBOX, REFERRER_MAILBOX = "X26ABC1", "X26ABC2", "X26ABC3"
@@ -149,13 +149,8 @@ class MeshPeer:
         raise TimeoutError(f"mesh-sandbox did not start in {timeout}s; see {self.root}/mesh-sandbox.log")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process_groups([self.proc], grace=15)
         self.proc = None
 
     def __enter__(self) -> MeshPeer:

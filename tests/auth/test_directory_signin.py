@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from caldicott.db import make_engine, sqlite_url
 from caldicott.disclosure import register
 
 from tests.auth.conftest import APPROVERS, GROUPS, PEOPLE
+from tests.browser import chromium, sign_in
 from tests.e2e.test_disclosure import DAG_ID, TASK, answer, request_conf
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -176,39 +176,16 @@ def test_only_a_named_approver_with_the_role_answers(fab_stack, e2e_like):
 
 
 # ---- the UI ------------------------------------------------------------------------------------------------------
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
 def test_sign_in_page_shows_each_role_its_dags(fab_stack, directory, tmp_path):
     """manager1 signs in on the login page and sees disclosure_request; viewer1 does not (but sees gp_letters).
 
     Screenshots go to ``$CALDICOTT_SCREENSHOTS`` when set (else the test's temporary folder)."""
-    browser_path = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
-    if not browser_path:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run does)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright Python package is not installed")
     shots = Path(os.environ.get("CALDICOTT_SCREENSHOTS", tmp_path))
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, args=ARGS)
-        try:
-            for user, sees, never in (("manager1", DAG_ID, "gp_letters"), ("viewer1", "gp_letters", DAG_ID)):
-                context = browser.new_context(viewport={"width": 1400, "height": 1000})
-                page = context.new_page()
-                page.set_default_timeout(60_000)
-                page.goto(fab_stack.base + "/")
-                page.fill("input[name=username]", user)
-                page.fill("input[name=password]", directory.password(user))
-                page.keyboard.press("Enter")
-                page.wait_for_url(lambda url: "/auth/login" not in url)
-                page.goto(fab_stack.base + "/dags")
-                page.get_by_text(sees, exact=True).first.wait_for()
-                page.screenshot(path=str(shots / f"signin_{user}_dags.png"))
-                assert page.get_by_text(never, exact=True).count() == 0, (user, never)
-                context.close()
-        finally:
-            browser.close()
+    with chromium() as browser:
+        for user, sees, never in (("manager1", DAG_ID, "gp_letters"), ("viewer1", "gp_letters", DAG_ID)):
+            page = sign_in(browser, fab_stack.base, user, directory.password(user), height=1000)
+            page.goto(fab_stack.base + "/dags")
+            page.get_by_text(sees, exact=True).first.wait_for()
+            page.screenshot(path=str(shots / f"signin_{user}_dags.png"))
+            assert page.get_by_text(never, exact=True).count() == 0, (user, never)
+            page.context.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,29 +16,16 @@ from caldicott.db import make_engine, sqlite_url
 from caldicott.disclosure import register
 from caldicott.disclosure.request import DisclosureRequest
 
+from tests.browser import chromium, sign_in
 from tests.e2e.test_disclosure import DAG_ID, TASK, request_conf, wait_task_state
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
 #: An organisation code that, unescaped, ended a code span and hid the rest of the line in an HTML comment.
 HOSTILE_CODE = "CC1` by `outbox` <!-- hidden"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def _browser_or_skip():
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run does)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright Python package is not installed")
-    return sync_playwright
 
 
 def test_manager_approves_in_the_ui_and_the_package_is_released(e2e, tmp_path):
-    sync_playwright = _browser_or_skip()
     stack = e2e.stack
     ident = make_identity("Family Court")
     conf = request_conf(e2e, "UI-APPROVE-1", ident.cert_pem, request_type="safeguarding",
@@ -52,61 +38,46 @@ def test_manager_approves_in_the_ui_and_the_package_is_released(e2e, tmp_path):
     password = __import__("devtools.airflow_env", fromlist=["passwords"]).passwords(Path(stack.env["AIRFLOW_HOME"]))
 
     shots = Path(os.environ.get("CALDICOTT_SCREENSHOTS", tmp_path))
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
-                                    args=ARGS)
-        try:
-            # someone not assigned (the admin, who filed the request) is told so when they try to answer
-            other = browser.new_page(viewport={"width": 1400, "height": 1200})
-            other.set_default_timeout(60_000)
-            other.goto(stack.base + "/")
-            other.fill("input[name=username]", "admin")
-            other.fill("input[name=password]", password["admin"])
-            other.keyboard.press("Enter")
-            other.get_by_text("Required Actions").first.click()
-            other.get_by_role("link", name="View all required actions").click()
-            other.get_by_role("link", name=f"Disclosure {did}").click()
-            other.locator("#element_reasons").fill("trying to decide my own request")
-            other.get_by_role("button", name="Refuse").click()   # a refusal needs only the reason...
-            other.get_by_text("You do not have permission to perform this action").first.wait_for()  # ...but not theirs
-            other.screenshot(path=str(shots / "disclosure_not_assigned.png"))
-            other.close()
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            page.set_default_timeout(60_000)
-            page.goto(stack.base + "/")
-            page.fill("input[name=username]", "manager1")
-            page.fill("input[name=password]", password["manager1"])
-            page.keyboard.press("Enter")
-            page.get_by_text("Required Actions").first.click()
-            page.get_by_role("link", name="View all required actions").click()
-            page.get_by_role("link", name=f"Disclosure {did}").click()
-            # what the approver reads: the requester's text literally, the route in full
-            page.get_by_text("Where it would go").first.wait_for()
-            text = page.locator("body").inner_text()
-            assert HOSTILE_CODE in text, "the organisation code must show literally, not as formatting"
-            for line in ("Outbox folder", "Encrypted to certificate CN=Family Court", "Certificate SHA-256",
-                         "Person asking Clerk to the court", "How their authority was checked sealed order seen",
-                         "Who may decide manager1, manager2"):
-                assert line in text, line
-            page.screenshot(path=str(shots / "disclosure_page.png"), full_page=True)
-            page.locator("#element_reasons").fill("Child protection enquiry (s47); necessary and proportionate")
-            box = page.locator("input[name=element_legal_basis_confirmed]")
-            box.locator("xpath=..").click()  # the switch's visible control
-            assert box.is_checked()
-            page.locator("#element_consulted").fill("Caldicott Guardian; safeguarding lead")
-            page.screenshot(path=str(shots / "disclosure_form_filled.png"))
-            page.get_by_role("button", name="Approve").click()
-            page.get_by_text("response successful").first.wait_for()
-            page.screenshot(path=str(shots / "disclosure_approved.png"))
-            assert stack.wait_run(DAG_ID, run_id, timeout=300) == "success", stack.task_states(DAG_ID, run_id)
-            page.reload()
-            page.get_by_text("Where it would go").first.wait_for()
-            page.screenshot(path=str(shots / "disclosure_after.png"), full_page=True)
-            after = page.locator("body").inner_text()   # the page states the outcome: who answered, task state
-            assert "Response received at" in after and "from manager1" in after and "Success" in after, after
-            assert "After you answer" in after
-        finally:
-            browser.close()
+    with chromium() as browser:
+        # someone not assigned (the admin, who filed the request) is told so when they try to answer
+        other = sign_in(browser, stack.base, "admin", password["admin"])
+        other.get_by_text("Required Actions").first.click()
+        other.get_by_role("link", name="View all required actions").click()
+        other.get_by_role("link", name=f"Disclosure {did}").click()
+        other.locator("#element_reasons").fill("trying to decide my own request")
+        other.get_by_role("button", name="Refuse").click()   # a refusal needs only the reason...
+        other.get_by_text("You do not have permission to perform this action").first.wait_for()  # ...but not theirs
+        other.screenshot(path=str(shots / "disclosure_not_assigned.png"))
+        other.context.close()
+        page = sign_in(browser, stack.base, "manager1", password["manager1"])
+        page.get_by_text("Required Actions").first.click()
+        page.get_by_role("link", name="View all required actions").click()
+        page.get_by_role("link", name=f"Disclosure {did}").click()
+        # what the approver reads: the requester's text literally, the route in full
+        page.get_by_text("Where it would go").first.wait_for()
+        text = page.locator("body").inner_text()
+        assert HOSTILE_CODE in text, "the organisation code must show literally, not as formatting"
+        for line in ("Outbox folder", "Encrypted to certificate CN=Family Court", "Certificate SHA-256",
+                     "Person asking Clerk to the court", "How their authority was checked sealed order seen",
+                     "Who may decide manager1, manager2"):
+            assert line in text, line
+        page.screenshot(path=str(shots / "disclosure_page.png"), full_page=True)
+        page.locator("#element_reasons").fill("Child protection enquiry (s47); necessary and proportionate")
+        box = page.locator("input[name=element_legal_basis_confirmed]")
+        box.locator("xpath=..").click()  # the switch's visible control
+        assert box.is_checked()
+        page.locator("#element_consulted").fill("Caldicott Guardian; safeguarding lead")
+        page.screenshot(path=str(shots / "disclosure_form_filled.png"))
+        page.get_by_role("button", name="Approve").click()
+        page.get_by_text("response successful").first.wait_for()
+        page.screenshot(path=str(shots / "disclosure_approved.png"))
+        assert stack.wait_run(DAG_ID, run_id, timeout=300) == "success", stack.task_states(DAG_ID, run_id)
+        page.reload()
+        page.get_by_text("Where it would go").first.wait_for()
+        page.screenshot(path=str(shots / "disclosure_after.png"), full_page=True)
+        after = page.locator("body").inner_text()   # the page states the outcome: who answered, task state
+        assert "Response received at" in after and "from manager1" in after and "Success" in after, after
+        assert "After you answer" in after
 
     state = make_engine(sqlite_url(e2e.workspace.state_db))
     dec = register.decision(state, did)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,11 @@ from caldicott.dataset.builder import Period
 from caldicott.dataset.report import Provider, write_report
 from caldicott.dataset.writer import load_key, new_key
 
+from tests.browser import chromium
+
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 SEPT = Period.month(2026, 9)
-
-
-def _browser_or_skip():
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run does)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright Python package is not installed")
-    return sync_playwright
 
 
 @pytest.fixture
@@ -54,52 +42,46 @@ def reports(synth_source, state_engine, tmp_path):
 
 
 def test_the_report_shows_what_a_service_manager_needs(reports, tmp_path):
-    sync_playwright = _browser_or_skip()
     page_path, low_path = reports
     shots = Path(os.environ.get("CALDICOTT_SCREENSHOTS", tmp_path))
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
-                                    args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(page_path.as_uri())
-            text = page.locator("body").inner_text()
-            assert "Synthetic Talking Therapies (ZZZ01)" in page.locator("#meta-provider").inner_text()
-            assert page.locator("#meta-ods-code").inner_text() == "ZZZ01"
-            assert page.locator("#meta-generated").inner_text().startswith(dt.datetime.now(dt.UTC).strftime("%Y-"))
-            assert "2026-09 (primary submission)" in text
-            # measures with their standards
-            measures = page.locator("#measures tbody tr")
-            assert measures.count() == 14
-            recovery = page.locator("#measures tbody tr", has_text="recovery rate %")
-            assert recovery.locator("td").nth(2).inner_text() == "50%"
-            # the last months, from the state database
-            trend = page.locator("#trend tbody tr")
-            assert [trend.nth(i).locator("td").first.inner_text() for i in range(trend.count())] == ["2026-08",
-                                                                                                    "2026-09"]
-            # the real opt-out figure, not a placeholder
-            optouts = page.locator("#optouts").inner_text()
-            assert "ndop patients kept in submission: 1" in optouts and "-1" not in optouts
-            # quarantine linked, the file beside the report
-            link = page.locator("#quarantine-link")
-            assert link.get_attribute("href") == "quarantine.csv" and (page_path.parent / "quarantine.csv").exists()
-            # charts as tall as their data
-            records = page.locator("#records-chart")
-            rows = int(records.get_attribute("data-rows"))
-            assert rows == 9 and records.bounding_box()["height"] == pytest.approx(22 * rows + 6, abs=1)
-            assert records.locator("rect").count() == rows
-            page.screenshot(path=str(shots / "dataset_report.png"), full_page=True)
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(page_path.as_uri())
+        text = page.locator("body").inner_text()
+        assert "Synthetic Talking Therapies (ZZZ01)" in page.locator("#meta-provider").inner_text()
+        assert page.locator("#meta-ods-code").inner_text() == "ZZZ01"
+        assert page.locator("#meta-generated").inner_text().startswith(dt.datetime.now(dt.UTC).strftime("%Y-"))
+        assert "2026-09 (primary submission)" in text
+        # measures with their standards
+        measures = page.locator("#measures tbody tr")
+        assert measures.count() == 14
+        recovery = page.locator("#measures tbody tr", has_text="recovery rate %")
+        assert recovery.locator("td").nth(2).inner_text() == "50%"
+        # the last months, from the state database
+        trend = page.locator("#trend tbody tr")
+        assert [trend.nth(i).locator("td").first.inner_text() for i in range(trend.count())] == ["2026-08",
+                                                                                                "2026-09"]
+        # the real opt-out figure, not a placeholder
+        optouts = page.locator("#optouts").inner_text()
+        assert "ndop patients kept in submission: 1" in optouts and "-1" not in optouts
+        # quarantine linked, the file beside the report
+        link = page.locator("#quarantine-link")
+        assert link.get_attribute("href") == "quarantine.csv" and (page_path.parent / "quarantine.csv").exists()
+        # charts as tall as their data
+        records = page.locator("#records-chart")
+        rows = int(records.get_attribute("data-rows"))
+        assert rows == 9 and records.bounding_box()["height"] == pytest.approx(22 * rows + 6, abs=1)
+        assert records.locator("rect").count() == rows
+        page.screenshot(path=str(shots / "dataset_report.png"), full_page=True)
 
-            page.goto(low_path.as_uri())
-            alert = page.locator("#alert-recovery_rate_pct")
-            assert alert.is_visible() and alert.inner_text() == \
-                "Recovery rate 42.1% is below the national standard of 50%."
-            row = page.locator("#measures tbody tr", has_text="recovery rate %")
-            assert row.get_attribute("class") == "below" and "BELOW STANDARD" in row.inner_text()
-            red = row.locator("td").first.evaluate("e => getComputedStyle(e).backgroundColor")
-            ok = page.locator("#measures tbody tr", has_text="% first treatment within 6 weeks").locator("td").first
-            assert red == "rgb(253, 232, 230)" and ok.evaluate("e => getComputedStyle(e).backgroundColor") != red
-            assert page.locator("#failures-chart").count() == 0 and page.locator("#failures-chart-none").is_visible()
-            page.screenshot(path=str(shots / "dataset_report_low_recovery.png"), full_page=True)
-        finally:
-            browser.close()
+        page.goto(low_path.as_uri())
+        alert = page.locator("#alert-recovery_rate_pct")
+        assert alert.is_visible() and alert.inner_text() == \
+            "Recovery rate 42.1% is below the national standard of 50%."
+        row = page.locator("#measures tbody tr", has_text="recovery rate %")
+        assert row.get_attribute("class") == "below" and "BELOW STANDARD" in row.inner_text()
+        red = row.locator("td").first.evaluate("e => getComputedStyle(e).backgroundColor")
+        ok = page.locator("#measures tbody tr", has_text="% first treatment within 6 weeks").locator("td").first
+        assert red == "rgb(253, 232, 230)" and ok.evaluate("e => getComputedStyle(e).backgroundColor") != red
+        assert page.locator("#failures-chart").count() == 0 and page.locator("#failures-chart-none").is_visible()
+        page.screenshot(path=str(shots / "dataset_report_low_recovery.png"), full_page=True)
