@@ -146,8 +146,6 @@ def test_smtp_refusing_then_back(where, reply, retryable, synth_source, identifi
         if where != "down":
             with pytest.raises(TransportError) as info:
                 SmtpSender(smtplib.SMTP("127.0.0.1", port, timeout=10), "a@nhs.example").send(item)
-            if reply.startswith("554") and info.value.retryable:
-                pytest.xfail("SmtpSender treats a permanent 5xx at DATA as retryable (see docs/reliability.md)")
             assert info.value.retryable is retryable
         with contextlib.suppress(smtplib.SMTPException, OSError):
             client.quit()
@@ -209,7 +207,6 @@ def test_mesh_fault_then_back(month, batch_id, mode, times, client_kw, retryable
     planned = flow.plan(synth_source.engine, state, start, end, month)
     (batch,) = [b for b in planned["batches"] if b["batch_id"] == batch_id]
     ids = {flow.letter_id(r, e, "gp") for r, e in batch["letters"]}
-    verdict_wrong: list[str] = []
     with MeshFaultProxy(mesh_peer) as proxy:
         proxy.hang_seconds = 3
         proxy.fault(mode, times)
@@ -228,10 +225,7 @@ def test_mesh_fault_then_back(month, batch_id, mode, times, client_kw, retryable
                                  facts={"gp_sharing_consent": True})
                 with pytest.raises(TransportError) as info:
                     MeshSender(c, gp_connect.WORKFLOW).send(probe)
-                if not retryable and info.value.retryable:
-                    verdict_wrong.append(mode)
-                else:
-                    assert info.value.retryable is retryable
+                assert info.value.retryable is retryable, f"MESH {mode}: retryable={info.value.retryable}"
         proxy.fault("pass")
         again = _mesh_run(synth_source, state, batch, month, settings)
         if unknown:   # held, not resent: the letters' fate at MESH is not known to the flow
@@ -245,9 +239,6 @@ def test_mesh_fault_then_back(month, batch_id, mode, times, client_kw, retryable
     assert _inbox_count(mesh_peer, ids) == dict.fromkeys(ids, 1)
     if unknown:
         figure("mesh outcome unknown after a peer fault (held, resolved by a person)", len(ids))
-    if verdict_wrong:
-        pytest.xfail(f"MeshSender calls MESH {mode} retryable (mesh_client raises MeshError, not HTTPError); "
-                     "docs/reliability.md")
 
 
 LOST_REPLY = [  # the reply to an accepted send is lost once
