@@ -8,6 +8,7 @@ back is delivered to on the next attempt; a re-run writes the same file name onc
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -62,16 +63,23 @@ def test_a_reader_polling_never_sees_a_partial_file(peer):
     bad: list[str] = []
     stop = threading.Event()
 
+    crashed: list[BaseException] = []
+
     def poll():
-        while not stop.is_set():
-            for entry in os.scandir(directory):
-                if entry.name.endswith(".part"):
-                    seen.append((entry.name, entry.stat().st_size))
-                    continue
-                data = (directory / entry.name).read_bytes()
-                if len(data) != len(payload) or hashlib.sha256(data).hexdigest() != digest:
-                    bad.append(entry.name)
-                seen.append((entry.name, len(data)))
+        try:
+            while not stop.is_set():
+                for entry in os.scandir(directory):
+                    if entry.name.endswith(".part"):
+                        # renamed between the listing and the stat: the upload ended
+                        with contextlib.suppress(FileNotFoundError):
+                            seen.append((entry.name, entry.stat().st_size))
+                        continue
+                    data = (directory / entry.name).read_bytes()
+                    if len(data) != len(payload) or hashlib.sha256(data).hexdigest() != digest:
+                        bad.append(entry.name)
+                    seen.append((entry.name, len(data)))
+        except BaseException as exc:   # a crashed reader must fail the test, not end silently
+            crashed.append(exc)
 
     reader = threading.Thread(target=poll)
     reader.start()
@@ -81,6 +89,7 @@ def test_a_reader_polling_never_sees_a_partial_file(peer):
     finally:
         stop.set()
         reader.join()
+    assert not crashed, f"the polling reader crashed: {crashed!r}"
     assert not bad, "a reader saw a final file that was not the whole, verified file"
     assert any(name == "big.csv.part" for name, _ in seen), "the poller never saw the upload in flight"
     assert (directory / "big.csv").read_bytes() == payload
