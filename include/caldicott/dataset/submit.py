@@ -166,8 +166,16 @@ def submission_item_id(period: Period, kind: Kind | str = Kind.PRIMARY) -> str:
     return item_id(FLOW, period.key, "submission", Kind(kind).value)
 
 
-def _outbound(target: SubmissionTarget, iid: str, period: Period, path: Path, version: str,
+def _outbound(target: SubmissionTarget, iid: str, period: Period, path: Path, row: Mapping,
               kind: Kind | str = Kind.PRIMARY) -> Outbound:
+    """The submission as the gateway sees it. Its ``validated`` fact is established here, not asserted: the bytes
+    about to leave must be exactly the archive the pipeline registered (by SHA-256) after NHS England's file-level
+    rules passed — a file swapped or altered on disk since is refused by the gateway."""
+    import hashlib
+
+    version = str(row["version"])
+    payload = path.read_bytes()
+    validated = hashlib.sha256(payload).hexdigest() == row["sha256"]
     headers = {"filename": path.name}
     address = period.key                       # staging: a folder per month (the refresh's file is named so)
     if target.route == Route.MESH:
@@ -176,8 +184,8 @@ def _outbound(target: SubmissionTarget, iid: str, period: Period, path: Path, ve
                        subject=f"IAPT v{version} {period.key} {Kind(kind).value}")
     elif target.route == Route.SFTP:
         address = target.sftp_directory
-    return Outbound(iid, Purpose.MANDATED_DATASET, target.recipient, target.channel, path.read_bytes(),
-                    PROTECTION[target.route], address=address, headers=headers, facts={"validated": True})
+    return Outbound(iid, Purpose.MANDATED_DATASET, target.recipient, target.channel, payload,
+                    PROTECTION[target.route], address=address, headers=headers, facts={"validated": validated})
 
 
 def _reference(ref: str | None) -> str:
@@ -220,7 +228,7 @@ def submit(state: Engine, period: Period, target: SubmissionTarget, sender: Send
     ledger.record_intent([Intent(iid, FLOW, Purpose.MANDATED_DATASET.value, period.key, target.recipient,
                                  target.channel, batch_id=period.key)])
     path = Path(row["archive_path"])
-    report = release([_outbound(target, iid, period, path, str(row["version"]), kind)], sender, state)
+    report = release([_outbound(target, iid, period, path, row, kind)], sender, state)
     counts = report.counts()
     after = ledger.get(iid)
     if report.sent or report.already_sent:

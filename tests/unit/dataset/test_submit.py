@@ -93,6 +93,19 @@ def test_staged_route_stages_once_and_asks_a_person(written, state_engine, tmp_p
         record_automatic(state_engine, SEPT, first)
 
 
+def test_an_archive_changed_after_validation_does_not_leave(written, state_engine, tmp_path):
+    """The gateway's 'validated' fact is established from the bytes: they must be the archive registered after the
+    file-level rules passed. One byte changed on disk and the gateway refuses; nothing is staged."""
+    archive = Path(state_tables.get(state_engine, "2026-09")["archive_path"])
+    data = bytearray(archive.read_bytes())
+    data[-1] ^= 0x01
+    archive.write_bytes(bytes(data))
+    out = submit(state_engine, SEPT, resolve_target("configured", None, submitter="sub-1"),
+                 StagingSender(tmp_path / "staging"))
+    assert out["sent"] == 0 and out.get("refused") == 1, out
+    assert not list((tmp_path / "staging").rglob("*.zip.enc"))
+
+
 def test_a_month_staged_is_not_sent_again_by_an_automatic_route(written, state_engine, tmp_path):
     submit(state_engine, SEPT, resolve_target("staged", None, submitter="sub-1"), StagingSender(tmp_path / "st"))
     mesh = resolve_target("mesh", MESH_CFG, submitter="sub-1")
