@@ -138,9 +138,10 @@ def test_mesh_crash_after_acceptance_is_reconciled_not_resent(fresh_mesh, writte
     ledger.record_intent([Intent(iid, "monthly_dataset", "mandated_dataset", "2026-09", INTERMEDIARY, "mesh",
                                  "2026-09")])
     ledger.begin_send(iid)                                            # sending ...
-    archive = Path(state_tables.get(state_engine, "2026-09")["archive_path"])
+    row = state_tables.get(state_engine, "2026-09")
+    archive = Path(row["archive_path"])
     with fresh_mesh.client() as client:                                     # ... it left ...
-        accepted = MeshSender(client, WORKFLOW).send(_outbound(target, iid, SEPT, archive, "2.1"))
+        accepted = MeshSender(client, WORKFLOW).send(_outbound(target, iid, SEPT, archive, row))
     # ... and the worker was killed here. The re-run asks MESH before sending:
     out = _send(state_engine)
     assert (out["sent"], out["already_sent"], out["reference"]) == (0, 1, accepted)
