@@ -41,6 +41,10 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{name}: {FIGURES[name]}")
 
 
+#: The return code of a child that the job's kill point SIGKILLed.
+KILLED = -9
+
+
 class Zygote:
     """``run(job) -> (rc, result)``: one flow step in a forked child of ``runner.py --serve``."""
 
@@ -69,6 +73,19 @@ class Zygote:
             raise RuntimeError(f"runner zygote died; see {self.workdir / 'zygote.stderr'}")
         reply = json.loads(line)
         return reply["rc"], reply["result"]
+
+    def survive(self, job: dict, kills: list[dict]) -> tuple[dict, dict]:
+        """Run ``job`` once per kill point (each must die by SIGKILL), then to completion, then once more.
+
+        Returns the completing run's result and the extra run's (which the caller checks sent nothing twice)."""
+        for kill in kills:
+            rc, result = self.run({**job, "kill": kill})
+            assert rc == KILLED, (kill, rc, result)
+        rc, done = self.run(job)
+        assert rc == 0, done
+        rc, again = self.run(job)
+        assert rc == 0, again
+        return done, again
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -67,24 +67,7 @@ def run_submission_build(job: dict) -> dict:
 
     tempfile.tempdir = job["tmp"]
     if (job.get("kill") or {}).get("at") == "mid_archive":   # half the encrypted archive's .part written, SIGKILL
-        real_fdopen = os.fdopen
-
-        class HalfFile:
-            def __init__(self, fh) -> None:
-                self.fh = fh
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc) -> None:
-                self.fh.close()
-
-            def write(self, data) -> None:
-                self.fh.write(bytes(data)[: max(1, len(data) // 2)])
-                self.fh.flush()
-                runner.die()
-
-        writer.os = runner._os_with(fdopen=lambda fd, mode="r", *a, **k: HalfFile(real_fdopen(fd, mode, *a, **k)))
+        writer.os = runner._os_with(fdopen=runner.half_file_fdopen(os.fdopen))
     records = make_engine(job["records_url"], readonly=True)
     state = make_engine(job["state_url"])
     period = Period.month(*(int(x) for x in job["month"].split("-")))

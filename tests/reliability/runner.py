@@ -95,6 +95,30 @@ class Killer:
         return getattr(self.inner, name)
 
 
+class HalfFile:
+    """A file opened for writing that writes half of what it is given, makes it durable, then SIGKILLs."""
+
+    def __init__(self, fh) -> None:
+        self.fh = fh
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
+
+    def write(self, data) -> None:
+        self.fh.write(bytes(data)[: max(1, len(data) // 2)])
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        die()
+
+
+def half_file_fdopen(real_fdopen):
+    """An ``os.fdopen`` whose files are :class:`HalfFile` (patch it into the module that writes the file)."""
+    return lambda fd, mode="r", *a, **k: HalfFile(real_fdopen(fd, mode, *a, **k))
+
+
 def _os_with(**overrides):
     """A copy of the ``os`` module with some functions replaced, to patch ONE module's view of ``os``."""
     import types
@@ -131,25 +155,7 @@ def _arm_mid_send(sender, at: str) -> None:
         if at == "before_rename":
             pathlib.Path.replace = lambda self, target: die()
         else:
-            real_fdopen = os.fdopen
-
-            class HalfFile:
-                def __init__(self, fh) -> None:
-                    self.fh = fh
-
-                def __enter__(self):
-                    return self
-
-                def __exit__(self, *exc) -> None:
-                    self.fh.close()
-
-                def write(self, data) -> None:
-                    self.fh.write(bytes(data)[: max(1, len(data) // 2)])
-                    self.fh.flush()
-                    os.fsync(self.fh.fileno())
-                    die()
-
-            staging.os = _os_with(fdopen=lambda fd, mode="r", *a, **k: HalfFile(real_fdopen(fd, mode, *a, **k)))
+            staging.os = _os_with(fdopen=half_file_fdopen(os.fdopen))
     else:
         raise ValueError(f"no mid-send kill point for channel {channel}")
 

@@ -19,9 +19,8 @@ from caldicott.transport.ledger import DONE, Ledger
 from devtools.peers.mesh import MeshPeer
 from devtools.peers.smtp import SmtpPeer
 
-from .conftest import figure, finish_mesh_letters, gp_inbox, new_state
+from .conftest import KILLED, figure, finish_mesh_letters, gp_inbox, new_state
 
-KILLED = -9
 CHUNK = 6          # small chunks, so a batch of ~20 letters spans several and a kill lands between them
 CONNECTIONS = 4    # as MeshHook.sender opens by default
 
@@ -45,14 +44,7 @@ def _ids(batch: dict) -> set[str]:
 
 def _lives(zygote, job: dict, kills: list[dict]) -> tuple[dict, dict]:
     """Each kill point must kill its run; then one run completes and one more finds nothing to do."""
-    for kill in kills:
-        rc, result = zygote.run({**job, "kill": kill})
-        assert rc == KILLED, (kill, rc, result)
-    rc, done = zygote.run(job)
-    assert rc == 0, done
-    rc, again = zygote.run(job)
-    assert rc == 0, again
-    return done, again
+    return zygote.survive(job, kills)
 
 
 MESH_CASES = [   # (first month, practice, kill points): disjoint half-years, so disjoint letters

@@ -30,9 +30,7 @@ from caldicott.updates import deliver
 from devtools.peers.sftp import SftpPeer
 from devtools.peers.smtp import SmtpPeer
 
-from .conftest import figure, finish_mesh_letters, gp_inbox, new_state
-
-KILLED = -9
+from .conftest import KILLED, figure, finish_mesh_letters, gp_inbox, new_state
 
 
 def _month(key: str) -> tuple[dt.date, dt.date]:
@@ -53,18 +51,8 @@ def _letter_ids(batch: dict) -> set[str]:
 
 
 def _run_until_done(zygote, job: dict, kills: list[dict]) -> tuple[int, dict, dict]:
-    """Run ``job`` once per kill point (each must die by SIGKILL), then to completion, then once more.
-
-    Returns the number of kill points survived, the completing run's result and the extra run's.
-    """
-    for kill in kills:
-        rc, result = zygote.run({**job, "kill": kill})
-        assert rc == KILLED, (kill, rc, result)
-    rc, result = zygote.run(job)
-    assert rc == 0, result
-    rc, again = zygote.run(job)
-    assert rc == 0, again
-    return len(kills), result, again
+    """The kill points survived, the completing run's result and the extra run's (:meth:`Zygote.survive`)."""
+    return len(kills), *zygote.survive(job, kills)
 
 
 # ---- GP letters over SMTP (S/MIME e-mail) -----------------------------------------------------------

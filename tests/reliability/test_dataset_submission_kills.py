@@ -33,9 +33,8 @@ from devtools.peers.mesh import MeshPeer
 from devtools.peers.sftp import SftpPeer
 
 from . import conftest
-from .conftest import figure, new_state
+from .conftest import KILLED, figure, new_state
 
-KILLED = -9
 SEPT = Period.month(2026, 9)
 KEY = bytes(range(32))
 INTERMEDIARY = MeshPeer.GP_MAILBOX          # a sandbox mailbox standing in for the intermediary's
@@ -82,13 +81,7 @@ def _archive(engine, kind: Kind) -> bytes:
 
 def _until_done(zygote, job: dict, kills: list[dict]) -> tuple[dict, dict]:
     """Each kill point must SIGKILL the step; then it completes; then once more (which must send nothing)."""
-    for kill in kills:
-        rc, result = zygote.run({**job, "kill": kill})
-        assert rc == KILLED, (kill, rc, result)
-    rc, done = zygote.run(job)
-    assert rc == 0, done
-    rc, again = zygote.run(job)
-    assert rc == 0, again
+    done, again = zygote.survive(job, kills)
     assert (again["sent"], again["already_sent"]) == (0, 1), again
     return done, again
 
