@@ -163,8 +163,10 @@ def load_letters(engine: Engine, events: Iterable[tuple[str, str, dt.date]]) -> 
     pat_rows = {r["local_patient_id"]: r for r in pats.to_dict("records")}
     prac_rows = {code: {"ods_code": code, **{k: _none(v) for k, v in row.items()}}
                  for code, row in practices.to_dict("index").items()}
-    contacts_by_ref = {k: g for k, g in contacts.groupby("service_request_id", sort=False)}
-    scores_by_ref = {k: g for k, g in scores.groupby("service_request_id", sort=False)}
+    # per referral as plain rows: the per-letter arithmetic below is a handful of values, where pandas' per-call
+    # overhead (a groupby per letter) cost ~10 ms a discharge letter, as much as rendering and sending it
+    contacts_by_ref = _rows_by_referral(contacts)
+    scores_by_ref = _rows_by_referral(scores)
 
     out: list[LetterData] = []
     for rid, event, day in events:
@@ -214,19 +216,34 @@ def _duplicated_elsewhere(engine: Engine, pats: pd.DataFrame) -> set[str]:
     return set(pats.loc[pats["nhs_number"].isin(dup_numbers), "local_patient_id"])
 
 
-def _assessment_scores(contacts: pd.DataFrame | None, scores: pd.DataFrame | None) -> dict:
+def _rows_by_referral(frame: pd.DataFrame) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in frame.to_dict("records"):
+        out.setdefault(row["service_request_id"], []).append(row)
+    return out
+
+
+def _na(v) -> bool:
+    return v is None or bool(pd.isna(v))
+
+
+def _by_time(rows: list[dict], column: str) -> list[dict]:
+    """Rows in time order, missing times last (as pandas sorts), ties in their source order."""
+    return sorted(rows, key=lambda r: (True, 0) if _na(r[column]) else (False, pd.Timestamp(r[column])))
+
+
+def _assessment_scores(contacts: list[dict] | None, scores: list[dict] | None) -> dict:
     out = {"phq9": None, "gad7": None, "wsas": None, "date": None}
-    if contacts is None:
+    if not contacts:
         return out
-    first = contacts[(contacts["app_type"] == "01") & contacts["attend_code"].isin(ATTENDED)]
-    if first.empty:
+    firsts = [c for c in contacts if c["app_type"] == "01" and c["attend_code"] in ATTENDED]
+    if not firsts:
         return out
-    first = first.sort_values("contact_at").iloc[0]
+    first = _by_time(firsts, "contact_at")[0]
     out["date"] = pd.Timestamp(first["contact_at"]).tz_localize("UTC").tz_convert(LONDON).strftime("%-d %B %Y")
-    if scores is None:
+    if not scores:
         return out
-    at = scores[scores["care_contact_id"] == first["care_contact_id"]]
-    by_tool = dict(zip(at["tool_code"], at["score"], strict=True))
+    by_tool = {r["tool_code"]: r["score"] for r in scores if r["care_contact_id"] == first["care_contact_id"]}
     out["phq9"] = _int(by_tool.get(SNOMED["PHQ9"]))
     out["gad7"] = _int(by_tool.get(SNOMED["GAD7"]))
     wsas = [by_tool.get(c) for c in WSAS_CODES]
@@ -239,29 +256,36 @@ def _int(v):
     return None if v is None else int(v)
 
 
-def _series(scores: pd.DataFrame, tool: str) -> list[int]:
-    s = scores[scores["tool_code"] == tool].sort_values("assessed_at")
+def _series(scores: list[dict], tool: str) -> list[int]:
     lo, hi = SCORE_RANGES[tool]
-    return [int(v) for v in s["score"] if lo <= v <= hi]
+    return [int(r["score"]) for r in _by_time([r for r in scores if r["tool_code"] == tool], "assessed_at")
+            if lo <= r["score"] <= hi]
 
 
-def _discharge_outcome(contacts: pd.DataFrame | None, scores: pd.DataFrame | None, end_code) -> dict:
-    attended = missed = 0
-    if contacts is not None:
-        attended = int(contacts["attend_code"].isin(ATTENDED).sum())
-        missed = int(contacts["attend_code"].isin(MISSED).sum())
-    phq = _series(scores, SNOMED["PHQ9"]) if scores is not None else []
-    gad = _series(scores, SNOMED["GAD7"]) if scores is not None else []
-    wsas_first = wsas_last = None
-    if scores is not None:
-        w = scores[scores["tool_code"].isin(WSAS_CODES)]
-        if len(w):
-            totals = w.groupby("care_contact_id").agg(at=("assessed_at", "min"), total=("score", "sum"),
-                                                      n=("score", "size"))
-            totals = totals[totals["n"] == len(WSAS_CODES)].sort_values("at")
-            if len(totals):
-                wsas_first = int(totals["total"].iloc[0])
-                wsas_last = int(totals["total"].iloc[-1]) if len(totals) >= 2 else None
+def _wsas_totals(scores: list[dict]) -> list[int]:
+    """Each complete WSAS (all five items at one care contact), in time order: the items' sum."""
+    by_contact: dict[str, list[dict]] = {}
+    for r in scores:
+        if r["tool_code"] in WSAS_CODES and not _na(r["care_contact_id"]):
+            by_contact.setdefault(r["care_contact_id"], []).append(r)
+    complete = []
+    for rows in by_contact.values():
+        if len(rows) == len(WSAS_CODES):
+            times = [pd.Timestamp(r["assessed_at"]) for r in rows if not _na(r["assessed_at"])]
+            total = sum(r["score"] for r in rows if not _na(r["score"]))
+            complete.append({"at": min(times) if times else None, "total": total})
+    return [int(c["total"]) for c in _by_time(complete, "at")]
+
+
+def _discharge_outcome(contacts: list[dict] | None, scores: list[dict] | None, end_code) -> dict:
+    contacts, scores = contacts or [], scores or []
+    attended = sum(c["attend_code"] in ATTENDED for c in contacts)
+    missed = sum(c["attend_code"] in MISSED for c in contacts)
+    phq = _series(scores, SNOMED["PHQ9"])
+    gad = _series(scores, SNOMED["GAD7"])
+    wsas = _wsas_totals(scores)
+    wsas_first = wsas[0] if wsas else None
+    wsas_last = wsas[-1] if len(wsas) >= 2 else None
     pf, pl = (phq[0], phq[-1]) if len(phq) >= 2 else (phq[0] if phq else None, None)
     gf, gl = (gad[0], gad[-1]) if len(gad) >= 2 else (gad[0] if gad else None, None)
     return {
