@@ -41,15 +41,28 @@ gp_practice = Table(
     Column("channel", String(20), nullable=False, comment="'smime-email' or 'mesh' (GP Connect Send Document)"),
     Column("mesh_mailbox", String(20), comment="MESH mailbox id for the mesh channel"),
     Column("certificate_pem", Text, comment="practice's X.509 encryption certificate (PEM) for smime-email"),
+    Column("country", String(2), nullable=False, default="GB",
+           comment="ISO 3166-1 alpha-2 country the practice processes data in (release gateway adequacy check)"),
 )
 
-#: Organisations that refer patients in (GP practices refer too, by their own ODS code).
+#: Organisations that refer patients in, or that take a patient on (GP practices refer too, by their own ODS
+#: code). The delivery columns are used by the transfer-of-care flow: where a receiving provider wants its
+#: patient reports, exactly as for a GP practice (a provider with no usable channel is held, never sent plain).
 organisation = Table(
     "organisation",
     metadata,
     Column("ods_code", String(10), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("kind", String(30), nullable=False, comment="'gp', 'provider', 'commissioner', 'other'"),
+    Column("country", String(2), nullable=False, default="GB",
+           comment="ISO 3166-1 alpha-2 country the organisation processes data in (adequacy check)"),
+    Column("channel", String(20), comment="'mesh', 'smime-email' or 'sftp' for patient reports; null: none known"),
+    Column("mesh_mailbox", String(20), comment="MESH mailbox id for the mesh channel"),
+    Column("mesh_workflow", String(50), comment="MESH workflow id the receiver expects"),
+    Column("email", String(254), comment="NHSmail address for smime-email"),
+    Column("certificate_pem", Text, comment="receiver's X.509 encryption certificate (PEM) for smime-email/sftp"),
+    Column("connection_id", String(100), comment="Airflow connection id of the receiver's SFTP server"),
+    Column("remote_path", String(300), comment="directory on the SFTP server"),
 )
 
 patient = Table(
@@ -76,8 +89,129 @@ patient = Table(
            comment="True when, under data set v1.5 (before 1 Sept 2020), the patient asked not to be "
                    "included in national analyses"),
     Column("dataset_objection_date", Date),
+    # --- data set (IDS001) demographics beyond the basics; null where the service did not record them ---
+    Column("gender_identity", String(1), comment="GenderIdentity: 1 male, 2 female, 3 non-binary, 4 other, X, Z"),
+    Column("gender_same_at_birth", String(1), comment="GenderIdentitySameAtBirth: Y, N, X not known, Z not stated"),
+    Column("ethnic_category_2021", String(3), comment="EthnicCategory2021 (NHS Data Dictionary 2021 census codes)"),
+    Column("ex_armed_forces", String(2), comment="ExBAFIndicator"),
+    Column("preferred_language", String(3), comment="LanguageCodePreferred: ISO 639-1 (two letters) or q1..q5"),
+    Column("education_establishment", String(2), comment="EduEstabTypeIAPT"),
 )
 Index("ix_patient_nhs_number", patient.c.nhs_number)
+
+#: IDS003 accommodation status, one row per recorded status.
+accommodation_status = Table(
+    "accommodation_status",
+    metadata,
+    Column("accommodation_id", String(40), primary_key=True),
+    Column("local_patient_id", String(20), nullable=False),
+    Column("accommodation_type", String(2), comment="AccommodationType"),
+    Column("settled", String(1), comment="SettledAccommodationInd: Y, N, Z"),
+    Column("recorded_date", Date, comment="AccommodationTypeDate"),
+    Column("start_date", Date),
+    Column("end_date", Date),
+)
+Index("ix_accommodation_patient", accommodation_status.c.local_patient_id)
+
+#: IDS004 employment status and benefits, one row per recorded status.
+employment_status = Table(
+    "employment_status",
+    metadata,
+    Column("employment_id", String(40), primary_key=True),
+    Column("local_patient_id", String(20), nullable=False),
+    Column("employment_status", String(2), comment="EmployStatus"),
+    Column("recorded_date", Date, comment="EmployStatusRecDate"),
+    Column("weekly_hours", String(2), comment="WeekHoursWorked code"),
+    Column("self_employed", String(1), comment="SelfEmployInd"),
+    Column("sickness_absence", String(1), comment="SickAbsenceInd"),
+    Column("statutory_sick_pay", String(1), comment="SSPInd"),
+    Column("benefit_receipt", String(1), comment="BenefitRecInd"),
+    Column("esa", String(1), comment="ESAInd"),
+    Column("universal_credit", String(1), comment="UCInd"),
+    Column("pip", String(1), comment="PIPInd"),
+    Column("employment_support", String(1), comment="EmpSupportInd"),
+    Column("employment_support_referral_date", Date, comment="EmpSupportReferral"),
+    Column("employment_support_discharge_date", Date, comment="EmpSupportDischargeDate"),
+)
+Index("ix_employment_patient", employment_status.c.local_patient_id)
+
+#: IDS007 disabilities.
+disability = Table(
+    "disability",
+    metadata,
+    Column("disability_id", String(40), primary_key=True),
+    Column("local_patient_id", String(20), nullable=False),
+    Column("disability_code", String(2), nullable=False, comment="DisabCode"),
+)
+Index("ix_disability_patient", disability.c.local_patient_id)
+
+#: IDS011 social and personal circumstances (sexual orientation, religion, ...) as SNOMED CT concepts.
+social_circumstance = Table(
+    "social_circumstance",
+    metadata,
+    Column("circumstance_id", String(40), primary_key=True),
+    Column("local_patient_id", String(20), nullable=False),
+    Column("snomed_code", String(18), nullable=False, comment="SocPerCircumstance (SNOMED CT)"),
+    Column("recorded_date", Date, comment="SocPerCircumstanceRecDate"),
+)
+Index("ix_circumstance_patient", social_circumstance.c.local_patient_id)
+
+#: IDS012 overseas visitor charging category.
+overseas_visitor = Table(
+    "overseas_visitor",
+    metadata,
+    Column("visitor_id", String(40), primary_key=True),
+    Column("local_patient_id", String(20), nullable=False),
+    Column("charging_category", String(1), nullable=False, comment="OvsVisChCat"),
+    Column("applicable_date", Date, comment="OvsVisChCatAppDate"),
+)
+Index("ix_visitor_patient", overseas_visitor.c.local_patient_id)
+
+#: IDS601 previous diagnoses.
+previous_diagnosis = Table(
+    "previous_diagnosis",
+    metadata,
+    Column("diagnosis_id", String(40), primary_key=True),
+    Column("local_patient_id", String(20), nullable=False),
+    Column("scheme", String(2), nullable=False, comment="DiagSchemeInUse: 01 ICD-10 (4-6 chars), 04 SNOMED CT"),
+    Column("code", String(18), nullable=False, comment="PrevDiag"),
+    Column("diagnosis_date", Date, comment="DiagDate"),
+)
+Index("ix_diagnosis_patient", previous_diagnosis.c.local_patient_id)
+
+#: IDS803 care clusters.
+care_cluster = Table(
+    "care_cluster",
+    metadata,
+    Column("cluster_id", String(40), primary_key=True),
+    Column("local_patient_id", String(20), nullable=False),
+    Column("cluster_code", String(2), nullable=False, comment="AMHCareClustCodeFin"),
+    Column("start_at", DateTime, nullable=False, comment="UTC instant the assignment started"),
+    Column("end_at", DateTime, comment="UTC instant it ended"),
+)
+Index("ix_cluster_patient", care_cluster.c.local_patient_id)
+
+#: The service's clinicians and other care personnel (named on letters and patient reports; IDS902 by id only).
+care_personnel = Table(
+    "care_personnel",
+    metadata,
+    Column("care_pers_local_id", String(20), primary_key=True, comment="CarePersLocalId"),
+    Column("display_name", String(200), nullable=False, comment="name as it appears on letters"),
+    Column("role", String(100), comment="professional role, e.g. 'High intensity therapist'"),
+    Column("email", String(254), comment="work address for a named contact"),
+    Column("telephone", String(30)),
+)
+
+#: IDS902 care personnel qualifications.
+care_personnel_qualification = Table(
+    "care_personnel_qualification",
+    metadata,
+    Column("qualification_id", String(40), primary_key=True),
+    Column("care_pers_local_id", String(20), nullable=False),
+    Column("level", String(2), nullable=False, comment="QualAttainLevelIAPT"),
+    Column("awarded_date", Date, comment="QualAwardedDate"),
+    Column("planned_completion_date", Date, comment="QualPlannedCompletionDate"),
+)
 
 referral = Table(
     "referral",
@@ -94,8 +228,65 @@ referral = Table(
     Column("discharge_date", Date, comment="ServDischDate"),
     Column("end_code", String(2), comment="EndCode"),
     Column("discharge_recommendations", Text, comment="recommendations for the GP at discharge"),
+    Column("presenting_problem_significance", String(2), comment="PresCompCodSig"),
+    Column("onset_month", String(7), comment="OnsetDate: year and month of symptoms onset, 'YYYY-MM'"),
+    Column("previous_diagnosed_condition", String(1), comment="PrevDiagCondInd: Y, N, Z"),
+    Column("risk_summary", Text, comment="risk information the clinician recorded (patient report on transfer)"),
 )
 Index("ix_referral_patient", referral.c.local_patient_id)
+
+#: IDS105 onward referrals: the patient referred on, or discharged to another provider. Also what the
+#: transfer-of-care flow sends a patient report for (to ``receiving_org_code``, an ``organisation``).
+onward_referral = Table(
+    "onward_referral",
+    metadata,
+    Column("onward_referral_id", String(40), primary_key=True),
+    Column("service_request_id", String(30), nullable=False),
+    Column("referred_at", DateTime, nullable=False, comment="UTC instant (OnwardReferDate/OnwardReferTime)"),
+    Column("reason", String(2), nullable=False, comment="OnwardReferReason"),
+    Column("receiving_org_code", String(10), comment="OrgIDReceiving: ODS code of the provider taking the patient"),
+    Column("contact_care_pers_id", String(20), comment="named contact for the receiver (care_personnel)"),
+)
+Index("ix_onward_referral", onward_referral.c.service_request_id)
+Index("ix_onward_referred_at", onward_referral.c.referred_at)
+
+#: IDS108 waiting-time pauses.
+waiting_time_pause = Table(
+    "waiting_time_pause",
+    metadata,
+    Column("pause_id", String(40), primary_key=True, comment="PauseID"),
+    Column("service_request_id", String(30), nullable=False),
+    Column("start_date", Date, nullable=False),
+    Column("end_date", Date),
+    Column("reason", String(2), comment="PauseReason"),
+)
+Index("ix_pause_referral", waiting_time_pause.c.service_request_id)
+
+#: IDS602 long-term physical health conditions, per referral.
+long_term_condition = Table(
+    "long_term_condition",
+    metadata,
+    Column("condition_id", String(40), primary_key=True),
+    Column("service_request_id", String(30), nullable=False),
+    Column("scheme", String(2), nullable=False, comment="FindSchemeInUse: 01 ICD-10, 04 SNOMED CT"),
+    Column("code", String(18), nullable=False, comment="LongTermCondition"),
+)
+Index("ix_ltc_referral", long_term_condition.c.service_request_id)
+
+#: IDS205 internet-enabled therapy logs (digital programmes the patient used, and clinician time spent on them).
+internet_therapy_log = Table(
+    "internet_therapy_log",
+    metadata,
+    Column("log_id", String(40), primary_key=True),
+    Column("service_request_id", String(30), nullable=False),
+    Column("start_date", Date, nullable=False, comment="StartDateIntEnabledTherLog"),
+    Column("end_date", Date, comment="EndDateIntEnabledTherLog"),
+    Column("programme", String(2), nullable=False, comment="IntEnabledTherProg"),
+    Column("duration_minutes", Integer, comment="DurationIntEnabledTher (clinician time)"),
+    Column("care_pers_local_id", String(20), comment="CarePersLocalId"),
+    Column("integrated_software", String(1), comment="IntegratedSoftwareInd: Y, N"),
+)
+Index("ix_itl_referral", internet_therapy_log.c.service_request_id)
 Index("ix_referral_received", referral.c.received_date)
 Index("ix_referral_discharge", referral.c.discharge_date)
 
@@ -117,6 +308,25 @@ care_contact = Table(
     Column("therapy_type", String(2), comment="IAPT therapy type code of the care activity"),
     Column("clinician_id", String(20)),
     Column("clinical_summary", Text, comment="free-text session note; never in GP letters"),
+    # --- data set (IDS201 / the contact's one IDS202 care activity); null where not recorded ---
+    Column("planned", String(1), comment="PlannedCareContIndicator: Y planned, N unplanned"),
+    Column("short_notice_cancellation", String(1), comment="Cancellation: Y, N"),
+    Column("ltc_service", String(1), comment="IAPTLTCServiceInd: Y integrated LTC service, N"),
+    Column("digital_programme", String(2), comment="IntEnabledTherProg used at the contact"),
+    Column("therapy_mode", String(2), comment="CareContPatientTherMode: 1 individual, 2 couple, 3 group, ..."),
+    Column("group_participants", Integer, comment="NumGroupTherParticipants"),
+    Column("group_facilitators", Integer, comment="NumGroupTherFacilitators"),
+    Column("psychotropic_medication", String(2), comment="PsychMed"),
+    Column("activity_location", String(3), comment="ActLocTypeCode"),
+    Column("site_code", String(9), comment="SiteIDOfTreat (ODS site code)"),
+    Column("treatment_language", String(3), comment="LanguageCodeTreat"),
+    Column("interpreter_present", String(1), comment="InterpreterPresentInd"),
+    Column("procedure_code", String(30), comment="CodeProcAndProcStatus (SNOMED CT) of the care activity"),
+    Column("finding_scheme", String(2), comment="FindSchemeInUse of the care activity's coded finding"),
+    Column("finding_code", String(18), comment="CodeFind"),
+    Column("observation_code", String(18), comment="CodeObs (SNOMED CT)"),
+    Column("observation_value", String(20), comment="ObsValue"),
+    Column("observation_unit", String(20), comment="UnitMeasure (UCUM)"),
 )
 Index("ix_contact_referral", care_contact.c.service_request_id)
 Index("ix_contact_at", care_contact.c.contact_at)
@@ -128,7 +338,9 @@ coded_assessment = Table(
     Column("service_request_id", String(30), nullable=False),
     Column("care_contact_id", String(30), comment="contact at which it was taken (IDS607) or null (IDS606)"),
     Column("tool_code", String(20), nullable=False, comment="CodedAssToolType, SNOMED CT"),
-    Column("score", Integer, nullable=False, comment="PersScore"),
+    Column("score", Integer, comment="PersScore of a numeric scale item (null when score_text holds it)"),
+    Column("score_text", String(10),
+           comment="PersScore of a non-integer item as recorded (Y/N/NA answers, decimals): see the scale catalogue"),
     Column("assessed_at", DateTime, nullable=False, comment="UTC instant"),
 )
 Index("ix_assessment_referral", coded_assessment.c.service_request_id)
