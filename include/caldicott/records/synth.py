@@ -449,7 +449,9 @@ def write(result: SynthResult, engine: Engine, *, manifest_path: Path | None = N
 def _column_values(df: pd.DataFrame, table) -> list[list]:
     cols = []
     for col in table.columns:
-        s = df[col.name] if col.name in df else pd.Series([None] * len(df))
+        # a bulk load bypasses SQLAlchemy's defaults: a column the frame does not carry gets its scalar default
+        default = col.default.arg if col.default is not None and col.default.is_scalar else None
+        s = df[col.name] if col.name in df else pd.Series([default] * len(df))
         type_name = type(col.type).__name__
         if type_name == "DateTime":
             vals = pd.to_datetime(s).dt.strftime("%Y-%m-%d %H:%M:%S.%f")
