@@ -104,7 +104,12 @@ def national_month(referrals: int, contacts: int, assessments: int, seed: int = 
         "duration_minutes": rng.choice(np.array([30, 45, 60]), contacts),
         "app_type": rng.choice(np.array(["01", "02", "03"]), contacts, p=[0.2, 0.7, 0.1]).astype(object),
         "attend_code": attend, "cons_mechanism": rng.choice(np.array(["01", "02", "04"]), contacts).astype(object),
-        "clinician_id": np.char.add("CL", rng.integers(100, 999, contacts).astype(str)).astype(object)})
+        "clinician_id": np.char.add("CL", rng.integers(100, 999, contacts).astype(str)).astype(object),
+        # the v2.1 contact fields a service records (IAPTLTCServiceInd is mandatory: blank rejects the contact)
+        "planned": np.full(contacts, "Y", dtype=object), "ltc_service": np.full(contacts, "N", dtype=object),
+        "therapy_mode": rng.choice(np.array(["01", "03"]), contacts, p=[0.9, 0.1]).astype(object),
+        "activity_location": np.full(contacts, "A01", dtype=object),
+        "treatment_language": np.full(contacts, "en", dtype=object)})
 
     a_contact = np.flatnonzero(np.isin(attend, ["5", "6"]))
     per = int(np.ceil(assessments / max(1, len(a_contact))))
@@ -128,7 +133,42 @@ def national_month(referrals: int, contacts: int, assessments: int, seed: int = 
         "score": rng.integers(0, 22, 4 * n_d),
         "assessed_at": np.tile(np.array(["2026-01-01", "2026-01-01", "2026-09-01", "2026-09-01"],
                                         dtype="datetime64[s]"), n_d)})
-    return SourceMonth(patients, refs, contacts_df, assess, history(refs["service_request_id"], h_treat, h_scores))
+    # v2.1's other tables, at a plausible share: one employment and accommodation status per patient, a disability
+    # for one in ten; onward referrals for the discharged, pauses for one referral in twenty, long-term conditions
+    # for one in five; one qualification per clinician
+    recorded = np.full(n_pat, np.datetime64("2026-09-01"), dtype="datetime64[s]")
+    employment = pd.DataFrame({"employment_id": _ids("E", n_pat, 8), "local_patient_id": pid,
+                               "employment_status": rng.choice(np.array(["01", "02", "03"]), n_pat).astype(object),
+                               "recorded_date": recorded})
+    accommodation = pd.DataFrame({"accommodation_id": _ids("AC", n_pat, 8), "local_patient_id": pid,
+                                  "accommodation_type": np.full(n_pat, "01", dtype=object),
+                                  "settled": np.full(n_pat, "Y", dtype=object), "recorded_date": recorded})
+    dis = rng.choice(n_pat, n_pat // 10, replace=False)
+    disability = pd.DataFrame({"disability_id": _ids("D", len(dis), 8), "local_patient_id": pid[dis],
+                               "disability_code": rng.choice(np.array(["04", "05", "06"]), len(dis)).astype(object)})
+    gone = np.flatnonzero(discharged)
+    onward = pd.DataFrame({"onward_referral_id": _ids("OR", len(gone), 9), "service_request_id": rid[gone],
+                           "referred_at": pd.to_datetime(disch[gone]) + pd.Timedelta(hours=10),
+                           "reason": np.full(len(gone), "01", dtype=object),
+                           "receiving_org_code": np.full(len(gone), "RR8", dtype=object)})
+    pz = rng.choice(referrals, referrals // 20, replace=False)
+    pauses = pd.DataFrame({"pause_id": np.char.zfill(np.arange(1, len(pz) + 1).astype(str), 5).astype(object),
+                           "service_request_id": rid[pz],                  # PauseID: an5 nationally
+                           "start_date": np.maximum(received[pz], np.datetime64("2026-09-10")).astype("datetime64[s]"),
+                           "end_date": np.full(len(pz), np.datetime64("2026-09-30"), dtype="datetime64[s]"),
+                           "reason": np.full(len(pz), "01", dtype=object)})
+    lt = rng.choice(referrals, referrals // 5, replace=False)
+    conditions = pd.DataFrame({"condition_id": _ids("LT", len(lt), 9), "service_request_id": rid[lt],
+                               "scheme": np.full(len(lt), "04", dtype=object),
+                               "code": rng.choice(np.array(["44054006", "195967001"]), len(lt)).astype(object)})
+    clin = np.char.add("CL", np.arange(100, 999).astype(str)).astype(object)
+    qualifications = pd.DataFrame({"qualification_id": _ids("Q", len(clin), 5), "care_pers_local_id": clin,
+                                   "level": rng.choice(np.array(["01", "02", "03"]), len(clin)).astype(object),
+                                   "awarded_date": np.full(len(clin), np.datetime64("2015-06-01"),
+                                                           dtype="datetime64[s]")})
+    return SourceMonth(patients, refs, contacts_df, assess, history(refs["service_request_id"], h_treat, h_scores),
+                       accommodation=accommodation, employment=employment, disability=disability, onward=onward,
+                       pauses=pauses, conditions=conditions, qualifications=qualifications)
 
 
 def run_pipeline(src: SourceMonth, out: Path, key: bytes, *, idb_csv: bool) -> dict:

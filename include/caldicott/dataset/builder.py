@@ -1,17 +1,41 @@
 """Build the monthly IAPT / NHS Talking Therapies data set tables for one reporting period.
 
-The builder maps the records source (:mod:`caldicott.records.schema`) onto the physical tables and
-columns of NHS England's intermediate database (``IDS000Header`` ... ``IDS607CodedScoreAssessmentAct``)
-with whole-column pandas / pyarrow operations only: a national-size month (a million open referrals)
-must build in seconds, so there is no per-row Python anywhere here.
+The builder maps the records source (:mod:`caldicott.records.schema`) onto all 21 tables of NHS England's v2.1
+intermediate database (``IDS000Header`` ... ``IDS902CarePersQual``), every field named, ordered and typed as NHS
+England's list has it (``iapt_v2_1_fields.tsv``, read by :mod:`caldicott.dataset.idb`: :data:`COLUMNS` is that
+list, so builder and national layout cannot drift). The frames carry v2.1's names whatever the version; the
+writer lays them out as the version's national tables (v2.0: its own names and fields, see
+:mod:`caldicott.dataset.idb`). A field the service does not record is built empty (null), never invented.
 
-Reporting periods are Europe/London calendar months. ``care_contact.contact_at`` and
-``coded_assessment.assessed_at`` are UTC instants, so the period ``[first, next_first)`` in London is
-turned into a UTC half-open interval before reading: a contact at 2026-05-31T23:30Z is 00:30 BST on
-1 June and belongs to June.
+Whole-column pandas / pyarrow operations only: a national-size month (a million open referrals) must build in
+seconds, so there is no per-row Python anywhere here.
+
+Reporting periods are Europe/London calendar months. Instants in the source (``care_contact.contact_at``,
+``coded_assessment.assessed_at``, ``onward_referral.referred_at``, ``care_cluster.start_at``/``end_at``) are UTC,
+so the period ``[first, next_first)`` in London is turned into a UTC half-open interval before reading, and each
+instant is written as its London date and time: a contact at 2026-05-31T23:30Z is 00:30 BST on 1 June and belongs
+to June.
+
+What each table holds for the period (selected in SQL by :func:`read_source`; the nesting is NHS England's: a
+referral carries its patient and everything below):
+
+* IDS101 referrals open at some point in the period (received before its end, not discharged before its start);
+  IDS001 / IDS002 their patients;
+* patient-level IDS003 / IDS004 / IDS007 / IDS011 / IDS012 / IDS601 / IDS803: the rows of the IDS001 patients,
+  less any that had not started by the end of the period (a status, diagnosis or charging category recorded or
+  applying only after it) or, where the row has an end, ended before it started (IDS003, IDS803);
+* referral-level, for the IDS101 referrals: IDS201 contacts in the period (IDS202: one care activity per attended
+  or scored contact); IDS105 onward referrals made in the period; IDS108 waiting-time pauses and IDS205
+  internet-enabled therapy logs overlapping it; IDS602 long-term conditions; IDS603 presenting complaints of
+  referrals received in the period; IDS606 / IDS607 scores taken in the period;
+* IDS902: the qualifications of the care personnel named by the file's IDS202 / IDS205 rows (less any awarded
+  after the period).
+
+An end date after the period (discharge, pause, therapy log, accommodation, care cluster) is blanked: at the end of
+the period the thing was still open, and the file must not report the future.
 
 Every frame carries a hidden ``_rid`` column (the source's opaque record id) used for quarantine and
-dropped by the writer; the written tables hold physical columns only.
+dropped by the writer; the written tables hold national columns only.
 """
 
 from __future__ import annotations
@@ -23,8 +47,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Engine, String, and_, cast, func, or_, select
+from sqlalchemy import Engine, String, and_, cast, func, or_, select, union
 
+from caldicott.dataset import idb
 from caldicott.records import schema
 from caldicott.records.queries import read
 
@@ -38,39 +63,50 @@ TREATMENT_APP_TYPES = ("02", "03", "04")
 ATTENDED = ("5", "6")
 PHQ9, GAD7 = schema.SNOMED["PHQ9"], schema.SNOMED["GAD7"]
 
-#: Physical columns of each table this builder writes, in order (the intermediate database's names).
-COLUMNS: dict[str, list[str]] = {
-    "IDS000Header": ["DatSetVer", "OrgIDProv", "OrgIDSubmit", "PrimSystemInUse", "ReportingPeriodStartDate",
-                     "ReportingPeriodEndDate", "DateTimeDatSetCreate"],
-    "IDS001MPI": ["LocalPatientId", "OrgIDLocalPatientId", "NHSNumber", "NHSNumberStatus", "PersonBirthDate",
-                  "Postcode", "Gender", "EthnicCategory"],
-    "IDS002GP": ["LocalPatientId", "GMPCodeReg", "StartDateGMPRegistration", "EndDateGMPRegistration"],
-    "IDS101Referral": ["ServiceRequestId", "LocalPatientId", "OrgIDComm", "ReferralRequestReceivedDate",
-                       "SourceOfReferralIAPT", "ServDischDate", "EndCode"],
-    "IDS201CareContact": ["CareContactId", "ServiceRequestId", "CareContDate", "CareContTime", "AttendOrDNACode",
-                          "AppType", "ConsMechanism", "ClinContDurOfCareCont"],
-    "IDS202CareActivity": ["CareActId", "CareContactId", "CareProfLocalId", "ClinContactDurOfCareAct"],
-    "IDS603PresentingComplaints": ["ServiceRequestId", "FindSchemeInUse", "PresComp", "PresCompDate"],
-    "IDS606CodedScoreAssessmentRefer": ["ServiceRequestId", "CodedAssToolType", "PersScore", "AssToolCompDate",
-                                        "AssToolCompTime"],
-    "IDS607CodedScoreAssessmentAct": ["CareActId", "CodedAssToolType", "PersScore"],
-}
+#: National columns of every v2.1 table, in national order (from ``iapt_v2_1_fields.tsv``), tables in number order.
+COLUMNS: dict[str, list[str]] = {t: [f for f, _ in fs] for t, fs in sorted(idb.national_fields("2.1").items())}
 TABLES = tuple(COLUMNS)
 #: Low-cardinality code columns, held as categoricals: checks run once per distinct value, not per row.
 CATEGORICAL: dict[str, tuple[str, ...]] = {
-    "IDS001MPI": ("OrgIDLocalPatientId", "NHSNumberStatus", "Gender", "EthnicCategory"),
+    "IDS001MPI": ("OrgIDLocalPatientId", "NHSNumberStatus", "Gender", "GenderIdentity", "GenderIdentitySameAtBirth",
+                  "EthnicCategory", "EthnicCategory2021", "ExBAFIndicator", "LanguageCodePreferred",
+                  "EduEstabTypeIAPT"),
     "IDS002GP": ("GMPCodeReg",),
-    "IDS101Referral": ("OrgIDComm", "SourceOfReferralIAPT", "EndCode"),
-    "IDS201CareContact": ("CareContTime", "AttendOrDNACode", "AppType", "ConsMechanism"),
-    "IDS202CareActivity": ("CareProfLocalId",),
-    "IDS603PresentingComplaints": ("FindSchemeInUse", "PresComp"),
+    "IDS003AccommStatus": ("AccommodationType", "SettledAccommodationInd"),
+    "IDS004EmpStatus": ("EmployStatus", "WeekHoursWorked", "SelfEmployInd", "SickAbsenceInd", "SSPInd",
+                        "BenefitRecInd", "ESAInd", "UCInd", "PIPInd", "EmpSupportInd"),
+    "IDS007DisabilityType": ("DisabCode",),
+    "IDS011SocPerCircumstances": ("SocPerCircumstance",),
+    "IDS012OverseasVisitorChargCat": ("OvsVisChCat",),
+    "IDS101Referral": ("OrgIDComm", "SourceOfReferralIAPT", "OnsetDate", "PrevDiagCondInd", "EndCode"),
+    "IDS105OnwardReferral": ("OnwardReferTime", "OnwardReferReason", "OrgIDReceiving"),
+    "IDS108WaitingTimePauses": ("PauseReason",),
+    "IDS201CareContact": ("CareContTime", "OrgIDComm", "PlannedCareContIndicator", "AttendOrDNACode", "Cancellation",
+                          "IAPTLTCServiceInd", "AppType", "ConsMechanism", "IntEnabledTherProg",
+                          "CareContPatientTherMode", "PsychMed", "ActLocTypeCode", "SiteIDOfTreat",
+                          "LanguageCodeTreat", "InterpreterPresentInd"),
+    "IDS202CareActivity": ("CarePersLocalId", "CodeProcAndProcStatus", "FindSchemeInUse", "CodeFind", "CodeObs",
+                           "UnitMeasure"),
+    "IDS205InternetTherLog": ("IntEnabledTherProg", "CarePersLocalId", "IntegratedSoftwareInd"),
+    "IDS601MedHistPrevDiag": ("DiagSchemeInUse", "PrevDiag"),
+    "IDS602LongTermCondition": ("FindSchemeInUse", "LongTermCondition"),
+    "IDS603PresentingComplaints": ("FindSchemeInUse", "PresComp", "PresCompCodSig"),
     "IDS606CodedScoreAssessmentRefer": ("CodedAssToolType", "PersScore", "AssToolCompTime"),
     "IDS607CodedScoreAssessmentAct": ("CodedAssToolType", "PersScore"),
+    "IDS803CareCluster": ("AMHCareClustCodeFin", "StartTimeCareClust", "EndTimeCareClust"),
+    "IDS902CarePersQual": ("CarePersLocalId", "QualAttainLevelIAPT"),
 }
 #: Which table each opaque record id belongs to, for quarantine entries.
 RECORD_TYPE = {t: t for t in TABLES}
 #: FindSchemeInUse for ICD-10 codes (the source records presenting complaints as ICD-10).
 FIND_SCHEME_ICD10 = "01"
+#: Tables hanging off a patient (LocalPatientId → IDS001) and off a referral (ServiceRequestId → IDS101).
+PATIENT_CHILDREN = ("IDS002GP", "IDS003AccommStatus", "IDS004EmpStatus", "IDS007DisabilityType",
+                    "IDS011SocPerCircumstances", "IDS012OverseasVisitorChargCat", "IDS601MedHistPrevDiag",
+                    "IDS803CareCluster")
+REFERRAL_CHILDREN = ("IDS105OnwardReferral", "IDS108WaitingTimePauses", "IDS201CareContact",
+                     "IDS205InternetTherLog", "IDS602LongTermCondition", "IDS603PresentingComplaints",
+                     "IDS606CodedScoreAssessmentRefer")
 
 
 @dataclass(frozen=True)
@@ -107,6 +143,10 @@ class SourceMonth:
     ``history`` has one row per referral in ``referrals`` with whole-life facts the national measures
     need: ``first_treatment_at`` (UTC), ``treatment_contacts`` (attended treatment contacts ever),
     ``first_phq9``/``last_phq9``/``first_gad7``/``last_gad7`` (first and last scores, for discharges).
+
+    The other frames are the rows of the source's data set tables already selected for the period (see the module
+    doc); each defaults to empty, and a frame without some (or any) of its columns builds those fields empty, so a
+    source that does not record a table yet still builds.
     """
 
     patients: pd.DataFrame
@@ -114,10 +154,26 @@ class SourceMonth:
     contacts: pd.DataFrame
     assessments: pd.DataFrame
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    accommodation: pd.DataFrame = field(default_factory=pd.DataFrame)          # IDS003
+    employment: pd.DataFrame = field(default_factory=pd.DataFrame)             # IDS004
+    disability: pd.DataFrame = field(default_factory=pd.DataFrame)             # IDS007
+    circumstances: pd.DataFrame = field(default_factory=pd.DataFrame)          # IDS011
+    overseas: pd.DataFrame = field(default_factory=pd.DataFrame)               # IDS012
+    onward: pd.DataFrame = field(default_factory=pd.DataFrame)                 # IDS105
+    pauses: pd.DataFrame = field(default_factory=pd.DataFrame)                 # IDS108
+    therapy_logs: pd.DataFrame = field(default_factory=pd.DataFrame)           # IDS205
+    diagnoses: pd.DataFrame = field(default_factory=pd.DataFrame)              # IDS601
+    conditions: pd.DataFrame = field(default_factory=pd.DataFrame)             # IDS602
+    clusters: pd.DataFrame = field(default_factory=pd.DataFrame)               # IDS803
+    qualifications: pd.DataFrame = field(default_factory=pd.DataFrame)         # IDS902
+
+    #: the frames besides the four main ones and ``history``, in field order
+    EXTRA = ("accommodation", "employment", "disability", "circumstances", "overseas", "onward", "pauses",
+             "therapy_logs", "diagnoses", "conditions", "clusters", "qualifications")
 
     def sizes(self) -> dict[str, int]:
         return {"patients": len(self.patients), "referrals": len(self.referrals), "contacts": len(self.contacts),
-                "assessments": len(self.assessments)}
+                "assessments": len(self.assessments), **{n: len(getattr(self, n)) for n in self.EXTRA}}
 
 
 @dataclass
@@ -158,30 +214,107 @@ def _text(col):
     return cast(col, String).label(col.name)
 
 
+def _by_period_end(col, period: Period):
+    """Undated, or dated before the end of the period (a fact recorded or applying only later is not this month's)."""
+    return or_(col.is_(None), col < period.end)
+
+
+def _not_ended_before(col, start):
+    """No end, or an end on or after the period's start."""
+    return or_(col.is_(None), col >= start)
+
+
 def read_source(engine: Engine, period: Period) -> SourceMonth:
-    """Read one period's rows from the records source (bound parameters; SQLite or PostgreSQL)."""
+    """Read one period's rows from the records source (bound parameters; SQLite or PostgreSQL).
+
+    Every date, instant and number is read as text (:func:`_text`) and parsed by the builder, so a bad value is a
+    null the rules catch, not a crash. The selection per table is the module doc's.
+    """
     r, c, a, p = schema.referral, schema.care_contact, schema.coded_assessment, schema.patient
     start_utc, end_utc = period.utc_bounds()
     open_ids = select(r.c.service_request_id).where(_open_in_period(r, period))
     referrals = read(engine, select(r.c.service_request_id, r.c.local_patient_id, r.c.commissioner_code,
                                     _text(r.c.received_date), r.c.source_of_referral, _text(r.c.discharge_date),
-                                    r.c.end_code,
-                                    r.c.presenting_problem_code)
+                                    r.c.end_code, r.c.presenting_problem_code, r.c.presenting_problem_significance,
+                                    r.c.onset_month, r.c.previous_diagnosed_condition)
                      .where(_open_in_period(r, period)))
     pat_ids = select(r.c.local_patient_id).where(_open_in_period(r, period))
     patients = read(engine, select(p.c.local_patient_id, p.c.nhs_number, _text(p.c.birth_date), p.c.postcode,
                                    p.c.gender, p.c.ethnic_category, p.c.gp_practice_code, p.c.dataset_objection_pre2020,
-                                   p.c.dataset_objection_date)
+                                   p.c.dataset_objection_date, p.c.gender_identity, p.c.gender_same_at_birth,
+                                   p.c.ethnic_category_2021, p.c.ex_armed_forces, p.c.preferred_language,
+                                   p.c.education_establishment)
                     .where(p.c.local_patient_id.in_(pat_ids)))
+    in_period = (c.c.contact_at >= start_utc, c.c.contact_at < end_utc, c.c.service_request_id.in_(open_ids))
     contacts = read(engine, select(c.c.care_contact_id, c.c.service_request_id, _text(c.c.contact_at),
                                    _text(c.c.duration_minutes),
-                                   c.c.app_type, c.c.attend_code, c.c.cons_mechanism, c.c.clinician_id)
-                    .where(c.c.contact_at >= start_utc, c.c.contact_at < end_utc,
-                           c.c.service_request_id.in_(open_ids)))
+                                   c.c.app_type, c.c.attend_code, c.c.cons_mechanism, c.c.clinician_id,
+                                   c.c.planned, c.c.short_notice_cancellation, c.c.ltc_service, c.c.digital_programme,
+                                   c.c.therapy_mode, _text(c.c.group_participants), _text(c.c.group_facilitators),
+                                   c.c.psychotropic_medication, c.c.activity_location, c.c.site_code,
+                                   c.c.treatment_language, c.c.interpreter_present, c.c.procedure_code,
+                                   c.c.finding_scheme, c.c.finding_code, c.c.observation_code,
+                                   c.c.observation_value, c.c.observation_unit)
+                    .where(*in_period))
     assessments = read(engine, select(a.c.assessment_id, a.c.service_request_id, a.c.care_contact_id, a.c.tool_code,
-                                      _text(a.c.score), _text(a.c.assessed_at))
+                                      _text(a.c.score), a.c.score_text, _text(a.c.assessed_at))
                        .where(a.c.assessed_at >= start_utc, a.c.assessed_at < end_utc,
                               a.c.service_request_id.in_(open_ids)))
+    # patient-level tables: the IDS001 patients' rows that had started by the period's end
+    acc, emp, dis = schema.accommodation_status, schema.employment_status, schema.disability
+    soc, ovs, dia, clu = (schema.social_circumstance, schema.overseas_visitor, schema.previous_diagnosis,
+                          schema.care_cluster)
+    accommodation = read(engine, select(acc.c.accommodation_id, acc.c.local_patient_id, acc.c.accommodation_type,
+                                        acc.c.settled, _text(acc.c.recorded_date), _text(acc.c.start_date),
+                                        _text(acc.c.end_date))
+                         .where(acc.c.local_patient_id.in_(pat_ids), _by_period_end(acc.c.recorded_date, period),
+                                _by_period_end(acc.c.start_date, period),
+                                _not_ended_before(acc.c.end_date, period.first)))
+    employment = read(engine, select(*(_text(col) if col.name.endswith("date") else col for col in emp.c))
+                      .where(emp.c.local_patient_id.in_(pat_ids), _by_period_end(emp.c.recorded_date, period)))
+    disability = read(engine, select(dis.c.disability_id, dis.c.local_patient_id, dis.c.disability_code)
+                      .where(dis.c.local_patient_id.in_(pat_ids)))
+    circumstances = read(engine, select(soc.c.circumstance_id, soc.c.local_patient_id, soc.c.snomed_code,
+                                        _text(soc.c.recorded_date))
+                         .where(soc.c.local_patient_id.in_(pat_ids), _by_period_end(soc.c.recorded_date, period)))
+    overseas = read(engine, select(ovs.c.visitor_id, ovs.c.local_patient_id, ovs.c.charging_category,
+                                   _text(ovs.c.applicable_date))
+                    .where(ovs.c.local_patient_id.in_(pat_ids), _by_period_end(ovs.c.applicable_date, period)))
+    diagnoses = read(engine, select(dia.c.diagnosis_id, dia.c.local_patient_id, dia.c.scheme, dia.c.code,
+                                    _text(dia.c.diagnosis_date))
+                     .where(dia.c.local_patient_id.in_(pat_ids), _by_period_end(dia.c.diagnosis_date, period)))
+    clusters = read(engine, select(clu.c.cluster_id, clu.c.local_patient_id, clu.c.cluster_code, _text(clu.c.start_at),
+                                   _text(clu.c.end_at))
+                    .where(clu.c.local_patient_id.in_(pat_ids), clu.c.start_at < end_utc,
+                           _not_ended_before(clu.c.end_at, start_utc)))
+    # referral-level tables: the IDS101 referrals' rows for the period
+    onw, pau, itl, ltc = (schema.onward_referral, schema.waiting_time_pause, schema.internet_therapy_log,
+                          schema.long_term_condition)
+    onward = read(engine, select(onw.c.onward_referral_id, onw.c.service_request_id, _text(onw.c.referred_at),
+                                 onw.c.reason, onw.c.receiving_org_code)
+                  .where(onw.c.service_request_id.in_(open_ids), onw.c.referred_at >= start_utc,
+                         onw.c.referred_at < end_utc))
+    pauses = read(engine, select(pau.c.pause_id, pau.c.service_request_id, _text(pau.c.start_date),
+                                 _text(pau.c.end_date), pau.c.reason)
+                  .where(pau.c.service_request_id.in_(open_ids), pau.c.start_date < period.end,
+                         _not_ended_before(pau.c.end_date, period.first)))
+    logs_in_period = (itl.c.service_request_id.in_(open_ids), itl.c.start_date < period.end,
+                      _not_ended_before(itl.c.end_date, period.first))
+    therapy_logs = read(engine, select(itl.c.log_id, itl.c.service_request_id, _text(itl.c.start_date),
+                                       _text(itl.c.end_date), itl.c.programme, _text(itl.c.duration_minutes),
+                                       itl.c.care_pers_local_id, itl.c.integrated_software)
+                        .where(*logs_in_period))
+    conditions = read(engine, select(ltc.c.condition_id, ltc.c.service_request_id, ltc.c.scheme, ltc.c.code)
+                      .where(ltc.c.service_request_id.in_(open_ids)))
+    # IDS902: qualifications of the personnel the contacts and logs name (narrowed to the file's rows by build)
+    q = schema.care_personnel_qualification
+    named = union(select(c.c.clinician_id.label("pers")).where(*in_period, c.c.clinician_id.is_not(None)),
+                  select(itl.c.care_pers_local_id.label("pers")).where(*logs_in_period,
+                                                                       itl.c.care_pers_local_id.is_not(None)))
+    qualifications = read(engine, select(q.c.qualification_id, q.c.care_pers_local_id, q.c.level,
+                                         _text(q.c.awarded_date), _text(q.c.planned_completion_date))
+                          .where(q.c.care_pers_local_id.in_(select(named.subquery().c.pers)),
+                                 _by_period_end(q.c.awarded_date, period)))
     # whole-life facts for the measures: aggregated in the database, not read row by row
     treat = read(engine, select(c.c.service_request_id,
                                 func.min(cast(c.c.contact_at, String)).label("first_treatment_at"),
@@ -194,7 +327,11 @@ def read_source(engine: Engine, period: Period) -> SourceMonth:
     scores = read(engine, select(a.c.service_request_id, a.c.tool_code, _text(a.c.score), _text(a.c.assessed_at))
                   .where(a.c.service_request_id.in_(discharged), a.c.tool_code.in_([PHQ9, GAD7])))
     return SourceMonth(patients, referrals, contacts, assessments,
-                       history(referrals["service_request_id"], treat, scores))
+                       history(referrals["service_request_id"], treat, scores),
+                       accommodation=accommodation, employment=employment, disability=disability,
+                       circumstances=circumstances, overseas=overseas, onward=onward, pauses=pauses,
+                       therapy_logs=therapy_logs, diagnoses=diagnoses, conditions=conditions, clusters=clusters,
+                       qualifications=qualifications)
 
 
 def history(referral_ids: pd.Series, treat: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
@@ -297,6 +434,9 @@ def _category(s: pd.Series) -> pd.Series:
     data = arrow_data(s)
     if data is None or not pa.types.is_large_string(data.type):
         return s.astype("category")
+    if data.null_count == len(data):      # a field the source does not record: no categories, no encoding pass
+        return pd.Series(pd.Categorical.from_codes(np.full(len(data), -1, dtype=np.int8), dtype=pd.CategoricalDtype(
+            pd.Index([], dtype="string[pyarrow]"))), index=s.index)
     enc = pc.dictionary_encode(data.combine_chunks())
     order = pc.array_sort_indices(enc.dictionary).to_numpy()
     rank = np.empty(len(order), dtype=np.int32)
@@ -341,10 +481,28 @@ def _score_text(v) -> pd.Series:
     return out
 
 
-def _score_column(v, rows: np.ndarray) -> pd.Series:
-    """``_score_text(v)[rows]`` as the categorical the table holds. Plain integer scores (the usual case) are
-    formatted once per distinct value rather than once per row; categories sorted as text, as
+def _score_column(v, rows: np.ndarray, text=None) -> pd.Series:
+    """PersScore of the rows ``rows`` as the categorical the table holds: ``text`` (``score_text``, the score of a
+    non-integer item as recorded: Y/N answers, decimals) where present, else the integer ``score`` as text.
+
+    The recorded text is kept exactly (never re-formatted: "07" stays "07"). Plain integer scores (the usual case)
+    are formatted once per distinct value rather than once per row; categories sorted as text, as
     ``.astype("category")`` sorts them."""
+    n = int(np.count_nonzero(rows)) if rows.dtype == bool else len(rows)
+    if v is None:
+        v = pd.Series([None] * len(rows), dtype=object)
+    if text is not None:
+        t = _s(pd.Series(text).reset_index(drop=True)[rows].reset_index(drop=True))
+        if t.notna().any():
+            ints = _score_text(pd.Series(v).reset_index(drop=True)[rows])
+            return _category(_s(t.where(t.notna(), ints.astype("string[pyarrow]"))))
+    if n == 0:
+        return _category(_s(pd.Series([], dtype=object)))
+    return _score_column_numbers(v, rows)
+
+
+def _score_column_numbers(v, rows: np.ndarray) -> pd.Series:
+    """``_score_text(v)[rows]`` as a categorical (see :func:`_score_column`)."""
     v = pd.Series(v).reset_index(drop=True)
     ints = v.to_numpy()[rows] if isinstance(v.dtype, np.dtype) and v.dtype.kind in "iu" else None
     if ints is None or not len(ints) or int(ints.max()) - int(ints.min()) > 1_000_000:
@@ -392,10 +550,9 @@ def _local(instants) -> pd.Series:
 #: duplicate checks, look-ups and the cascade compare small integers instead of hashing id strings again in
 #: every rule: hashing a million distinct strings costs ~0.1-0.3 s each time, comparing codes a millisecond.
 KEY_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "patient": (("IDS001MPI", "LocalPatientId"), ("IDS002GP", "LocalPatientId"), ("IDS101Referral", "LocalPatientId")),
-    "referral": (("IDS101Referral", "ServiceRequestId"), ("IDS201CareContact", "ServiceRequestId"),
-                 ("IDS603PresentingComplaints", "ServiceRequestId"),
-                 ("IDS606CodedScoreAssessmentRefer", "ServiceRequestId")),
+    "patient": (("IDS001MPI", "LocalPatientId"), ("IDS101Referral", "LocalPatientId"),
+                *((t, "LocalPatientId") for t in PATIENT_CHILDREN)),
+    "referral": (("IDS101Referral", "ServiceRequestId"), *((t, "ServiceRequestId") for t in REFERRAL_CHILDREN)),
     "contact": (("IDS201CareContact", "CareContactId"), ("IDS202CareActivity", "CareContactId")),
     "activity": (("IDS202CareActivity", "CareActId"), ("IDS607CodedScoreAssessmentAct", "CareActId")),
 }
@@ -564,61 +721,192 @@ class Keys:
         return (codes >= 0) & present[np.maximum(codes, 0)] if len(present) else np.zeros(len(codes), bool)
 
 
+def _column(df: pd.DataFrame, col: str) -> pd.Series | None:
+    """``df[col]`` with a fresh index, or None when the source frame has no such column (a source not recording it
+    yet: the field is built empty)."""
+    return pd.Series(df[col]).reset_index(drop=True) if col in df.columns else None
+
+
+def _text_of(df: pd.DataFrame, col: str) -> pd.Series:
+    """A source column as nullable Arrow text (all null when absent)."""
+    v = _column(df, col)
+    if v is None:
+        return pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([pa.nulls(len(df), pa.large_string())])))
+    return _s(v)
+
+
+def _date_of(df: pd.DataFrame, col: str) -> pd.Series:
+    """A source date column as ``datetime64[s]`` dates (unparseable → NaT; all NaT when absent)."""
+    v = _column(df, col)
+    return _no_dates(len(df)) if v is None else _date(v)
+
+
+def _int_of(df: pd.DataFrame, col: str) -> pd.Series:
+    """A source number column as nullable ``Int64`` (unparseable → NA; all NA when absent)."""
+    v = _column(df, col)
+    if v is None:
+        n = len(df)
+        return pd.Series(pd.arrays.IntegerArray(np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)))
+    return pd.to_numeric(v, errors="coerce").astype("Int64")
+
+
+def _local_of(df: pd.DataFrame, col: str) -> pd.Series:
+    """A source UTC instant column as naive London wall-clock times (all NaT when absent)."""
+    v = _column(df, col)
+    return _local(v if v is not None else pd.Series([None] * len(df), dtype=object))
+
+
+def _until(dates: pd.Series, period: Period) -> pd.Series:
+    """End dates, blank where after the period: at its end the thing was still open."""
+    return dates.mask((dates >= pd.Timestamp(period.end)).to_numpy())
+
+
+def _gather(values: pd.Series, rows: np.ndarray) -> pd.Series:
+    """``values[rows]`` (text), null where ``rows`` is -1, in Arrow."""
+    arr = _arrow(values)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    idx = pa.array(np.maximum(rows, 0), type=pa.int64(), mask=rows < 0)
+    return _s(pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([pc.take(arr, idx)]))))
+
+
+def _row_of(codes: np.ndarray, size: int) -> np.ndarray:
+    """For each code of a kind: a row of the frame ``codes`` came from that holds it (-1: none)."""
+    rows = np.full(size + 1, -1, dtype=np.int64)
+    ok = codes >= 0
+    rows[codes[ok]] = np.flatnonzero(ok)
+    return rows
+
+
+def _frame(cols: dict[str, pd.Series], rid: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame({**cols, "_rid": _s(rid)})
+
+
 def build(src: SourceMonth, period: Period, *, org_provider: str, version: str = DEFAULT_VERSION,
           org_submitter: str | None = None, system: str = "Caldicott",
           created_at: dt.datetime | None = None) -> Dataset:
-    """Map one period of source rows to the data set tables (vectorised; no validation here)."""
+    """Map one period of source rows to all the data set tables (vectorised; no validation here).
+
+    Every table of :data:`COLUMNS` is built, with every national field, even when the source frame is empty or
+    lacks the column (then the field is empty): the file's structure never depends on what the service records.
+    """
     if version not in VERSIONS:
         raise ValueError(f"data set version {version!r} is not supported (one of {', '.join(VERSIONS)})")
     if not org_provider:
         raise ValueError("org_provider (OrgIDProv, the provider's ODS code) is required: it has no default")
     created = created_at or dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
     src = SourceMonth(*(f.reset_index(drop=True) for f in (src.patients, src.referrals, src.contacts,
-                                                            src.assessments)), history=src.history)
+                                                            src.assessments)), history=src.history,
+                      **{n: getattr(src, n).reset_index(drop=True) for n in SourceMonth.EXTRA})
     header = pd.DataFrame({
         "DatSetVer": _s([version]), "OrgIDProv": _s([org_provider]), "OrgIDSubmit": _s([org_submitter or org_provider]),
         "PrimSystemInUse": _s([system]), "ReportingPeriodStartDate": _date([period.first]),
         "ReportingPeriodEndDate": _date([period.last]), "DateTimeDatSetCreate": pd.Series([created]).astype(
             "datetime64[s]"), "_rid": _s(["header"])})
 
+    # ---- patient: IDS001, IDS002 and the patient-level tables ----
     p = src.patients
     pid = _s(p["local_patient_id"])
     r = src.referrals
     ref_pid = _s(r["local_patient_id"])
-    (pat_codes, ref_pat_codes), n_pat = encode_together([_arrow(pid), _arrow(ref_pid)])
+    acc, emp, dis, soc, ovs, dia, clu = (src.accommodation, src.employment, src.disability, src.circumstances,
+                                         src.overseas, src.diagnoses, src.clusters)
+    child_pid = [_text_of(f, "local_patient_id") for f in (acc, emp, dis, soc, ovs, dia, clu)]
+    (pat_codes, ref_pat_codes, *child_pat_codes), n_pat = encode_together(
+        [_arrow(pid), _arrow(ref_pid), *(_arrow(x) for x in child_pid)])
     nhs = _s(p["nhs_number"])
     birth = _date(p["birth_date"])
     birth = birth.mask(birth.isna().to_numpy() & pd.Series(p["birth_date"]).notna().to_numpy(), UNPARSEABLE_BIRTH)
     mpi = pd.DataFrame({
         "LocalPatientId": pid, "OrgIDLocalPatientId": _s(np.full(len(p), org_provider, dtype=object)), "NHSNumber": nhs,
         "NHSNumberStatus": _s(np.where(nhs.notna().to_numpy(), "01", "07")), "PersonBirthDate": birth,
-        "Postcode": _s(p["postcode"]), "Gender": _s(p["gender"]), "EthnicCategory": _s(p["ethnic_category"]),
-        "_rid": pid})
+        "Postcode": _s(p["postcode"]), "Gender": _s(p["gender"]), "GenderIdentity": _text_of(p, "gender_identity"),
+        "GenderIdentitySameAtBirth": _text_of(p, "gender_same_at_birth"), "EthnicCategory": _s(p["ethnic_category"]),
+        "EthnicCategory2021": _text_of(p, "ethnic_category_2021"), "ExBAFIndicator": _text_of(p, "ex_armed_forces"),
+        "LanguageCodePreferred": _text_of(p, "preferred_language"),
+        "EduEstabTypeIAPT": _text_of(p, "education_establishment"), "_rid": pid})
     gp_code = _s(p["gp_practice_code"])
     gp_code = gp_code.where(gp_code.notna() & (gp_code.str.strip() != ""), GP_NOT_KNOWN)
     gp = pd.DataFrame({"LocalPatientId": pid, "GMPCodeReg": gp_code,
                        "StartDateGMPRegistration": _no_dates(len(p)), "EndDateGMPRegistration": _no_dates(len(p)),
                        "_rid": pid})
+    accomm = _frame({"LocalPatientId": child_pid[0], "AccommodationType": _text_of(acc, "accommodation_type"),
+                     "SettledAccommodationInd": _text_of(acc, "settled"),
+                     "AccommodationTypeDate": _date_of(acc, "recorded_date"),
+                     "AccommodationTypeStartDate": _date_of(acc, "start_date"),
+                     "AccommodationTypeEndDate": _until(_date_of(acc, "end_date"), period)},
+                    _text_of(acc, "accommodation_id"))
+    employ = _frame({"LocalPatientId": child_pid[1], "EmployStatus": _text_of(emp, "employment_status"),
+                     "EmployStatusRecDate": _date_of(emp, "recorded_date"),
+                     "WeekHoursWorked": _text_of(emp, "weekly_hours"), "SelfEmployInd": _text_of(emp, "self_employed"),
+                     "SickAbsenceInd": _text_of(emp, "sickness_absence"), "SSPInd": _text_of(emp, "statutory_sick_pay"),
+                     "BenefitRecInd": _text_of(emp, "benefit_receipt"), "ESAInd": _text_of(emp, "esa"),
+                     "UCInd": _text_of(emp, "universal_credit"), "PIPInd": _text_of(emp, "pip"),
+                     "EmpSupportInd": _text_of(emp, "employment_support"),
+                     "EmpSupportReferral": _date_of(emp, "employment_support_referral_date"),
+                     "EmpSupportDischargeDate": _until(_date_of(emp, "employment_support_discharge_date"), period)},
+                    _text_of(emp, "employment_id"))
+    disab = _frame({"LocalPatientId": child_pid[2], "DisabCode": _text_of(dis, "disability_code")},
+                   _text_of(dis, "disability_id"))
+    social = _frame({"LocalPatientId": child_pid[3], "SocPerCircumstance": _text_of(soc, "snomed_code"),
+                     "SocPerCircumstanceRecDate": _date_of(soc, "recorded_date")}, _text_of(soc, "circumstance_id"))
+    overseas = _frame({"LocalPatientId": child_pid[4], "OvsVisChCat": _text_of(ovs, "charging_category"),
+                       "OvsVisChCatAppDate": _date_of(ovs, "applicable_date")}, _text_of(ovs, "visitor_id"))
+    prev_diag = _frame({"LocalPatientId": child_pid[5], "DiagSchemeInUse": _text_of(dia, "scheme"),
+                        "PrevDiag": _text_of(dia, "code"), "DiagDate": _date_of(dia, "diagnosis_date")},
+                       _text_of(dia, "diagnosis_id"))
+    clu_start, clu_end = _local_of(clu, "start_at"), _local_of(clu, "end_at")
+    clu_end = clu_end.mask((clu_end >= pd.Timestamp(period.end)).to_numpy())   # still assigned at the period end
+    cluster = _frame({"LocalPatientId": child_pid[6], "AMHCareClustCodeFin": _text_of(clu, "cluster_code"),
+                      "StartDateCareClust": clu_start.dt.floor("D").astype("datetime64[s]"),
+                      "StartTimeCareClust": _hms(clu_start),
+                      "EndDateCareClust": clu_end.dt.floor("D").astype("datetime64[s]"),
+                      "EndTimeCareClust": _hms(clu_end)}, _text_of(clu, "cluster_id"))
 
+    # ---- referral: IDS101 and the referral-level tables ----
     rid = _s(r["service_request_id"])
     disch = _date(r["discharge_date"])
     after = (disch >= pd.Timestamp(period.end)).to_numpy()  # discharged after the period: still open at its end
     disch = disch.mask(after)
     end_code = _s(r["end_code"]).mask(after)
     received = _date(r["received_date"])
+    commissioner = _s(r["commissioner_code"])
     ref = pd.DataFrame({
-        "ServiceRequestId": rid, "LocalPatientId": ref_pid, "OrgIDComm": _s(r["commissioner_code"]),
+        "ServiceRequestId": rid, "LocalPatientId": ref_pid, "OrgIDComm": commissioner,
         "ReferralRequestReceivedDate": received, "SourceOfReferralIAPT": _s(r["source_of_referral"]),
-        "ServDischDate": disch, "EndCode": end_code, "_rid": rid})
+        "OnsetDate": _text_of(r, "onset_month"), "PrevDiagCondInd": _text_of(r, "previous_diagnosed_condition"),
+        "EndCode": end_code, "ServDischDate": disch, "_rid": rid})
     new = (received >= pd.Timestamp(period.first)).to_numpy()
-    has_code = _s(r["presenting_problem_code"]).notna().to_numpy() if "presenting_problem_code" in r else \
-        np.zeros(len(r), bool)
-    pres = pd.DataFrame({"ServiceRequestId": rid[new & has_code], "FindSchemeInUse": FIND_SCHEME_ICD10,
-                         "PresComp": _s(r["presenting_problem_code"])[new & has_code] if has_code.any() else _s([]),
-                         "PresCompDate": received[new & has_code], "_rid": rid[new & has_code]}
-                        ).reset_index(drop=True)
-    pres["FindSchemeInUse"] = _s(pres["FindSchemeInUse"])
+    pres_code = _text_of(r, "presenting_problem_code")
+    has_code = pres_code.notna().to_numpy()
+    pick = new & has_code
+    pres = pd.DataFrame({name: col[pick].reset_index(drop=True) for name, col in (
+        ("ServiceRequestId", rid), ("FindSchemeInUse", _s(np.full(len(r), FIND_SCHEME_ICD10, dtype=object))),
+        ("PresComp", pres_code), ("PresCompCodSig", _text_of(r, "presenting_problem_significance")),
+        ("PresCompDate", received), ("_rid", rid))})
 
+    onw, pau, itl, ltc = src.onward, src.pauses, src.therapy_logs, src.conditions
+    child_sri = [_text_of(f, "service_request_id") for f in (onw, pau, itl, ltc)]
+    onw_local = _local_of(onw, "referred_at")
+    onward = _frame({"ServiceRequestId": child_sri[0],
+                     "OnwardReferDate": onw_local.dt.floor("D").astype("datetime64[s]"),
+                     "OnwardReferTime": _hms(onw_local), "OnwardReferReason": _text_of(onw, "reason"),
+                     "OrgIDReceiving": _text_of(onw, "receiving_org_code")}, _text_of(onw, "onward_referral_id"))
+    pause_id = _text_of(pau, "pause_id")
+    pauses = _frame({"PauseID": pause_id, "ServiceRequestId": child_sri[1],
+                     "PauseStartDate": _date_of(pau, "start_date"),
+                     "PauseEndDate": _until(_date_of(pau, "end_date"), period),
+                     "PauseReason": _text_of(pau, "reason")}, pause_id)
+    logs = _frame({"ServiceRequestId": child_sri[2], "StartDateIntEnabledTherLog": _date_of(itl, "start_date"),
+                   "EndDateIntEnabledTherLog": _until(_date_of(itl, "end_date"), period),
+                   "IntEnabledTherProg": _text_of(itl, "programme"),
+                   "DurationIntEnabledTher": _int_of(itl, "duration_minutes"),
+                   "CarePersLocalId": _text_of(itl, "care_pers_local_id"),
+                   "IntegratedSoftwareInd": _text_of(itl, "integrated_software")}, _text_of(itl, "log_id"))
+    ltcs = _frame({"ServiceRequestId": child_sri[3], "FindSchemeInUse": _text_of(ltc, "scheme"),
+                   "LongTermCondition": _text_of(ltc, "code")}, _text_of(ltc, "condition_id"))
+
+    # ---- contacts, activities, scores ----
     c = src.contacts
     cid = _s(c["care_contact_id"])
     cc_sri = _s(c["service_request_id"])
@@ -628,16 +916,26 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
     a_sri = _s(pd.Series(a["service_request_id"])[~at_contact].reset_index(drop=True))  # only IDS606 rows
     # the id columns' integer codes, one hashing pass per kind (see Keys); CareActId is the contact id + "-1",
     # a one-to-one mapping, so activities share the contacts' codes
-    (rid_codes, cc_sri_codes, a_sri_codes), n_ref = encode_together(
-        [_arrow(rid), _arrow(cc_sri), _arrow(a_sri)])
+    (rid_codes, cc_sri_codes, a_sri_codes, *child_ref_codes), n_ref = encode_together(
+        [_arrow(rid), _arrow(cc_sri), _arrow(a_sri), *(_arrow(x) for x in child_sri)])
     (cid_codes, a_cid_codes), n_con = encode_together([_arrow(cid), _arrow(a_contact[at_contact])])
     local = _local(c["contact_at"])
     contact = pd.DataFrame({
         "CareContactId": cid, "ServiceRequestId": cc_sri,
         "CareContDate": local.dt.floor("D").astype("datetime64[s]"), "CareContTime": _hms(local),
-        "AttendOrDNACode": _s(c["attend_code"]), "AppType": _s(c["app_type"]), "ConsMechanism": _s(c["cons_mechanism"]),
-        "ClinContDurOfCareCont": pd.to_numeric(pd.Series(c["duration_minutes"]).reset_index(drop=True),
-                                               errors="coerce").astype("Int64"), "_rid": cid})
+        "OrgIDComm": _gather(commissioner, _row_of(rid_codes, n_ref)[np.where(cc_sri_codes >= 0, cc_sri_codes,
+                                                                              n_ref)]),
+        "PlannedCareContIndicator": _text_of(c, "planned"), "AttendOrDNACode": _s(c["attend_code"]),
+        "Cancellation": _text_of(c, "short_notice_cancellation"),
+        "ClinContDurOfCareCont": _int_of(c, "duration_minutes"), "IAPTLTCServiceInd": _text_of(c, "ltc_service"),
+        "AppType": _s(c["app_type"]), "ConsMechanism": _s(c["cons_mechanism"]),
+        "IntEnabledTherProg": _text_of(c, "digital_programme"), "CareContPatientTherMode": _text_of(c, "therapy_mode"),
+        "NumGroupTherParticipants": _int_of(c, "group_participants"),
+        "NumGroupTherFacilitators": _int_of(c, "group_facilitators"),
+        "PsychMed": _text_of(c, "psychotropic_medication"),
+        "ActLocTypeCode": _text_of(c, "activity_location"), "SiteIDOfTreat": _text_of(c, "site_code"),
+        "LanguageCodeTreat": _text_of(c, "treatment_language"),
+        "InterpreterPresentInd": _text_of(c, "interpreter_present"), "_rid": cid})
 
     # one care activity per contact that was attended or holds scores; CareActId derived from the contact id
     scored = np.zeros(n_con, dtype=bool)
@@ -646,47 +944,80 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
     act_mask = attended | ((cid_codes >= 0) & scored[np.maximum(cid_codes, 0)] if n_con else False)
     act_contacts = contact[["CareContactId", "ClinContDurOfCareCont"]].loc[act_mask].reset_index(drop=True)
     act_id = suffix(act_contacts["CareContactId"], "-1")
+
+    def at_act(col: str) -> pd.Series:
+        return _text_of(c, col)[act_mask].reset_index(drop=True)
+
     activity = pd.DataFrame({
         "CareActId": act_id, "CareContactId": _s(act_contacts["CareContactId"]),
-        "CareProfLocalId": _s(pd.Series(c["clinician_id"])[act_mask].reset_index(drop=True)) if "clinician_id" in c
-        else _s(np.full(len(act_contacts), None)),
-        "ClinContactDurOfCareAct": act_contacts["ClinContDurOfCareCont"].reset_index(drop=True), "_rid": act_id})
+        "CarePersLocalId": at_act("clinician_id"),
+        "ClinContactDurOfCareAct": act_contacts["ClinContDurOfCareCont"].reset_index(drop=True),
+        "CodeProcAndProcStatus": at_act("procedure_code"), "FindSchemeInUse": at_act("finding_scheme"),
+        "CodeFind": at_act("finding_code"), "CodeObs": at_act("observation_code"),
+        "ObsValue": at_act("observation_value"), "UnitMeasure": at_act("observation_unit"), "_rid": act_id})
 
     aid = _s(a["assessment_id"])
     a_local = _local(pd.Series(a["assessed_at"])[~at_contact])   # times only for IDS606 rows
     tool = _s(a["tool_code"])
+    score, score_text = _column(a, "score"), _column(a, "score_text")
     refer = pd.DataFrame({
         "ServiceRequestId": a_sri,
         "CodedAssToolType": tool[~at_contact].reset_index(drop=True),
-        "PersScore": _score_column(a["score"], ~at_contact),
+        "PersScore": _score_column(score, ~at_contact, score_text),
         "AssToolCompDate": a_local.dt.floor("D").astype("datetime64[s]"),
         "AssToolCompTime": _hms(a_local), "_rid": aid[~at_contact].reset_index(drop=True)})
     act = pd.DataFrame({
         "CareActId": suffix(a_contact[at_contact], "-1").reset_index(drop=True),
         "CodedAssToolType": tool[at_contact].reset_index(drop=True),
-        "PersScore": _score_column(a["score"], at_contact), "_rid": aid[at_contact].reset_index(drop=True)})
+        "PersScore": _score_column(score, at_contact, score_text), "_rid": aid[at_contact].reset_index(drop=True)})
 
-    tables = {"IDS000Header": header, "IDS001MPI": mpi, "IDS002GP": gp, "IDS101Referral": ref,
-              "IDS201CareContact": contact, "IDS202CareActivity": activity, "IDS603PresentingComplaints": pres,
-              "IDS606CodedScoreAssessmentRefer": refer, "IDS607CodedScoreAssessmentAct": act}
-    for name, df in tables.items():
-        df = df.reset_index(drop=True)[[*COLUMNS[name], "_rid"]]
+    # ---- IDS902: qualifications of the personnel the file's activities and therapy logs name ----
+    q = src.qualifications
+    q_pers = _text_of(q, "care_pers_local_id")
+    named = pd.concat([activity["CarePersLocalId"], logs["CarePersLocalId"]], ignore_index=True).dropna()
+    keep_q = isin(q_pers, named.astype("string[pyarrow]")) if len(q_pers) and len(named) else np.zeros(len(q), bool)
+    quals = _frame({"CarePersLocalId": q_pers, "QualAttainLevelIAPT": _text_of(q, "level"),
+                    "QualAwardedDate": _date_of(q, "awarded_date"),
+                    "QualPlannedCompletionDate": _date_of(q, "planned_completion_date")},
+                   _text_of(q, "qualification_id")).loc[keep_q].reset_index(drop=True)
+
+    tables = {"IDS000Header": header, "IDS001MPI": mpi, "IDS002GP": gp, "IDS003AccommStatus": accomm,
+              "IDS004EmpStatus": employ, "IDS007DisabilityType": disab, "IDS011SocPerCircumstances": social,
+              "IDS012OverseasVisitorChargCat": overseas, "IDS101Referral": ref, "IDS105OnwardReferral": onward,
+              "IDS108WaitingTimePauses": pauses, "IDS201CareContact": contact, "IDS202CareActivity": activity,
+              "IDS205InternetTherLog": logs, "IDS601MedHistPrevDiag": prev_diag, "IDS602LongTermCondition": ltcs,
+              "IDS603PresentingComplaints": pres, "IDS606CodedScoreAssessmentRefer": refer,
+              "IDS607CodedScoreAssessmentAct": act, "IDS803CareCluster": cluster, "IDS902CarePersQual": quals}
+    for name in COLUMNS:
+        df = tables[name].reset_index(drop=True)
+        extra = sorted(set(df.columns) - {*COLUMNS[name], "_rid"})
+        missing = [col for col in COLUMNS[name] if col not in df.columns]
+        if extra or missing:   # a programming error: every national field is built, under its national name
+            raise RuntimeError(f"{name}: built columns differ from the national list (missing {missing}, "
+                               f"unknown {extra})")
+        df = df[[*COLUMNS[name], "_rid"]]
         for col in CATEGORICAL.get(name, ()):
             if not isinstance(df[col].dtype, pd.CategoricalDtype):
                 df[col] = _category(df[col])
         tables[name] = df
-    ds = Dataset(period, version, tables, src.history)
+    ds = Dataset(period, version, {name: tables[name] for name in COLUMNS}, src.history)
     k = ds.keys
-    k.put(tables, "patient", {("IDS001MPI", "LocalPatientId"): pat_codes, ("IDS002GP", "LocalPatientId"): pat_codes,
-                              ("IDS101Referral", "LocalPatientId"): ref_pat_codes}, n_pat)
-    k.put(tables, "referral", {("IDS101Referral", "ServiceRequestId"): rid_codes,
-                               ("IDS201CareContact", "ServiceRequestId"): cc_sri_codes,
-                               ("IDS603PresentingComplaints", "ServiceRequestId"): rid_codes[new & has_code],
-                               ("IDS606CodedScoreAssessmentRefer", "ServiceRequestId"): a_sri_codes}, n_ref)
-    k.put(tables, "contact", {("IDS201CareContact", "CareContactId"): cid_codes,
-                              ("IDS202CareActivity", "CareContactId"): cid_codes[act_mask]}, n_con)
-    k.put(tables, "activity", {("IDS202CareActivity", "CareActId"): cid_codes[act_mask],
-                               ("IDS607CodedScoreAssessmentAct", "CareActId"): a_cid_codes}, n_con)
+    k.put(ds.tables, "patient", {("IDS001MPI", "LocalPatientId"): pat_codes,
+                                 ("IDS002GP", "LocalPatientId"): pat_codes,
+                                 ("IDS101Referral", "LocalPatientId"): ref_pat_codes,
+                                 **{(t, "LocalPatientId"): cd for t, cd in zip(PATIENT_CHILDREN[1:], child_pat_codes,
+                                                                               strict=True)}}, n_pat)
+    k.put(ds.tables, "referral", {("IDS101Referral", "ServiceRequestId"): rid_codes,
+                                  ("IDS201CareContact", "ServiceRequestId"): cc_sri_codes,
+                                  ("IDS603PresentingComplaints", "ServiceRequestId"): rid_codes[pick],
+                                  ("IDS606CodedScoreAssessmentRefer", "ServiceRequestId"): a_sri_codes,
+                                  **{(t, "ServiceRequestId"): cd for t, cd in zip(
+                                      ("IDS105OnwardReferral", "IDS108WaitingTimePauses", "IDS205InternetTherLog",
+                                       "IDS602LongTermCondition"), child_ref_codes, strict=True)}}, n_ref)
+    k.put(ds.tables, "contact", {("IDS201CareContact", "CareContactId"): cid_codes,
+                                 ("IDS202CareActivity", "CareContactId"): cid_codes[act_mask]}, n_con)
+    k.put(ds.tables, "activity", {("IDS202CareActivity", "CareActId"): cid_codes[act_mask],
+                                  ("IDS607CodedScoreAssessmentAct", "CareActId"): a_cid_codes}, n_con)
     return ds
 
 
@@ -695,13 +1026,16 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
 def cascade(ds: Dataset, gone: dict[str, np.ndarray] | None = None) -> dict[str, pd.Series]:
     """Drop, in place, the records whose parent is gone; return the dropped ``_rid`` per table.
 
-    Parents: IDS002/IDS101 → IDS001 (LocalPatientId); IDS201/IDS603/IDS606 → IDS101 (ServiceRequestId);
-    IDS202 → IDS201 (CareContactId); IDS607 → IDS202 (CareActId). A patient left with no referral goes too
-    (IDS00146). One pass in parent-to-child order then the orphaned-patient sweep reaches a fixed point.
+    Parents: IDS101 and the patient-level tables (:data:`PATIENT_CHILDREN`: IDS002/003/004/007/011/012/601/803)
+    → IDS001 (LocalPatientId); the referral-level tables (:data:`REFERRAL_CHILDREN`: IDS105/108/201/205/602/603/
+    606) → IDS101 (ServiceRequestId); IDS202 → IDS201 (CareContactId); IDS607 → IDS202 (CareActId). A patient left
+    with no referral goes too (IDS00146), with its patient-level rows. IDS000 and IDS902 hang off no record. One
+    pass in parent-to-child order then the orphaned-patient sweep reaches a fixed point.
 
     ``gone`` marks rows already rejected (screening's rule failures, a dropped referral): they are removed too
     but not returned. The parent checks compare the id columns' integer codes (:class:`Keys`) over the rows
-    still alive, and each table is filtered once at the end, however many steps removed rows from it.
+    still alive, and each table is filtered once at the end, however many steps removed rows from it. A table the
+    data set does not hold is skipped.
     """
     t, k = ds.tables, ds.keys
     alive = {name: np.ones(len(df), dtype=bool) for name, df in t.items()}
@@ -723,13 +1057,15 @@ def cascade(ds: Dataset, gone: dict[str, np.ndarray] | None = None) -> dict[str,
             dropped.setdefault(name, []).append(lost)
             alive[name] &= mask
 
-    mpi, gp, ref, cc, act = "IDS001MPI", "IDS002GP", "IDS101Referral", "IDS201CareContact", "IDS202CareActivity"
-    keep(gp, has_parent(gp, "LocalPatientId", mpi, "LocalPatientId"))
+    mpi, ref, cc, act = "IDS001MPI", "IDS101Referral", "IDS201CareContact", "IDS202CareActivity"
     keep(ref, has_parent(ref, "LocalPatientId", mpi, "LocalPatientId"))
     keep(mpi, has_parent(mpi, "LocalPatientId", ref, "LocalPatientId"))
-    keep(gp, has_parent(gp, "LocalPatientId", mpi, "LocalPatientId"))
-    for name in ("IDS201CareContact", "IDS603PresentingComplaints", "IDS606CodedScoreAssessmentRefer"):
-        keep(name, has_parent(name, "ServiceRequestId", ref, "ServiceRequestId"))
+    for name in PATIENT_CHILDREN:
+        if name in t:
+            keep(name, has_parent(name, "LocalPatientId", mpi, "LocalPatientId"))
+    for name in REFERRAL_CHILDREN:
+        if name in t:
+            keep(name, has_parent(name, "ServiceRequestId", ref, "ServiceRequestId"))
     keep(act, has_parent(act, "CareContactId", cc, "CareContactId"))
     keep("IDS607CodedScoreAssessmentAct", has_parent("IDS607CodedScoreAssessmentAct", "CareActId", act, "CareActId"))
     out = {name: pd.concat([t[name]["_rid"][m] for m in masks], ignore_index=True) for name, masks in dropped.items()}

@@ -36,6 +36,7 @@ from sqlalchemy import Engine
 from caldicott.dataset import rules, state_tables, writer
 from caldicott.dataset.builder import DEFAULT_VERSION, Dataset, Period, build, read_source
 from caldicott.dataset.calendar import Kind, Window, month_before
+from caldicott.dataset.idb import to_builder_names
 from caldicott.dataset.report import Provider, facts, trend, write_quarantine, write_report
 from caldicott.dataset.submit import WindowMissed, resolve_target, submission_item_id, submit
 from caldicott.dataset.writer import encrypt, read_archive
@@ -157,7 +158,8 @@ def build_validate_write(records: Engine, state: Engine, period: Period, s: Sett
     run_key = period.key if kind == Kind.PRIMARY else f"{period.key}-{kind.value}"
     t0 = time.perf_counter()
     res = rules.screen(ds)
-    quarantine(state, FLOW, run_key, res.quarantined)
+    # removed records, and the blanked cells (same table, with the rule and a 'blanked <column>' reason: issue 12)
+    quarantine(state, FLOW, run_key, res.quarantined + res.blanked_items)
     t1 = time.perf_counter()
     if res.file_failures:
         raise RuntimeError(f"data set for {period.key} ({kind.value}) would be rejected: "
@@ -169,16 +171,17 @@ def build_validate_write(records: Engine, state: Engine, period: Period, s: Sett
     stmt = policy.statement(period.key, mandated_counts=ds.counts(), pre2020=timing["pre2020"],
                             ndop_in_mandated=None, planning=None, ndop_source="pending")
     _private_write(_statement_path(s, period, kind), json.dumps(stmt, indent=1, default=str))
-    write_quarantine(out, res.quarantined)
-    figures = facts(ds, res.failures, res.quarantined)
+    write_quarantine(out, res.quarantined, res.blanked_items)
+    figures = facts(ds, res.failures, res.quarantined, blanked=res.blanked_by_rule)
     state_tables.register(state, period.key, kind=kind, version=s.version, archive_path=str(written.path),
                           sha256=written.sha256, size_bytes=written.size, row_counts=ds.counts(),
                           quarantined=len(res.quarantined), window_closes=window.closes if window else None,
                           facts=figures)
     render_report(state, period, s, kind, window=window)
     return {**base, "state": "written", "rows": ds.counts(), "quarantined": len(res.quarantined),
-            "quarantined_by_rule": res.by_reason, "warnings": {c: n for c, n in res.failures.items()
-                                                               if rules.CATALOGUE[c][0] == rules.WARNING},
+            "quarantined_by_rule": res.by_reason, "blanked_by_rule": res.blanked_by_rule,
+            "warnings": {c: n for c, n in res.failures.items()
+                         if rules.CATALOGUE.get(c, ("",))[0] == rules.WARNING},
             "archive_bytes": written.size, "timing_s": {**{k: v for k, v in timing.items() if k != "pre2020"},
                                                         "validate_s": round(t1 - t0, 3),
                                                         "write_s": round(t2 - t1, 3)},
@@ -189,7 +192,9 @@ def load_month(state: Engine, period: Period, s: Settings, kind: Kind | str = Ki
     row = state_tables.get(state, period.key, kind)
     if row is None:
         raise RuntimeError(f"no data set written for {period.key} ({Kind(kind).value})")
-    return read_archive(Path(row["archive_path"]), s.key)
+    # the archive is in its version's national names (v2.0: SourceOfReferralMH ...); the code reading it back (the
+    # planning extract, the opt-out counts) reads the builder's, which are v2.1's
+    return to_builder_names(read_archive(Path(row["archive_path"]), s.key), str(row["version"]))
 
 
 def mpi_numbers(state: Engine, period: Period, s: Settings, kind: Kind | str = Kind.PRIMARY) -> list[str]:

@@ -113,8 +113,11 @@ def measures(ds: Dataset) -> dict[str, float | int | None]:
     }
 
 
-def facts(ds: Dataset, failures: dict[str, int], quarantined: list[Quarantined]) -> dict:
-    """The report's figures, JSON-safe (kept in ``dataset_submission.facts`` for re-rendering and the trend)."""
+def facts(ds: Dataset, failures: dict[str, int], quarantined: list[Quarantined],
+          blanked: dict[str, int] | None = None) -> dict:
+    """The report's figures, JSON-safe (kept in ``dataset_submission.facts`` for re-rendering and the trend).
+
+    ``blanked``: rule code -> cells screening blanked (the record was submitted with that field empty)."""
     by_rule: dict[str, int] = {}
     for q in quarantined:
         by_rule[q.reason_code] = by_rule.get(q.reason_code, 0) + 1
@@ -122,6 +125,8 @@ def facts(ds: Dataset, failures: dict[str, int], quarantined: list[Quarantined])
             "rule_failures": {k: int(v) for k, v in sorted(failures.items())},
             "quarantined_by_rule": dict(sorted(by_rule.items())),
             "quarantined": len(quarantined),
+            "blanked_by_rule": {k: int(v) for k, v in sorted((blanked or {}).items())},
+            "blanked": int(sum((blanked or {}).values())),
             "measures": measures(ds)}
 
 
@@ -147,12 +152,14 @@ class ReportFiles:
     quarantine_csv: Path
 
 
-def write_quarantine(out_dir: Path, quarantined: list[Quarantined]) -> Path:
-    """``quarantine.csv``: table, opaque record id, rule code (the list the report links to)."""
+def write_quarantine(out_dir: Path, quarantined: list[Quarantined], blanked: list[Quarantined] | None = None) -> Path:
+    """``quarantine.csv``: table, opaque record id, rule code, and the action: ``removed`` (the record was held back)
+    or ``blanked <column>`` (submitted with that field empty; the list the report links to)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "quarantine.csv"
-    pd.DataFrame([(q.record_type, q.record_id, q.reason_code) for q in quarantined],
-                 columns=["table", "record_id", "rule_code"]).to_csv(path, index=False)
+    rows = [(q.record_type, q.record_id, q.reason_code, "removed") for q in quarantined]
+    rows += [(q.record_type, q.record_id, q.reason_code, q.reason.split(":", 1)[0]) for q in blanked or []]
+    pd.DataFrame(rows, columns=["table", "record_id", "rule_code", "action"]).to_csv(path, index=False)
     return path
 
 
@@ -323,13 +330,17 @@ def render(*, period: str, kind: str, version: str, provider: Provider, facts: d
 
     failures = facts.get("rule_failures") or {}
     qby = facts.get("quarantined_by_rule") or {}
+    bby = facts.get("blanked_by_rule") or {}
     top = sorted(failures.items(), key=lambda kv: (-kv[1], kv[0]))[:25]
     parts += ["<h2>Validation</h2>",
               f"<p id='quarantine-summary'>{_e(facts.get('quarantined', 0))} record(s) quarantined; each is listed "
               "(table, opaque id, rule) in <a id='quarantine-link' href='quarantine.csv'>quarantine.csv</a>.</p>",
+              f"<p id='blanked-summary'>{_e(facts.get('blanked', 0))} field value(s) blanked (submitted empty, as a "
+              "blank is only a warning nationally); listed there too, with the action 'blanked'.</p>",
               _bars("failures-chart", "records failing each rule (top 25)", top, "#d5281b"),
-              _table([(c, CATALOGUE.get(c, ("?", "", ""))[0], n, qby.get(c, 0), CATALOGUE.get(c, ("", "", ""))[2])
-                      for c, n in top], ("rule", "severity", "records failing", "quarantined", "message"),
+              _table([(c, CATALOGUE.get(c, ("?", "", ""))[0], n, qby.get(c, 0), bby.get(c, 0),
+                       CATALOGUE.get(c, ("", "", ""))[2])
+                      for c, n in top], ("rule", "severity", "records failing", "quarantined", "blanked", "message"),
                      table_id="rules")]
     parts += ["<h2>Opt-outs applied</h2>",
               _table(_optout_rows(statement), ("rule", "output", "figures"), table_id="optouts")]

@@ -1,11 +1,16 @@
 """Write the submission: one Parquet file per table, one IDB CSV per table and ``manifest.json``, in one
 archive, encrypted at rest.
 
-The archive is a ZIP: ``IDS000Header.parquet`` ... (loss-free: types and nulls exactly), ``idb/IDS000Header.csv``
-... (what NHS England's intermediate database imports, national columns and order: :mod:`caldicott.dataset.idb`)
-and ``manifest.json`` (row counts, columns and sha256 of every member). It is built in memory and only its
-encrypted form touches the disk: AES-256-GCM with a key from configuration (an Airflow connection or
-``CALDICOTT_DATASET_KEY``, base64 of 32 bytes), random 96-bit nonce, the file header as associated data::
+The archive is a ZIP with every table of the data set version (v2.1: all 21, ``IDS000Header`` ...
+``IDS902CarePersQual``, empty ones included; v2.0: its 19), each in NHS England's national layout of that version
+(:mod:`caldicott.dataset.idb`: every field, national names and order): ``IDS000Header.parquet`` ... with the
+national types (dates as dates, times as times of day, codes as text with their leading zeros, counts as
+integers; loss-free, nulls kept), ``idb/IDS000Header.csv`` ... (the same table as the text NHS England's
+intermediate database imports) and ``manifest.json`` (row counts, columns and sha256 of every member).
+
+It is built in memory and only its encrypted form touches the disk: AES-256-GCM with a key from configuration
+(an Airflow connection or ``CALDICOTT_DATASET_KEY``, base64 of 32 bytes), random 96-bit nonce, the file header
+as associated data::
 
     b"CALDDS1\\n" | key id (8 bytes: first 8 of sha256(key)) | nonce (12) | ciphertext+tag
 
@@ -39,7 +44,7 @@ import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from caldicott.dataset import idb
-from caldicott.dataset.builder import COLUMNS, Dataset
+from caldicott.dataset.builder import Dataset
 
 MAGIC = b"CALDDS1\n"
 KEY_ENV = "CALDICOTT_DATASET_KEY"
@@ -87,15 +92,16 @@ def decrypt(blob: bytes, key: bytes) -> bytes:
     return AESGCM(key).decrypt(head[-12:], blob[len(head):], head)
 
 
-def _arrow(df: pd.DataFrame, name: str) -> pa.Table:
-    cols = COLUMNS[name]
-    return pa.Table.from_pandas(df[cols], preserve_index=False)
-
-
-def table_bytes(df: pd.DataFrame, name: str) -> bytes:
+def parquet_bytes(typed: pa.Table) -> bytes:
+    """One table, already in its national layout (:func:`caldicott.dataset.idb.arrow_table`), as Parquet."""
     buf = io.BytesIO()
-    pq.write_table(_arrow(df, name), buf, compression="zstd")
+    pq.write_table(typed, buf, compression="zstd")
     return buf.getvalue()
+
+
+def table_bytes(df: pd.DataFrame, name: str, version: str = idb.BUILDER_VERSION) -> bytes:
+    """The Parquet file of one built table in the national layout of ``version``."""
+    return parquet_bytes(idb.arrow_table(df, name, version))
 
 
 @dataclass(frozen=True)
@@ -107,16 +113,28 @@ class Written:
 
 
 def archive_bytes(ds: Dataset, *, with_idb: bool = True, extra: dict | None = None) -> tuple[bytes, dict]:
-    """The plaintext ZIP and its manifest (kept in memory; never written unencrypted)."""
-    members: dict[str, bytes] = {f"{name}.parquet": table_bytes(ds.tables[name], name) for name in COLUMNS}
-    csvs = idb.members(ds.tables, COLUMNS) if with_idb else {}
+    """The plaintext ZIP and its manifest (kept in memory; never written unencrypted).
+
+    Every table of the version's national layout is written, in import order, each laid out once
+    (:func:`caldicott.dataset.idb.arrow_table`) and then written as Parquet and as the IDB CSV, so the two cannot
+    disagree. A table of the version the data set lacks fails loudly (the file would fail NHS England's structure
+    check)."""
+    names = idb.tables(ds.version)
+    missing = [n for n in names if n not in ds.tables]
+    if missing:
+        raise idb.IdbLayoutError(f"data set {ds.version} needs table(s) {', '.join(missing)}")
+    typed = {name: idb.arrow_table(ds.tables[name], name, ds.version) for name in names}
+    members: dict[str, bytes] = {f"{name}.parquet": parquet_bytes(typed[name]) for name in names}
+    csvs = {f"{idb.FOLDER}/{name}.csv": idb.csv_from_arrow(typed[name]) for name in names} if with_idb else {}
     members.update(csvs)
+    layout_file = idb.FIELDS_FILES[ds.version].name
     manifest = {
         "dataset": "IAPT / NHS Talking Therapies", "version": ds.version,
         "reporting_period": {"start": ds.period.first.isoformat(), "end": ds.period.last.isoformat()},
-        "tables": {name: {"file": f"{name}.parquet", "rows": len(ds.tables[name]), "columns": COLUMNS[name]}
-                   for name in COLUMNS},
-        "idb": {"layout": "IAPT v2.1 intermediate database (iapt_v2_1_fields.tsv)", "encoding": "UTF-8",
+        "layout": f"IAPT v{ds.version} national tables ({layout_file})",
+        "tables": {name: {"file": f"{name}.parquet", "rows": typed[name].num_rows,
+                          "columns": typed[name].column_names} for name in names},
+        "idb": {"layout": f"IAPT v{ds.version} intermediate database ({layout_file})", "encoding": "UTF-8",
                 "import_order": [n.removeprefix(f"{idb.FOLDER}/").removesuffix(".csv") for n in csvs]}
         if csvs else None,
         "files": {n: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in members.items()},
@@ -191,9 +209,12 @@ def read_archive(path: Path, key: bytes) -> dict[str, pd.DataFrame]:
 
 def read_archive_bytes(blob: bytes, key: bytes) -> dict[str, pd.DataFrame]:
     """The tables (and ``manifest``) of an encrypted archive held in memory: what an intermediary received over
-    MESH or SFTP reads back without touching the disk unencrypted."""
+    MESH or SFTP reads back without touching the disk unencrypted.
+
+    The tables are as written (national names of the archive's version); dates come back as pandas datetimes
+    (``datetime64``, so date arithmetic works as on the built frames), times of day as ``datetime.time``."""
     with zipfile.ZipFile(io.BytesIO(decrypt(blob, key))) as zf:
-        out = {n.removesuffix(".parquet"): pq.read_table(io.BytesIO(zf.read(n))).to_pandas()
+        out = {n.removesuffix(".parquet"): pq.read_table(io.BytesIO(zf.read(n))).to_pandas(date_as_object=False)
                for n in zf.namelist() if n.endswith(".parquet")}
         out["manifest"] = json.loads(zf.read("manifest.json"))
     return out

@@ -24,7 +24,7 @@ from enum import StrEnum
 import numpy as np
 import pandas as pd
 
-from caldicott.dataset.builder import Dataset, drop
+from caldicott.dataset.builder import Dataset
 
 CUTOVER = dt.date(2020, 9, 1)
 
@@ -61,22 +61,79 @@ RULES = {
 }
 
 
+#: Tables hanging off a referral (ServiceRequestId) and off a patient (LocalPatientId), v2.1 names.
+REFERRAL_CHILDREN = ("IDS105OnwardReferral", "IDS108WaitingTimePauses", "IDS201CareContact", "IDS205InternetTherLog",
+                     "IDS602LongTermCondition", "IDS603PresentingComplaints", "IDS606CodedScoreAssessmentRefer")
+PATIENT_CHILDREN = ("IDS002GP", "IDS003AccommStatus", "IDS004EmpStatus", "IDS007DisabilityType",
+                    "IDS011SocPerCircumstances", "IDS012OverseasVisitorChargCat", "IDS601MedHistPrevDiag",
+                    "IDS803CareCluster")
+
+
+def objectors(patients: pd.DataFrame) -> pd.Index:
+    """Local ids of the patients whose pre-September-2020 objection stands: objected, and either before the
+    cutover or on a date not recorded (an objection recorded without a date was, by definition of the field, made
+    under the v1.5 data set, so it is honoured)."""
+    obj = patients["dataset_objection_pre2020"].fillna(False).astype(bool).to_numpy()
+    if "dataset_objection_date" in patients:
+        when = pd.to_datetime(patients["dataset_objection_date"], errors="coerce")
+        before = ((when < pd.Timestamp(CUTOVER)) | when.isna()).to_numpy(dtype=bool)
+    else:
+        before = np.ones(len(obj), bool)
+    return pd.Index(patients["local_patient_id"][obj & before].astype(str))
+
+
+def _remove_referrals(ds: Dataset, referral_ids: pd.Index, patient_ids: pd.Index) -> dict[str, int]:
+    """Remove exactly these referrals and what belongs to them (their contacts, activities, scores, ...), and those
+    of ``patient_ids`` left with no referral, with their patient-level records. Nothing else: a record of another
+    patient that is already without its parent is left for screening, which quarantines it with its own code."""
+    t = ds.tables
+    counts: dict[str, int] = {}
+
+    def keep(name: str, gone: np.ndarray) -> None:
+        if name in t and gone.any():
+            counts[name] = counts.get(name, 0) + int(gone.sum())
+            ds.keep(name, ~gone)
+
+    def col_in(name: str, col: str, values) -> np.ndarray:
+        if name not in t or col not in t[name].columns or not len(t[name]):
+            return np.zeros(len(t.get(name, ())), bool)
+        return t[name][col].astype(object).isin(list(values)).to_numpy(dtype=bool).copy()
+
+    contacts = t["IDS201CareContact"]["CareContactId"][col_in("IDS201CareContact", "ServiceRequestId",
+                                                              referral_ids)] if "IDS201CareContact" in t else []
+    acts = t["IDS202CareActivity"]["CareActId"][col_in("IDS202CareActivity", "CareContactId", contacts)] \
+        if "IDS202CareActivity" in t else []
+    keep("IDS607CodedScoreAssessmentAct", col_in("IDS607CodedScoreAssessmentAct", "CareActId", acts))
+    keep("IDS202CareActivity", col_in("IDS202CareActivity", "CareContactId", contacts))
+    for name in REFERRAL_CHILDREN:
+        keep(name, col_in(name, "ServiceRequestId", referral_ids))
+    keep("IDS101Referral", col_in("IDS101Referral", "ServiceRequestId", referral_ids))
+    still = set(t["IDS101Referral"]["LocalPatientId"].astype(object).dropna())
+    gone_patients = [p for p in patient_ids if p not in still]
+    for name in PATIENT_CHILDREN:
+        keep(name, col_in(name, "LocalPatientId", gone_patients))
+    keep("IDS001MPI", col_in("IDS001MPI", "LocalPatientId", gone_patients))
+    return counts
+
+
 def apply_pre2020(ds: Dataset, patients: pd.DataFrame, mode: Pre2020Rule | str) -> dict:
-    """Remove, in place, what the pre-2020 objection rule excludes; return counts (no ids)."""
+    """Remove, in place, what the pre-2020 objection rule excludes; return counts (no ids).
+
+    The counts are of what this rule removed, and only that: the objectors' referrals (all, or those received
+    before the cutover), what belongs to them, and the objectors left with no referral.
+    """
     mode = Pre2020Rule(mode)
     if mode == Pre2020Rule.IGNORE or "dataset_objection_pre2020" not in patients:
         return {"mode": mode.value, "patients": 0, "referrals": 0}
-    obj = patients["dataset_objection_pre2020"].fillna(False).astype(bool).to_numpy()
-    when = pd.to_datetime(patients.get("dataset_objection_date"), errors="coerce")
-    before = (when < pd.Timestamp(CUTOVER)).fillna(True).to_numpy() if when is not None else np.ones(len(obj), bool)
-    objectors = pd.Index(patients["local_patient_id"][obj & before].astype(str))
+    who = objectors(patients)
     ref = ds.tables["IDS101Referral"]
-    mine = ref["LocalPatientId"].isin(objectors).to_numpy(dtype=bool).copy()
+    mine = ref["LocalPatientId"].astype(object).isin(list(who)).to_numpy(dtype=bool).copy()
     if mode == Pre2020Rule.REFERRALS_BEFORE_CUTOVER:
         mine &= (ref["ReferralRequestReceivedDate"] < pd.Timestamp(CUTOVER)).to_numpy(dtype=bool)
-    removed = drop(ds, "IDS101Referral", ref["_rid"][mine])
-    return {"mode": mode.value, "patients": len(removed.get("IDS001MPI", [])),
-            "referrals": int(mine.sum()), "records_removed": {k: len(v) for k, v in removed.items()}}
+    ids = pd.Index(ref["ServiceRequestId"][mine].astype(object))
+    removed = _remove_referrals(ds, ids, pd.Index(ref["LocalPatientId"][mine].astype(object).unique()))
+    return {"mode": mode.value, "patients": removed.get("IDS001MPI", 0),
+            "referrals": int(mine.sum()), "records_removed": removed}
 
 
 def planning_extract(ds: Dataset, *, org_provider: str) -> pd.DataFrame:

@@ -61,7 +61,8 @@ def expected_counts(frames: dict[str, pd.DataFrame], period: Period) -> dict[str
 def test_month_from_seeded_source_matches_independent_counts(synth_source):
     ds = build(read_source(synth_source.engine, SEPT), SEPT)
     want = expected_counts(synth_source.result.frames, SEPT)
-    assert ds.counts() == want
+    # the tables counted here independently; the others' selection: tests/unit/dataset/test_builder_tables.py
+    assert {t: n for t, n in ds.counts().items() if t in want} == want and set(ds.counts()) >= set(want)
     assert want["IDS101Referral"] > 20 and want["IDS201CareContact"] > 20
     res = rules.screen(ds)
     assert res.file_failures == []
