@@ -7,9 +7,16 @@ the embedded default; PostgreSQL is the production target and is exercised in CI
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, Row, Table, create_engine, event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
+
+#: A result row of any columns (read by position or by column name).
+AnyRow = Row[*tuple[Any, ...]]
 
 
 def make_engine(url: str, *, readonly: bool = False) -> Engine:
@@ -26,7 +33,7 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+        def _pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:  # pragma: no cover - trivial
             cur = dbapi_conn.cursor()
             if not readonly:
                 cur.execute("PRAGMA journal_mode=WAL")
@@ -45,14 +52,12 @@ def sqlite_url(path: Path | str) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
-def utcnow():
+def utcnow() -> dt.datetime:
     """Naive UTC now: state tables store UTC instants without a zone (SQLite has no zone type)."""
-    import datetime as dt
-
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def insert_ignore(engine_or_conn, table):
+def insert_ignore(engine_or_conn: Engine | Connection, table: Table) -> Insert:
     """An INSERT that skips rows whose key already exists, on SQLite and PostgreSQL alike.
 
     Idempotency rests on this: re-running an interval re-inserts the same deterministic ids and

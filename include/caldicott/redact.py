@@ -57,7 +57,7 @@ _KEEP_SUFFIXES = ("Error", "Exception", "Warning", "Exit", "Interrupt", "Timeout
 _WORD = re.compile(r"(?<![\w])([^\W\d_][^\W\d_]*(?:['\u2019-][^\W\d_]+)*)(?![\w>])")
 
 
-def _name_or_word(m: re.Match) -> str:
+def _name_or_word(m: re.Match[str]) -> str:
     word = m.group(1)
     if not any(c.isupper() for c in word):
         return word                                          # ordinary lower-case wording

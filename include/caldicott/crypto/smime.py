@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from caldicott.crypto.keys import load_certificate, load_private_key
 
 
-def _builder(data: bytes, certificate_pem: str | bytes):
+def _builder(data: bytes, certificate_pem: str | bytes) -> pkcs7.PKCS7EnvelopeBuilder:
     cert = load_certificate(certificate_pem)
     return (pkcs7.PKCS7EnvelopeBuilder().set_data(data).add_recipient(cert)
             .set_content_encryption_algorithm(algorithms.AES256))

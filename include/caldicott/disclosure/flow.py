@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 from sqlalchemy import Engine, select
 
@@ -20,7 +20,7 @@ from caldicott.disclosure import register
 from caldicott.disclosure.letters import patient_notification, refusal
 from caldicott.disclosure.mail import CHANNEL as MAIL_CHANNEL
 from caldicott.disclosure.mail import seal_for_mail
-from caldicott.disclosure.package import OptOuts, build_package, legal_basis_text, seal
+from caldicott.disclosure.package import OptOuts, PackageContents, build_package, legal_basis_text, seal
 from caldicott.disclosure.request import DisclosureRequest
 from caldicott.policy.disclosure import policy_for
 from caldicott.policy.purposes import Protection, Purpose
@@ -60,7 +60,75 @@ class NotAnApprover(DecisionIncomplete):
 ROUTE_FIELDS = ("channel", "recipient_address", "connection_id", "certificate_sha256")
 
 
-def _route(req: DisclosureRequest) -> dict[str, str | None]:
+# ---- what the steps return (to XCom through the DAG: ids, names, counts and checksums only) --------------------
+class RequestRecorded(TypedDict):
+    """What the DAG's ``record_request`` task returns after :func:`record_request`."""
+
+    disclosure_id: str
+    request_type: str
+
+
+class Route(TypedDict):
+    """The route a package is sealed and approved for (:data:`ROUTE_FIELDS`)."""
+
+    channel: str
+    recipient_address: str
+    connection_id: str
+    certificate_sha256: str | None
+
+
+class PackageSummary(PackageContents, Route):
+    """:func:`make_package`'s summary: the register's ``package_built`` details and the ``build_package`` task's
+    XCom; the approval page and the decision read it back from the register."""
+
+    legal_basis: str
+    urgency: str
+    consent_status: str
+    recipient: str
+    certificate_subject: str | None
+    package_checksum: str           # SHA-256 of the encrypted package: what an approval binds to
+    plaintext_checksum: str
+
+
+class Decision(TypedDict):
+    """:func:`record_decision`'s result (the approval operator's XCom)."""
+
+    disclosure_id: str
+    outcome: str                    # approved / refused (or the recorded decision on a retry)
+    timed_out: NotRequired[bool]
+    tell_patient: NotRequired[bool]
+
+
+class ReleaseCounts(TypedDict):
+    """The gateway's counts for the one item (``ReleaseReport.counts``)."""
+
+    sent: int
+    already_sent: int
+    refused: int
+    failed: int
+    not_planned: int
+
+
+class ReleaseResult(ReleaseCounts):
+    """:func:`release`'s result (the ``release_package`` task's XCom)."""
+
+    disclosure_id: str
+    released: bool
+    item_id: NotRequired[str]
+    package_checksum: NotRequired[str]
+    final: NotRequired[bool]        # not released: the transport's error was final (do not retry)
+    reason: NotRequired[str]        # not released: the rule or error (no patient data)
+
+
+class LetterResult(TypedDict):
+    """:func:`notify_patient` / :func:`write_refusal`: the letter's path under the output folder, or None and why."""
+
+    disclosure_id: str
+    letter: str | None
+    why: NotRequired[str]
+
+
+def _route(req: DisclosureRequest) -> Route:
     return {"channel": req.channel, "recipient_address": req.recipient_address,
             "connection_id": req.connection_id, "certificate_sha256": req.certificate_sha256}
 
@@ -80,7 +148,7 @@ def record_request(state: Engine, req: DisclosureRequest, actor: str) -> str:
 
 
 def make_package(records: Engine, state: Engine, req: DisclosureRequest, *, opted_out: OptOuts | None = None,
-                 pseudonym_key: bytes | None = None) -> dict[str, Any]:
+                 pseudonym_key: bytes | None = None) -> PackageSummary:
     """Step 2: build, encrypt to the requester, keep in the state database, record. Returns the summary."""
     pkg = build_package(records, req, opted_out=opted_out, pseudonym_key=pseudonym_key)
     plain = pkg.to_zip()
@@ -89,13 +157,15 @@ def make_package(records: Engine, state: Engine, req: DisclosureRequest, *, opte
     plain_sum = hashlib.sha256(plain).hexdigest()
     prev = register.latest(state, req.disclosure_id, register.PACKAGE_BUILT)
     if prev and prev["details"].get("plaintext_checksum") == plain_sum and not _route_differs(prev["details"], req):
-        return prev["details"]  # retry: same content, same route and certificate: keep its envelope
+        # retry: same content, same route and certificate: keep its envelope (the details are the summary this
+        # function recorded, read back from the register's JSON)
+        return cast(PackageSummary, prev["details"])
     if req.channel == MAIL_CHANNEL:  # the S/MIME part the e-mail carries: the approval binds to exactly it
         sealed = seal_for_mail(plain, req.recipient_certificate_pem, req.disclosure_id, req.reference)
     else:
         sealed = seal(plain, req.recipient_certificate_pem)
     enc_sum = register.store_package(state, req.disclosure_id, sealed, plain_sum)
-    summary = {**pkg.summary(), "legal_basis": req.legal_basis, "urgency": req.urgency,
+    summary: PackageSummary = {**pkg.summary(), "legal_basis": req.legal_basis, "urgency": req.urgency,
                "consent_status": req.consent_status, "recipient": req.recipient, **_route(req),
                "certificate_subject": req.certificate_subject,
                "package_checksum": enc_sum, "plaintext_checksum": plain_sum}
@@ -126,7 +196,7 @@ def approval_text(state: Engine, did: str, timeout_minutes: float, *, approvers:
 
 
 def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping[str, Any], *,
-                    approvers: Collection[str], endpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    approvers: Collection[str], endpoint: Mapping[str, Any] | None = None) -> Decision:
     """Step 4: turn Airflow's record of the approval step's answer (or its timeout) into a register decision.
 
     ``response`` must be **Airflow's own HITL record** of the approval task instance, as the approval operator
@@ -141,10 +211,10 @@ def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping
     ``decision_not_authorised``. Airflow itself already refuses answers from users not assigned; this checks
     again, so a misconfigured assignment cannot make someone else's answer a decision.
     """
-    did = summary["disclosure_id"]
+    did = str(summary["disclosure_id"])
     existing = register.decision(state, did)
     if existing is not None:  # retried task: the decision is already the record
-        return {"disclosure_id": did, "outcome": existing["event"]}
+        return {"disclosure_id": did, "outcome": str(existing["event"])}
     if response.get("timed_out"):
         register.append_once(state, did, register.ESCALATED, SYSTEM, {
             "why": f"no decision within {response.get('timeout_minutes')} minutes",
@@ -176,26 +246,30 @@ def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping
             "responded_by_id": str(user.get("id") or ""), "responded_at": str(response.get("responded_at") or ""),
             "chosen_options": chosen, "why": why})
         raise NotAnApprover(f"the answer to {did} was refused ({why}): not recorded as a decision; nothing released")
-    details = {
-        "reasons": str(form.get("reasons") or "").strip(),
-        "legal_basis_confirmed": bool(form.get("legal_basis_confirmed")),
-        "tell_patient": bool(form.get("tell_patient", True)),
-        "not_told_reason": form.get("not_told_reason") or "n/a",
+    reasons = str(form.get("reasons") or "").strip()
+    legal_basis_confirmed = bool(form.get("legal_basis_confirmed"))
+    tell_patient = bool(form.get("tell_patient", True))
+    not_told_reason = form.get("not_told_reason") or "n/a"     # as the form sent it: checked below
+    details: dict[str, Any] = {
+        "reasons": reasons,
+        "legal_basis_confirmed": legal_basis_confirmed,
+        "tell_patient": tell_patient,
+        "not_told_reason": not_told_reason,
         "consulted": str(form.get("consulted") or "").strip(),
         "responded_at": str(response.get("responded_at") or ""),
         "responded_by_id": str(user.get("id") or ""),
     }
     if chosen == [APPROVE]:
-        problems = []
-        if not details["legal_basis_confirmed"]:
+        problems: list[str] = []
+        if not legal_basis_confirmed:
             problems.append("legal basis not confirmed")
-        if len(details["reasons"]) < 5:
+        if len(reasons) < 5:
             problems.append("no reasons given")
-        if not details["tell_patient"] and details["not_told_reason"] == "n/a":
+        if not tell_patient and not_told_reason == "n/a":
             problems.append("patient not to be told but no reason chosen")
-        if details["tell_patient"] and details["not_told_reason"] != "n/a":
+        if tell_patient and not_told_reason != "n/a":
             problems.append("patient to be told but a reason not to tell them was chosen")
-        if details["not_told_reason"] not in NOT_TOLD_REASONS:
+        if not_told_reason not in NOT_TOLD_REASONS:
             problems.append("unknown reason for not telling the patient")
         if problems:
             register.append(state, did, register.DECISION_INCOMPLETE, actor, {**details, "problems": problems})
@@ -204,9 +278,9 @@ def record_decision(state: Engine, summary: Mapping[str, Any], response: Mapping
             **details, "recipient": summary["recipient"], "package_checksum": summary["package_checksum"],
             **{k: summary.get(k) for k in ROUTE_FIELDS}, "endpoint": dict(endpoint or {}),
             "categories": summary["categories"], "date_from": summary["date_from"], "date_to": summary["date_to"]})
-        return {"disclosure_id": did, "outcome": "approved", "tell_patient": details["tell_patient"]}
+        return {"disclosure_id": did, "outcome": "approved", "tell_patient": tell_patient}
     if chosen == [REFUSE]:
-        details["reasons"] = details["reasons"] or "No reason was recorded."
+        details["reasons"] = reasons or "No reason was recorded."
         register.append(state, did, "refused", actor, details)
         return {"disclosure_id": did, "outcome": "refused"}
     raise DecisionIncomplete(f"approval step for {did} returned no single known option")
@@ -226,14 +300,20 @@ def decided_outcome(state: Engine, did: str) -> str:
     return str(dec["event"])
 
 
-def _refuse_release(state: Engine, did: str, reason: str) -> dict[str, Any]:
+def _result(did: str, released: bool, report: gateway.ReleaseReport) -> ReleaseResult:
+    c = report.counts()
+    return {"disclosure_id": did, "released": released, "sent": c["sent"], "already_sent": c["already_sent"],
+            "refused": c["refused"], "failed": c["failed"], "not_planned": c["not_planned"]}
+
+
+def _refuse_release(state: Engine, did: str, reason: str) -> ReleaseResult:
     register.append(state, did, register.RELEASE_REFUSED, SYSTEM, {"reason": reason})
     return {"disclosure_id": did, "released": False, "sent": 0, "already_sent": 0, "refused": 1,
             "failed": 0, "not_planned": 0, "reason": reason}
 
 
 def release(state: Engine, req: DisclosureRequest, sender: Sender, run_key: str, *,
-            endpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+            endpoint: Mapping[str, Any] | None = None) -> ReleaseResult:
     """Step 5a: release the approved package through the gateway, exactly once, and record what went.
 
     The approval binds the route (channel, address, connection, certificate) and the server the approver saw
@@ -264,19 +344,22 @@ def release(state: Engine, req: DisclosureRequest, sender: Sender, run_key: str,
                                         sender.channel, did)])
     report = gateway.release([item], sender, state)
     if report.refused or report.failed or report.not_planned:
-        return {"disclosure_id": did, "released": False, **report.counts(), "final": bool(report.final),
-                "reason": next(iter({**report.refused, **report.failed}.values()), "not planned")}
+        result = _result(did, False, report)
+        result["final"] = bool(report.final)
+        result["reason"] = next(iter({**report.refused, **report.failed}.values()), "not planned")
+        return result
     entry = Ledger(state).get(item.item_id)
     register.append_once(state, did, register.RELEASED, SYSTEM, {
         "item_id": item.item_id, "channel": sender.channel, "recipient": req.recipient,
         "package_checksum": item.checksum, "bytes": len(payload),
         "transport_ref": entry.transport_ref if entry else None})
-    return {"disclosure_id": did, "released": True, "item_id": item.item_id, "package_checksum": item.checksum,
-            **report.counts()}
+    result = _result(did, True, report)
+    result["item_id"], result["package_checksum"] = item.item_id, item.checksum
+    return result
 
 
 def notify_patient(records: Engine, state: Engine, req: DisclosureRequest, out_dir: Path, *,
-                   service: str) -> dict[str, Any]:
+                   service: str) -> LetterResult:
     """Step 5b: write the patient's letter unless the approver recorded a reason not to tell them.
 
     ``service``: the sending service's name, the same one its GP letters carry."""
@@ -297,14 +380,15 @@ def notify_patient(records: Engine, state: Engine, req: DisclosureRequest, out_d
     pat = read(records, select(p.c.given_name, p.c.family_name, p.c.address_line, p.c.postcode)
                .where(p.c.local_patient_id == req.local_patient_id))
     rel = f"disclosures/{did}/patient_notification.txt"
-    patient_notification(out_dir / rel, patient=pat.iloc[0].to_dict(), request=req.register_details(),
+    patient = {str(k): v for k, v in pat.iloc[0].to_dict().items()}
+    patient_notification(out_dir / rel, patient=patient, request=req.register_details(),
                          categories=d["categories"], decided_on=dt.date.today(),
                          legal_basis_text=legal_basis_text(req.legal_basis), service=service)
     register.append_once(state, did, register.PATIENT_NOTIFIED, SYSTEM, {"letter": rel, "route": "post"})
     return {"disclosure_id": did, "letter": rel}
 
 
-def write_refusal(state: Engine, req: DisclosureRequest, out_dir: Path, *, service: str) -> dict[str, Any]:
+def write_refusal(state: Engine, req: DisclosureRequest, out_dir: Path, *, service: str) -> LetterResult:
     """Step 5c: the refusal letter to the requester (their details, never the patient's)."""
     did = req.disclosure_id
     dec = register.decision(state, did)

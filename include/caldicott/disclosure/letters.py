@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from caldicott.policy.disclosure import CATEGORY_LABELS, Category, policy_for
 
@@ -22,8 +24,8 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def patient_notification(path: Path, *, patient: dict, request: dict, categories: list[str], decided_on: dt.date,
-                         legal_basis_text: str, service: str) -> Path:
+def patient_notification(path: Path, *, patient: Mapping[str, Any], request: Mapping[str, Any], categories: list[str],
+                         decided_on: dt.date, legal_basis_text: str, service: str) -> Path:
     """Tell the patient what was disclosed, to whom, when and why ("no surprises").
 
     ``service`` is the sending service's name as configured for all its letters (no default)."""
@@ -63,7 +65,7 @@ Service manager, {service}
     return _write(path, text)
 
 
-def refusal(path: Path, *, request: dict, decided_on: dt.date, reasons: str, service: str) -> Path:
+def refusal(path: Path, *, request: Mapping[str, Any], decided_on: dt.date, reasons: str, service: str) -> Path:
     """Tell the requester the request was refused, and why, without saying anything about the patient."""
     if not service:
         raise ValueError("the service's name is required: it has no default")

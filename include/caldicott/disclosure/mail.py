@@ -57,8 +57,9 @@ def package_from_message(message: bytes, certificate_pem: str | bytes, key_pem: 
     """The requester's side: decrypt a delivered message and return the zip it carries."""
     inner = email.message_from_bytes(open_envelope(message, certificate_pem, key_pem), policy=email.policy.default)
     for part in inner.walk():
-        if part.get_content_type() == "application/zip":
-            return part.get_payload(decode=True)
+        payload = part.get_payload(decode=True) if part.get_content_type() == "application/zip" else None
+        if isinstance(payload, bytes):
+            return payload
     raise ValueError("the decrypted message carries no zip")
 
 

@@ -27,6 +27,7 @@ import json
 import zipfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import pandas as pd
 from sqlalchemy import Engine, and_, or_, select
@@ -50,6 +51,35 @@ class PackageError(ValueError):
     """The package cannot be built (patient unknown, no opt-out source, no key). No patient data in the text."""
 
 
+class PackageContents(TypedDict):
+    """A package's counts and names (:meth:`Package.summary`): safe for XCom and the approval page."""
+
+    disclosure_id: str
+    request_type: str
+    categories: list[str]
+    withheld: list[str]             # categories left out, by name
+    date_from: str
+    date_to: str
+    deidentified: bool
+    record_counts: dict[str, int]   # file -> records
+    ndop: dict[str, int] | None     # national data opt-out counts, when it applies
+
+
+class Manifest(TypedDict):
+    """``manifest.json`` in the package (:meth:`Package.manifest`): what it holds, what was withheld and why."""
+
+    disclosure_id: str
+    request_type: str
+    categories: list[str]
+    withheld: dict[str, str]        # category -> why it was withheld
+    date_from: str
+    date_to: str
+    deidentified: bool
+    record_counts: dict[str, int]
+    national_data_opt_out: dict[str, int] | None
+    rules_applied: list[str]
+
+
 @dataclass
 class Package:
     disclosure_id: str
@@ -63,7 +93,7 @@ class Package:
     ndop: dict[str, int] | None = None
     files: dict[str, bytes] = field(default_factory=dict)
 
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
         pol = policy_for(self.request_type)
         rules = [f"minimum necessary for a {self.request_type} request (caldicott.policy.disclosure: {pol.why})",
                  f"date range {self.date_from} to {self.date_to} inclusive"]
@@ -87,7 +117,7 @@ class Package:
                 zf.writestr(info, entries[name])
         return buf.getvalue()
 
-    def summary(self) -> dict:
+    def summary(self) -> PackageContents:
         """Counts and names only: safe for XCom and the approval request."""
         return {"disclosure_id": self.disclosure_id, "request_type": self.request_type,
                 "categories": self.categories, "withheld": sorted(self.withheld), "date_from": self.date_from,
@@ -234,7 +264,7 @@ def _build_deidentified(records: Engine, req: DisclosureRequest, pkg: Package, i
     def rid(v: str) -> str:
         return pseudonym(key, "referral", v)
 
-    def month(v) -> str | None:
+    def month(v: dt.date | dt.datetime | str | None) -> str | None:
         return None if v is None or pd.isna(v) else pd.Timestamp(v).strftime("%Y-%m")
 
     out: dict[Category, pd.DataFrame] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ class Approval:
     address: str = ""   # the mailbox or remote directory the approver saw ("" for the outbox)
 
 
-def append(engine: Engine, disclosure_id: str, event: str, actor: str, details: dict[str, Any]) -> None:
+def append(engine: Engine, disclosure_id: str, event: str, actor: str, details: Mapping[str, Any]) -> None:
     """Append one event; the register is never updated in place."""
     with engine.begin() as conn:
         conn.execute(insert(disclosure_event).values(
@@ -82,7 +83,7 @@ def latest(engine: Engine, disclosure_id: str, event: str) -> dict[str, Any] | N
     return found[-1] if found else None
 
 
-def append_once(engine: Engine, disclosure_id: str, event: str, actor: str, details: dict[str, Any]) -> bool:
+def append_once(engine: Engine, disclosure_id: str, event: str, actor: str, details: Mapping[str, Any]) -> bool:
     """Append ``event`` unless the request already has one (idempotent task retries). True if appended."""
     if has_event(engine, disclosure_id, event):
         return False

@@ -17,6 +17,7 @@ import io
 import os
 import sys
 from collections import Counter
+from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
@@ -26,12 +27,16 @@ COLUMNS = ["disclosure_id", "status", "request_type", "reference", "requester", 
            "decided_at", "decided_by", "escalated", "patient_told", "released_checksum"]
 
 
-def rows(engine: Engine, status: str | None = None) -> list[dict]:
+#: One request's line in the report, by column name (``COLUMNS``): ids, names, instants, flags; no patient data.
+ReportRow = dict[str, object]
+
+
+def rows(engine: Engine, status: str | None = None) -> list[ReportRow]:
     out = [{k: r.get(k) for k in COLUMNS} for r in requests(engine)]
     return [r for r in out if status is None or r["status"] == status]
 
 
-def to_csv(data: list[dict]) -> str:
+def to_csv(data: Sequence[ReportRow]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
@@ -39,7 +44,7 @@ def to_csv(data: list[dict]) -> str:
     return buf.getvalue()
 
 
-def to_html(data: list[dict]) -> str:
+def to_html(data: Sequence[ReportRow]) -> str:
     counts = Counter(r["status"] for r in data)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape('' if r[c] is None else str(r[c]))}</td>" for c in COLUMNS)
@@ -51,7 +56,7 @@ def to_html(data: list[dict]) -> str:
             f"<p>{html.escape(summary)}</p><table><tr>{head}</tr>{body}</table></body></html>")
 
 
-def to_text(data: list[dict]) -> str:
+def to_text(data: Sequence[ReportRow]) -> str:
     cols = ["disclosure_id", "status", "request_type", "reference", "requester", "decided_by", "decided_at"]
     widths = {c: max([len(c)] + [len(str(r[c] or "")) for r in data]) for c in cols}
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]

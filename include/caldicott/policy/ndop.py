@@ -34,6 +34,7 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import pandas as pd
 
@@ -127,6 +128,15 @@ def filter_opted_out(frame: pd.DataFrame, nhs_column: str, opted_out: set[str]) 
     return frame.loc[~frame[nhs_column].isin(list(opted_out)).to_numpy(dtype=bool)]
 
 
+class NdopCounts(TypedDict):
+    """A check's counts (:meth:`NdopStatus.counts`): no numbers, only how many."""
+
+    opted_out: int
+    pending: int
+    from_cache: int
+    sent: int
+
+
 @dataclass
 class NdopStatus:
     """Result of a check: the opted-out numbers among those asked, and whether every number is known."""
@@ -141,6 +151,6 @@ class NdopStatus:
     def complete(self) -> bool:
         return self.pending == 0
 
-    def counts(self) -> dict:
+    def counts(self) -> NdopCounts:
         return {"opted_out": len(self.opted_out), "pending": self.pending, "from_cache": self.from_cache,
                 "sent": self.sent}

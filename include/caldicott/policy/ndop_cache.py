@@ -24,11 +24,12 @@ import hmac
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Engine, delete, func, select, update
 
-from caldicott.db import insert_ignore, utcnow
+from caldicott.db import AnyRow, insert_ignore, utcnow
 from caldicott.policy.ndop import STALE_REQUEST, NdopError, NdopKeyMissing
 from caldicott.policy.state_tables import ndop_cache, ndop_request_file
 
@@ -90,7 +91,7 @@ class RequestFile:
         return f"{self.file_id}.dat"
 
 
-def _file(row) -> RequestFile:
+def _file(row: AnyRow) -> RequestFile:
     return RequestFile(row.file_id, row.request_id, row.item_id, row.numbers, row.sealed)
 
 
@@ -145,7 +146,15 @@ def store_answers(engine: Engine, file_id: str, request_id: str, answers: dict[s
     return len(rows)
 
 
-def purge(engine: Engine, now: dt.datetime | None = None, *, stale_after: dt.timedelta = STALE_REQUEST) -> dict:
+class PurgeCounts(TypedDict):
+    """What :func:`purge` removed (the ``records_quality`` DAG's ``purge_ndop_cache`` task returns it to XCom)."""
+
+    expired_answers: int
+    stale_requests: int
+
+
+def purge(engine: Engine, now: dt.datetime | None = None, *, stale_after: dt.timedelta = STALE_REQUEST
+          ) -> PurgeCounts:
     """Remove expired answers; abandon requests unanswered for ``stale_after`` (their sealed copy is erased).
 
     Returns counts only. Needs no key: expiry is in clear, and erasing needs nothing to open.

@@ -53,7 +53,7 @@ def synthetic_numbers(rng: np.random.Generator, count: int) -> np.ndarray:
     bases = 999_000_000 + rng.choice(1_000_000, size=min(1_000_000, int(count * 1.25) + 100), replace=False)
     checks = check_digits(bases)
     nums = bases[checks >= 0] * 10 + checks[checks >= 0]
-    text = nums.astype(str)
+    text: np.ndarray = nums.astype(str)
     mirrored = np.fromiter((t[:5] == t[:4:-1] for t in text), dtype=bool, count=len(text))
     text = text[~mirrored]
     if len(text) < count:  # pragma: no cover - only for counts near the range's size

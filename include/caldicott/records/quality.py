@@ -7,6 +7,8 @@ finding in the quarantine under the flow ``records_quality`` and returns counts 
 
 from __future__ import annotations
 
+from typing import Any, TypedDict
+
 from sqlalchemy import Engine
 
 from caldicott.records import checks, queries
@@ -15,12 +17,20 @@ from caldicott.state.quarantine import Quarantined, quarantine
 FLOW = "records_quality"
 
 
-def scan(records: Engine, state: Engine, run_key: str) -> dict:
+class ScanSummary(TypedDict):
+    """What :func:`scan` returns (the ``records_quality`` DAG's ``scan_records`` task pushes it to XCom)."""
+
+    records_checked: dict[str, int]     # table -> records read
+    quarantined: int
+    by_reason: dict[str, int]           # reason code -> findings, sorted by code
+
+
+def scan(records: Engine, state: Engine, run_key: str) -> ScanSummary:
     """Run every shared check over the source; quarantine findings under ``run_key``; return counts."""
     unreadable: list[Quarantined] = []
 
     def note(record_type: str, id_column: str) -> queries.OnUnreadable:
-        def add(row: dict, _cols: list[str]) -> None:
+        def add(row: dict[str, Any], _cols: list[str]) -> None:
             unreadable.append(Quarantined(record_type, str(row[id_column]), "unreadable_value",
                                                  checks.REASONS["unreadable_value"]))
         return add

@@ -15,21 +15,29 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import Boolean, Date, DateTime, Engine, Integer, Select, String, select, type_coerce
+from sqlalchemy.sql.expression import ColumnElement, false
 
 from caldicott.records import schema
 
 #: Called with a row (unreadable cells set to None) and the names of its unreadable columns.
-OnUnreadable = Callable[[dict, list[str]], None]
+OnUnreadable = Callable[[dict[str, Any], list[str]], None]
+
+#: A SELECT of any columns (what :func:`read` runs).
+AnySelect = Select[*tuple[Any, ...]]
+
+#: A strict converter of one stored value; raises ValueError / TypeError / OverflowError when it cannot.
+Converter = Callable[[object], object]
 
 
 class UnreadableValue(ValueError):
     """A stored value its column's type cannot hold; the message names the column, never the value."""
 
 
-def read(engine: Engine, query: Select, on_unreadable: OnUnreadable | None = None) -> pd.DataFrame:
+def read(engine: Engine, query: AnySelect, on_unreadable: OnUnreadable | None = None) -> pd.DataFrame:
     """Run ``query`` and return a DataFrame (columns named as selected).
 
     On SQLite, cells of date, time, integer and boolean columns that their type cannot hold become None and
@@ -73,16 +81,16 @@ def read(engine: Engine, query: Select, on_unreadable: OnUnreadable | None = Non
 _UNREADABLE = object()
 
 
-def _where(col) -> str:
+def _where(col: ColumnElement[Any]) -> str:
     table = getattr(getattr(col, "table", None), "name", None)
     return f"{table}.{col.name}" if table else str(col.name)
 
 
-def _checked_columns(engine: Engine, query: Select) -> dict[int, Callable]:
+def _checked_columns(engine: Engine, query: AnySelect) -> dict[int, Converter]:
     """Typed columns whose stored values SQLite does not enforce, with a strict converter for each."""
     if engine.dialect.name != "sqlite":
         return {}
-    out: dict[int, Callable] = {}
+    out: dict[int, Converter] = {}
     for i, col in enumerate(query.selected_columns):
         t = col.type
         if isinstance(t, Date | DateTime):
@@ -95,8 +103,8 @@ def _checked_columns(engine: Engine, query: Select) -> dict[int, Callable]:
     return out
 
 
-def _strict(proc: Callable | None, kind: type) -> Callable:
-    def convert(v):
+def _strict(proc: Callable[[Any], Any] | None, kind: type) -> Converter:
+    def convert(v: object) -> object:
         if isinstance(v, kind):
             return v
         if not isinstance(v, str) or proc is None:
@@ -105,13 +113,13 @@ def _strict(proc: Callable | None, kind: type) -> Callable:
     return convert
 
 
-def _integer(v) -> int:
+def _integer(v: object) -> int:
     if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and not v.is_integer()):
         raise TypeError
     return int(v)
 
 
-def _boolean(v) -> bool:
+def _boolean(v: object) -> bool:
     if v not in (0, 1):
         raise TypeError
     return bool(v)
@@ -133,7 +141,7 @@ def patients(engine: Engine, ids: Sequence[str] | None = None,
         return read(engine, select(t), on_unreadable)
     frames = [read(engine, select(t).where(t.c.local_patient_id.in_(list(ids[i:i + 900]))), on_unreadable)
               for i in range(0, len(ids), 900)]
-    return pd.concat(frames, ignore_index=True) if frames else read(engine, select(t).where(False))
+    return pd.concat(frames, ignore_index=True) if frames else read(engine, select(t).where(false()))
 
 
 def referrals_received(engine: Engine, start: dt.date, end: dt.date) -> pd.DataFrame:

@@ -20,10 +20,12 @@ checksum of what left.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import Column, DateTime, Engine, Integer, String, Table, Text, bindparam, func, select, update
 
@@ -204,7 +206,8 @@ class Ledger:
             res = conn.execute(stmt, [{"b_item": i, "b_checksum": c, "b_ref": r} for i, c, r in sent])
         return res.rowcount
 
-    def _set(self, item_id: str, state: State, *, expect: Iterable[State] | None = None, **values) -> bool:
+    def _set(self, item_id: str, state: State, *, expect: Iterable[State] | None = None,
+             **values: str | dt.datetime | None) -> bool:
         q = update(ledger).where(ledger.c.item_id == item_id)
         if expect is not None:
             q = q.where(ledger.c.state.in_([s.value for s in expect]))
@@ -248,5 +251,5 @@ _ENTRY_COLS = (ledger.c.item_id, ledger.c.state, ledger.c.attempts, ledger.c.che
                ledger.c.recipient, ledger.c.channel, ledger.c.batch_id)
 
 
-def _entry(row) -> Entry:
+def _entry(row: Sequence[Any]) -> Entry:
     return Entry(row[0], State(row[1]), *row[2:])

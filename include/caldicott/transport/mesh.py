@@ -30,6 +30,7 @@ import logging
 import queue
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import requests
 import urllib3
@@ -37,6 +38,9 @@ from mesh_client import MeshError
 
 from caldicott.transport.base import Outbound, TransportError
 from caldicott.transport.mesh_journal import MeshJournal
+
+if TYPE_CHECKING:
+    from mesh_client import MeshClient
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ class MeshSettings:
             raise ValueError(f"max_chunk_bytes must be between 1 and {MAX_CHUNK_BYTES} (the MESH API's limit)")
 
 
-def make_client(s: MeshSettings):
+def make_client(s: MeshSettings) -> MeshClient:
     from mesh_client import MeshClient
 
     cert = (s.cert_file, s.key_file) if s.cert_file and s.key_file else None
@@ -82,6 +86,16 @@ def make_client(s: MeshSettings):
     client._session.proxies = requests.utils.get_environ_proxies(s.url)
     client._session.trust_env = False
     return client
+
+
+class _MeshOptions(TypedDict):
+    """The MESH headers of one message, as ``MeshClient.send_chunk`` takes them."""
+
+    workflow_id: str
+    local_id: str
+    filename: str
+    content_type: str
+    subject: NotRequired[str]
 
 
 #: MESH tracking states (``status``) of a message whose upload never completed: never delivered, safe to resend.
@@ -105,15 +119,15 @@ class MeshSender:
     channel = "mesh"
     reconcilable = True
 
-    def __init__(self, client, workflow_id: str, *, extra_clients: Sequence = (), max_chunk_bytes: int | None = None,
-                 journal: MeshJournal | None = None) -> None:
+    def __init__(self, client: MeshClient, workflow_id: str, *, extra_clients: Sequence[MeshClient] = (),
+                 max_chunk_bytes: int | None = None, journal: MeshJournal | None = None) -> None:
         self.client = client
         self.workflow_id = workflow_id
         self._clients = [client, *extra_clients]
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle: queue.SimpleQueue[MeshClient] = queue.SimpleQueue()
         for c in self._clients:
             self._idle.put(c)
-        self._owned: list = []
+        self._owned: list[MeshClient] = []
         chunk = max_chunk_bytes or getattr(client, "_max_chunk_size", None) or MAX_CHUNK_BYTES
         self.max_chunk_bytes = min(int(chunk), MAX_CHUNK_BYTES)
         self.journal = journal
@@ -122,7 +136,7 @@ class MeshSender:
     def connect(cls, settings: MeshSettings, workflow_id: str, *, connections: int = 1,
                 journal: MeshJournal | None = None) -> MeshSender:
         """A sender with ``connections`` clients of its own (closed by :meth:`close`)."""
-        clients: list = []
+        clients: list[MeshClient] = []
         try:
             for _ in range(max(1, connections)):
                 clients.append(make_client(settings))
@@ -146,7 +160,7 @@ class MeshSender:
         return len(self._clients)
 
     @contextlib.contextmanager
-    def _lease(self) -> Iterator:
+    def _lease(self) -> Iterator[MeshClient]:
         client = self._idle.get()
         try:
             yield client
@@ -162,14 +176,15 @@ class MeshSender:
     def __enter__(self) -> MeshSender:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _options(self, item: Outbound) -> dict[str, str]:
+    def _options(self, item: Outbound) -> _MeshOptions:
         h = item.headers
-        out = {"workflow_id": h.get("workflow_id") or self.workflow_id, "local_id": h.get("local_id") or item.item_id,
-               "filename": h.get("filename") or f"{item.item_id}.json",
-               "content_type": h.get("content_type") or "application/json"}
+        out: _MeshOptions = {"workflow_id": h.get("workflow_id") or self.workflow_id,
+                             "local_id": h.get("local_id") or item.item_id,
+                             "filename": h.get("filename") or f"{item.item_id}.json",
+                             "content_type": h.get("content_type") or "application/json"}
         if h.get("subject"):
             out["subject"] = h["subject"]
         return out
@@ -275,7 +290,7 @@ class MeshSender:
         if resp.status_code != 200:
             raise TransportError(f"item {item.item_id}: MESH tracking HTTP {resp.status_code}")
         data = resp.json()
-        return data.get("messageID") or data.get("messageId") or data.get("message_id") or "tracked"
+        return str(data.get("messageID") or data.get("messageId") or data.get("message_id") or "tracked")
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:
@@ -288,14 +303,15 @@ def _never_sent(exc: requests.ConnectionError) -> bool:
     return isinstance(reason, NewConnectionError | ConnectTimeoutError | SSLError)
 
 
-def _json(resp) -> dict:
+def _json(resp: requests.Response) -> dict[str, Any]:
     try:
-        return resp.json()
+        data = resp.json()
     except ValueError:
         return {"status_code": resp.status_code}
+    return data if isinstance(data, dict) else {"status_code": resp.status_code, "body": data}
 
 
-def read_acks(client, workflow_id: str | None = None, limit: int = 500) -> Iterator[tuple[str, bytes]]:
+def read_acks(client: MeshClient, workflow_id: str | None = None, limit: int = 500) -> Iterator[tuple[str, bytes]]:
     """Yield ``(mesh message id, body)`` for each acknowledgement in the inbox, then remove it.
 
     Only messages of ``workflow_id`` (default: GP Connect Send Document's ``GPCONNECT_SEND_DOCUMENT_ACK``,

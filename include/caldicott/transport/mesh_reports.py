@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mesh_client import MeshClient
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class Report:
     event: str                  # e.g. "TRANSFER"
 
 
-def read_reports(client, limit: int = 500, workflow_id: str | None = None) -> Iterator[Report]:
+def read_reports(client: MeshClient, limit: int = 500, workflow_id: str | None = None) -> Iterator[Report]:
     """Yield each ``REPORT`` message in the inbox; acknowledge (remove) it after the caller has taken it.
 
     A report carries the workflow id of the message it is about (MESH API, "Error Report Header"), so

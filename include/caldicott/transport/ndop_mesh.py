@@ -13,8 +13,14 @@ use; this module is the one place to change it.
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
 from caldicott.policy.ndop_check import NdopReply
 from caldicott.transport.mesh import MeshSender
+
+if TYPE_CHECKING:
+    from mesh_client import MeshClient
 
 WORKFLOW_ID = "SPINE_NTT_UPHOLDING"
 
@@ -22,7 +28,7 @@ WORKFLOW_ID = "SPINE_NTT_UPHOLDING"
 class MeshNdopTransport:
     """NDOP requests and replies on one ``mesh_client.MeshClient`` (Caldicott's mailbox); the caller owns the client."""
 
-    def __init__(self, client, service_mailbox: str, workflow_id: str = WORKFLOW_ID) -> None:
+    def __init__(self, client: MeshClient, service_mailbox: str, workflow_id: str = WORKFLOW_ID) -> None:
         self.client = client
         self.mailbox = service_mailbox
         self.workflow_id = workflow_id
@@ -44,5 +50,5 @@ class MeshNdopTransport:
                 body = msg.read()
             finally:
                 msg.close()
-            return NdopReply(body, lambda mid=message_id: self.client.acknowledge_message(mid))
+            return NdopReply(body, functools.partial(self.client.acknowledge_message, message_id))
         return None

@@ -96,5 +96,5 @@ class SftpPostSender:
     def __enter__(self) -> SftpPostSender:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

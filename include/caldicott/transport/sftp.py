@@ -164,7 +164,7 @@ class SftpSender:
     def __enter__(self) -> SftpSender:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ---- Sender -----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from caldicott.transport.base import Outbound, TransportError
 
 
 class SmtpClient(Protocol):
-    def sendmail(self, from_addr: str, to_addrs, msg: bytes) -> dict: ...
+    def sendmail(self, from_addr: str, to_addrs: list[str], msg: bytes) -> dict[str, tuple[int, bytes]]: ...
 
 
 class SmtpSender:
@@ -95,7 +95,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _flag(conn_id: str, extra: dict, key: str) -> bool:
+def _flag(conn_id: str, extra: dict[str, Any], key: str) -> bool:
     """An extras boolean, strictly (``"false"`` is false: Airflow's provider would read it as true)."""
     value = extra.get(key, False)
     if isinstance(value, bool):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,9 +58,11 @@ def london_bounds(first: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetim
     return utc(first), utc(end)
 
 
-def contract_options(row) -> ContractOptions:
+def contract_options(row: object) -> ContractOptions:
     """The policy-relevant options of one ``contract`` row (a mapping or a namedtuple-like row)."""
-    get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
+    def get(key: str, default: object = None) -> Any:
+        return row.get(key, default) if hasattr(row, "get") else getattr(row, key, default)
+
     return ContractOptions(
         contract_id=str(get("contract_id")),
         referrer_ods=str(get("referrer_org_code")),
@@ -111,7 +115,7 @@ def load_sessions(records: Engine, start_utc: dt.datetime, end_utc: dt.datetime,
         q = q.where(r.c.referrer_org_code == referrer_ods, c.c.service_request_id.in_(mine))
     unreadable: dict[str, str] = {}
 
-    def note(row: dict, cols: list[str]) -> None:
+    def note(row: dict[str, Any], cols: list[str]) -> None:
         # a referral date that cannot be read is the referral's fault; anything else the session's
         unreadable[str(row["care_contact_id"])] = "referral" if "received_date" in cols else "care_contact"
 
@@ -193,7 +197,7 @@ def _local(contact_at: pd.Series) -> pd.Series:
     return pd.to_datetime(contact_at).dt.tz_localize("UTC").dt.tz_convert(LONDON)
 
 
-def _write_csv(header: tuple[str, ...], columns: list) -> bytes:
+def _write_csv(header: tuple[str, ...], columns: list[list[str]]) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
     w.writerow(header)
@@ -201,7 +205,7 @@ def _write_csv(header: tuple[str, ...], columns: list) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def _text(s: pd.Series) -> list:
+def _text(s: pd.Series) -> list[str]:
     return ["" if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else str(v)
             for v in s.astype(object)]
 
@@ -215,7 +219,7 @@ def sessions_csv(options: ContractOptions, rows: pd.DataFrame) -> bytes:
     fields = session_fields(options)
     local = _local(rows["contact_at"]) if len(rows) else pd.Series(dtype="datetime64[ns, Europe/London]")
     n = len(rows)
-    available = {
+    available: dict[str, list[str] | Callable[[], list[str]]] = {   # a column is built only when asked for
         "contract_id": [options.contract_id] * n,
         "referrer_ods": [options.referrer_ods] * n,
         "provider_referral_id": lambda: _text(rows["service_request_id"]),

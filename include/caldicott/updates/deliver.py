@@ -13,8 +13,9 @@ message names the contract and the transport error only, never a patient.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 from sqlalchemy import Engine, select
 
@@ -40,10 +41,59 @@ from caldicott.transport.mesh_journal import MeshJournal
 from caldicott.updates import build, free_text
 from caldicott.updates.fhir import NamespaceNotConfigured
 
+#: One row of the source's ``contract`` table, by column name.
+Contract = dict[str, Any]
+
 #: Returns the sender for a contract, or None when its transport is not available in this deployment.
-SenderFactory = Callable[[ContractOptions, dict], Sender | None]
+SenderFactory = Callable[[ContractOptions, Contract], Sender | None]
 
 PROTECTION = {"sftp": Protection.SFTP, "mesh": Protection.MESH}
+
+
+class IntervalPlan(TypedDict):
+    """What :func:`plan_interval` returns (the ``plan`` task logs it and returns ``contract_ids`` to XCom)."""
+
+    run_key: str
+    contract_ids: list[str]
+    sessions: int
+    quarantined: int
+    by_reason: dict[str, int]       # reason code -> records quarantined
+
+
+class ContractSummary(TypedDict):
+    """One contract's result, as the ``deliver`` task returns it to XCom (:meth:`ContractResult.as_dict`)."""
+
+    contract_id: str
+    files: dict[str, str]           # kind -> sent / already_sent / held / failed / not_sent
+    rows: dict[str, int]            # kind -> data rows in the file
+    quarantined: int
+    held: dict[str, str]            # kind -> why it is held (no patient data)
+    rules: list[str]
+    text_cleaned: dict[str, int]    # characters removed from free text, by kind
+
+
+class UpdatesSummary(TypedDict):
+    """Totals over contracts' results (:func:`summarise`)."""
+
+    contracts: int
+    files: dict[str, int]           # status -> files
+    rows: dict[str, int]            # kind -> data rows
+    quarantined: int                # records quarantined by the contracts' tasks
+    held: list[str]                 # "contract:kind"
+    text_cleaned: dict[str, int]
+
+
+class UpdatesReport(TypedDict):
+    """What the ``report`` task returns to XCom (:func:`report`): the totals, the run's quarantine by reason, and
+    the contracts that were planned but returned no result."""
+
+    contracts: int
+    files: dict[str, int]
+    rows: dict[str, int]
+    quarantined: dict[str, int]     # reason code -> records, for the whole run
+    held: list[str]
+    text_cleaned: dict[str, int]
+    not_delivered: list[str]        # contract ids
 
 
 class ContractDeliveryError(RuntimeError):
@@ -66,7 +116,7 @@ class ContractResult:
     rules: list[str] = field(default_factory=list)
     text_cleaned: dict[str, int] = field(default_factory=dict)   # characters removed from free text, by kind
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> ContractSummary:
         return {"contract_id": self.contract_id, "files": self.files, "rows": self.rows,
                 "quarantined": self.quarantined, "held": self.held_reasons, "rules": self.rules,
                 "text_cleaned": self.text_cleaned}
@@ -91,7 +141,7 @@ def file_name(contract_id: str, kind: str, period: str, *, encrypted: bool, file
     return f"{contract_id}_{kind}_{period}_{file_format}{extension}" + (cms.SUFFIX if encrypted else "")
 
 
-def plan_interval(records: Engine, state: Engine, first: dt.date, end: dt.date, run_key: str) -> dict:
+def plan_interval(records: Engine, state: Engine, first: dt.date, end: dt.date, run_key: str) -> IntervalPlan:
     """Quarantine the interval's bad records; return the active contracts' ids and counts."""
     start_utc, end_utc = build.london_bounds(first, end)
     sessions = build.load_sessions(records, start_utc, end_utc)
@@ -105,15 +155,15 @@ def plan_interval(records: Engine, state: Engine, first: dt.date, end: dt.date, 
             "sessions": len(sessions), "quarantined": len(bad), "by_reason": by_reason}
 
 
-def load_contract(records: Engine, contract_id: str) -> dict:
+def load_contract(records: Engine, contract_id: str) -> Contract:
     t = schema.contract
     df = read(records, select(t).where(t.c.contract_id == contract_id))
     if df.empty:
         raise ContractDeliveryError(f"contract {contract_id}: not found in the records source", retryable=False)
-    return df.iloc[0].to_dict()
+    return {str(k): v for k, v in df.iloc[0].to_dict().items()}
 
 
-def _package(options: ContractOptions, contract: dict, kind: str, period: str, data: bytes,
+def _package(options: ContractOptions, contract: Contract, kind: str, period: str, data: bytes,
              held: dict[str, str]) -> Outbound:
     iid = item_id(FLOW, options.contract_id, kind, period)
     payload, protection, encrypted = data, PROTECTION.get(options.transport, Protection.NONE), False
@@ -136,7 +186,7 @@ def _package(options: ContractOptions, contract: dict, kind: str, period: str, d
                     headers=headers, facts={"contract_fields_applied": True})
 
 
-def build_items(records: Engine, state: Engine, contract: dict, first: dt.date, end: dt.date, run_key: str,
+def build_items(records: Engine, state: Engine, contract: Contract, first: dt.date, end: dt.date, run_key: str,
                 *, activity_month: dt.date | None = None, known_orgs: set[str] | None = None,
                 ) -> tuple[list[Outbound], ContractResult, dict[str, str], dict[str, str]]:
     """Build (not send) a contract's files for the run. Returns items, the result so far, holds and runs keys."""
@@ -180,7 +230,7 @@ def build_items(records: Engine, state: Engine, contract: dict, first: dt.date, 
 
 def deliver_contract(records: Engine, state: Engine, contract_id: str, first: dt.date, end: dt.date,
                      run_key: str, sender_factory: SenderFactory, *, activity_month: dt.date | None = None,
-                     known_orgs: set[str] | None = None, contract: dict | None = None) -> ContractResult:
+                     known_orgs: set[str] | None = None, contract: Contract | None = None) -> ContractResult:
     """Build, plan and release one contract's files for ``[first, end)``; idempotent per interval."""
     contract = contract if contract is not None else load_contract(records, contract_id)
     options = build.contract_options(contract)
@@ -205,7 +255,7 @@ def deliver_contract(records: Engine, state: Engine, contract_id: str, first: dt
         for i in items:
             held.setdefault(i.item_id, f"not delivered: transport not available ({options.transport})")
     entries = ledger.entries([i.item_id for i in items])
-    sendable = []
+    sendable: list[Outbound] = []
     for i in items:
         kind = i.headers["kind"]
         entry = entries.get(i.item_id)
@@ -217,7 +267,7 @@ def deliver_contract(records: Engine, state: Engine, contract_id: str, first: dt
             result.held_reasons[kind] = held[i.item_id]
         else:
             sendable.append(i)
-    if sendable:
+    if sendable and sender is not None:     # without a sender every item was held above
         try:
             report = release(sendable, sender, state)
         finally:
@@ -247,7 +297,7 @@ def deliver_contract(records: Engine, state: Engine, contract_id: str, first: dt
     return result
 
 
-def _sender(factory: SenderFactory, options: ContractOptions, contract: dict) -> Sender | None:
+def _sender(factory: SenderFactory, options: ContractOptions, contract: Contract) -> Sender | None:
     """The contract's sender; a configuration problem becomes a ContractDeliveryError naming the contract."""
     try:
         return factory(options, contract)
@@ -258,7 +308,7 @@ def _sender(factory: SenderFactory, options: ContractOptions, contract: dict) ->
             f"contract {options.contract_id}: transport not configured ({type(exc).__name__})") from None
 
 
-def summarise(results: list[dict]) -> dict:
+def summarise(results: Sequence[ContractSummary]) -> UpdatesSummary:
     """Totals over contracts' results (ids and counts only)."""
     files: dict[str, int] = {}
     rows: dict[str, int] = {}
@@ -278,5 +328,16 @@ def summarise(results: list[dict]) -> dict:
             "text_cleaned": cleaned}
 
 
-__all__ = ["ContractDeliveryError", "ContractResult", "deliver_contract", "file_name", "period_key",
-           "plan_interval", "summarise"]
+def report(results: Sequence[ContractSummary], quarantined: Mapping[str, int],
+           planned: Iterable[str]) -> UpdatesReport:
+    """The run's report: :func:`summarise` of the contracts' results, the run's quarantine counts by reason
+    (``counts_by_reason``, which covers the planning step too) and the planned contracts with no result."""
+    s = summarise(results)
+    done = {r["contract_id"] for r in results}
+    return {"contracts": s["contracts"], "files": s["files"], "rows": s["rows"], "quarantined": dict(quarantined),
+            "held": s["held"], "text_cleaned": s["text_cleaned"], "not_delivered": sorted(c for c in planned
+                                                                                        if c not in done)}
+
+
+__all__ = ["Contract", "ContractDeliveryError", "ContractResult", "ContractSummary", "IntervalPlan", "UpdatesReport",
+           "UpdatesSummary", "deliver_contract", "file_name", "period_key", "plan_interval", "report", "summarise"]

@@ -33,7 +33,9 @@ import base64
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -145,19 +147,22 @@ MECHANISMS = {
 }
 CLASS_DISPLAY = {"AMB": "ambulatory", "VR": "virtual"}
 
+#: A FHIR resource (or any JSON object in one), as ``json`` reads and writes it.
+Resource = dict[str, Any]
+
 
 def _uid(kind: str, key: str) -> str:
     return str(uuid.uuid5(UUIDS, f"{kind}/{key}"))
 
 
-def _text(value) -> str | None:
+def _text(value: object) -> str | None:
     if value is None or value is pd.NA or (isinstance(value, float) and value != value):
         return None
     text = str(value)
     return text or None
 
 
-def _coding(system: str, code: str | None, names: dict) -> dict | None:
+def _coding(system: str, code: str | None, names: Mapping[str, str | tuple[str, str | None]]) -> Resource | None:
     if code is None:
         return None
     display = names.get(code)
@@ -172,16 +177,16 @@ def _iso(instants: pd.Series) -> list[str | None]:
     return [t if isinstance(t, str) else None for t in text]
 
 
-def _patient(nhs: str) -> dict:
+def _patient(nhs: str) -> Resource:
     return {"type": "Patient", "identifier": {"system": NHS_NUMBER, "value": nhs}}
 
 
-def _drop_empty(resource: dict) -> dict:
+def _drop_empty(resource: Resource) -> Resource:
     """FHIR JSON has no nulls and no empty arrays / objects."""
     return {k: v for k, v in resource.items() if v not in (None, [], {})}
 
 
-def _meta(kind: str) -> dict:
+def _meta(kind: str) -> Resource:
     return {"profile": [PROFILES[kind]]}
 
 
@@ -195,9 +200,9 @@ def sessions_bundle(options: ContractOptions, rows: pd.DataFrame, period: str, *
         raise ValueError(f"contract {options.contract_id}: not a {FHIR_FORMAT} contract")
     sy = systems(namespace)
     summaries = "clinical_summary" in fields
-    entries: list[dict] = []
-    referrals: dict[str, dict] = {}
-    sessions: list[dict] = []
+    entries: list[Resource] = []
+    referrals: dict[str, Resource] = {}
+    sessions: list[Resource] = []
     if len(rows):
         local = pd.to_datetime(rows["contact_at"]).dt.tz_localize("UTC").dt.tz_convert("Europe/London")
         minutes = pd.to_numeric(rows["duration_minutes"], errors="coerce")
@@ -260,12 +265,12 @@ def sessions_bundle(options: ContractOptions, rows: pd.DataFrame, period: str, *
     return json.dumps(bundle, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def resources(data: bytes | dict, kind: str) -> list[dict]:
+def resources(data: bytes | Resource, kind: str) -> list[Resource]:
     """The resources of one type in a bundle (receiver side; tests)."""
-    bundle = json.loads(data) if isinstance(data, bytes) else data
+    bundle: Resource = json.loads(data) if isinstance(data, bytes) else data
     return [e["resource"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] == kind]
 
 
-def summary_text(document_reference: dict) -> str:
+def summary_text(document_reference: Resource) -> str:
     """The clinical summary a DocumentReference of this format carries (receiver side; tests)."""
     return base64.b64decode(document_reference["content"][0]["attachment"]["data"]).decode("utf-8")

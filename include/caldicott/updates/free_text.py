@@ -23,9 +23,9 @@ BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def clean_text(text: str) -> tuple[str, Counter]:
+def clean_text(text: str) -> tuple[str, Counter[str]]:
     """``text`` without the characters above, and how many of each kind were removed."""
-    counts: Counter = Counter()
+    counts: Counter[str] = Counter()
     text = text.replace("\r\n", "\n")
     text, n = BIDI.subn("", text)
     counts["bidi_controls"] += n
@@ -39,7 +39,7 @@ def clean(rows: pd.DataFrame, column: str = "clinical_summary") -> tuple[pd.Data
     how many values changed. Missing values stay missing."""
     if rows.empty or column not in rows:
         return rows, {}
-    totals: Counter = Counter()
+    totals: Counter[str] = Counter()
     cleaned = []
     for value in rows[column].astype(object):
         if isinstance(value, str):
