@@ -14,17 +14,23 @@ service's Jinja2 templates, renders it to PDF and delivers it:
   patient's certificate, or the print-and-post batch (encrypted to the print house, over SFTP or to a
   staging folder: `caldicott_print`).
 
+**When:** after each successful `records_quality` scan (the Asset `caldicott://records_quality/checked`), with
+06:00 London as the fallback; both runs cover the previous London day and the ledger sends each letter once, so
+the second finds the day done. Only the 06:00 run carries the 10:00 deadline alert.
+
 Tasks: `plan_letters` (quarantine, withhold, hold, ledger intents; batches per practice and channel) →
-`send_batch` (mapped over batches, ids only in XCom) → `report` → `check_acks` (reads ITK3 infrastructure
-and business acks from the MESH inbox; **fails, alerting on-call, when MESH letters have no business
-ack after `ack_timeout_hours`** — the failure names letter ids only).
+`send_batch` (mapped over batches, ids only in XCom) → `report` → `await_acks` (a sensor in reschedule mode:
+waits up to `ack_wait_seconds` for this run's business acks without holding a worker slot; only looks) →
+`check_acks` (reads ITK3 infrastructure and business acks from the MESH inbox; **fails, alerting on-call, when
+MESH letters have no business ack after `ack_timeout_hours`** — the failure names letter ids only).
 
 * **Reads:** `caldicott_records` (read-only); the Airflow Variable `caldicott_service` (the sending service's
   name, address, ODS code and named clinician, JSON; no default: unset, `send_batch` fails naming it).
   **Writes:** `caldicott_state` (ledger, quarantine, acks).
 * **Safe to re-run:** every letter has a deterministic id per (referral, event, recipient); the ledger
-  sends each exactly once, however often the day is re-run or a task retried. Conf `{"day": "YYYY-MM-DD"}`
-  redoes one day; `{"start": ..., "end": ...}` a range (end exclusive).
+  sends each exactly once, however often the day is re-run or a task retried. Params (the trigger form, or the
+  same keys as conf): `day` (YYYY-MM-DD) redoes one day; `start` and `end` a range (end exclusive). A malformed
+  date is refused by the form / REST API; a range without both ends or not in order fails `plan_letters`.
 * **XCom / logs:** counts, batch ids, letter ids and referral ids only.
 """
 
@@ -34,8 +40,11 @@ import datetime as dt
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from caldicott_airflow.assets import checked_or_cron
 from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
 from caldicott_airflow.deadlines import daily_finish_by
+from caldicott_airflow.gp_acks import MAX_WAIT_SECONDS, POKE_INTERVAL, POKE_TIMEOUT, SENSOR_TIMEOUT
+from caldicott_airflow.intervals import DAY_SCHEMA
 
 SMTP_CONN_ID = "caldicott_smtp"
 MESH_CONN_ID = "caldicott_mesh"
@@ -43,33 +52,41 @@ PRINT_CONN_ID = "caldicott_print"
 
 
 def _interval(context) -> tuple:
-    from caldicott_airflow.intervals import daily_interval, run_key
+    """The run's ``[first, end)`` London dates and run key, from the Params (see the module doc)."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from caldicott_airflow.intervals import IntervalError, date_range, run_key
 
-    conf = (context["dag_run"].conf if context.get("dag_run") is not None else None) or {}
-    if conf.get("start") and conf.get("end"):
-        first, end = dt.date.fromisoformat(conf["start"]), dt.date.fromisoformat(conf["end"])
-    else:
-        first, end = daily_interval(context)
+    try:
+        first, end = date_range(context)
+    except IntervalError as exc:  # a person's mistake in the trigger: retrying cannot fix it
+        raise AirflowFailException(str(exc)) from None
     return first, end, run_key(first, end)
 
 
 @dag(
     dag_id="gp_letters",
-    schedule="0 6 * * *",
+    schedule=checked_or_cron("0 6 * * *"),
     # early, so a manual run for any old day (logical date) gets its tasks; catchup stays off
     start_date=pendulum.datetime(2020, 4, 1, tz="Europe/London"),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=[*COMMON_TAGS, "letters", "direct-care"],
-    default_args=default_args(),
+    # half an hour a try: three hung tries and their backoff still end before the 10:00 deadline (a day's letters
+    # take seconds to minutes: bench/RESULTS.md)
+    default_args=default_args(execution_timeout=dt.timedelta(minutes=30)),
     # on-call hears if the day's letters are not out by 10:00 (the run starts at 06:00)
     deadline=daily_finish_by(hour=10, scheduled_at=dt.time(6), name="gp_letters not finished by 10:00"),
     params={
+        "day": Param(None, **DAY_SCHEMA, description="London day to (re)send, YYYY-MM-DD; default: the run's day"),
+        "start": Param(None, **DAY_SCHEMA, description="first London day of a range to (re)send, YYYY-MM-DD; "
+                                                      "with end"),
+        "end": Param(None, **DAY_SCHEMA, description="day after the last of the range (exclusive), YYYY-MM-DD; "
+                                                    "with start"),
         "ack_timeout_hours": Param(48, type="number", minimum=0,
                                    description="Alert when a MESH letter has no business ack after this long."),
-        "ack_wait_seconds": Param(0, type="integer", minimum=0, maximum=900,
-                                  description="How long check_acks waits for this run's acks before checking."),
+        "ack_wait_seconds": Param(0, type="integer", minimum=0, maximum=MAX_WAIT_SECONDS,
+                                  description="How long await_acks waits for this run's acks before check_acks."),
     },
 )
 def gp_letters():
@@ -152,48 +169,48 @@ def gp_letters():
             out["quarantined_by_reason"])
         return out
 
+    @task.sensor(trigger_rule="none_failed", mode="reschedule", poke_interval=POKE_INTERVAL.total_seconds(),
+                 timeout=SENSOR_TIMEOUT.total_seconds(), execution_timeout=POKE_TIMEOUT)
+    def await_acks(summary: dict, **context) -> bool:
+        """Wait (rescheduled, no worker held) until this run's MESH letters have their business acks in the inbox,
+        or ``ack_wait_seconds`` have passed; only looks (caldicott_airflow.gp_acks)."""
+        from caldicott_airflow.gp_acks import acks_ready
+
+        return acks_ready(context, MESH_CONN_ID)
+
     @task(trigger_rule="none_failed")
-    def check_acks(summary: dict, **context) -> dict:
+    def check_acks(**context) -> dict:
         """Read ITK3 acks and MESH non-delivery reports from the inbox; alert (fail) for MESH letters returned
         undeliverable, or with no business ack in time."""
         import datetime as dt
-        import time
 
         from airflow.sdk.exceptions import AirflowFailException
         from caldicott.letters import flow, gp_connect
-        from caldicott.transport.ledger import Ledger, State
+        from caldicott.transport.ledger import Ledger
         from caldicott.transport.mesh import read_acks
         from caldicott.transport.mesh_reports import read_reports
         from caldicott_airflow.connections import state_engine
+        from caldicott_airflow.gp_acks import waiting_letters
         from caldicott_airflow.hooks.mesh import MeshHook
-        from sqlalchemy import func, select
 
         state = state_engine()
-        from caldicott.transport.ledger import ledger as ledger_table
-
-        def waiting() -> int:
-            with state.connect() as conn:
-                return conn.execute(select(func.count()).select_from(ledger_table).where(
-                    ledger_table.c.flow == flow.FLOW, ledger_table.c.channel == "mesh",
-                    ledger_table.c.state.in_([State.SENT.value, State.ACK_OVERDUE.value]))).scalar_one()
-
-        if waiting() == 0:
+        if not waiting_letters(state):
             return {"acks_read": 0, "acked": 0, "overdue": 0, "undeliverable": 0}
         params = context["params"]
-        deadline = time.monotonic() + int(params.get("ack_wait_seconds") or 0)
         totals = {"acks_read": 0, "acked": 0, "negative": 0, "unmatched": 0}
         undeliverable: list[str] = []
         with MeshHook(MESH_CONN_ID) as client:
-            while True:
+            # the inbox is read in pages (read_acks: 500 messages): keep reading while a page came back full, so
+            # a big day's acks are all recorded before the overdue check; no waiting here (await_acks did that)
+            for _page in range(20):
                 got = flow.record_acks(state, list(read_acks(client)))
                 for k in totals:
                     totals[k] += got.get(k, 0)
                 # only Send Document's reports: another flow's report in the shared mailbox is left for that flow
                 reports = read_reports(client, workflow_id=gp_connect.WORKFLOW)
                 undeliverable += flow.record_non_delivery(state, reports)["undeliverable_ids"]
-                if waiting() == 0 or time.monotonic() >= deadline:
+                if got.get("acks_read", 0) < 500 or not waiting_letters(state):
                     break
-                time.sleep(2)
         late = flow.overdue(state, dt.timedelta(hours=float(params["ack_timeout_hours"])))
         result = {**totals, "overdue": len(late), "undeliverable": len(undeliverable), "acks": flow.ack_summary(state),
                   "ledger": Ledger(state).counts(flow.FLOW)}
@@ -219,7 +236,7 @@ def gp_letters():
     planned = plan_letters()
     sent = send_batch.expand(batch=batches(planned))
     summary = report(planned, sent)
-    check_acks(summary)
+    await_acks(summary) >> check_acks()
 
 
 gp_letters()

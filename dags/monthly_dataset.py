@@ -7,8 +7,8 @@ submission in the window after it and as a **refresh** (the whole month again, w
 window. So each run builds and sends two submissions, each with its own archive, ledger item, report and
 reference: the run's month (primary) and the month before (refresh), as NHS England's calendar says.
 
-1. **plan_submissions** — the run's month (conf `month`, else the month before the logical date) and its window
-   from the submission calendar (Variable `caldicott_dataset_calendar`, else the file in
+1. **plan_submissions** — the run's month (Param `month`, YYYY-MM, else the month before the logical date) and its
+   window from the submission calendar (Variable `caldicott_dataset_calendar`, else the file in
    `CALDICOTT_DATASET_CALENDAR`, else the bundled default). A month the calendar does not hold fails, naming it;
    so does a run whose logical date precedes the DAG's start without a `month` in its conf.
 2. **primary / refresh**, one group per submission:
@@ -38,11 +38,14 @@ the run's window, computed per run from the calendar.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pendulum
 from airflow.sdk import Param, TaskGroup, dag, task
 from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
 from caldicott_airflow.dataset import DEFAULT_CONFIRM_TIMEOUT_MINUTES, SubmissionConfirmOperator
 from caldicott_airflow.deadlines import submission_window_close
+from caldicott_airflow.intervals import MONTH_SCHEMA
 
 DAG_ID = "monthly_dataset"
 PLAN = "plan_submissions"
@@ -85,9 +88,13 @@ def _fail_and_alert(context, exc: Exception, kind: str | None = None):
     max_active_runs=1,
     doc_md=__doc__,
     tags=[*COMMON_TAGS, "dataset", "mandated"],
-    default_args=default_args(),
+    # a national-scale month is built in seconds (bench/RESULTS.md), but the encrypted archive goes to the
+    # intermediary over links we do not control, and the window is weeks long: two hours a try before a retry
+    default_args=default_args(execution_timeout=dt.timedelta(hours=2)),
     deadline=submission_window_close(),
     params={
+        "month": Param(None, **MONTH_SCHEMA, description="reporting month to build and submit (primary), YYYY-MM; "
+                                                         "default: the month before the run's logical date"),
         "version": Param("2.1", enum=["2.0", "2.1"], description="data set version"),
         "org_provider": Param("", type="string", description="OrgIDProv (ODS code of the provider); empty: the "
                                                              "ods_code of the Variable caldicott_service"),
@@ -232,8 +239,10 @@ def monthly_dataset():
     for kind in KINDS:
         with TaskGroup(kind):
             built = build_validate_write(kind)
+            # a human step: its wait is its own response_timeout, not a task time limit (execution_timeout=None:
+            # Airflow's HITL operator would otherwise take the DAG's limit as its response timeout, with a warning)
             confirm = SubmissionConfirmOperator(task_id="confirm_submission", kind=kind,
-                                                stage_task_id=f"{kind}.stage_submission")
+                                                stage_task_id=f"{kind}.stage_submission", execution_timeout=None)
             planned >> built >> stage_submission(kind) >> confirm >> record_submission(kind)
         builds.append(built)
     builds >> ndop_request() >> ndop_reply() >> commissioner_extract()

@@ -17,9 +17,12 @@ requires it — the clinical summary of each session, as CSV (`csv-v1`) or a FHI
 * **Failures:** a referrer that is down or refuses login makes only that contract's task retry
   (with backoff) and then fail, naming the contract; other contracts still deliver. A changed host
   key fails at once, sends nothing, and is not retried.
+* **When:** after each successful `records_quality` scan (the Asset `caldicott://records_quality/checked`), with
+  midnight London as the fallback; both runs cover the previous London day, and the ledger skips what the first
+  delivered.
 * **Re-run:** safe. File names are fixed per (contract, day / month); delivered files are skipped
-  by the ledger. Conf `{"day": "YYYY-MM-DD"}` redoes a day; `{"activity_month": "YYYY-MM"}` (re)sends a
-  month's activity file.
+  by the ledger. Params (trigger form, or the same keys as conf): `day` (YYYY-MM-DD) redoes a day;
+  `activity_month` (YYYY-MM) (re)sends a month's activity file. Malformed values are refused at trigger time.
 * **XCom / logs:** contract ids and counts only.
 """
 
@@ -27,12 +30,14 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from caldicott_airflow.assets import checked_or_cron
 from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
+from caldicott_airflow.intervals import DAY_SCHEMA, MONTH_SCHEMA
 
 
 @dag(
     dag_id="referrer_updates",
-    schedule="@daily",
+    schedule=checked_or_cron("@daily"),
     start_date=pendulum.datetime(2026, 10, 1, tz="Europe/London"),
     catchup=False,
     max_active_runs=1,
@@ -40,9 +45,8 @@ from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
     tags=[*COMMON_TAGS, "referrer-updates", "direct-care"],
     default_args=default_args(),
     params={
-        "day": Param(None, type=["null", "string"], format="date",
-                     description="London day to (re)send, YYYY-MM-DD; default: the run's interval"),
-        "activity_month": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}$",
+        "day": Param(None, **DAY_SCHEMA, description="London day to (re)send, YYYY-MM-DD; default: the run's day"),
+        "activity_month": Param(None, **MONTH_SCHEMA,
                                 description="also (re)send this month's activity files, YYYY-MM"),
     },
 )
@@ -77,9 +81,8 @@ def referrer_updates():
 
         context["contract_id"] = contract_id
         first, end = daily_interval(context)
-        conf = (context["dag_run"].conf or {}) if context.get("dag_run") is not None else {}
-        month = (dt.date.fromisoformat(conf["activity_month"] + "-01") if conf.get("activity_month")
-                 else activity_month_for(first, end))
+        named = context["params"].get("activity_month")
+        month = dt.date.fromisoformat(named + "-01") if named else activity_month_for(first, end)
 
         try:
             result = deliver_contract(records_engine(), state_engine(), contract_id, first, end,

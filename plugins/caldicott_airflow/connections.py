@@ -4,7 +4,8 @@ Connection ids (override with the env vars named in the README):
 
 * ``caldicott_records``: the clinical-records source, read-only (``sqlite`` with ``host`` = file path,
   or ``postgres``, whose libpq extras such as ``sslmode`` are honoured);
-* ``caldicott_state``: Caldicott's own state database (same kinds); migrated on first use per process.
+* ``caldicott_state``: Caldicott's own state database (same kinds); verified (never migrated) on first use per
+  process: the migration is a deployment step (``python -m caldicott_airflow.state_migration``).
 
 Both can come from ``AIRFLOW_CONN_*`` environment variables, the metadata database, or any secrets
 backend configured in Airflow: this module only asks ``BaseHook.get_connection``.
@@ -71,11 +72,22 @@ def records_engine() -> Engine:
     return make_engine(sqlalchemy_url(_get_connection(RECORDS_CONN_ID), readonly=True), readonly=True)
 
 
+def state_url() -> str:
+    """The SQLAlchemy URL of the state database, from its Airflow connection (secrets backends included)."""
+    return sqlalchemy_url(_get_connection(STATE_CONN_ID))
+
+
 @functools.cache
 def state_engine() -> Engine:
-    """Engine on the state database, migrated to the current schema once per process."""
-    from caldicott.state.migrate import migrate
+    """Engine on the state database, checked once per process to be at this release's schema.
 
-    engine = make_engine(sqlalchemy_url(_get_connection(STATE_CONN_ID)))
-    migrate(engine)
+    Only verified, never migrated: a database behind the code fails the task with
+    :class:`caldicott.state.migrate.SchemaNotCurrent`, naming what is missing and the migration command for
+    on-call (the migration is a deployment step; see :mod:`caldicott.state.migrate`). Not cached on failure, so
+    the retry after a migration finds it current.
+    """
+    from caldicott.state.migrate import verify
+
+    engine = make_engine(state_url())
+    verify(engine)
     return engine

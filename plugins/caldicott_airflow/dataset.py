@@ -94,7 +94,7 @@ def submission_calendar():
 def plan(context) -> dict:
     """Which window this run is for and which submissions it builds (XCom of the first task; no patient data).
 
-    The run's month (conf ``month``, else the month before its logical date) is the primary of one window of the
+    The run's month (Param ``month``, else the month before its logical date) is the primary of one window of the
     calendar, whose refresh is the month before. Fails (no retry) when the calendar does not hold the month, and
     when the run's logical date precedes the DAG's start and no month was named: such a run has nothing to do and
     must not succeed as if it had submitted something.
@@ -104,20 +104,19 @@ def plan(context) -> dict:
 
     from caldicott_airflow.intervals import monthly_period
 
-    run = context.get("dag_run")
-    conf = (getattr(run, "conf", None) or {}) if run is not None else {}
+    named_month = (context.get("params") or {}).get("month")
     dag = context.get("dag")
     start = getattr(dag, "start_date", None)
     logical = context.get("logical_date")
     notes: list[str] = []
     if start is not None and logical is not None and logical < start:
-        if not conf.get("month"):
+        if not named_month:
             alert(context, "dataset_run_before_start", logical_date=logical.isoformat(), dag_start=start.isoformat())
             raise AirflowFailException(
                 f"the run's logical date {logical:%Y-%m-%d} precedes the DAG's start {start:%Y-%m-%d}: no reporting "
                 'month is due, nothing was built. To build a month deliberately, trigger with conf {"month": '
                 '"YYYY-MM"}')
-        notes.append(f"logical date {logical:%Y-%m-%d} precedes the DAG's start; built because conf names the month")
+        notes.append(f"logical date {logical:%Y-%m-%d} precedes the DAG's start; built because the run names the month")
     period = monthly_period(context)[0].strftime("%Y-%m")
     try:
         cal = submission_calendar()
@@ -207,11 +206,9 @@ def submission_sender(target) -> Iterator[Any]:
 
 
 def confirm_timeout_minutes(context) -> float:
-    """``confirm_timeout_minutes`` from the run's conf or params; 0 (the default) means "until the window closes"."""
-    run = context.get("dag_run")
-    conf = (getattr(run, "conf", None) or {}) if run is not None else {}
-    params = context.get("params") or {}
-    value = conf.get("confirm_timeout_minutes") or params.get("confirm_timeout_minutes")
+    """``confirm_timeout_minutes`` from the run's params (its conf, validated and merged by Airflow); 0 (the
+    default) means "until the window closes"."""
+    value = (context.get("params") or {}).get("confirm_timeout_minutes")
     return float(value or DEFAULT_CONFIRM_TIMEOUT_MINUTES)
 
 

@@ -16,7 +16,7 @@ Use in a DAG file (cheap to import: no I/O)::
 **The submission window's close is per run, from NHS England's calendar.** Each window closes on a day NHS England
 publishes (22nd to 29th), so no fixed interval after the logical date can stand for it. Airflow 3.3 evaluates a
 DeadlineAlert's *reference* once per run, when the run is created (scheduler or API server); a custom reference
-(:class:`SubmissionWindowClose`) does it here: it reads the run (its ``month`` conf, else the month before its
+(:class:`SubmissionWindowClose`) does it here: it reads the run (its ``month`` Param, else the month before its
 logical date), loads the calendar in force (:func:`caldicott.dataset.calendar.load`: the Variable
 ``caldicott_dataset_calendar``, the file in ``CALDICOTT_DATASET_CALENDAR``, or the bundled default) and returns
 the end of the close day of the window that takes that month as its primary submission. The alert's interval is
@@ -137,18 +137,19 @@ def alert_lead() -> dt.timedelta:
 
 
 def run_period(logical_date: dt.datetime | None, data_interval: tuple[Any, Any] | None, conf: dict | None) -> str:
-    """The reporting month a monthly run covers, as ``caldicott_airflow.intervals.monthly_period`` decides it."""
+    """The reporting month a monthly run covers, as ``caldicott_airflow.intervals.monthly_period`` decides it.
+
+    The scheduler evaluates this when it creates the run, before any task resolves the run's params, so the one
+    Param that names the period (``month``) is taken from the run's conf here. Airflow has already validated that
+    conf against the DAG's Params (``DAG.create_dagrun``), so the value is the one the tasks will see in ``params``.
+    """
     import pendulum
 
     from caldicott_airflow.intervals import monthly_period
 
-    class _Run:
-        def __init__(self, c):
-            self.conf = c
-
     start, end = data_interval or (logical_date, logical_date)
     start, end = start or logical_date, end or logical_date
-    context = {"dag_run": _Run(conf or {}), "data_interval_start": pendulum.instance(start),
+    context = {"params": {"month": (conf or {}).get("month")}, "data_interval_start": pendulum.instance(start),
                "data_interval_end": pendulum.instance(end)}
     return monthly_period(context)[0].strftime("%Y-%m")
 

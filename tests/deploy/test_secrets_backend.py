@@ -45,6 +45,10 @@ def test_records_quality_reads_its_connections_from_a_secrets_backend(tmp_path, 
     migrate = subprocess.run([venv_bin("airflow"), "db", "migrate"], env=env, capture_output=True, text=True,
                              timeout=600, check=False)
     assert migrate.returncode == 0, migrate.stderr[-2000:]
+    # the deployment step that migrates the state database, through the same secrets backend (tasks only verify)
+    state = subprocess.run([venv_bin("python"), "-m", "caldicott_airflow.state_migration"], env=env,
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert state.returncode == 0, state.stderr[-2000:]
     # `airflow dags test` ignores SIGTERM once a task ran: stop it with SIGINT if it ever hangs
     res = subprocess.run(["timeout", "-s", "INT", "540", venv_bin("airflow"), "dags", "test", "records_quality",
                           "2026-11-02T00:00:00+00:00"], env=env, capture_output=True, text=True, timeout=600,

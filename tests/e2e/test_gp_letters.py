@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def test_letters_consent_quarantine_acks_and_idempotent_rerun(e2e):
     with mesh.client(mesh.GP_MAILBOX) as gp_box, GpResponder(gp_box, interval=0.5) as gp:
         run_id, state = _run(e2e, conf, dt.datetime(2026, 8, 1, 6, tzinfo=dt.UTC))
         assert state == "success", e2e.stack.task_states(DAG, run_id)
+    # the wait for acks is a rescheduling sensor: it gave its slot back between looks, and then every ack was in
+    assert e2e.stack.task_states(DAG, run_id)["await_acks"] == "success"
     report = e2e.stack.xcom(DAG, run_id, "report")
     acks = e2e.stack.xcom(DAG, run_id, "check_acks")
     assert report["sent"] > 0 and report["failed"] == 0
@@ -179,8 +182,11 @@ def test_missing_acknowledgement_raises_an_alert(e2e):
     assert state == "failed"
     states = e2e.stack.task_states(DAG, run_id)
     assert states["check_acks"] == "failed" and states["report"] == "success"
+    assert states["await_acks"] == "success"          # ack_wait_seconds 0: it looked once and let check_acks run
+    # overdue letters of THIS run (the flow-wide count would also hold the earlier runs' unacknowledged letters)
+    report = e2e.stack.xcom(DAG, run_id, "report")
     ledger = Ledger(make_engine(sqlite_url(e2e.workspace.state_db)))
-    assert ledger.counts(DAG).get("ack_overdue", 0) > 0
+    assert ledger.counts(DAG, report["run_key"]).get("ack_overdue", 0) > 0
 
 
 def test_a_mesh_non_delivery_report_raises_an_alert_and_the_letter_is_not_resent(e2e):
@@ -204,3 +210,55 @@ def test_a_mesh_non_delivery_report_raises_an_alert_and_the_letter_is_not_resent
     assert Ledger(state_db).entries([item])[item].state == State.UNDELIVERABLE
     with mesh.client(mesh.GP_MAILBOX) as gp:
         assert len(gp.list_messages()) == before        # the re-run resent nothing, the undelivered letter included
+
+
+def test_a_malformed_run_setting_is_refused_before_the_run_exists(e2e):
+    """The settings are declared Params: the REST API (like the trigger form) refuses a bad date with a 400 and no
+    run is created, instead of a task failing deep in the run."""
+    e2e.stack.wait_dag(DAG)
+    for conf in ({"day": "2026-02-30"}, {"start": "1 June 2025", "end": "2026-08-01"}, {"ack_wait_seconds": 86400}):
+        status, body = e2e.stack.api("POST", f"/dags/{DAG}/dagRuns", {
+            "logical_date": dt.datetime(2026, 2, 28, 6, tzinfo=dt.UTC).isoformat(), "conf": conf,
+            "dag_run_id": f"bad_param__{uuid.uuid4().hex[:8]}"})
+        assert status == 400, (conf, status, body)
+        assert "Invalid input for param" in json.dumps(body), body
+
+
+def test_a_range_given_by_halves_fails_the_first_task_by_name_without_retry(e2e):
+    """That start and end come together and in order is no single Param's schema: plan_letters checks it, and a
+    person's mistake is not retried."""
+    run_id, state = _run(e2e, {"start": "2026-10-01"}, dt.datetime(2026, 11, 2, 6, tzinfo=dt.UTC), timeout=300)
+    assert state == "failed"
+    status, data = e2e.stack.api("GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/plan_letters")
+    assert status == 200 and data["state"] == "failed" and data["try_number"] == 1, data
+
+
+def test_a_successful_records_check_starts_the_days_letters(e2e):
+    """records_quality's success is an Asset event; gp_letters runs on it (no logical date, no data interval) for
+    the London day before it was queued, which is the day its 06:00 clock run covers."""
+    import pendulum
+
+    before = {r["dag_run_id"] for r in _asset_runs(e2e)}
+    rq = e2e.stack.trigger("records_quality", dt.datetime(2026, 11, 3, tzinfo=dt.UTC))
+    assert e2e.stack.wait_run("records_quality", rq, timeout=600) == "success"
+    deadline = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    new: list[dict] = []
+    while not new and dt.datetime.now(dt.UTC) < deadline:
+        new = [r for r in _asset_runs(e2e) if r["dag_run_id"] not in before]
+        if not new:
+            time.sleep(3)
+    assert new, "no Asset-triggered gp_letters run after records_quality succeeded"
+    run = new[0]
+    assert run["logical_date"] is None and run["run_type"] == "asset_triggered"
+    e2e.stack.wait_run(DAG, run["dag_run_id"], timeout=600)
+    states = e2e.stack.task_states(DAG, run["dag_run_id"])
+    assert states["plan_letters"] == states["report"] == "success", states
+    queued = pendulum.parse(run["run_after"]).in_timezone("Europe/London").date()
+    report = e2e.stack.xcom(DAG, run["dag_run_id"], "report")
+    assert report["run_key"] == (queued - dt.timedelta(days=1)).isoformat()
+
+
+def _asset_runs(e2e) -> list[dict]:
+    status, data = e2e.stack.api("GET", f"/dags/{DAG}/dagRuns?run_type=asset_triggered&limit=100")
+    assert status == 200, data
+    return [r for r in data.get("dag_runs", []) if r.get("run_type") == "asset_triggered"]

@@ -92,10 +92,42 @@ def test_records_engine_on_postgresql_reads_and_cannot_write(pg_url, monkeypatch
 
 @pytest.mark.postgres
 def test_state_engine_on_postgresql_is_migrated_and_writable(pg_url, monkeypatch, fresh_engines):
+    """Tasks only verify the schema: a fresh database fails them, naming the migration step; the deployment step
+    (``python -m caldicott_airflow.state_migration``, through the same connection) makes it current."""
+    from caldicott.state.migrate import SchemaNotCurrent
     from caldicott.state.schema import schema_version
+    from caldicott_airflow import state_migration
 
     monkeypatch.setenv(f"AIRFLOW_CONN_{connections.STATE_CONN_ID.upper()}", _pg_conn_json(pg_url))
-    engine = connections.state_engine()
+    with pytest.raises(SchemaNotCurrent, match=r"missing: table .*Tasks do not migrate it: run the state database "
+                                               r"migration"):
+        connections.state_engine()
+    assert state_migration.main(["--check"]) == 1
+    assert state_migration.main([]) == 0
+    assert state_migration.main(["--check"]) == 0
+    engine = connections.state_engine()   # not cached after the failure: the retry finds it current
     with engine.begin() as conn:
         assert conn.execute(select(schema_version.c.version)).scalars().all() == [1]
         conn.execute(text("CREATE TABLE probe_write (x int)"))  # not read-only
+
+
+def test_state_engine_verifies_and_never_migrates(tmp_path, monkeypatch, fresh_engines):
+    """SQLite: a task on a database behind the code fails with what is missing and what to run, and changes
+    nothing; after the deployment step it is current; a column the code declares and the database lacks is named."""
+    from caldicott.db import make_engine, sqlite_url
+    from caldicott.state.migrate import SchemaNotCurrent, migrate, pending
+
+    db = tmp_path / "state.db"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{connections.STATE_CONN_ID.upper()}",
+                       json.dumps({"conn_type": "sqlite", "host": str(db)}))
+    with pytest.raises(SchemaNotCurrent, match="make migrate"):
+        connections.state_engine()
+    plain = make_engine(sqlite_url(db))
+    with plain.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sqlite_master WHERE type='table'")).scalar() == 0
+    migrate(plain)
+    assert pending(plain) == []
+    assert connections.state_engine() is not None
+    with plain.begin() as conn:
+        conn.execute(text("ALTER TABLE quarantine DROP COLUMN reason"))
+    assert "column quarantine.reason" in pending(plain)

@@ -85,7 +85,8 @@ def test_the_wait_is_until_the_window_closes_unless_the_run_says_otherwise():
     assert confirm_wait({"params": {}}, closes, now) == closes - now
     assert confirm_wait({"params": {}}, closes, closes) is None                      # closed already
     assert confirm_timeout_minutes({"params": {"confirm_timeout_minutes": 90}}) == 90
-    ctx = {"params": {"confirm_timeout_minutes": 90}, "dag_run": SimpleNamespace(conf={"confirm_timeout_minutes": 0.5})}
+    # a run's conf reaches the task only as params (Airflow validates it against the Param and merges it)
+    ctx = {"params": {"confirm_timeout_minutes": 0.5}}
     assert confirm_timeout_minutes(ctx) == 0.5 and confirm_wait(ctx, closes, closes) == dt.timedelta(seconds=30)
 
 
@@ -165,6 +166,8 @@ def _context(logical: dt.datetime, conf: dict | None = None):
     at = pendulum.instance(logical)
     ti = SimpleNamespace(dag_id="monthly_dataset", run_id="r1", task_id="plan_submissions")
     return {"dag": dag, "logical_date": at, "data_interval_start": at, "data_interval_end": at,
+            # as Airflow resolves them: the run's conf merged into the DAG's params
+            "params": {"month": None, **(conf or {})},
             "dag_run": SimpleNamespace(conf=conf or {}), "ti": ti, "task_instance": ti}
 
 

@@ -1,5 +1,13 @@
 """Create or upgrade Caldicott's state database: ``python -m caldicott.state.migrate --url URL``.
 
+Migrating is a **deployment step**, run once per release before the new code's tasks (``make migrate`` locally;
+the compose deployment's ``airflow-init``, through ``python -m caldicott_airflow.state_migration``, which takes the
+URL from the ``caldicott_state`` connection). Tasks never migrate: each process only **verifies**
+(:func:`verify`: two or three cheap queries, once per process) and fails with :class:`SchemaNotCurrent`, which
+says what is missing and which command to run. A task that migrated would run DDL under every worker, on every
+first use, racing the others and holding locks a running flow needs; a release whose migration was forgotten
+would also be half-applied by whichever task came first. ``--check`` runs the same verification from a shell.
+
 Steps are additive and idempotent (create what is missing; drop only in a numbered step that says why), recorded in
 ``caldicott_schema_version``. Every module named ``state_tables`` under the ``caldicott`` package is
 imported first so its tables join the shared metadata. A change that alters an existing column must
@@ -153,12 +161,77 @@ def migrate(engine: Engine) -> list[int]:
     return applied
 
 
+#: What on-call is told to run when a task finds the schema behind the code (also in docs/runbook.md).
+HOW_TO_MIGRATE = ("run the state database migration for this release, then clear the task: `make migrate` "
+                  "(local), `docker compose run --rm airflow-init` (compose), or "
+                  "`python -m caldicott_airflow.state_migration` on a host with the deployment's Airflow "
+                  "configuration (or `python -m caldicott.state.migrate --url URL`)")
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The state database is not at the schema this code needs; the message says what is missing and what to run.
+
+    Names tables, columns and step numbers only (never data): it reaches on-call through the task's failure.
+    """
+
+
+def pending(engine: Engine) -> list[str]:
+    """What :func:`migrate` would still do to this database, in words (empty: it is current).
+
+    A table or column the code declares and the database lacks; a numbered step not recorded whose repair the
+    database needs (:data:`ONLY_WHERE`; a step without such a test is needed when not recorded). Read-only: the
+    table and column lists come from one inspector (one query per kind on PostgreSQL).
+    """
+    load_table_modules()
+    missing: list[str] = []
+    with engine.connect() as conn:
+        insp = inspect(conn)
+        present = set(insp.get_table_names())
+        wanted = {name: table for name, table in metadata.tables.items() if table.schema is None}
+        absent = sorted(set(wanted) - present)
+        missing += [f"table {name}" for name in absent]
+        have = [name for name in wanted if name in present]
+        if have:
+            columns = insp.get_multi_columns(filter_names=have)
+            for (_schema, name), cols in sorted(columns.items()):
+                got = {c["name"] for c in cols}
+                missing += [f"column {name}.{c.name}" for c in wanted[name].columns if c.name not in got]
+        if schema_version.name in absent:
+            return missing
+        done = set(conn.execute(select(schema_version.c.version)).scalars())
+        for version, description, _step in STEPS:
+            if version in done:
+                continue
+            if version in ONLY_WHERE and not ONLY_WHERE[version](conn):
+                continue
+            missing.append(f"step {version} ({description})")
+    return missing
+
+
+def verify(engine: Engine) -> None:
+    """Raise :class:`SchemaNotCurrent` unless the database is at this code's schema. Changes nothing."""
+    missing = pending(engine)
+    if missing:
+        shown = "; ".join(missing[:8]) + (f"; and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise SchemaNotCurrent(f"the Caldicott state database is not at this release's schema (missing: {shown}). "
+                               f"Tasks do not migrate it: {HOW_TO_MIGRATE}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Create or upgrade Caldicott's state database")
     parser.add_argument("--url", required=True, help="SQLAlchemy URL of the state database")
+    parser.add_argument("--check", action="store_true",
+                        help="only verify: exit 1 (saying what is missing) if a migration is due; change nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    applied = migrate(make_engine(args.url))
+    engine = make_engine(args.url)
+    if args.check:
+        missing = pending(engine)
+        for what in missing:
+            log.error("pending: %s", what)
+        log.info("state database %s", "needs migrating" if missing else "is current")
+        return 1 if missing else 0
+    applied = migrate(engine)
     log.info("state database up to date%s", f" (applied {applied})" if applied else "")
     return 0
 
