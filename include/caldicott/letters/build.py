@@ -70,12 +70,21 @@ def _in_chunks(engine: Engine, table, column, ids: Sequence[str], *where,
     return pd.concat(frames, ignore_index=True) if frames else queries.read(engine, select(table).where(False))
 
 
-def find_events(engine: Engine, start: dt.date, end: dt.date) -> list[tuple[str, str, dt.date]]:
-    """``(referral_id, event, London date)`` for every letter the interval needs, sorted."""
+def find_events(engine: Engine, start: dt.date, end: dt.date,
+                referral_ids: Iterable[str] | None = None) -> list[tuple[str, str, dt.date]]:
+    """``(referral_id, event, London date)`` for every letter the interval needs, sorted.
+
+    ``referral_ids``: only those referrals' letters (a batch re-reading its own letters). Each referral's events
+    depend on its own rows only, so this is exactly the whole interval's list filtered to them, without reading
+    (and grouping) every referral of the interval once per batch."""
     lo, hi = utc_bounds(start, end)
     cc = schema.care_contact
-    in_day = queries.read(engine, select(cc.c.service_request_id).where(
-        cc.c.contact_at >= lo, cc.c.contact_at < hi, cc.c.app_type == "01", cc.c.attend_code.in_(ATTENDED)))
+    only = None if referral_ids is None else sorted(set(referral_ids))
+    where = (cc.c.contact_at >= lo, cc.c.contact_at < hi, cc.c.app_type == "01", cc.c.attend_code.in_(ATTENDED))
+    if only is None:
+        in_day = queries.read(engine, select(cc.c.service_request_id).where(*where))
+    else:
+        in_day = _in_chunks(engine, cc, cc.c.service_request_id, only, *where)
     events: list[tuple[str, str, dt.date]] = []
     refs = sorted(set(in_day["service_request_id"]))
     unreadable: set[str] = set()
@@ -99,7 +108,10 @@ def find_events(engine: Engine, start: dt.date, end: dt.date) -> list[tuple[str,
             if rid not in first.index or pd.Timestamp(first.at[rid, "contact_at"]).to_pydatetime() >= lo:
                 events.append((rid, "assessment", start))
     dis = queries.referrals_discharged(engine, start, end, on_unreadable=lambda row, cols: None)
+    wanted = None if only is None else set(only)
     for rid, d in zip(dis["service_request_id"], dis["discharge_date"], strict=True):
+        if wanted is not None and str(rid) not in wanted:
+            continue
         events.append((str(rid), "discharge", start if d is None else pd.Timestamp(d).date()))
     return sorted(events)
 
@@ -160,7 +172,8 @@ def load_letters(engine: Engine, events: Iterable[tuple[str, str, dt.date]]) -> 
     bad_score_refs = set(scores.loc[scores["assessment_id"].isin(bad_scores), "service_request_id"])
     del all_nums
 
-    pat_rows = {r["local_patient_id"]: r for r in pats.to_dict("records")}
+    pat_rows = {r["local_patient_id"]: r for r in _records(pats)}
+    ref_rows = {r["service_request_id"]: r for r in _records(refs.reset_index())}
     prac_rows = {code: {"ods_code": code, **{k: _none(v) for k, v in row.items()}}
                  for code, row in practices.to_dict("index").items()}
     # per referral as plain rows: the per-letter arithmetic below is a handful of values, where pandas' per-call
@@ -170,9 +183,9 @@ def load_letters(engine: Engine, events: Iterable[tuple[str, str, dt.date]]) -> 
 
     out: list[LetterData] = []
     for rid, event, day in events:
-        if rid not in refs.index:
+        ref = ref_rows.get(rid)
+        if ref is None:
             continue
-        ref = refs.loc[rid]
         patient = {k: _none(v) for k, v in pat_rows.get(ref["local_patient_id"], {}).items()}
         if not patient:
             continue
@@ -216,9 +229,16 @@ def _duplicated_elsewhere(engine: Engine, pats: pd.DataFrame) -> set[str]:
     return set(pats.loc[pats["nhs_number"].isin(dup_numbers), "local_patient_id"])
 
 
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """``frame.to_dict("records")`` with the same values, built from ``Series.tolist`` (Python scalars, Timestamps
+    for datetimes) instead of pandas' per-cell boxing, which cost as much as rendering the letters' text."""
+    cols = list(frame.columns)
+    return [dict(zip(cols, row, strict=True)) for row in zip(*(frame[c].tolist() for c in cols), strict=True)]
+
+
 def _rows_by_referral(frame: pd.DataFrame) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
-    for row in frame.to_dict("records"):
+    for row in _records(frame):
         out.setdefault(row["service_request_id"], []).append(row)
     return out
 

@@ -27,7 +27,7 @@ from caldicott.db import insert_ignore, utcnow
 from caldicott.gateway import CHUNK, ReleaseReport, release
 from caldicott.letters import gp_connect, messages
 from caldicott.letters.build import LetterData, find_events, load_letters
-from caldicott.letters.render import attachment_name, email_body, letter_title, render_pdf
+from caldicott.letters.render import attachment_name, email_body, letter_title
 from caldicott.letters.service import Service
 from caldicott.letters.state_tables import letter_ack
 from caldicott.policy import letters as policy
@@ -160,10 +160,9 @@ def send_document(letter: LetterData, lid: str, pdf: bytes, ch: Channels,
     return gp_connect.mesh_address(patient), payload, headers
 
 
-def outbound_items(letters: list[LetterData], kind: str, channel: str, batch: str, ch: Channels,
-                   skip: set[str]) -> Iterator[Outbound]:
-    """Render and protect each letter of a batch, lazily (one PDF in memory at a time)."""
-    body = email_body(ch.service)
+def _due(letters: list[LetterData], kind: str, channel: str, ch: Channels,
+         skip: set[str]) -> Iterator[tuple[LetterData, str, policy.Route]]:
+    """The batch's letters that go now, with their ids and routes (cheap: decided before any rendering)."""
     for letter in letters:
         lid = letter_id(letter.referral_id, letter.event, kind)
         if lid in skip:
@@ -172,35 +171,61 @@ def outbound_items(letters: list[LetterData], kind: str, channel: str, batch: st
         d = gp if kind == "gp" else pat
         if d.route is None or d.route.channel != channel or d.outcome != "send":
             continue   # the record changed since planning: leave the intent for the next run to re-plan
-        route = d.route
-        now = dt.datetime.now(dt.UTC)
-        pdf = render_pdf(letter, kind, ch.service, created=now)
-        facts = {"gp_sharing_consent": bool(letter.patient.get("gp_sharing_consent", True))}
-        headers: dict[str, str] = {"batch": batch.replace("/", "_")}
-        address = route.address
-        filename = attachment_name(letter.event)
-        if channel == "smime-email":
-            payload = messages.smime_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
-                                           certificate_pem=letter.practice["certificate_pem"], service=ch.service.name,
-                                           filename=filename)
-        elif channel == "smime":
-            payload = messages.smime_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
-                                           certificate_pem=letter.patient["patient_certificate_pem"],
-                                           service=ch.service.name, filename=filename)
-        elif channel == "secure-email":
-            payload = messages.gateway_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
-                                             service=ch.service.name, filename=filename)
-        elif channel == "mesh":
-            address, payload, mesh_headers = send_document(letter, lid, pdf, ch, now)
-            headers.update(mesh_headers)
-        elif channel == "post":
-            if not ch.print_certificate_pem:
-                continue   # no print house configured: stays intended, reported as pending
-            payload = messages.post_file(pdf, ch.print_certificate_pem)
-        else:
+        if channel not in PROTECTED:
             continue
-        yield Outbound(lid, route.purpose, route.recipient, channel, payload, route.protection,
-                       address=address, headers=headers, facts=facts)
+        if channel == "post" and not ch.print_certificate_pem:
+            continue   # no print house configured: stays intended, reported as pending
+        yield letter, lid, d.route
+
+
+PROTECTED = ("smime-email", "smime", "secure-email", "mesh", "post")
+
+
+def outbound_items(letters: list[LetterData], kind: str, channel: str, batch: str, ch: Channels,
+                   skip: set[str]) -> Iterator[Outbound]:
+    """Render and protect each letter of a batch, lazily and in order.
+
+    PDFs come from :func:`caldicott.letters.render_pool.render_pdfs`: for a large batch a worker process renders
+    up to ``WINDOW`` letters ahead while this process protects and releases the ones before (rendering is pure;
+    the ledger and the sends stay here, in the gateway); a small batch is rendered inline, one PDF at a time."""
+    from caldicott.letters.render_pool import render_pdfs
+
+    body = email_body(ch.service)
+    due = list(_due(letters, kind, channel, ch, skip))
+    pdfs = render_pdfs(((letter, kind) for letter, _, _ in due), ch.service, count=len(due))
+    try:
+        for (letter, lid, route), (pdf, now) in zip(due, pdfs, strict=False):
+            yield _protect(letter, lid, route, pdf, now, kind, channel, batch, ch, body)
+    finally:
+        pdfs.close()   # stop the renderer's look-ahead when the gateway stops early
+
+
+def _protect(letter: LetterData, lid: str, route: policy.Route, pdf: bytes, now: dt.datetime, kind: str,
+             channel: str, batch: str, ch: Channels, body: str) -> Outbound:
+    """One rendered letter, protected for its channel, as the gateway's item."""
+    facts = {"gp_sharing_consent": bool(letter.patient.get("gp_sharing_consent", True))}
+    headers: dict[str, str] = {"batch": batch.replace("/", "_")}
+    address = route.address
+    filename = attachment_name(letter.event)
+    if channel == "smime-email":
+        payload = messages.smime_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
+                                       certificate_pem=letter.practice["certificate_pem"], service=ch.service.name,
+                                       filename=filename)
+    elif channel == "smime":
+        payload = messages.smime_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
+                                       certificate_pem=letter.patient["patient_certificate_pem"],
+                                       service=ch.service.name, filename=filename)
+    elif channel == "secure-email":
+        payload = messages.gateway_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
+                                         service=ch.service.name, filename=filename)
+    elif channel == "mesh":
+        address, payload, mesh_headers = send_document(letter, lid, pdf, ch, now)
+        headers.update(mesh_headers)
+    else:   # post (``_due`` lets no other channel through)
+        assert ch.print_certificate_pem
+        payload = messages.post_file(pdf, ch.print_certificate_pem)
+    return Outbound(lid, route.purpose, route.recipient, channel, payload, route.protection,
+                    address=address, headers=headers, facts=facts)
 
 
 SENDER_FOR = {"smime-email": "smtp", "smime": "smtp", "secure-email": "smtp", "mesh": "mesh", "post": "post"}
@@ -210,8 +235,10 @@ def send_batch(records: Engine, state: Engine, batch: dict, ch: Channels, start:
                chunk: int = CHUNK) -> dict:
     """Send one planned batch; returns counts and the ids of letters that failed (XCom-safe).
 
-    Letters are rendered lazily while the gateway sends the previous ``chunk`` (see :func:`release`), so at
-    most a few chunks of PDFs are in memory, whatever the batch size.
+    Letters are rendered lazily while the gateway sends the previous ``chunk`` (see :func:`release`) — for a batch
+    of ``render_pool.min_letters()`` or more, in a worker process up to ``render_pool.WINDOW`` letters ahead — so
+    at most a few chunks of PDFs are in memory, whatever the batch size. Only the batch's own referrals are read
+    back from the source.
     """
     keys = {tuple(x) for x in batch["letters"]}
     kind, channel = batch["kind"], batch["channel"]
@@ -220,8 +247,8 @@ def send_batch(records: Engine, state: Engine, batch: dict, ch: Channels, start:
     skip = {i for i, e in entries.items() if e.state in DONE or e.state == State.HELD}
     report = ReleaseReport()
     report.already_sent += sorted(i for i in skip if entries[i].state in DONE)
-    todo = [(r, e, d) for r, e, d in find_events(records, start, end) if (r, e) in keys
-            and letter_id(r, e, kind) not in skip]
+    todo = [(r, e, d) for r, e, d in find_events(records, start, end, referral_ids={r for r, _ in keys})
+            if (r, e) in keys and letter_id(r, e, kind) not in skip]
     if todo:
         letters = load_letters(records, todo)
         sender = ch.senders[SENDER_FOR[channel]]

@@ -12,13 +12,16 @@ import datetime as dt
 import functools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from caldicott.letters.build import LetterData
 from caldicott.letters.pdf import html_to_pdf
 from caldicott.letters.service import Service
 from caldicott.policy.letters import minimum_patient
+
+if TYPE_CHECKING:   # not at run time: the render worker process (render_pool) need not import pandas for it
+    from caldicott.letters.build import LetterData
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
