@@ -301,7 +301,7 @@ def _generic(dag_id: str, r: dict) -> list[str]:
     return [_heading(TITLES.get(dag_id, dag_id), dag_id, r), *_table(("what", "value"), rows(r, 0), numeric=False)]
 
 
-TITLES = {"monthly_dataset": "Monthly data set"}
+TITLES = {"monthly_dataset": "Monthly data set", "transfer_of_care": "Transfer of care (patient reports)"}
 FORMATTERS = {"records_quality": _records_quality, "gp_letters": _gp_letters, "referrer_updates": _referrer_updates,
               "disclosure_request": _disclosure_request}
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from caldicott.disclosure.register import approved_release
+from caldicott.policy import adequacy
 from caldicott.policy.purposes import Protection, Purpose, configured_address, release_rule
 from caldicott.transport.base import Outbound, Sender, TransportError
 from caldicott.transport.ledger import DONE, Ledger, State
@@ -61,8 +62,10 @@ class ReleaseReport:
         self.not_planned += other.not_planned
 
 
-def check(item: Outbound, state_engine: Engine) -> None:
-    """Raise ReleaseRefused unless ``item`` may leave for its purpose. Pure policy; sends nothing."""
+def check(item: Outbound, state_engine: Engine, sender: Sender | None = None) -> None:
+    """Raise ReleaseRefused unless ``item`` may leave for its purpose. Pure policy; sends nothing.
+
+    ``sender``: the route it would take, whose declared country (the next hop) is checked with the item's own."""
     try:
         rule = release_rule(item.purpose)
     except (KeyError, ValueError) as exc:
@@ -71,6 +74,9 @@ def check(item: Outbound, state_engine: Engine) -> None:
         raise ReleaseRefused(f"protection {item.protection!s} not allowed for {item.purpose!s}")
     if not item.payload:
         raise ReleaseRefused("empty payload")
+    # privacy notice: no transfer to a country not assessed as adequate (UK GDPR Art. 45); fail closed on unknown
+    if (where := adequacy.refusal(item, sender)) is not None:
+        raise ReleaseRefused(where)
     missing = [f for f in rule.required_facts if item.facts.get(f) is not True]
     if missing:
         raise ReleaseRefused(f"{item.purpose!s} requires {', '.join(missing)}")
@@ -199,7 +205,7 @@ def _claim(items: list[Outbound], sender: Sender, ledger: Ledger, report: Releas
     allowed: list[Outbound] = []
     for item in items:
         try:
-            check(item, ledger.engine)
+            check(item, ledger.engine, sender)
         except ReleaseRefused as refusal:
             report.refused[item.item_id] = str(refusal)
             ledger.hold(item.item_id, f"refused by release gateway: {refusal}")

@@ -25,9 +25,17 @@ from devtools.peers.mesh import MeshPeer
 RUNNER = Path(__file__).with_name("runner.py")
 ROOT = Path(__file__).resolve().parents[2]
 
-#: figure name -> value, filled by the tests, printed in the terminal summary (and copied by hand into
-#: docs/reliability.md).
+#: figure name -> value, filled by the tests and printed in the terminal summary. When the whole directory ran
+#: and passed, the totals the docs quote are checked against them (:func:`pytest_sessionfinish`): a figure in
+#: the README or docs/reliability.md that no longer matches the suite fails the run instead of going stale.
 FIGURES: dict[str, int] = defaultdict(int)
+HERE = Path(__file__).parent
+#: (file, regex whose group 1 is the quoted total) for each place the docs quote the kill-point total
+DOC_KILL_TOTALS = (
+    (ROOT / "README.md", r"^\| kill points survived[^|]*\| (\d+) "),
+    (ROOT / "docs" / "reliability.md", r"^\| kill points survived[^|]*\| \*\*(\d+)\*\*"),
+)
+_outcomes: dict[str, str] = {}
 
 
 def figure(name: str, value: int = 1) -> None:
@@ -39,6 +47,48 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("reliability figures")
         for name in sorted(FIGURES):
             terminalreporter.write_line(f"{name}: {FIGURES[name]}")
+    for problem in _doc_problems:
+        terminalreporter.write_line(f"reliability figures: {problem}", red=True)
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or report.outcome != "passed":
+        _outcomes[report.nodeid] = report.outcome
+
+
+_doc_problems: list[str] = []
+
+
+def doc_kill_totals() -> dict[str, int | None]:
+    """The kill-point total each doc quotes (None where the row is missing)."""
+    import re
+
+    out: dict[str, int | None] = {}
+    for path, pattern in DOC_KILL_TOTALS:
+        m = re.search(pattern, path.read_text(encoding="utf-8"), re.MULTILINE)
+        out[str(path.relative_to(ROOT))] = int(m.group(1)) if m else None
+    return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail a run of the whole reliability directory whose kill-point total differs from what the docs quote.
+
+    Only a complete, green run counts (every test of this directory collected, none deselected by -k/-m, all
+    passed): a partial run's totals are partial by design."""
+    ours = [item for item in session.items if Path(str(item.fspath)).is_relative_to(HERE)]
+    opts = session.config.option
+    complete = (ours and exitstatus == 0 and not getattr(opts, "keyword", "") and not getattr(opts, "markexpr", "")
+                and {Path(str(i.fspath)).name for i in ours} == {p.name for p in HERE.glob("test_*.py")}
+                and all(_outcomes.get(i.nodeid) == "passed" for i in ours))
+    if not complete:
+        return
+    total = FIGURES.get("kill points survived", 0)
+    for doc, quoted in doc_kill_totals().items():
+        if quoted != total:
+            _doc_problems.append(f"{doc} quotes {quoted} kill points survived; this run survived {total}: "
+                                 "update the figure (and its breakdown) from the summary above")
+    if _doc_problems:
+        session.exitstatus = 1
 
 
 #: The return code of a child that the job's kill point SIGKILLed.

@@ -59,6 +59,10 @@ def _endpoint_line(route: Mapping[str, Any], endpoint: Mapping[str, Any] | None)
         lines.append(f"- **{label}** {md_text(route.get('recipient_address'))}")
     else:
         lines.append(f"- **Outbox folder** {md_text((endpoint or {}).get('folder'))}")
+    # where the data would be processed: the requester's country (its configuration; default GB, as documented), which
+    # the release gateway checks against the adequacy list (caldicott.policy.adequacy)
+    country = route.get("country") or route.get("requester_country") or "GB (not stated: the documented default)"
+    lines.append(f"- **Country** {md_text(country)}")
     lines.append(f"- **Encrypted to certificate** {md_text(route.get('certificate_subject'))}")
     lines.append(f"- **Certificate SHA-256** {md_text(route.get('certificate_sha256'))}")
     return lines

@@ -22,6 +22,7 @@ class Purpose(StrEnum):
     MANDATED_DATASET = "mandated_dataset"    # required by law (DPN, s259(5) HSCA 2012): IAPT monthly data set
     NDOP_CHECK = "ndop_check"                # NHS numbers to NHS England's opt-out service, to apply the opt-out
     PLANNING_EXTRACT = "planning_extract"    # commissioner / local planning extract under a sharing agreement
+    TRANSFER_OF_CARE = "transfer_of_care"    # direct care: patient report to the provider taking the patient on
     DISCLOSURE = "disclosure"                # anything else: court, police, safeguarding, DWP, research...
 
 
@@ -50,6 +51,11 @@ class ReleaseRule:
     #: the deployment setting (environment variable) holding the only address this purpose may go to; None: any.
     #: Read at release time by the gateway, not taken from the item, so a flow cannot choose where it goes.
     address_setting: str | None = None
+    #: the country an item of this purpose reaches when it declares none (caldicott.policy.adequacy): "GB" where the
+    #: recipients are, by law or by their NHS role, in the UK, and for configured recipients whose configuration
+    #: states no country (the documented default); None: the item must declare its recipient's country or it is
+    #: refused (fail closed)
+    domestic: str | None = "GB"
 
 
 #: Opaque recipient id of NHS England's "Check for national data opt-outs" service (MESH).
@@ -81,6 +87,11 @@ _RULES: dict[Purpose, ReleaseRule] = {
         True, frozenset({Protection.MESH, Protection.SFTP, Protection.CMS, Protection.STAGED_ENCRYPTED}),
         ("ndop_applied",),
         "planning under a sharing agreement; the national data opt-out has been applied"),
+    Purpose.TRANSFER_OF_CARE: ReleaseRule(
+        True, frozenset({Protection.MESH, Protection.SMIME, Protection.CMS}), ("transfer_fields_applied",),
+        "direct care: the patient's care moves to another provider, who gets a patient report with only the fields "
+        "caldicott.policy.transfers allows (privacy notice: 'we provide them with a patient report'); the "
+        "receiver's country must be declared and on the adequacy list", domestic=None),
     Purpose.DISCLOSURE: ReleaseRule(
         False, frozenset({Protection.SMIME, Protection.CMS, Protection.SFTP}), (),
         "non-routine: only with an approved entry in the disclosure register"),

@@ -1,0 +1,1 @@
+"""Transfer of care: a patient report to the provider taking the patient on (docs/transfer_of_care.md)."""
