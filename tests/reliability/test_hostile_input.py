@@ -66,6 +66,10 @@ HOSTILE_TEXT = st.one_of(
 )
 FAULTS = ("nhs_garbage", "nhs_check_digit", "nhs_duplicate", "birth_future", "birth_ancient", "postcode_garbage",
           "score_out_of_range", "discharge_before_referral")
+#: patient fault -> (the IDS001 field it spoils, the rule that blanks it)
+PATIENT_FAULT_FIELD = {"nhs_garbage": ("NHSNumber", "IDSREJ006"), "nhs_check_digit": ("NHSNumber", "IDSREJ006"),
+                       "nhs_duplicate": ("NHSNumber", "IDSREJ009"), "birth_future": ("PersonBirthDate", "IDSREJ008"),
+                       "birth_ancient": ("PersonBirthDate", "IDSREJ008"), "postcode_garbage": ("Postcode", "IDSREJ007")}
 PATIENT_FAULTS = {"nhs_garbage", "nhs_check_digit", "nhs_duplicate", "birth_future", "birth_ancient",
                   "postcode_garbage"}
 
@@ -306,22 +310,38 @@ def _dataset(records, state, base, bad_pat, bad_ref, tmp) -> int:
     period = Period.month(2026, 10)
     s = pipeline.Settings(org_provider="ZZZ01", work_dir=tmp, key=bytes(32))
     ds, _, _ = pipeline.build_month(records, period, s)
-    mpi_before = set(ds.tables["IDS001MPI"]["_rid"])
+    mpi_frame = ds.tables["IDS001MPI"].set_index("_rid")
+    mpi_before = set(mpi_frame.index)
     refs_before = set(ds.tables["IDS101Referral"]["_rid"])
     res = rules.screen(ds)
     assert not res.file_failures, res.file_failures
-    assert all(q.reason and q.reason_code for q in res.quarantined)
-    mpi_after = set(ds.tables["IDS001MPI"]["_rid"])
+    assert all(q.reason and q.reason_code for q in res.quarantined + res.blanked_items)
+    mpi_after_frame = ds.tables["IDS001MPI"].set_index("_rid")
+    mpi_after = set(mpi_after_frame.index)
     refs_after = set(ds.tables["IDS101Referral"]["_rid"])
+    blanked = {(q.record_id, q.reason_code) for q in res.blanked_items}
     for pid, fault in bad_pat.items():
         if pid in mpi_before:
-            assert pid not in mpi_after, (fault, "a bad patient stayed in the data set")
+            # nationally a blank NHS number, birth date or postcode is only a warning: the patient is submitted with
+            # the bad field blanked (and reported with the rule's code), not dropped from a mandated return
+            assert pid in mpi_after, (fault, "a patient with one bad optional field was dropped")
+            col, code = PATIENT_FAULT_FIELD[fault]
+            assert pd.isna(mpi_after_frame.at[pid, col]), (fault, "the bad value was submitted")
+            was = mpi_frame.at[pid, col]
+            if pd.notna(was) and str(was).strip():
+                assert (pid, code) in blanked, (fault, "a blanked field was not reported")
     for rid, fault in bad_ref.items():
         if fault == "discharge_before_referral" and rid in refs_before:
             assert rid not in refs_after, (fault, "a referral discharged before receipt stayed in the data set")
-    for table in ("IDS606CodedScoreAssessmentRefer", "IDS607CodedScoreAssessmentAct"):
+    # a PHQ-9 score out of its range is a warning nationally (IDS60607 / IDS60707): submitted, and counted
+    for table, code in (("IDS606CodedScoreAssessmentRefer", "IDS60607"), ("IDS607CodedScoreAssessmentAct", "IDS60707")):
         if table in ds.tables and len(ds.tables[table]):
-            assert not (pd.to_numeric(ds.tables[table]["PersScore"], errors="coerce") > 27).any(), table
+            df = ds.tables[table]
+            phq9 = df["CodedAssToolType"] == SNOMED["PHQ9"]
+            high = df[phq9 & (pd.to_numeric(df["PersScore"], errors="coerce") > 27)]
+            if table == "IDS606CodedScoreAssessmentRefer":
+                assert set(high["ServiceRequestId"]) <= {r for r, f in bad_ref.items() if f == "score_out_of_range"}
+            assert res.failures.get(code, 0) >= len(high), table
     owners = set(pd.read_sql("SELECT service_request_id, local_patient_id FROM referral", records)
                  .set_index("service_request_id").loc[list(bad_ref), "local_patient_id"]) if bad_ref else set()
     good = mpi_before - set(bad_pat) - owners - base["base_bad"]

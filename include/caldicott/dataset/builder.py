@@ -727,6 +727,25 @@ def _column(df: pd.DataFrame, col: str) -> pd.Series | None:
     return pd.Series(df[col]).reset_index(drop=True) if col in df.columns else None
 
 
+def icd10_code(codes: pd.Series, scheme: pd.Series | str) -> pd.Series:
+    """ICD-10 codes (where ``scheme`` is ``01``, ICD-10) in NHS Digital's 4-character form: the dot removed and a
+    3-character code padded with ``X`` (``F32`` -> ``F32X``, ``F41.1`` -> ``F411``), as the receiving side wants
+    (IDS60309/IDS60310: 4-6 characters). This is NHS Digital's ICD-10 convention for national data sets (HES,
+    SUS, MHSDS, IAPT): codes carried without the decimal point, and a code with no fourth character filled with
+    ``X`` in the 4th position (NHS Data Dictionary / Hospital Episode Statistics data dictionary, "ICD-10 codes
+    with no 4th character are given an X filler", e.g. ``I10X``). Other schemes and nulls are left as they are."""
+    codes = _s(codes)
+    if isinstance(scheme, str):
+        icd = np.full(len(codes), scheme == FIND_SCHEME_ICD10)
+    else:
+        icd = (_s(scheme) == FIND_SCHEME_ICD10).fillna(False).to_numpy(dtype=bool)
+    if not (icd & codes.notna().to_numpy()).any():
+        return codes
+    dotless = codes.str.strip().str.replace(".", "", regex=False).str.upper()
+    padded = dotless.where(dotless.str.len() != 3, dotless + "X")
+    return codes.where(~icd, padded)
+
+
 def _text_of(df: pd.DataFrame, col: str) -> pd.Series:
     """A source column as nullable Arrow text (all null when absent)."""
     v = _column(df, col)
@@ -853,7 +872,8 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
     overseas = _frame({"LocalPatientId": child_pid[4], "OvsVisChCat": _text_of(ovs, "charging_category"),
                        "OvsVisChCatAppDate": _date_of(ovs, "applicable_date")}, _text_of(ovs, "visitor_id"))
     prev_diag = _frame({"LocalPatientId": child_pid[5], "DiagSchemeInUse": _text_of(dia, "scheme"),
-                        "PrevDiag": _text_of(dia, "code"), "DiagDate": _date_of(dia, "diagnosis_date")},
+                        "PrevDiag": icd10_code(_text_of(dia, "code"), _text_of(dia, "scheme")),
+                        "DiagDate": _date_of(dia, "diagnosis_date")},
                        _text_of(dia, "diagnosis_id"))
     clu_start, clu_end = _local_of(clu, "start_at"), _local_of(clu, "end_at")
     clu_end = clu_end.mask((clu_end >= pd.Timestamp(period.end)).to_numpy())   # still assigned at the period end
@@ -877,7 +897,7 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
         "OnsetDate": _text_of(r, "onset_month"), "PrevDiagCondInd": _text_of(r, "previous_diagnosed_condition"),
         "EndCode": end_code, "ServDischDate": disch, "_rid": rid})
     new = (received >= pd.Timestamp(period.first)).to_numpy()
-    pres_code = _text_of(r, "presenting_problem_code")
+    pres_code = icd10_code(_text_of(r, "presenting_problem_code"), FIND_SCHEME_ICD10)
     has_code = pres_code.notna().to_numpy()
     pick = new & has_code
     pres = pd.DataFrame({name: col[pick].reset_index(drop=True) for name, col in (
@@ -904,7 +924,8 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
                    "CarePersLocalId": _text_of(itl, "care_pers_local_id"),
                    "IntegratedSoftwareInd": _text_of(itl, "integrated_software")}, _text_of(itl, "log_id"))
     ltcs = _frame({"ServiceRequestId": child_sri[3], "FindSchemeInUse": _text_of(ltc, "scheme"),
-                   "LongTermCondition": _text_of(ltc, "code")}, _text_of(ltc, "condition_id"))
+                   "LongTermCondition": icd10_code(_text_of(ltc, "code"), _text_of(ltc, "scheme"))},
+                  _text_of(ltc, "condition_id"))
 
     # ---- contacts, activities, scores ----
     c = src.contacts
@@ -953,7 +974,7 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
         "CarePersLocalId": at_act("clinician_id"),
         "ClinContactDurOfCareAct": act_contacts["ClinContDurOfCareCont"].reset_index(drop=True),
         "CodeProcAndProcStatus": at_act("procedure_code"), "FindSchemeInUse": at_act("finding_scheme"),
-        "CodeFind": at_act("finding_code"), "CodeObs": at_act("observation_code"),
+        "CodeFind": icd10_code(at_act("finding_code"), at_act("finding_scheme")), "CodeObs": at_act("observation_code"),
         "ObsValue": at_act("observation_value"), "UnitMeasure": at_act("observation_unit"), "_rid": act_id})
 
     aid = _s(a["assessment_id"])

@@ -630,8 +630,6 @@ PRES, A606, A607, CLUS, QUAL = ("IDS603PresentingComplaints", "IDS606CodedScoreA
                                 "IDS607CodedScoreAssessmentAct", "IDS803CareCluster", "IDS902CarePersQual")
 #: the tables NHS England's file must hold (IDSREJ002-005)
 MANDATORY_TABLES = (H, MPI, GP, REF)
-#: the builder's one legacy name for a national field, accepted by the structure check until its rename lands
-LEGACY_NAMES = {(ACT, "CareProfLocalId"): "CarePersLocalId"}
 
 POSTCODE = r"[A-Z]{1,2}[0-9][A-Z0-9]? [0-9][A-Z]{2}"
 #: IDSREJ008: a person older than this at the start of the period (MAX_PERSON_AGE of the receiving side)
@@ -698,7 +696,7 @@ def _structure(ds: Dataset) -> bool:
         national = NATIONAL_FIELDS.get(name)
         if national is None:
             return True
-        cols = [LEGACY_NAMES.get((name, c), c) for c in df.columns if c != "_rid"]
+        cols = [c for c in df.columns if c != "_rid"]
         if any(c not in national for c in cols) or len(set(cols)) != len(cols):
             return True
     return False

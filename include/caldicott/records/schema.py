@@ -129,7 +129,7 @@ employment_status = Table(
     Column("esa", String(1), comment="ESAInd"),
     Column("universal_credit", String(1), comment="UCInd"),
     Column("pip", String(1), comment="PIPInd"),
-    Column("employment_support", String(1), comment="EmpSupportInd"),
+    Column("employment_support", String(2), comment="EmpSupportInd: Y, N, NA (not applicable)"),
     Column("employment_support_referral_date", Date, comment="EmpSupportReferral"),
     Column("employment_support_discharge_date", Date, comment="EmpSupportDischargeDate"),
 )

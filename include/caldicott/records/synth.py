@@ -779,9 +779,8 @@ def _v21_facts(rng: np.random.Generator, core: _Core, pat: pd.DataFrame, ref: pd
     def _ind(p_yes: np.ndarray | float) -> np.ndarray:
         return np.where(unknown, "U", np.where(yes & (rng.random(m) < p_yes), "Y", "N"))
 
-    # IDS00432 also permits NA (not applicable: students, the retired), but the source column is one character
-    # wide, so the service leaves it unrecorded for them
-    support = np.where(np.isin(status, ["03", "08"]), None,
+    # IDS00432 also permits NA (not applicable): students and the retired
+    support = np.where(np.isin(status, ["03", "08"]), "NA",
                        np.where(rng.random(m) < np.where(employed | out_of_work, 0.12, 0.04), "Y", "N"))
     sup_ref = _between(rng, seen, np.minimum(seen + 14, life_end[er]))
     sup_dis = sup_ref + rng.integers(30, 120, m)

@@ -123,17 +123,42 @@ def _dataset_submission_kind(conn: Connection) -> None:
     conn.execute(text("DROP TABLE dataset_submission_pre3"))
 
 
+#: Width of ``quarantine.record_type``: the longest national table name is 31 characters
+#: (``IDS606CodedScoreAssessmentRefer``), with room to spare.
+RECORD_TYPE_WIDTH = 40
+
+
+def _quarantine_record_type_narrow(conn: Connection) -> bool:
+    insp = inspect(conn)
+    if not insp.has_table("quarantine"):
+        return False
+    col = {c["name"]: c for c in insp.get_columns("quarantine")}.get("record_type")
+    length = getattr(col["type"], "length", None) if col else None
+    return length is not None and length < RECORD_TYPE_WIDTH
+
+
+def _quarantine_record_type_wide(conn: Connection) -> None:
+    """Quarantine: ``record_type`` from 30 to 40 characters, as the monthly data set quarantines records of every
+    national table by its name (``IDS606CodedScoreAssessmentRefer`` is 31). PostgreSQL widens the column in place
+    (no rewrite; the unique constraint stays); SQLite does not enforce a VARCHAR length, so there is nothing to
+    alter there. Widening to the same width again changes nothing (idempotent)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"ALTER TABLE quarantine ALTER COLUMN record_type TYPE VARCHAR({RECORD_TYPE_WIDTH})"))
+
+
 #: (version, description, step). Append only.
 STEPS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "create every declared table that is missing", _create_all),
     (2, "ndop: drop the unsalted opt-out cache and the plain request files", _ndop_keyed_cache),
     (3, "dataset_submission: one row per reporting period and kind (primary / refresh)", _dataset_submission_kind),
+    (4, "quarantine: record_type 40 characters (national table names)", _quarantine_record_type_wide),
 ]
 
 #: version -> whether this database has what the step repairs (absent: the step neither runs nor is recorded).
 ONLY_WHERE: dict[int, Callable[[Connection], bool]] = {
     2: _has_legacy_ndop_request,
     3: _dataset_submission_unkinded,
+    4: _quarantine_record_type_narrow,
 }
 
 

@@ -64,18 +64,47 @@ def test_month_from_seeded_source_matches_independent_counts(synth_source):
     # the tables counted here independently; the others' selection: tests/unit/dataset/test_builder_tables.py
     assert {t: n for t, n in ds.counts().items() if t in want} == want and set(ds.counts()) >= set(want)
     assert want["IDS101Referral"] > 20 and want["IDS201CareContact"] > 20
+    before = {t: set(df["_rid"]) for t, df in ds.tables.items()}
     res = rules.screen(ds)
     assert res.file_failures == []
     bad = synth_source.manifest["bad"]
+    frames = synth_source.result.frames
     q = {(x.reason_code, x.record_id) for x in res.quarantined}
-    in_month = set(want and build(read_source(synth_source.engine, SEPT), SEPT).tables["IDS001MPI"]["LocalPatientId"])
-    for pid in set(bad["invalid_nhs_number"]) & in_month:
-        assert ("IDSREJ006", pid) in q
-    for pid in set(bad["postcode_without_space"]) & in_month:
-        assert ("IDSREJ007", pid) in q
-    for aid in bad["score_out_of_range"]:
-        if aid in set(read_source(synth_source.engine, SEPT).assessments["assessment_id"]):
-            assert ("IDS60711", aid) in q
+    blanked = {(b.table, b.column, b.rule_code, r) for b in res.blanked for r in b.record_ids}
+    items = {(x.record_type, x.record_id, x.reason_code) for x in res.blanked_items}
+    mpi = ds.tables["IDS001MPI"].set_index("LocalPatientId")
+    # an invalid NHS number or a postcode without its space: the patient stays, the field is blanked and reported
+    # (nationally a blank NHS number or postcode is only a warning: IDS00111, IDS00123)
+    seen: set[str] = set()
+    for key, code, col in [("invalid_nhs_number", "IDSREJ006", "NHSNumber"),
+                           ("postcode_without_space", "IDSREJ007", "Postcode")]:
+        planted = set(bad[key]) & before["IDS001MPI"]
+        seen.update(planted)
+        for pid in planted:
+            assert pid in mpi.index and pd.isna(mpi.at[pid, col]), (key, pid)
+            assert ("IDS001MPI", col, code, pid) in blanked and ("IDS001MPI", pid, code) in items
+            assert not any(r == pid for _, r in q)
+    assert seen                                         # the seeded month holds some of them
+    # their referrals are all submitted
+    theirs = set(frames["referral"].loc[frames["referral"]["local_patient_id"].isin(
+        set(bad["invalid_nhs_number"]) | set(bad["postcode_without_space"])), "service_request_id"])
+    assert theirs & before["IDS101Referral"] <= set(ds.tables["IDS101Referral"]["ServiceRequestId"])
+    # a PHQ-9 of 31 is out of the item's range: a warning (IDS60607 / IDS60707), the score is submitted; checked in
+    # the month of the first planted one (the seeded September may hold none)
+    ca = frames["coded_assessment"]
+    out = ca[ca["assessment_id"].isin(bad["score_out_of_range"])]
+    first = pd.Timestamp(out["assessed_at"].min()) + pd.Timedelta(hours=12)     # clear of a London/UTC boundary
+    month = Period.month(first.year, first.month)
+    mds = build(read_source(synth_source.engine, month), month)
+    mbefore = {t: set(df["_rid"]) for t, df in mds.tables.items()}
+    mres = rules.screen(mds)
+    refer = set(out.loc[out["care_contact_id"].isna(), "assessment_id"]) & mbefore["IDS606CodedScoreAssessmentRefer"]
+    act = set(out.loc[out["care_contact_id"].notna(), "assessment_id"]) & mbefore["IDS607CodedScoreAssessmentAct"]
+    assert refer | act
+    assert refer <= set(mds.tables["IDS606CodedScoreAssessmentRefer"]["_rid"])
+    assert act <= set(mds.tables["IDS607CodedScoreAssessmentAct"]["_rid"])
+    assert mres.failures.get("IDS60607", 0) >= len(refer) and mres.failures.get("IDS60707", 0) >= len(act)
+    assert not {x.record_id for x in mres.quarantined} & (refer | act)
 
 
 def test_planted_faults_in_the_month_are_quarantined_with_their_codes(synth_source):
@@ -87,20 +116,28 @@ def test_planted_faults_in_the_month_are_quarantined_with_their_codes(synth_sour
     p.loc[4, "nhs_number"] = p.loc[3, "nhs_number"]
     ids = p["local_patient_id"].tolist()
     ds = build(src, SEPT)
+    refs_before = set(ds.tables["IDS101Referral"]["ServiceRequestId"])
     res = rules.screen(ds)
-    q = {(x.reason_code, x.record_id) for x in res.quarantined}
-    assert {("IDSREJ006", ids[0]), ("IDSREJ007", ids[1]), ("IDSREJ008", ids[2]), ("IDSREJ009", ids[3]),
-            ("IDSREJ009", ids[4])} <= q
-    assert not set(ids[:5]) & set(ds.tables["IDS001MPI"]["LocalPatientId"])
+    assert res.file_failures == []
+    blanked = {(b.rule_code, b.column, r) for b in res.blanked for r in b.record_ids}
+    assert {("IDSREJ006", "NHSNumber", ids[0]), ("IDSREJ007", "Postcode", ids[1]),
+            ("IDSREJ008", "PersonBirthDate", ids[2]), ("IDSREJ009", "NHSNumber", ids[3]),
+            ("IDSREJ009", "NHSNumber", ids[4])} <= blanked
+    assert {("IDS001MPI", ids[0], "IDSREJ006"), ("IDS001MPI", ids[2], "IDSREJ008")} <= \
+        {(x.record_type, x.record_id, x.reason_code) for x in res.blanked_items}
+    # the five patients are all still submitted, with the failing field blank
+    mpi = ds.tables["IDS001MPI"].set_index("LocalPatientId")
+    assert set(ids[:5]) <= set(mpi.index)
+    for pid, col in [(ids[0], "NHSNumber"), (ids[1], "Postcode"), (ids[2], "PersonBirthDate"),
+                     (ids[3], "NHSNumber"), (ids[4], "NHSNumber")]:
+        assert pd.isna(mpi.at[pid, col]), (pid, col)
+    assert not {r for x in res.quarantined for r in [x.record_id]} & set(ids[:5])
     for code in rules.FILE_RECORD_CODES:
         assert not np.asarray(rules.REGISTRY[code].check(ds)).any()
-    # their referrals went with them, with the reject-group code
+    # and so are their referrals
     theirs = set(src.referrals.loc[src.referrals["local_patient_id"].isin(ids[:5]), "service_request_id"])
-    quarantined_refs = {x.record_id for x in res.quarantined if x.record_type == "IDS101Referral"}
-    assert theirs and theirs <= quarantined_refs
-    assert not theirs & set(ds.tables["IDS101Referral"]["ServiceRequestId"])
-    assert {x.reason_code for x in res.quarantined if x.record_id in theirs and x.record_type == "IDS101Referral"} \
-        <= {"IDS10101", "IDS10128", "IDS10140"}
+    theirs &= refs_before
+    assert theirs and theirs <= set(ds.tables["IDS101Referral"]["ServiceRequestId"])
 
 
 def _records_db(tmp_path: Path):
@@ -117,7 +154,7 @@ def _records_db(tmp_path: Path):
                                                 "received_date": dt.date(2026, 4, 1)}])
         conn.execute(insert(schema.care_contact), [
             {"care_contact_id": cid, "service_request_id": "R1", "contact_at": at, "app_type": "02",
-             "attend_code": "5", "cons_mechanism": "01"}
+             "attend_code": "5", "cons_mechanism": "01", "ltc_service": "N"}
             for cid, at in [("C-MAY", dt.datetime(2026, 5, 31, 22, 59)),    # 23:59 BST 31 May
                             ("C-JUN", dt.datetime(2026, 5, 31, 23, 30)),    # 00:30 BST 1 June
                             ("C-OCT", dt.datetime(2026, 10, 31, 23, 30)),   # 23:30 GMT 31 Oct (BST ended 25 Oct)
@@ -294,7 +331,9 @@ def test_values_the_column_type_cannot_hold_are_quarantined_not_fatal(tmp_path):
     ds = build(read_source(engine, june), june)
     res = rules.screen(ds)
     q = {(x.reason_code, x.record_id) for x in res.quarantined}
-    assert ("IDSREJ008", "P2") in q                       # unparseable birth date: would reject the file
+    assert ("IDSREJ008", "PersonBirthDate", ("P2",)) in {(b.rule_code, b.column, b.record_ids) for b in res.blanked}
+    mpi = ds.tables["IDS001MPI"]                          # unparseable birth date: blanked, the patient kept
+    assert mpi.loc[mpi["LocalPatientId"] == "P2", "PersonBirthDate"].isna().all()
     assert ("IDS60706", "A-TEXT") in q                    # text score: incorrect format
     assert ds.tables["IDS607CodedScoreAssessmentAct"]["_rid"].tolist() == ["A-OK"]
     assert res.file_failures == []

@@ -47,7 +47,7 @@ ROWS: dict[str, list[dict]] = {
         _patient("P3", nhs_number=None, gender="1"),                     # a second open patient (cascade)
     ],
     "referral": [
-        _referral("R1", "P1", D(2026, 9, 2), presenting_problem_code="F41.1", presenting_problem_significance="01",
+        _referral("R1", "P1", D(2026, 9, 2), presenting_problem_code="F41.1", presenting_problem_significance="1",
                   onset_month="2026-05", previous_diagnosed_condition="Y"),
         _referral("R2", "P2", D(2026, 6, 1), discharge_date=D(2026, 8, 15), end_code="46"),
         _referral("R3", "P3", D(2026, 7, 1), commissioner_code="01X"),
@@ -220,7 +220,7 @@ def test_patient_fields_and_leading_zeros(month):
     assert (r1["OrgIDComm"], r1["OnsetDate"], r1["PrevDiagCondInd"]) == ("03R", "2026-05", "Y")
     pres = month.tables["IDS603PresentingComplaints"]
     assert pres[["ServiceRequestId", "FindSchemeInUse", "PresComp", "PresCompCodSig"]].astype(str).values.tolist() \
-        == [["R1", "01", "F41.1", "01"]]
+        == [["R1", "01", "F411", "1"]]                               # ICD-10 in the 4-character form
     e1 = _row(month, "IDS004EmpStatus", "E1")
     assert (e1["EmployStatus"], e1["WeekHoursWorked"], e1["ESAInd"]) == ("01", "02", "N")
     assert pd.isna(e1["SelfEmployInd"]) and pd.isna(e1["EmpSupportDischargeDate"])     # after the period: blank
@@ -341,3 +341,22 @@ def test_cascade_drops_children_whose_parent_was_never_sent(month):
     assert set(out["IDS108WaitingTimePauses"].astype(str)) == {"WP5"}
     assert set(out["IDS007DisabilityType"].astype(str)) == {"D3"}
     assert set(out["IDS001MPI"].astype(str)) == {"P3"}
+
+
+def test_icd10_codes_are_written_in_the_four_character_form():
+    """NHS Digital's ICD-10 convention: no dot, a 3-character code filled with X (IDS60309/IDS60310 want 4-6)."""
+    from caldicott.dataset.builder import icd10_code
+
+    codes = pd.Series(["F32", "F41.1", "f41.0", "F411", "F43.10", None, "35489007", "F32"])
+    scheme = pd.Series(["01", "01", "01", "01", "01", "01", "04", None])
+    got = icd10_code(codes, scheme).astype(object).where(lambda s: s.notna(), None).tolist()
+    assert got == ["F32X", "F411", "F410", "F411", "F4310", None, "35489007", "F32"]
+    assert icd10_code(pd.Series(["F32", "F41.1"]), "01").tolist() == ["F32X", "F411"]
+    assert icd10_code(pd.Series(["F32"]), "04").tolist() == ["F32"]          # only ICD-10 is touched
+
+
+def test_icd10_is_normalised_in_the_built_tables(month):
+    assert set(month.tables["IDS603PresentingComplaints"]["PresComp"]) == {"F411"}      # source F41.1
+    prev = month.tables["IDS601MedHistPrevDiag"]
+    assert set(prev.loc[prev["DiagSchemeInUse"] == "01", "PrevDiag"]) <= {"F321", "F400"}
+    assert not prev["PrevDiag"].str.contains(".", regex=False).any()

@@ -29,14 +29,15 @@ def tiny_source() -> SourceMonth:
         "commissioner_code": ["ZC1", "ZC1", "ZC1"],
         "received_date": [dt.date(2026, 8, 1), dt.date(2026, 9, 3), dt.date(2026, 7, 15)],
         "source_of_referral": ["B1", "A1", "C1"], "discharge_date": [None, None, dt.date(2026, 9, 20)],
-        "end_code": [None, None, "46"], "presenting_problem_code": ["F32", "F41.1", "F41.2"]})
+        "end_code": [None, None, "46"], "presenting_problem_code": ["F32", "F41.1", "F41.2"],
+        "presenting_problem_significance": ["1", "1", "2"]})
     at = [dt.datetime(2026, 9, 4, 9), dt.datetime(2026, 9, 10, 13), dt.datetime(2026, 9, 11, 16),
           dt.datetime(2026, 9, 18, 8)]
     contacts = pd.DataFrame({
         "care_contact_id": ["C1", "C2", "C3", "C4"], "service_request_id": ["R1", "R2", "R3", "R3"],
         "contact_at": at, "duration_minutes": [60, 45, 30, 30], "app_type": ["01", "01", "02", "02"],
         "attend_code": ["5", "6", "5", "5"], "cons_mechanism": ["01", "02", "04", "01"],
-        "clinician_id": ["CL1", "CL2", "CL3", "CL3"]})
+        "clinician_id": ["CL1", "CL2", "CL3", "CL3"], "ltc_service": ["N", "N", "Y", "Y"]})
     assessments = pd.DataFrame({
         "assessment_id": ["A1", "A2", "A3", "A4", "A5", "A6"],
         "service_request_id": ["R1", "R1", "R3", "R3", "R2", "R2"],
@@ -51,15 +52,17 @@ def tiny() -> Dataset:
     return build(tiny_source(), PERIOD, org_provider="ZZZ01", created_at=dt.datetime(2026, 10, 2, 9))
 
 
-def test_baseline_passes_every_rule_but_the_three_character_icd10_code():
-    """The builder's tiny month passes every rule except NHS England's ICD-10 length (F32 is 3 characters: IDS60309
-    and IDS60310 want 4-6, e.g. F32X; the builder is to pad/refine it)."""
+def test_baseline_passes_every_rule():
+    """The builder's tiny month passes every rule: the source's 3-character ICD-10 code F32 and F41.1 are written
+    F32X and F411 (IDS60309/IDS60310 want 4-6 characters), IAPTLTCServiceInd and PresCompCodSig come from the
+    source."""
     ds = tiny()
     assert all(len(ds.tables[t]) for t in ("IDS001MPI", "IDS101Referral", "IDS201CareContact",
                                             "IDS607CodedScoreAssessmentAct")), ds.counts()
     failing = {code: out for code, out in rules.evaluate(ds).items() if np.asarray(out).any()}
-    # and what the builder does not fill yet: IAPTLTCServiceInd (IDS20115, mandatory) and PresCompCodSig (IDS60315)
-    assert set(failing) <= {"IDS60309", "IDS60310", "IDS20115", "IDS60315"}
+    assert failing == {}
+    assert ds.tables["IDS603PresentingComplaints"]["PresComp"].tolist() == ["F411"]   # R2, the one new referral
+    assert set(ds.tables["IDS201CareContact"]["IAPTLTCServiceInd"]) == {"N", "Y"}
 
 
 def test_registry_codes_come_from_the_catalogue_and_cover_every_reject_file_rule():
@@ -106,7 +109,7 @@ def test_an_invalid_nhs_number_is_blanked_and_reported_not_the_patient_dropped()
     assert [(q.record_type, q.record_id, q.reason_code) for q in items] == [("IDS001MPI", "P1", "IDSREJ006")]
     assert items[0].reason.startswith("blanked NHSNumber")
     left = {c for c, out in rules.evaluate(ds).items() if np.asarray(out).any()}
-    assert all(rules.REGISTRY[c].severity == "WARNING" for c in left - {"IDS60309", "IDS60310"})
+    assert all(rules.REGISTRY[c].severity == "WARNING" for c in left)
 
 
 def test_duplicate_nhs_numbers_are_blanked_on_both_patients():
@@ -139,3 +142,19 @@ def test_nhs_invalid_agrees_with_the_shared_check():
                      dtype="string[pyarrow]")
     present = nums.notna().to_numpy()
     assert (rules.nhs_invalid(nums)[present] == ~valid_mask(nums)[present]).all()
+
+
+def test_every_child_table_has_its_national_no_parent_code():
+    """The reject-group code a record takes when its parent went: the catalogue's "No valid IDS001/IDS101 group
+    transmitted" rule of each table."""
+    want = {"IDS002GP": "IDS00220", "IDS004EmpStatus": "IDS00401", "IDS007DisabilityType": "IDS00701",
+            "IDS011SocPerCircumstances": "IDS01101", "IDS012OverseasVisitorChargCat": "IDS01201",
+            "IDS101Referral": "IDS10101", "IDS105OnwardReferral": "IDS10510", "IDS108WaitingTimePauses": "IDS10801",
+            "IDS201CareContact": "IDS20142", "IDS202CareActivity": "IDS20224", "IDS205InternetTherLog": "IDS20501",
+            "IDS602LongTermCondition": "IDS60201", "IDS603PresentingComplaints": "IDS60301",
+            "IDS606CodedScoreAssessmentRefer": "IDS60612", "IDS607CodedScoreAssessmentAct": "IDS60708",
+            "IDS803CareCluster": "IDS80301"}
+    assert {t: c for t, c in rules.ORPHAN_CODE.items() if t in want} == want
+    for code in want.values():
+        severity, _, message = rules.CATALOGUE[code]
+        assert severity == "REJECT_GROUP" and message.startswith("No valid IDS"), code
