@@ -131,6 +131,9 @@ def transfer_of_care():
             "withheld": planned["withheld"], "withheld_ids": planned["withheld_ids"],
             "held_ids": sorted(held), "held_by_reason": planned["held_by_reason"],
             "refused_ids": sorted(refused), "refused_reasons": refused,
+            # receivers whose country is not on the adequacy list: refused by the gateway this run, or (a re-run)
+            # still held in the ledger from the run that was refused
+            "not_adequate_ids": planned.get("not_adequate_ids", []),
             "awaiting_receiver_ids": planned["awaiting_receiver_ids"],
             "quarantined_by_reason": planned["quarantined_by_reason"],
             "ledger": led.counts(FLOW, planned["run_key"]),

@@ -28,7 +28,7 @@ from caldicott.transport.ledger import DONE
 
 from devtools import demos, peers
 from devtools.airflow_env import free_port
-from devtools.bootstrap import DEMO_PATIENTS, DEMO_SEED, Workspace, prepare
+from devtools.bootstrap import DEMO_PATIENTS, DEMO_SEED, Workspace, prepare, seed
 from devtools.leakscan import scan
 from devtools.paths import AIRFLOW_HOME, DEMO, ROOT
 from devtools.stack import AirflowStack
@@ -60,15 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ws = Workspace(DEMO)
     t0 = time.monotonic()
+    # seeded before the peers start: they serve the organisations in the records (the receiving providers' MESH
+    # mailboxes and SFTP connections); prepare() below then finds the records current
+    log.info("seeding synthetic records (first time only) ...")
+    seed(ws, args.patients, args.seed)
     log.info("starting the stand-in peers (MESH sandbox, SMTP, SFTP) on 127.0.0.1 ...")
-    started = peers.start_all_for_demo(ws.root / "peers")
+    started = peers.start_all_for_demo(ws.root / "peers", records_db=ws.records_db)
     summary: dict[str, dict] = {}
     ok = True
     try:
         extra: dict[str, str] = {}
         for p in started:
             extra.update(p.airflow_env())
-        log.info("seeding synthetic records (first time only) and migrating the databases ...")
+        log.info("migrating the databases ...")
         env = prepare(ws, AIRFLOW_HOME, patients=args.patients, seed_value=args.seed, api_port=free_port(),
                       extra=extra)
         log.info("starting Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1 ...")

@@ -14,7 +14,7 @@ import threading
 
 from devtools import peers
 from devtools.airflow_env import passwords
-from devtools.bootstrap import Workspace, prepare
+from devtools.bootstrap import Workspace, prepare, seed
 from devtools.paths import AIRFLOW_HOME, DEMO
 from devtools.stack import AirflowStack
 
@@ -25,7 +25,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ws = Workspace(DEMO)
     port = int(os.environ.get("CALDICOTT_UI_PORT", "8080"))
-    started = peers.start_all_for_demo(ws.root / "peers")
+    seed(ws)   # first: the peers serve the organisations in the records (devtools/providers.py)
+    started = peers.start_all_for_demo(ws.root / "peers", records_db=ws.records_db)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

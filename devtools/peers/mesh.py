@@ -12,7 +12,9 @@ practices' mailbox in the synthetic data), X26ABC3 (referrers); password ``passw
 workflow permissions and no GP routing of its own: :mod:`devtools.peers.mesh_routing` wraps it so a GP Connect
 ``GPPROVIDER_<NHS number>_<birth date>_<surname>`` address reaches the GP mailbox (or the one ``gp_routes`` names
 for an NHS number), as MESH's registered-practice routing would; :meth:`MeshPeer.routed` lists the addresses
-routed. ``airflow_env()`` gives ``AIRFLOW_CONN_CALDICOTT_MESH``.
+routed. ``mailboxes`` adds mailboxes to the sandbox's canned three (password ``password``): the demo and the e2e
+fixture pass the receiving providers' (``devtools/providers.py``, from the records source), so transfer-of-care
+reports to them are delivered. ``airflow_env()`` gives ``AIRFLOW_CONN_CALDICOTT_MESH``.
 """
 
 from __future__ import annotations
@@ -98,8 +100,9 @@ class MeshPeer:
     SENDER_MAILBOX = SENDER_MAILBOX
 
     def __init__(self, root: Path, port: int | None = None, shared_key: str = "TestKey",
-                 gp_routes: dict[str, str] | None = None) -> None:
+                 gp_routes: dict[str, str] | None = None, mailboxes: list[str] | tuple[str, ...] = ()) -> None:
         self.root = Path(root)
+        self.mailboxes = [m for m in mailboxes if m not in (SENDER_MAILBOX, GP_MAILBOX, REFERRER_MAILBOX)]
         self.port = port or free_port()
         self.shared_key = shared_key
         self.gp_routes = dict(gp_routes or {})
@@ -116,7 +119,7 @@ class MeshPeer:
         env.update({"STORE_MODE": "memory", "AUTH_MODE": "full", "SHARED_KEY": self.shared_key,
                     "ENV": "local", "MAILBOXES_DATA_DIR": str(self.root / "store"),
                     "MESH_GPPROVIDER_MAILBOX": GP_MAILBOX, "MESH_GPPROVIDER_ROUTES": json.dumps(self.gp_routes),
-                    "MESH_ROUTING_LOG": str(self.routing_log)})
+                    "MESH_ROUTING_LOG": str(self.routing_log), "MESH_EXTRA_MAILBOXES": ",".join(self.mailboxes)})
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "mesh-sandbox.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
@@ -197,5 +200,8 @@ class MeshPeer:
             client.close()
 
 
-def start_for_demo(workdir: Path) -> MeshPeer:
-    return MeshPeer(Path(workdir) / "mesh").start()
+def start_for_demo(workdir: Path, records_db: Path | None = None) -> MeshPeer:
+    """The sandbox, with a mailbox for every receiving provider on MESH in the records source ``records_db``."""
+    from devtools.providers import mesh_mailboxes, receiving_providers
+
+    return MeshPeer(Path(workdir) / "mesh", mailboxes=mesh_mailboxes(receiving_providers(records_db))).start()

@@ -8,6 +8,10 @@ world: a well-formed routing address is rewritten to the mailbox in ``MESH_GPPRO
 mailbox) or else ``MESH_GPPROVIDER_MAILBOX``; anything else passes through untouched. Each routed address is
 appended to ``MESH_ROUTING_LOG`` (synthetic data only) so tests can check what a sender asked for.
 
+The sandbox's mailboxes are the three canned in its package; ``MESH_EXTRA_MAILBOXES`` (comma-separated ids) adds
+more (password ``password``), e.g. the receiving providers' of the synthetic records source. They are added to the
+canned list itself, so they survive the sandbox's own reset.
+
 Run by :class:`devtools.peers.mesh.MeshPeer` inside ``.venv-mesh``: ``uvicorn mesh_routing:create_app --factory
 --app-dir devtools/peers``. Importing this module needs nothing beyond the standard library (the sandbox is
 imported by :func:`create_app`), so the demo's peer discovery can import it from the main venv.
@@ -30,7 +34,27 @@ def route(address: str, routes: dict[str, str], default: str) -> str | None:
     return routes.get(match.group(1)) or default or None
 
 
+def add_mailboxes(mailbox_ids: list[str]) -> None:
+    """Make the sandbox's store load ``mailbox_ids`` with its canned mailboxes (on every (re)initialise)."""
+    if not mailbox_ids:
+        return
+    from mesh_sandbox.models.mailbox import Mailbox
+    from mesh_sandbox.store.canned_store import CannedStore
+
+    canned = CannedStore._load_mailboxes
+
+    def load(self):
+        boxes = canned(self)
+        for mailbox_id in mailbox_ids:
+            boxes.setdefault(mailbox_id, Mailbox(mailbox_id=mailbox_id, mailbox_name=mailbox_id,
+                                                 password="password"))  # noqa: S106 - the sandbox's test password
+        return boxes
+
+    CannedStore._load_mailboxes = load
+
+
 def create_app():
+    add_mailboxes([m.strip().upper() for m in os.environ.get("MESH_EXTRA_MAILBOXES", "").split(",") if m.strip()])
     from mesh_sandbox.api import app as sandbox
 
     routes = json.loads(os.environ.get("MESH_GPPROVIDER_ROUTES") or "{}")

@@ -7,7 +7,10 @@ file readable by the owner only. :meth:`SftpPeer.go_down` / :meth:`SftpPeer.come
 the listener on the same port (and drop live sessions), for "referrer down, then back" tests.
 
 ``start_for_demo(workdir)`` is found by the demo and the e2e fixture; ``airflow_env()`` gives
-``AIRFLOW_CONN_CALDICOTT_SFTP_REFERRER`` with the host key in its extras (``host_key``).
+``AIRFLOW_CONN_CALDICOTT_SFTP_REFERRER`` with the host key in its extras (``host_key``). The same server stands in
+for the receiving providers that take transfer-of-care reports on their own SFTP server: ``providers`` (connection
+id -> remote path; the demo reads them from the records source, ``devtools/providers.py``) adds one connection per
+provider to ``airflow_env()``, each to this server, with its remote path made under the root.
 """
 
 from __future__ import annotations
@@ -60,11 +63,15 @@ class SftpPeer:
 
     name = "sftp"
 
-    def __init__(self, workdir: Path, port: int = 0, username: str = USER) -> None:
+    def __init__(self, workdir: Path, port: int = 0, username: str = USER,
+                 providers: dict[str, str] | None = None) -> None:
         self.dir = Path(workdir) / "sftp"
         self.root = self.dir / "root"
         private_dir(self.dir)      # holds the host key and the password: 0700
         self.root.mkdir(parents=True, exist_ok=True)
+        self.providers = dict(providers or {})
+        for remote in self.providers.values():   # the providers' landing folders exist, as on their own servers
+            (self.root / remote.strip("/")).mkdir(parents=True, exist_ok=True)
         self.username = username
         self.password = self._secret_file(self.dir / "password", lambda: secrets.token_urlsafe(18))
         key_path = self.dir / "ssh_host_ed25519_key"
@@ -99,7 +106,9 @@ class SftpPeer:
                           **extra}}
 
     def airflow_env(self) -> dict[str, str]:
-        return {f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(self.connection())}
+        env = {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(self.connection()) for conn_id in self.providers}
+        env[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(self.connection())
+        return env
 
     def connector(self, *, host_key: str | None = None, password: str | None = None, timeout: float = 5.0):
         """A domain-side connector to this server (tests and the benchmark)."""
@@ -170,8 +179,11 @@ class SftpPeer:
         self.stop()
 
 
-def start_for_demo(workdir: Path) -> SftpPeer:
-    return SftpPeer(Path(workdir)).start()
+def start_for_demo(workdir: Path, records_db: Path | None = None) -> SftpPeer:
+    """The referrers' server, also standing in for every SFTP receiving provider in the records source."""
+    from devtools.providers import receiving_providers, sftp_connections
+
+    return SftpPeer(Path(workdir), providers=sftp_connections(receiving_providers(records_db))).start()
 
 
 def main(argv: list[str] | None = None) -> int:

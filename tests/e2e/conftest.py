@@ -19,7 +19,7 @@ from caldicott.state.migrate import verify
 
 from devtools import peers
 from devtools.airflow_env import free_port
-from devtools.bootstrap import Workspace, prepare
+from devtools.bootstrap import Workspace, prepare, seed
 from devtools.demo import DemoContext
 from devtools.stack import AirflowStack
 from tests import faults
@@ -47,7 +47,8 @@ def pytest_collection_modifyitems(config, items):
 def e2e(tmp_path_factory) -> DemoContext:
     root = tmp_path_factory.mktemp("e2e")
     ws = Workspace(root / "workspace")
-    started = peers.start_all_for_demo(ws.root / "peers")
+    seed(ws, E2E_PATIENTS, E2E_SEED)   # first: the peers serve the records' receiving providers
+    started = peers.start_all_for_demo(ws.root / "peers", records_db=ws.records_db)
     try:
         extra: dict[str, str] = {}
         for p in started:

@@ -521,3 +521,52 @@ def test_approval_page_escapes_what_the_requester_typed_and_shows_the_route(synt
     assert "DS <i>Example</i>" in text and "warrant card checked" in text and "PAGE-1" in text
     assert "Asked for by api" in text and "Who may decide manager1, manager2" in text
     assert req.local_patient_id not in subject + body
+
+
+def _ledger_detail(state_engine, item: str) -> str | None:
+    from sqlalchemy import text
+
+    with state_engine.connect() as c:
+        return c.execute(text("SELECT detail FROM delivery_ledger WHERE item_id = :i"), {"i": item}).scalar()
+
+
+def test_the_requesters_country_is_shown_bound_and_checked(synth_source, state_engine, requester, tmp_path):
+    """A requester outside the adequacy list: the approver sees the country, and even approved nothing leaves; the
+    ledger holds the package with the rule. A country the approver did not see cannot be released to either."""
+    with pytest.raises(RequestInvalid, match="country"):
+        DisclosureRequest.from_conf(_conf(requester.cert_pem, local_patient_id="P1", country="United States"))
+    assert DisclosureRequest.from_conf(_conf(requester.cert_pem, local_patient_id="P1")).country == "GB"   # default
+    req, summary = _held(synth_source, state_engine, requester, "US-1", country="us")
+    assert req.country == "US" and summary["country"] == "US"
+    assert register.latest(state_engine, req.disclosure_id, register.REQUESTED)["details"]["country"] == "US"
+    _, body = flow.approval_text(state_engine, req.disclosure_id, 60, approvers=APPROVERS,
+                                 endpoint={"folder": "/out"})
+    assert "**Country** US" in body
+    flow.record_decision(state_engine, summary, {"chosen_options": ["Approve"], "params_input": GOOD_FORM,
+                                                 "responded_by_user": {"id": "manager1", "name": "manager1"}},
+                         approvers=APPROVERS)
+    # the same request said to be in GB: not the route the approver saw
+    conf = _conf(requester.cert_pem, request_type="court_order", legal_basis="court_order", reference="US-1",
+                 local_patient_id=req.local_patient_id, categories=["appointments"], date_from=str(req.date_from),
+                 date_to=str(req.date_to), country="GB")
+    moved = DisclosureRequest.from_conf(conf)
+    res = flow.release(state_engine, moved, OutboxSender(tmp_path / "outbox"), req.disclosure_id)
+    assert res["released"] is False and "route differs" in res["reason"] and "country" in res["reason"]
+    # as approved: refused by the release gateway's adequacy check, held in the ledger with the rule
+    res = flow.release(state_engine, req, OutboxSender(tmp_path / "outbox"), req.disclosure_id)
+    assert res["released"] is False and res["refused"] == 1
+    assert "adequacy: US not on the adequacy list" in res["reason"]
+    item = flow.item_id("disclosure", req.disclosure_id)
+    assert Ledger(state_engine).get(item).state == State.HELD.value
+    assert "US not on the adequacy list" in (_ledger_detail(state_engine, item) or "")
+    assert not (tmp_path / "outbox").exists()
+    assert register.status(state_engine, req.disclosure_id) != "released"
+
+
+def test_a_requester_in_an_adequate_country_is_released_to(synth_source, state_engine, requester, tmp_path):
+    req, summary = _held(synth_source, state_engine, requester, "IE-1", country="IE")
+    flow.record_decision(state_engine, summary, {"chosen_options": ["Approve"], "params_input": GOOD_FORM,
+                                                 "responded_by_user": {"id": "manager1", "name": "manager1"}},
+                         approvers=APPROVERS)
+    res = flow.release(state_engine, req, OutboxSender(tmp_path / "outbox"), req.disclosure_id)
+    assert res["released"] and res["sent"] == 1

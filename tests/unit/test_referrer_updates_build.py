@@ -534,3 +534,32 @@ def test_control_and_bidi_characters_are_removed_from_summaries_and_reported_as_
     assert deliver.summarise([result.as_dict()])["text_cleaned"] == result.text_cleaned
     assert "Mood" not in str(result.as_dict())                  # counts only, never the text
     assert free_text.clean_text("tab\tand\nnewline stay")[0] == "tab\tand\nnewline stay"
+
+
+def _ledger_detail(state_engine, item: str) -> str | None:
+    from sqlalchemy import text
+
+    with state_engine.connect() as c:
+        return c.execute(text("SELECT detail FROM delivery_ledger WHERE item_id = :i"), {"i": item}).scalar()
+
+
+@pytest.mark.parametrize(("country", "why"), [("US", "adequacy: US not on the adequacy list"),
+                                              ("", "adequacy: recipient country unknown")])
+def test_a_referrer_outside_the_adequacy_list_gets_nothing_and_the_ledger_says_why(tiny, state_engine, tmp_path,
+                                                                                  country, why):
+    """The file declares its referrer's country (organisation.country); the release gateway refuses one not on the
+    adequacy list, or none, and the ledger holds the file with the rule."""
+    with make_engine(sqlite_url(tmp_path / "records.db")).begin() as c:     # (the fixture's engine is read-only)
+        c.execute(schema.organisation.update().where(schema.organisation.c.ods_code == "ZPA").values(country=country))
+    sender = _Capture()
+    result = deliver.deliver_contract(tiny, state_engine, "CTA", dt.date(2026, 7, 1), dt.date(2026, 7, 2),
+                                      "2026-07-01", lambda o, c: sender)
+    assert result.files == {"sessions": "held"} and not sender.items
+    assert why in result.held_reasons["sessions"]
+    item = deliver.item_id(deliver.FLOW, "CTA", "sessions", "2026-07-01")
+    assert Ledger(state_engine).get(item).state == State.HELD.value
+    assert why in (_ledger_detail(state_engine, item) or "")
+    # the other referrer, in GB, still gets its file, declaring its country
+    other = deliver.deliver_contract(tiny, state_engine, "CTB", dt.date(2026, 7, 1), dt.date(2026, 7, 2),
+                                     "2026-07-01", lambda o, c: sender)
+    assert other.files == {"sessions": "sent"} and sender.items[0].headers["country"] == "GB"

@@ -59,8 +59,9 @@ def _endpoint_line(route: Mapping[str, Any], endpoint: Mapping[str, Any] | None)
         lines.append(f"- **{label}** {md_text(route.get('recipient_address'))}")
     else:
         lines.append(f"- **Outbox folder** {md_text((endpoint or {}).get('folder'))}")
-    # where the data would be processed: the requester's country (its configuration; default GB, as documented), which
-    # the release gateway checks against the adequacy list (caldicott.policy.adequacy)
+    # where the data would be processed: the requester's country (the request's ``country``, default GB; the package
+    # summary records it and the approval binds it), which the release gateway checks against the adequacy list
+    # (caldicott.policy.adequacy); a package recorded before requests stated one shows the documented default
     country = route.get("country") or route.get("requester_country") or "GB (not stated: the documented default)"
     lines.append(f"- **Country** {md_text(country)}")
     lines.append(f"- **Encrypted to certificate** {md_text(route.get('certificate_subject'))}")

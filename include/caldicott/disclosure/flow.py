@@ -21,7 +21,8 @@ from caldicott.disclosure.letters import patient_notification, refusal
 from caldicott.disclosure.mail import CHANNEL as MAIL_CHANNEL
 from caldicott.disclosure.mail import seal_for_mail
 from caldicott.disclosure.package import OptOuts, PackageContents, build_package, legal_basis_text, seal
-from caldicott.disclosure.request import DisclosureRequest
+from caldicott.disclosure.request import DEFAULT_COUNTRY, DisclosureRequest
+from caldicott.policy import adequacy
 from caldicott.policy.disclosure import policy_for
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.records import schema
@@ -56,8 +57,9 @@ class NotAnApprover(DecisionIncomplete):
     """The answer came from someone who is not an assigned approver. Nothing is decided; nothing is released."""
 
 
-#: What an approval binds besides the recipient and the package: the route and the certificate it was sealed to.
-ROUTE_FIELDS = ("channel", "recipient_address", "connection_id", "certificate_sha256")
+#: What an approval binds besides the recipient and the package: the route, the certificate it was sealed to and the
+#: requester's country (where the data would be processed).
+ROUTE_FIELDS = ("channel", "recipient_address", "connection_id", "certificate_sha256", "country")
 
 
 # ---- what the steps return (to XCom through the DAG: ids, names, counts and checksums only) --------------------
@@ -75,6 +77,7 @@ class Route(TypedDict):
     recipient_address: str
     connection_id: str
     certificate_sha256: str | None
+    country: str
 
 
 class PackageSummary(PackageContents, Route):
@@ -130,12 +133,16 @@ class LetterResult(TypedDict):
 
 def _route(req: DisclosureRequest) -> Route:
     return {"channel": req.channel, "recipient_address": req.recipient_address,
-            "connection_id": req.connection_id, "certificate_sha256": req.certificate_sha256}
+            "connection_id": req.connection_id, "certificate_sha256": req.certificate_sha256, "country": req.country}
 
 
 def _route_differs(recorded: Mapping[str, Any], req: DisclosureRequest) -> list[str]:
-    """Names of the route fields in which ``req`` differs from what was ``recorded`` (package or approval)."""
-    return [k for k, v in _route(req).items() if (recorded.get(k) or "") != (v or "")]
+    """Names of the route fields in which ``req`` differs from what was ``recorded`` (package or approval).
+
+    A package recorded before requests stated a country was shown to its approver as the documented default
+    (``GB``), so that is what it recorded."""
+    seen = {**{"country": DEFAULT_COUNTRY}, **{k: v for k, v in recorded.items() if v}}
+    return [k for k, v in _route(req).items() if (seen.get(k) or "") != (v or "")]
 
 
 def record_request(state: Engine, req: DisclosureRequest, actor: str) -> str:
@@ -339,7 +346,8 @@ def release(state: Engine, req: DisclosureRequest, sender: Sender, run_key: str,
         protection=Protection.SMIME if sender.channel == "smime-email" else (
             Protection.SFTP if sender.channel == "sftp" else Protection.CMS),
         address=req.recipient_address, disclosure_id=did,
-        headers={"filename": f"{did}.zip.p7m", "subject": f"Disclosure {did}"})
+        # the requester's country: the gateway refuses one not on the adequacy list and holds the item with the rule
+        headers={"filename": f"{did}.zip.p7m", "subject": f"Disclosure {did}", adequacy.COUNTRY_HEADER: req.country})
     Ledger(state).record_intent([Intent(item.item_id, FLOW, Purpose.DISCLOSURE.value, run_key, req.recipient,
                                         sender.channel, did)])
     report = gateway.release([item], sender, state)

@@ -17,6 +17,9 @@ from caldicott.transport.ledger import item_id
 URGENCY = ("routine", "urgent", "immediate_risk")
 CONSENT_STATUS = ("given", "refused", "not_sought", "not_possible", "not_required")
 CHANNELS = ("outbox", "sftp", "smime-email")
+#: The requester's country when the request states none: the documented default (caldicott.policy.purposes, domestic).
+DEFAULT_COUNTRY = "GB"
+_COUNTRY = re.compile(r"[A-Z]{2}")
 #: An e-mail address as the To header may carry it: one mailbox, no display name, no spaces or control characters.
 _MAILBOX = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
@@ -47,6 +50,9 @@ class DisclosureRequest:
     recipient_address: str = ""
     connection_id: str = ""
     recipient_certificate_pem: str = field(default="", repr=False)
+    #: where the requester processes the data (ISO 3166-1 alpha-2): shown to the approver, bound by the approval,
+    #: and declared on the released item, whose country the release gateway checks against the adequacy list
+    country: str = DEFAULT_COUNTRY
 
     @property
     def disclosure_id(self) -> str:
@@ -143,6 +149,9 @@ class DisclosureRequest:
             raise RequestInvalid("recipient_address contains control characters")
         if channel == "smime-email" and not _MAILBOX.fullmatch(address):
             raise RequestInvalid("channel smime-email needs recipient_address: the requester's secure e-mail address")
+        country = str(conf.get("country") or DEFAULT_COUNTRY).strip().upper()
+        if not _COUNTRY.fullmatch(country):
+            raise RequestInvalid("country must be an ISO 3166-1 alpha-2 code (e.g. GB)")
         if not conf.get("recipient_certificate_pem"):
             raise RequestInvalid("recipient_certificate_pem is required: packages leave encrypted only")
         return cls(
@@ -155,5 +164,5 @@ class DisclosureRequest:
             requester_org_code=str(conf.get("requester_org_code") or "").strip(), channel=channel,
             recipient_address=address,
             connection_id=str(conf.get("connection_id") or "").strip(),
-            recipient_certificate_pem=str(conf["recipient_certificate_pem"]),
+            recipient_certificate_pem=str(conf["recipient_certificate_pem"]), country=country,
         )

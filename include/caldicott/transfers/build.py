@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import Engine, select
@@ -25,6 +26,9 @@ from caldicott.records import queries, schema
 from caldicott.records.nhs_numbers import valid_mask
 from caldicott.transfers import codes
 
+#: one source row (or a content section) as column -> value
+Row = dict[str, Any]
+
 
 @dataclass
 class TransferData:
@@ -33,11 +37,11 @@ class TransferData:
     onward_id: str
     referral_id: str
     day: dt.date
-    patient: dict                 # the whole row: routing (consent, copy channel) reads it; rendering gets minimum()
-    practice: dict | None         # the patient's GP practice row, for the GP copy
-    receiver: dict | None         # the receiving organisation's row
-    contact: dict | None          # the named contact (care_personnel)
-    report: dict = field(default_factory=dict)   # the content, minimum-necessary fields only
+    patient: Row                 # the whole row: routing (consent, copy channel) reads it; rendering gets minimum()
+    practice: dict[str, Any] | None         # the patient's GP practice row, for the GP copy
+    receiver: dict[str, Any] | None         # the receiving organisation's row
+    contact: dict[str, Any] | None          # the named contact (care_personnel)
+    report: dict[str, Any] = field(default_factory=dict[str, Any])   # the content, minimum-necessary fields only
     problems: list[str] = field(default_factory=list)
 
     def problem_record(self, problem: str) -> tuple[str, str]:
@@ -71,11 +75,11 @@ def _na(v) -> bool:
         return False
 
 
-def _clean(row: dict) -> dict:
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if _na(v) else v) for k, v in row.items()}
 
 
-def _by(frame: pd.DataFrame, key: str) -> dict[str, dict]:
+def _by(frame: pd.DataFrame, key: str) -> dict[str, dict[str, Any]]:
     return {str(r[key]): _clean(r) for r in frame.to_dict("records")}
 
 
@@ -96,7 +100,7 @@ def load_transfers(engine: Engine, keys: Iterable[tuple[str, str, dt.date]]) -> 
     ref_ids = sorted({k[1] for k in keys})
     bad_refs: set[str] = set()
 
-    def ref_note(row: dict, _cols) -> None:
+    def ref_note(row: dict[str, Any], _cols) -> None:
         bad_refs.add(str(row["service_request_id"]))
 
     refs = _by(_rows_in(engine, schema.referral, schema.referral.c.service_request_id, ref_ids, ref_note),
@@ -148,8 +152,8 @@ def load_transfers(engine: Engine, keys: Iterable[tuple[str, str, dt.date]]) -> 
     return out
 
 
-def report_content(onward: dict, referral: dict, patient: dict, receiver: dict | None, contact: dict | None,
-                   contacts: list[dict] | None, scores: list[dict] | None, logs: list[dict] | None) -> dict:
+def report_content(onward: Row, referral: Row, patient: Row, receiver: Row | None, contact: Row | None,
+                   contacts: list[Row] | None, scores: list[Row] | None, logs: list[Row] | None) -> Row:
     """The report's content: each section cut to :data:`caldicott.policy.transfers.REPORT_FIELDS`."""
     contacts, scores, logs = contacts or [], scores or [], logs or []
     outcome = letters_build._discharge_outcome(contacts, scores, referral.get("end_code"))

@@ -20,6 +20,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -105,7 +106,7 @@ def _reason_text(code: str) -> str:
     return policy.REASONS.get(code) or letters_policy.REASONS.get(code) or code
 
 
-def plan(records: Engine, state: Engine, start: dt.date, end: dt.date, run_key: str) -> dict:
+def plan(records: Engine, state: Engine, start: dt.date, end: dt.date, run_key: str) -> dict[str, Any]:
     """Plan ``[start, end)``: quarantine, withhold, hold, record intents; return batches (ids only)."""
     keys = find_transfers(records, start, end)
     reports = load_transfers(records, keys)
@@ -116,7 +117,7 @@ def plan(records: Engine, state: Engine, start: dt.date, end: dt.date, run_key: 
     withheld: list[str] = []
     waiting: list[str] = []
     not_adequate: list[str] = []
-    batches: dict[str, dict] = {}
+    batches: dict[str, dict[str, Any]] = {}
     counts: Counter = Counter()
     for data in reports:
         for p in decide(data, allowed):
@@ -276,8 +277,8 @@ def outbound_items(reports: list[TransferData], kind: str, channel: str, batch: 
                        facts=facts)
 
 
-def send_batch(records: Engine, state: Engine, batch: dict, ch: Channels, start: dt.date, end: dt.date,
-               chunk: int = CHUNK) -> dict:
+def send_batch(records: Engine, state: Engine, batch: dict[str, Any], ch: Channels, start: dt.date, end: dt.date,
+               chunk: int = CHUNK) -> dict[str, Any]:
     """Send one planned batch; returns counts, failed and refused ids with the refusing rule (XCom-safe)."""
     keys = {tuple(x) for x in batch["reports"]}
     kind, channel = batch["kind"], batch["channel"]

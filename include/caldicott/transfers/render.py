@@ -12,6 +12,7 @@ import datetime as dt
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -35,7 +36,7 @@ def environment(folder: str | None = None) -> Environment:
                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def context(data: TransferData, recipient: str, service: Service, *, gp_copy: bool) -> dict:
+def context(data: TransferData, recipient: str, service: Service, *, gp_copy: bool) -> dict[str, Any]:
     """What the template may see: the report's sections (already minimum necessary), dates formatted."""
     r = data.report
     patient = dict(r["patient"])

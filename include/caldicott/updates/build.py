@@ -85,6 +85,15 @@ def known_organisations(records: Engine) -> set[str]:
         return set(conn.execute(select(t.c.ods_code)).scalars())
 
 
+def organisation_country(records: Engine, ods_code: str) -> str:
+    """The country (ISO 3166-1 alpha-2, as the source holds it) the organisation ``ods_code`` processes data in; ''
+    when the organisation is unknown or states none, which the release gateway refuses (fail closed)."""
+    t = schema.organisation
+    with records.connect() as conn:
+        value = conn.execute(select(t.c.country).where(t.c.ods_code == ods_code)).scalar()
+    return str(value or "").strip().upper()
+
+
 def load_sessions(records: Engine, start_utc: dt.datetime, end_utc: dt.datetime,
                   referrer_ods: str | None = None) -> pd.DataFrame:
     """Sessions in ``[start_utc, end_utc)`` with their referral's referrer and the patient's NHS number.

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, select
 from caldicott.crypto import cms
 from caldicott.crypto.keys import CertificateError
 from caldicott.gateway import release
+from caldicott.policy import adequacy
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.policy.referrer_updates import (
     ACTIVITY_COLUMN_SET,
@@ -164,7 +165,7 @@ def load_contract(records: Engine, contract_id: str) -> Contract:
 
 
 def _package(options: ContractOptions, contract: Contract, kind: str, period: str, data: bytes,
-             held: dict[str, str]) -> Outbound:
+             held: dict[str, str], country: str) -> Outbound:
     iid = item_id(FLOW, options.contract_id, kind, period)
     payload, protection, encrypted = data, PROTECTION.get(options.transport, Protection.NONE), False
     if options.encrypt:
@@ -177,6 +178,9 @@ def _package(options: ContractOptions, contract: Contract, kind: str, period: st
                "column_set": fmt if kind == "sessions" else ACTIVITY_COLUMN_SET, "kind": kind}
     headers["content_type"] = ("application/pkcs7-mime" if encrypted else
                                "application/fhir+json" if fmt == FHIR_FORMAT else "text/csv")
+    # where the referrer processes data (organisation.country): the release gateway refuses a country not on the
+    # adequacy list, and a blank one (the referrer unknown or its country not stated), holding the file with the rule
+    headers[adequacy.COUNTRY_HEADER] = country
     if options.transport == "mesh":  # the names caldicott.transport.mesh.MeshSender reads
         headers["workflow_id"] = str(contract.get("mesh_workflow") or "")
     address = str(contract.get("remote_path") or "") if options.transport == "sftp" else str(
@@ -202,6 +206,7 @@ def build_items(records: Engine, state: Engine, contract: Contract, first: dt.da
     if options.include_summaries:   # the only free text that leaves: cleaned, and reported as counts
         rows, result.text_cleaned = free_text.clean(rows)
     period = period_key(first, end)
+    country = build.organisation_country(records, options.referrer_ods)
     try:
         data = build.sessions_file(options, rows, period)
     except NamespaceNotConfigured as exc:  # fail closed: hold it, saying what to configure
@@ -211,7 +216,7 @@ def build_items(records: Engine, state: Engine, contract: Contract, first: dt.da
         data = b"-"
         held[item_id(FLOW, options.contract_id, "sessions", period)] = (
             f"file format {options.file_format!r} not supported")
-    item = _package(options, contract, "sessions", period, data, held)
+    item = _package(options, contract, "sessions", period, data, held, country)
     items.append(item)
     item_runs[item.item_id] = run_key
     result.rows["sessions"] = len(rows)
@@ -221,7 +226,8 @@ def build_items(records: Engine, state: Engine, contract: Contract, first: dt.da
         m_rows, m_bad = build.screen(build.load_sessions(records, m_start_utc, m_end_utc, options.referrer_ods), orgs)
         result.quarantined += quarantine(state, FLOW, run_key, m_bad)
         month = m_first.strftime("%Y-%m")
-        item = _package(options, contract, "activity", month, build.activity_csv(options, month, m_rows), held)
+        item = _package(options, contract, "activity", month, build.activity_csv(options, month, m_rows), held,
+                        country)
         items.append(item)
         item_runs[item.item_id] = month
         result.rows["activity"] = int(m_rows["service_request_id"].nunique()) if len(m_rows) else 0
