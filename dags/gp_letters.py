@@ -105,40 +105,13 @@ def gp_letters():
 
     @task(max_active_tis_per_dagrun=2)
     def send_batch(batch: dict, **context) -> dict:
-        """Render, protect and release one batch through the gateway; counts and ids only."""
-        import contextlib
-
-        from caldicott.letters.flow import SENDER_FOR, Channels
-        from caldicott.letters.flow import send_batch as send
-        from caldicott_airflow.connections import records_engine, state_engine
-        from caldicott_airflow.service import sending_service
+        """Render, protect and release one batch through the gateway; counts and ids only. The body is
+        :func:`caldicott_airflow.letters.send_planned_batch`, which the benchmark times too."""
+        from caldicott_airflow.letters import send_planned_batch
 
         first, end, _ = _interval(context)
-        kind = SENDER_FOR[batch["channel"]]
-        service = sending_service()   # Variable caldicott_service; unset: fails here, before anything is sent
-        with contextlib.ExitStack() as stack:
-            senders: dict = {}
-            from_addr, mailbox, print_cert = "", "", None   # from_addr: the SMTP connection's from_email
-            if kind == "smtp":
-                from caldicott_airflow.smtp import smtp_sender
-
-                senders["smtp"] = stack.enter_context(smtp_sender(SMTP_CONN_ID))
-                from_addr = senders["smtp"].from_addr
-            elif kind == "mesh":
-                from caldicott.letters.gp_connect import WORKFLOW
-                from caldicott_airflow.hooks.mesh import MeshHook
-
-                mesh = MeshHook(MESH_CONN_ID)
-                stack.enter_context(mesh)
-                mailbox = mesh.settings().mailbox
-                senders["mesh"] = mesh.sender(WORKFLOW)   # several connections: sends overlap rendering
-            elif kind == "post":
-                from caldicott_airflow.print_house import post_sender
-
-                sender, print_cert = post_sender(PRINT_CONN_ID)
-                senders["post"] = stack.enter_context(contextlib.closing(sender))
-            channels = Channels(senders, service, from_addr, mailbox, print_cert)
-            result = send(records_engine(), state_engine(), batch, channels, first, end)
+        result = send_planned_batch(batch, first, end, smtp_conn_id=SMTP_CONN_ID, mesh_conn_id=MESH_CONN_ID,
+                                    print_conn_id=PRINT_CONN_ID)
         if result["failed"]:
             raise RuntimeError(f"batch {batch['batch_id']}: {result['failed']} letters failed to send "
                                f"(ledger state 'failed'); retrying sends only those")
@@ -147,13 +120,19 @@ def gp_letters():
     @task(trigger_rule="none_failed")
     def report(planned: dict, results: list[dict] | None = None, **context) -> dict:
         """The run's report: counts by outcome, withheld / held / quarantined by reason (ids only)."""
-        from caldicott.letters.flow import FLOW
+        from caldicott.letters.flow import FLOW, sent_by_run
         from caldicott.transport.ledger import Ledger
         from caldicott_airflow.connections import state_engine
 
         results = list(results or [])
         totals = {k: sum(r.get(k, 0) for r in results) for k in ("sent", "already_sent", "refused", "failed",
                                                                  "not_planned")}
+        # sent / already sent from the ledger: a batch whose first try sent some letters and then failed (retried)
+        # reports only its last try in XCom, which would count those letters as "already sent" by an earlier run
+        run = context.get("dag_run")
+        since = getattr(run, "start_date", None) if run is not None else None
+        if since is not None:
+            totals.update(sent_by_run(state_engine(), planned["batches"], since))
         out = {
             "run_key": planned["run_key"], "letters": planned["letters"], **totals,
             "batches": len(planned["batches"]), "planned": planned["counts"],

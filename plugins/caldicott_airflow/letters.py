@@ -26,6 +26,7 @@ def send_planned_batch(batch: dict, first: dt.date, end: dt.date, *, smtp_conn_i
 
     from caldicott_airflow.connections import records_engine, state_engine
     from caldicott_airflow.service import sending_service
+    from caldicott_airflow.transfers import connection_country  # each connection's ``country`` extra, default GB
 
     kind = SENDER_FOR[batch["channel"]]
     service = sending_service()   # Variable caldicott_service; unset: fails here, before anything is sent
@@ -52,4 +53,12 @@ def send_planned_batch(batch: dict, first: dt.date, end: dt.date, *, smtp_conn_i
             sender, print_cert = post_sender(print_conn_id)
             senders["post"] = stack.enter_context(contextlib.closing(sender))
         channels = Channels(senders, service, from_addr, mailbox, print_cert)
+        # the intermediary's country (the relay, MESH, the print house) goes on every item it carries and the
+        # gateway checks it against the adequacy list, as for transfers
+        if kind == "smtp":
+            channels.relay_country = connection_country(smtp_conn_id)
+        elif kind == "mesh":
+            channels.mesh_country = connection_country(mesh_conn_id)
+        elif kind == "post":
+            channels.print_country = connection_country(print_conn_id)
         return send(records_engine(), state_engine(), batch, channels, first, end)

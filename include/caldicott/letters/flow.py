@@ -30,6 +30,7 @@ from caldicott.letters.build import LetterData, find_events, load_letters
 from caldicott.letters.render import attachment_name, email_body, letter_title
 from caldicott.letters.service import Service
 from caldicott.letters.state_tables import letter_ack
+from caldicott.policy import adequacy
 from caldicott.policy import letters as policy
 from caldicott.records.checks import POSTCODE_RE
 from caldicott.state.quarantine import Quarantined, quarantine
@@ -135,6 +136,11 @@ class Channels:
     sender_mailbox: str = ""
     print_certificate_pem: str | None = None
     workflow: str = gp_connect.WORKFLOW
+    #: the intermediaries' countries, from their connections' ``country`` extra (default GB), as transfers declare
+    #: them; the gateway checks each against the adequacy list (caldicott.policy.adequacy)
+    relay_country: str = "GB"        # the SMTP relay (NHSmail and its [secure] gateway)
+    mesh_country: str = "GB"         # MESH (NHS England's Spine)
+    print_country: str = "GB"        # the print house
 
 
 def send_document(letter: LetterData, lid: str, pdf: bytes, ch: Channels,
@@ -207,23 +213,30 @@ def _protect(letter: LetterData, lid: str, route: policy.Route, pdf: bytes, now:
     headers: dict[str, str] = {"batch": batch.replace("/", "_")}
     address = route.address
     filename = attachment_name(letter.event)
+    if kind == "gp":   # the practice's own country (records source), the GP letter purpose's default when blank
+        headers[adequacy.COUNTRY_HEADER] = adequacy.normalise((letter.practice or {}).get("country") or "GB")
     if channel == "smime-email":
         payload = messages.smime_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
                                        certificate_pem=letter.practice["certificate_pem"], service=ch.service.name,
                                        filename=filename)
+        headers[adequacy.VIA_HEADER] = ch.relay_country
     elif channel == "smime":
         payload = messages.smime_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
                                        certificate_pem=letter.patient["patient_certificate_pem"],
                                        service=ch.service.name, filename=filename)
+        headers[adequacy.COUNTRY_HEADER] = ch.relay_country   # the patient's copy reaches them through the relay
     elif channel == "secure-email":
         payload = messages.gateway_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
                                          service=ch.service.name, filename=filename)
+        headers[adequacy.COUNTRY_HEADER] = ch.relay_country
     elif channel == "mesh":
         address, payload, mesh_headers = send_document(letter, lid, pdf, ch, now)
         headers.update(mesh_headers)
+        headers[adequacy.VIA_HEADER] = ch.mesh_country
     else:   # post (``_due`` lets no other channel through)
         assert ch.print_certificate_pem
         payload = messages.post_file(pdf, ch.print_certificate_pem)
+        headers[adequacy.COUNTRY_HEADER] = ch.print_country   # the print house posts it
     return Outbound(lid, route.purpose, route.recipient, channel, payload, route.protection,
                     address=address, headers=headers, facts=facts)
 
@@ -260,6 +273,28 @@ def send_batch(records: Engine, state: Engine, batch: dict, ch: Channels, start:
     log.info("gp_letters batch %s: %s", batch["batch_id"], counts)
     return {"batch_id": batch["batch_id"], **counts, "failed_ids": sorted(report.failed),
             "refused_ids": sorted(report.refused)}
+
+
+def sent_by_run(state: Engine, batches: list[dict], since: dt.datetime) -> dict:
+    """``sent`` / ``already_sent`` for a run's planned ``batches``, from the ledger: a letter the ledger shows delivered
+    (sent, acked, ...) with ``sent_at`` at or after ``since`` (the run's start) went out in this run, on whichever try
+    of its ``send_batch``; one delivered before was already sent. A retried batch's own XCom counts only its last
+    try, so summing those would under-count a run whose first try sent some letters and then failed."""
+    ids = [letter_id(r, e, b["kind"]) for b in batches for r, e in b["letters"]]
+    cutoff = since.astimezone(dt.UTC).replace(tzinfo=None) if since.tzinfo else since   # the ledger's naive UTC
+    done = [s.value for s in DONE]
+    sent = already = 0
+    with state.connect() as conn:
+        for i in range(0, len(ids), 500):
+            for sent_at, in conn.execute(select(ledger.c.sent_at).where(ledger.c.item_id.in_(ids[i:i + 500]),
+                                                                       ledger.c.state.in_(done))):
+                if sent_at is not None and sent_at.tzinfo is not None:
+                    sent_at = sent_at.astimezone(dt.UTC).replace(tzinfo=None)
+                if sent_at is not None and sent_at >= cutoff:
+                    sent += 1
+                else:
+                    already += 1
+    return {"sent": sent, "already_sent": already}
 
 
 def record_acks(state: Engine, acks: list[tuple[str, bytes]]) -> dict:
@@ -343,4 +378,5 @@ def ack_summary(state: Engine) -> dict:
     return dict(c)
 
 
-__all__ = ["Channels", "letter_id", "overdue", "plan", "record_acks", "record_non_delivery", "send_batch"]
+__all__ = ["Channels", "letter_id", "overdue", "plan", "record_acks", "record_non_delivery", "send_batch",
+           "sent_by_run"]
