@@ -54,6 +54,7 @@ demo: venv
 test: venv
 	$(BIN)/python -m devtools.bootstrap
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(RANDOM_ORDER) $(COVERAGE) $(PYTEST_ARGS)
 
 # Tests run in a random order (pytest-randomly), so a test that passes only after another fails here, not in a
@@ -68,6 +69,7 @@ COVERAGE := --cov=caldicott --cov=caldicott_airflow --cov-report=term:skip-cover
 
 test-fast: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(RANDOM_ORDER) tests/unit tests/dags tests/security $(PYTEST_ARGS)
 
 up: venv

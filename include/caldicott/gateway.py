@@ -173,7 +173,7 @@ def release(items: Iterable[Outbound], sender: Sender, state_engine: Engine, *, 
 @dataclass
 class _Chunk:
     items: list[Outbound]
-    futures: list[Future]
+    futures: list[Future[object]]
     reconciled: list[tuple[str, str, str | None]]   # (item id, checksum, ref) found delivered, not yet marked
 
 
@@ -257,7 +257,7 @@ def _claim(items: list[Outbound], sender: Sender, ledger: Ledger, report: Releas
 _SKIPPED = object()   # a worker stopped before this item: it stays ``sending`` for the next attempt
 
 
-def _send_one(sender: Sender, item: Outbound, ledger: Ledger | None, stop: threading.Event):
+def _send_one(sender: Sender, item: Outbound, ledger: Ledger | None, stop: threading.Event) -> object:
     """One send on a worker thread. With ``ledger`` (senders that cannot be asked), ``sent`` is recorded
     here, immediately after the send returns; else the caller records the chunk's sends together."""
     if stop.is_set():
@@ -297,7 +297,7 @@ def _settle(chunk: _Chunk, sender: Sender, ledger: Ledger, report: ReleaseReport
             log.warning("send failed: item=%s channel=%s error=%s", item.item_id, sender.channel, out)
             continue
         if reconcilable:
-            sent.append((item.item_id, item.checksum, out))
+            sent.append((item.item_id, item.checksum, out if isinstance(out, str) else None))  # the transport ref
         report.sent.append(item.item_id)
     if reconcilable:
         ledger.mark_sent_many(sent)

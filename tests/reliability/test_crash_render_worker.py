@@ -108,7 +108,8 @@ def test_render_worker_killed_mid_batch_then_retry_sends_each_letter_once(synth_
         assert result["sent"] == len(ids) - len(first)
         assert render_pool.worker_pids() and not set(render_pool.worker_pids()) & set(killer.killed)
         _assert_once_each(smtp, ids)
-    figure("render pool kills survived: render worker")
+    figure("kill points survived")
+    figure("kill points survived: gp letters render worker")
 
 
 _CHILD = """
@@ -182,4 +183,5 @@ def test_sending_process_killed_with_render_worker_busy_leaves_no_orphan_and_rer
         client.quit()
         assert result["failed"] == 0 and result["sent"] + result["already_sent"] == len(ids)
         _assert_once_each(smtp, ids)
-    figure("render pool kills survived: sending process")
+    figure("kill points survived")
+    figure("kill points survived: gp letters sending process with a render worker")

@@ -76,7 +76,8 @@ def _survive(zygote, job: dict, kills: list[dict]) -> tuple[dict, dict]:
         run = {**job, "kill": kill, "plan": first and n == 0}
         rc, result = zygote.run(run)
         assert rc == KILLED, (kill, rc, result)
-        figure("transfer kill points survived")
+        figure("kill points survived")
+        figure("kill points survived: transfer of care")
     done_job = {**job, "plan": False}
     rc, done = zygote.run(done_job)
     assert rc == 0, done

@@ -168,7 +168,7 @@ def bundled() -> Calendar:
     return parse(BUNDLED.read_text(encoding="utf-8"), "bundled default")
 
 
-def load(variable_text: str | None = None, path: str | os.PathLike | None = None) -> Calendar:
+def load(variable_text: str | None = None, path: str | os.PathLike[str] | None = None) -> Calendar:
     """The calendar in force: the Variable's text, else the file at ``path`` (default ``$CALDICOTT_DATASET_CALENDAR``),
     else the bundled default."""
     if variable_text and variable_text.strip():

@@ -31,6 +31,7 @@ import datetime as dt
 import html
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -72,7 +73,7 @@ def measures(ds: Dataset) -> dict[str, float | int | None]:
     ids = ref["ServiceRequestId"].astype(object)
     received = ref["ReferralRequestReceivedDate"]
 
-    def col(name: str, default=np.nan) -> pd.Series:
+    def col(name: str, default: object = np.nan) -> pd.Series:
         if name not in h:
             return pd.Series(default, index=ref.index)
         return pd.Series(h[name].reindex(ids).to_numpy(), index=ref.index)
@@ -114,7 +115,7 @@ def measures(ds: Dataset) -> dict[str, float | int | None]:
 
 
 def facts(ds: Dataset, failures: dict[str, int], quarantined: list[Quarantined],
-          blanked: dict[str, int] | None = None) -> dict:
+          blanked: dict[str, int] | None = None) -> dict[str, Any]:
     """The report's figures, JSON-safe (kept in ``dataset_submission.facts`` for re-rendering and the trend).
 
     ``blanked``: rule code -> cells screening blanked (the record was submitted with that field empty)."""
@@ -163,10 +164,14 @@ def write_quarantine(out_dir: Path, quarantined: list[Quarantined], blanked: lis
     return path
 
 
-def trend(history: list[dict], period: str, months: int = TREND_MONTHS) -> list[tuple[str, str, dict]]:
+TrendRow = tuple[str, str, dict[str, Any]]
+"""``(period, kind, measures)`` of one month in the report's trend."""
+
+
+def trend(history: list[dict[str, Any]], period: str, months: int = TREND_MONTHS) -> list[TrendRow]:
     """``(period, kind, measures)`` for each of the ``months`` periods up to ``period`` that the state database holds:
     the refresh where there is one (it has the later data), else the primary."""
-    best: dict[str, dict] = {}
+    best: dict[str, dict[str, Any]] = {}
     for row in history:
         if row["run_key"] > period or not (row.get("facts") or {}).get("measures"):
             continue
@@ -243,14 +248,15 @@ def _trend_chart(points: list[tuple[str, float | None]]) -> str:
     return "".join(parts)
 
 
-def _table(rows: list[tuple], head: tuple, *, table_id: str, row_classes: list[str] | None = None) -> str:
+def _table(rows: list[tuple[Any, ...]], head: tuple[str, ...], *, table_id: str,
+           row_classes: list[str] | None = None) -> str:
     th = "".join(f"<th>{_e(h)}</th>" for h in head)
     trs = "".join(f'<tr class="{_e(row_classes[i]) if row_classes else ""}">'
                   + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for i, r in enumerate(rows))
     return f'<table id="{_e(table_id)}"><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>'
 
 
-def _optout_rows(statement: dict | None) -> list[tuple[str, str, str]]:
+def _optout_rows(statement: dict[str, Any] | None) -> list[tuple[str, str, str]]:
     rows = []
     for r in (statement or {}).get("rules", []):
         counts = r.get("counts") or {}
@@ -271,8 +277,9 @@ CSS = ("body{font-family:Arial,sans-serif;margin:2em;max-width:64em;color:#212b3
        ".meta td{border:none;padding:1px 12px 1px 0}svg.chart text{font-size:12px}p.none{color:#4c6272}")
 
 
-def render(*, period: str, kind: str, version: str, provider: Provider, facts: dict, statement: dict | None,
-           trend_rows: list[tuple[str, str, dict]], window: dict | None, generated_at: dt.datetime) -> str:
+def render(*, period: str, kind: str, version: str, provider: Provider, facts: dict[str, Any],
+           statement: dict[str, Any] | None, trend_rows: list[TrendRow], window: dict[str, Any] | None,
+           generated_at: dt.datetime) -> str:
     """The report's HTML (every value escaped; counts, percentages and opaque rule codes only)."""
     m = facts.get("measures") or {}
     london = generated_at.astimezone(ZoneInfo("Europe/London"))
@@ -294,9 +301,9 @@ def render(*, period: str, kind: str, version: str, provider: Provider, facts: d
             for k, v in meta) + "</table>",
     ]
     for k in below:
-        std, label = STANDARDS[k]
+        threshold, label = STANDARDS[k]
         parts.append(f"<p class='alert' id='alert-{_e(k)}'>{_e(label.capitalize())} {_e(_fmt(m.get(k)))}% is below "
-                     f"the national standard of {std:g}%.</p>")
+                     f"the national standard of {threshold:g}%.</p>")
     rows, classes = [], []
     for k, v in m.items():
         status = standard_status(k, v)
@@ -348,7 +355,7 @@ def render(*, period: str, kind: str, version: str, provider: Provider, facts: d
     return "".join(parts)
 
 
-def figures_frame(facts: dict) -> pd.DataFrame:
+def figures_frame(facts: dict[str, Any]) -> pd.DataFrame:
     rows = [("table_rows", k, v) for k, v in (facts.get("counts") or {}).items()]
     rows += [("rule_failures", k, v) for k, v in (facts.get("rule_failures") or {}).items()]
     rows += [("quarantined_by_reason", k, v) for k, v in (facts.get("quarantined_by_rule") or {}).items()]
@@ -356,9 +363,9 @@ def figures_frame(facts: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["section", "name", "value"], dtype=object)
 
 
-def write_report(out_dir: Path, *, period: str, kind: str, version: str, provider: Provider, facts: dict,
-                 statement: dict | None = None, trend_rows: list[tuple[str, str, dict]] | None = None,
-                 window: dict | None = None, generated_at: dt.datetime | None = None) -> ReportFiles:
+def write_report(out_dir: Path, *, period: str, kind: str, version: str, provider: Provider, facts: dict[str, Any],
+                 statement: dict[str, Any] | None = None, trend_rows: list[TrendRow] | None = None,
+                 window: dict[str, Any] | None = None, generated_at: dt.datetime | None = None) -> ReportFiles:
     """Write ``report.html`` and ``figures.csv`` into ``out_dir`` (``quarantine.csv``: :func:`write_quarantine`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     figures_frame(facts).to_csv(out_dir / "figures.csv", index=False)

@@ -17,8 +17,9 @@ national data opt-out check's tables are in :mod:`caldicott.policy.state_tables`
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
-from sqlalchemy import JSON, Column, Date, DateTime, Engine, Integer, String, Table, and_, select, update
+from sqlalchemy import JSON, Column, ColumnElement, Date, DateTime, Engine, Integer, String, Table, and_, select, update
 
 from caldicott.dataset.calendar import Kind
 from caldicott.db import insert_ignore, utcnow
@@ -54,19 +55,19 @@ class ConfirmationConflict(RuntimeError):
     """A second, different reference for a submission already confirmed: the first one stands."""
 
 
-def _key(run_key: str, kind: Kind | str):
+def _key(run_key: str, kind: Kind | str) -> ColumnElement[bool]:
     return and_(dataset_submission.c.run_key == run_key, dataset_submission.c.kind == Kind(kind).value)
 
 
-def get(engine: Engine, run_key: str, kind: Kind | str = Kind.PRIMARY) -> dict | None:
+def get(engine: Engine, run_key: str, kind: Kind | str = Kind.PRIMARY) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(select(dataset_submission).where(_key(run_key, kind))).mappings().first()
     return dict(row) if row else None
 
 
 def register(engine: Engine, run_key: str, *, version: str, archive_path: str, sha256: str, size_bytes: int,
-             row_counts: dict, quarantined: int, kind: Kind | str = Kind.PRIMARY,
-             window_closes: dt.date | None = None, facts: dict | None = None) -> dict:
+             row_counts: dict[str, Any], quarantined: int, kind: Kind | str = Kind.PRIMARY,
+             window_closes: dt.date | None = None, facts: dict[str, Any] | None = None) -> dict[str, Any]:
     """Record a written archive; a submission already staged, submitted or missed is left as it is (returned)."""
     now = utcnow()
     values = {"version": version, "archive_path": archive_path, "sha256": sha256, "size_bytes": size_bytes,
@@ -77,10 +78,12 @@ def register(engine: Engine, run_key: str, *, version: str, archive_path: str, s
                      [{"run_key": run_key, "kind": Kind(kind).value, "state": WRITTEN, "created_at": now, **values}])
         conn.execute(update(dataset_submission).where(_key(run_key, kind), dataset_submission.c.state == WRITTEN)
                      .values(**values))
-    return get(engine, run_key, kind)
+    row = get(engine, run_key, kind)
+    assert row is not None  # inserted or already there, in the transaction above
+    return row
 
 
-def set_facts(engine: Engine, run_key: str, kind: Kind | str, facts: dict) -> None:
+def set_facts(engine: Engine, run_key: str, kind: Kind | str, facts: dict[str, Any]) -> None:
     """Replace the report figures (e.g. once the opt-out check has answered)."""
     with engine.begin() as conn:
         conn.execute(update(dataset_submission).where(_key(run_key, kind)).values(facts=facts, updated_at=utcnow()))
@@ -100,7 +103,7 @@ def mark_missed(engine: Engine, run_key: str, kind: Kind | str = Kind.PRIMARY) -
 
 
 def mark_submitted(engine: Engine, run_key: str, reference: str, by: str | None,
-                   kind: Kind | str = Kind.PRIMARY) -> dict:
+                   kind: Kind | str = Kind.PRIMARY) -> dict[str, Any]:
     """Record the confirming reference, once. Returns the row.
 
     The update only matches a row with no reference yet, so two answers racing cannot both win; afterwards the
@@ -122,7 +125,7 @@ def mark_submitted(engine: Engine, run_key: str, reference: str, by: str | None,
     return row
 
 
-def history(engine: Engine, first: str, last: str) -> list[dict]:
+def history(engine: Engine, first: str, last: str) -> list[dict[str, Any]]:
     """Rows with periods in ``[first, last]`` (``YYYY-MM``), oldest first: run_key, kind, state, facts."""
     c = dataset_submission.c
     with engine.connect() as conn:

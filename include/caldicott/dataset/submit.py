@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -117,7 +118,7 @@ class SubmissionTarget:
         return f"staged for {self.recipient}"
 
 
-def resolve_target(requested: str | None, config: Mapping | None, *, submitter: str) -> SubmissionTarget:
+def resolve_target(requested: str | None, config: Mapping[str, Any] | None, *, submitter: str) -> SubmissionTarget:
     """The route for this run: the run's ``submission_route`` parameter over the deployment's configuration.
 
     ``requested``: ``configured`` (or empty) takes ``config["route"]``, or ``staged`` when nothing is configured;
@@ -166,7 +167,7 @@ def submission_item_id(period: Period, kind: Kind | str = Kind.PRIMARY) -> str:
     return item_id(FLOW, period.key, "submission", Kind(kind).value)
 
 
-def _outbound(target: SubmissionTarget, iid: str, period: Period, path: Path, row: Mapping,
+def _outbound(target: SubmissionTarget, iid: str, period: Period, path: Path, row: Mapping[str, Any],
               kind: Kind | str = Kind.PRIMARY) -> Outbound:
     """The submission as the gateway sees it. Its ``validated`` fact is established here, not asserted: the bytes
     about to leave must be exactly the archive the pipeline registered (by SHA-256) after NHS England's file-level
@@ -194,7 +195,8 @@ def _reference(ref: str | None) -> str:
 
 
 def submit(state: Engine, period: Period, target: SubmissionTarget, sender: Sender,
-           kind: Kind | str = Kind.PRIMARY, *, window: Window | None = None, now: dt.datetime | None = None) -> dict:
+           kind: Kind | str = Kind.PRIMARY, *, window: Window | None = None,
+           now: dt.datetime | None = None) -> dict[str, Any]:
     """Send (or stage) one submission's encrypted archive by ``target``'s route through the release gateway, once.
 
     Returns ids and counts for XCom: ``route`` is the route that carried it (the ledger's, on a re-run),
@@ -238,7 +240,7 @@ def submit(state: Engine, period: Period, target: SubmissionTarget, sender: Send
 
 
 def _result(state: Engine, period: Period, kind: Kind, iid: str, channel: str, ref: str | None,
-            target: SubmissionTarget, counts: Mapping[str, int]) -> dict:
+            target: SubmissionTarget, counts: Mapping[str, int]) -> dict[str, Any]:
     route = ROUTE_OF_CHANNEL.get(channel, Route.STAGED)
     full = {"sent": 0, "already_sent": 0, "refused": 0, "failed": 0, "not_planned": 0, **counts}
     row = state_tables.get(state, period.key, kind) or {}
@@ -251,7 +253,8 @@ def _result(state: Engine, period: Period, kind: Kind, iid: str, channel: str, r
             **full}
 
 
-def record_automatic(state: Engine, period: Period, result: Mapping, kind: Kind | str | None = None) -> dict:
+def record_automatic(state: Engine, period: Period, result: Mapping[str, Any],
+                     kind: Kind | str | None = None) -> dict[str, Any]:
     """Record an automatically sent submission as submitted, with the transport's reference (idempotent; a
     different reference for one already confirmed raises :class:`~caldicott.dataset.state_tables.ConfirmationConflict`).
     """

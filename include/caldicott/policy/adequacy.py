@@ -25,8 +25,12 @@ import functools
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from caldicott.policy.purposes import release_rule
+
+if TYPE_CHECKING:
+    from caldicott.transport.base import Outbound, Sender
 
 #: The shipped list: the UK, the EEA and the other countries under full UK adequacy regulations (sources in the file).
 DEFAULT_FILE = Path(__file__).resolve().parent / "adequacy_countries.tsv"
@@ -82,7 +86,7 @@ def normalise(country: object) -> str:
     return code if _CODE.fullmatch(code) else ""
 
 
-def destinations(item, sender=None) -> list[str]:
+def destinations(item: Outbound, sender: Sender | None = None) -> list[str]:
     """Every country ``item`` would reach, as declared (recipient, intermediaries, the sender's next hop);
     malformed or blank declarations kept as '' so they are refused, not skipped."""
     headers = getattr(item, "headers", None) or {}
@@ -97,7 +101,7 @@ def destinations(item, sender=None) -> list[str]:
     return out
 
 
-def refusal(item, sender=None) -> str | None:
+def refusal(item: Outbound, sender: Sender | None = None) -> str | None:
     """Why ``item`` may not go where it would go, or None. The reason names the rule and country codes, never data."""
     countries = destinations(item, sender)
     if not countries:

@@ -22,6 +22,7 @@ show; no session notes (``clinical_summary``) ever.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from caldicott.crypto.keys import CertificateError, load_certificate
 from caldicott.policy.purposes import Protection, Purpose
@@ -88,7 +89,7 @@ def cert_ok(pem: str | None) -> bool:
     return True
 
 
-def gp_decision(patient: dict, practice: dict | None, *, patient_ok: bool) -> Decision:
+def gp_decision(patient: dict[str, Any], practice: dict[str, Any] | None, *, patient_ok: bool) -> Decision:
     """The GP half of a letter (``patient_ok`` False when the record is already quarantined)."""
     pid = patient["local_patient_id"]
     if not patient_ok:
@@ -121,7 +122,7 @@ def gp_decision(patient: dict, practice: dict | None, *, patient_ok: bool) -> De
     return Decision("gp", route=Route("gp", "mesh", Protection.MESH, code, practice["mesh_mailbox"]))
 
 
-def patient_decision(patient: dict, *, patient_ok: bool, postcode_ok: bool) -> Decision:
+def patient_decision(patient: dict[str, Any], *, patient_ok: bool, postcode_ok: bool) -> Decision:
     """The patient's own copy: always sent if the record is usable and a protected channel exists."""
     pid = patient["local_patient_id"]
     if not patient_ok:
@@ -147,7 +148,7 @@ def patient_decision(patient: dict, *, patient_ok: bool, postcode_ok: bool) -> D
                     record_id=pid)
 
 
-def minimum_patient(patient: dict, recipient_kind: str) -> dict:
+def minimum_patient(patient: dict[str, Any], recipient_kind: str) -> dict[str, Any]:
     """Only the fields the recipient may see."""
     fields = GP_FIELDS if recipient_kind == "gp" else PATIENT_FIELDS
     out = {f: patient.get(f) for f in fields}

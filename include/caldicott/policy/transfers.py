@@ -23,6 +23,7 @@ country that is blank or not on the adequacy list (:mod:`caldicott.policy.adequa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from caldicott.policy.letters import cert_ok
 from caldicott.policy.purposes import Protection, Purpose
@@ -88,13 +89,13 @@ class ReceiverDecision:
     reason: str | None = None
 
 
-def _country(org: dict) -> str:
+def _country(org: dict[str, Any]) -> str:
     from caldicott.policy.adequacy import normalise
 
     return normalise(org.get("country"))
 
 
-def receiver_decision(org: dict | None, *, contact_ok: bool) -> ReceiverDecision:
+def receiver_decision(org: dict[str, Any] | None, *, contact_ok: bool) -> ReceiverDecision:
     """How the report reaches the receiving organisation ``org`` (its ``organisation`` row), if it can."""
     if org is None:
         return ReceiverDecision(outcome="quarantined", reason="receiver_unknown")
@@ -128,7 +129,7 @@ def receiver_decision(org: dict | None, *, contact_ok: bool) -> ReceiverDecision
     return ReceiverDecision(route=route)
 
 
-def minimum(section: str, row: dict | None) -> dict:
+def minimum(section: str, row: dict[str, Any] | None) -> dict[str, Any]:
     """Only the fields a report may carry from ``section`` (a key of :data:`REPORT_FIELDS`)."""
     row = row or {}
     return {f: row.get(f) for f in REPORT_FIELDS[section]}
