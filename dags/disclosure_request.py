@@ -86,10 +86,10 @@ PARAMS = {
                                        "caldicott_sftp_disclosure); channel smime-email: SMTP relay (default "
                                        "caldicott_smtp). Only connections the deployment lists in "
                                        "CALDICOTT_DISCLOSURE_CONNECTIONS"),
-    "country": Param("GB", type="string", pattern="^[A-Za-z]{2}$", title="Requester's country",
-                     description="ISO 3166-1 alpha-2 code of the country where the requester will process the data "
-                                 "(e.g. GB, IE). Shown to the approver; the release gateway refuses a country not "
-                                 "on the deployment's adequacy list"),
+    # no default: where the data will be processed is a fact the requester states, never assumed
+    "country": _s("Requester's country", "ISO 3166-1 alpha-2 code of the country where the requester will process "
+                  "the data (e.g. GB, IE). Shown to the approver; the release gateway refuses a country not on the "
+                  "deployment's adequacy list", pattern="^[A-Za-z]{2}$"),
     "recipient_certificate_pem": Param(type="string", format="multiline", title="Recipient's certificate (PEM)",
                                        description="The package is encrypted to it; nothing leaves unencrypted"),
     "approval_timeout_minutes": Param(DEFAULT_TIMEOUT_MINUTES, type="number", minimum=0.1,

@@ -43,7 +43,7 @@ def _conf(ws, reference: str, cert_pem: bytes, **over) -> dict:
             "purpose": "criminal proceedings", "necessity": "the order specifies attendance records",
             "legal_basis": "court_order", "local_patient_id": pid, "categories": ["demographics", "appointments"],
             "date_from": first[:10], "date_to": last[:10], "urgency": "routine", "consent_status": "not_sought",
-            "recipient_certificate_pem": cert_pem.decode(), "approval_timeout_minutes": 60}
+            "country": "GB", "recipient_certificate_pem": cert_pem.decode(), "approval_timeout_minutes": 60}
     conf.update(over)
     return conf
 

@@ -37,7 +37,7 @@ def request_conf(e2e, reference: str, cert_pem: bytes, **over) -> dict:
             "purpose": "criminal trial", "necessity": "ordered by the judge", "legal_basis": "court_order",
             "local_patient_id": pid, "categories": ["demographics", "appointments", "clinical_notes"],
             "date_from": first[:10], "date_to": last[:10], "urgency": "urgent",
-            "consent_status": "not_sought", "recipient_certificate_pem": cert_pem.decode(),
+            "consent_status": "not_sought", "country": "GB", "recipient_certificate_pem": cert_pem.decode(),
             "approval_timeout_minutes": 30}
     conf.update(over)
     return conf

@@ -60,7 +60,7 @@ def _request(synth_source, cert_pem: bytes, reference: str) -> DisclosureRequest
         "purpose": "criminal trial", "necessity": "ordered by the judge", "legal_basis": "court_order",
         "local_patient_id": pid, "categories": ["demographics", "appointments", "clinical_notes"],
         "date_from": str(dates.min().date()), "date_to": str(dates.max().date()), "urgency": "urgent",
-        "consent_status": "not_sought", "channel": "smime-email", "recipient_address": MAILBOX,
+        "consent_status": "not_sought", "channel": "smime-email", "recipient_address": MAILBOX, "country": "GB",
         "recipient_certificate_pem": cert_pem.decode()})
 
 

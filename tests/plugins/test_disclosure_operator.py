@@ -47,7 +47,7 @@ def _conf(synth_source, ident, reference: str, **over) -> dict:
     conf = {"request_type": "court_order", "reference": reference, "requester_organisation": "Oxford Crown Court",
             "requester_person": "Clerk", "authority_check": "sealed order seen", "purpose": "trial",
             "necessity": "ordered", "legal_basis": "court_order", "local_patient_id": pid,
-            "categories": ["referrals"], "date_from": "2018-01-01", "date_to": "2030-12-31",
+            "categories": ["referrals"], "date_from": "2018-01-01", "date_to": "2030-12-31", "country": "GB",
             "recipient_certificate_pem": ident.cert_pem.decode(), "approval_timeout_minutes": 5}
     conf.update(over)
     return conf
@@ -198,7 +198,7 @@ def test_smime_email_route_from_the_airflow_smtp_connection(monkeypatch, tmp_pat
         "requester_person": "Safeguarding lead", "authority_check": "called back on the council's number",
         "purpose": "s47 enquiry", "necessity": "child at risk", "legal_basis": "safeguarding",
         "local_patient_id": pid, "categories": ["referrals"], "date_from": "2018-01-01", "date_to": "2030-12-31",
-        "channel": "smime-email", "recipient_address": "safeguarding@council.example",
+        "channel": "smime-email", "recipient_address": "safeguarding@council.example", "country": "GB",
         "recipient_certificate_pem": ident.cert_pem.decode()})
     monkeypatch.setenv("CALDICOTT_DISCLOSURE_CONNECTIONS", "caldicott_smtp")
     flow.record_request(state_engine, req, "api")

@@ -47,7 +47,7 @@ def _conf(cert: bytes, **over) -> dict:
             "purpose": "investigation of a serious assault", "necessity": "to establish attendance on a date",
             "legal_basis": "crime_prevention", "categories": ["demographics", "appointments", "clinical_notes"],
             "date_from": "2020-01-01", "date_to": "2026-12-31", "urgency": "urgent", "consent_status": "not_sought",
-            "local_patient_id": "", "recipient_certificate_pem": cert.decode()}
+            "local_patient_id": "", "country": "GB", "recipient_certificate_pem": cert.decode()}
     conf.update(over)
     return conf
 
@@ -535,7 +535,9 @@ def test_the_requesters_country_is_shown_bound_and_checked(synth_source, state_e
     ledger holds the package with the rule. A country the approver did not see cannot be released to either."""
     with pytest.raises(RequestInvalid, match="country"):
         DisclosureRequest.from_conf(_conf(requester.cert_pem, local_patient_id="P1", country="United States"))
-    assert DisclosureRequest.from_conf(_conf(requester.cert_pem, local_patient_id="P1")).country == "GB"   # default
+    unstated = {k: v for k, v in _conf(requester.cert_pem, local_patient_id="P1").items() if k != "country"}
+    with pytest.raises(RequestInvalid, match="country is required"):   # never assumed
+        DisclosureRequest.from_conf(unstated)
     req, summary = _held(synth_source, state_engine, requester, "US-1", country="us")
     assert req.country == "US" and summary["country"] == "US"
     assert register.latest(state_engine, req.disclosure_id, register.REQUESTED)["details"]["country"] == "US"

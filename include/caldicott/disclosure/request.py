@@ -17,7 +17,8 @@ from caldicott.transport.ledger import item_id
 URGENCY = ("routine", "urgent", "immediate_risk")
 CONSENT_STATUS = ("given", "refused", "not_sought", "not_possible", "not_required")
 CHANNELS = ("outbox", "sftp", "smime-email")
-#: The requester's country when the request states none: the documented default (caldicott.policy.purposes, domestic).
+#: What the approver was shown as the country of a package recorded before requests stated one (read back by
+#: caldicott.disclosure.flow for those packages only). A new request must state its country: there is no default.
 DEFAULT_COUNTRY = "GB"
 _COUNTRY = re.compile(r"[A-Z]{2}")
 #: An e-mail address as the To header may carry it: one mailbox, no display name, no spaces or control characters.
@@ -52,7 +53,7 @@ class DisclosureRequest:
     recipient_certificate_pem: str = field(default="", repr=False)
     #: where the requester processes the data (ISO 3166-1 alpha-2): shown to the approver, bound by the approval,
     #: and declared on the released item, whose country the release gateway checks against the adequacy list
-    country: str = DEFAULT_COUNTRY
+    country: str = ""   # unstated: not on any adequacy list, so the release gateway refuses it (fail closed)
 
     @property
     def disclosure_id(self) -> str:
@@ -149,9 +150,11 @@ class DisclosureRequest:
             raise RequestInvalid("recipient_address contains control characters")
         if channel == "smime-email" and not _MAILBOX.fullmatch(address):
             raise RequestInvalid("channel smime-email needs recipient_address: the requester's secure e-mail address")
-        country = str(conf.get("country") or DEFAULT_COUNTRY).strip().upper()
+        # required, never assumed: the approver sees it and the release gateway checks it against the adequacy list
+        country = str(conf.get("country") or "").strip().upper()
         if not _COUNTRY.fullmatch(country):
-            raise RequestInvalid("country must be an ISO 3166-1 alpha-2 code (e.g. GB)")
+            raise RequestInvalid("country is required: the ISO 3166-1 alpha-2 code of the country where the "
+                                 "requester will process the data (e.g. GB)")
         if not conf.get("recipient_certificate_pem"):
             raise RequestInvalid("recipient_certificate_pem is required: packages leave encrypted only")
         return cls(
