@@ -1,13 +1,10 @@
 """The release gateway: the one function every byte leaving the service goes through (invariant 1).
 
-``release(items, sender)`` checks each item against the policy rule for its purpose
-(:mod:`caldicott.policy.purposes`): routine purposes pass when the facts their rule requires are
-asserted, the protection is one the rule allows and, where the rule names them, the recipient is one it
-allows and the address is the one the deployment configured (the NDOP check: NHS England's opt-out
-service mailbox, ``CALDICOTT_NDOP_MAILBOX``); every other purpose passes only with an approved
-entry in the disclosure register for exactly this recipient, at the address the approver saw, and exactly
-these bytes (checksum).
-It then uses the delivery ledger so that each item leaves at most once, and records what left.
+``release(items, sender)`` asks the release policy (:func:`caldicott.policy.release.check`: purpose rule,
+required facts, protection, country, recipient and address, disclosure approval) whether each item may go,
+and holds the refused ones in the ledger with the reason. This module is the delivery engine: it uses the
+delivery ledger so that each item leaves at most once, sends on worker threads, and records what left.
+It is the only caller of ``Sender.send`` (checked by ``tests/security/test_architecture.py``).
 
 Refusals raise nothing per item: they are counted, the item is held in the ledger with the reason,
 and the run's report shows them. A refusal is a policy outcome, not a crash.
@@ -25,17 +22,13 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
-from caldicott.disclosure.register import approved_release
-from caldicott.policy import adequacy
-from caldicott.policy.purposes import Protection, Purpose, configured_address, release_rule
+from caldicott.policy.release import ReleaseRefused, check
 from caldicott.transport.base import Outbound, Sender, TransportError
 from caldicott.transport.ledger import DONE, Ledger, State
 
 log = logging.getLogger(__name__)
 
-
-class ReleaseRefused(Exception):
-    """An item failed its purpose's release rule. The message names the rule, never patient data."""
+__all__ = ["CHUNK", "ReleaseRefused", "ReleaseReport", "check", "release"]
 
 
 @dataclass
@@ -60,44 +53,6 @@ class ReleaseReport:
         self.failed.update(other.failed)
         self.final |= other.final
         self.not_planned += other.not_planned
-
-
-def check(item: Outbound, state_engine: Engine, sender: Sender | None = None) -> None:
-    """Raise ReleaseRefused unless ``item`` may leave for its purpose. Pure policy; sends nothing.
-
-    ``sender``: the route it would take, whose declared country (the next hop) is checked with the item's own."""
-    try:
-        rule = release_rule(item.purpose)
-    except (KeyError, ValueError) as exc:
-        raise ReleaseRefused(f"unknown purpose {item.purpose!r}") from exc
-    if item.protection == Protection.NONE or item.protection not in rule.allowed_protection:
-        raise ReleaseRefused(f"protection {item.protection!s} not allowed for {item.purpose!s}")
-    if not item.payload:
-        raise ReleaseRefused("empty payload")
-    # privacy notice: no transfer to a country not assessed as adequate (UK GDPR Art. 45); fail closed on unknown
-    if (where := adequacy.refusal(item, sender)) is not None:
-        raise ReleaseRefused(where)
-    missing = [f for f in rule.required_facts if item.facts.get(f) is not True]
-    if missing:
-        raise ReleaseRefused(f"{item.purpose!s} requires {', '.join(missing)}")
-    if rule.recipients is not None and item.recipient not in rule.recipients:
-        raise ReleaseRefused(f"recipient is not one {item.purpose!s} may go to")
-    if rule.address_setting is not None:   # the address comes from the deployment, never from the flow alone
-        allowed = configured_address(rule)
-        if allowed is None:
-            raise ReleaseRefused(f"{item.purpose!s} needs {rule.address_setting} configured")
-        if (item.address or "") != allowed:
-            raise ReleaseRefused(f"address is not the configured {rule.address_setting}")
-    if not rule.routine or item.purpose == Purpose.DISCLOSURE:
-        approval = approved_release(state_engine, item.disclosure_id)
-        if approval is None:
-            raise ReleaseRefused("non-routine release without an approved disclosure register entry")
-        if approval.recipient != item.recipient:
-            raise ReleaseRefused("recipient differs from the approved disclosure")
-        if approval.address != (item.address or ""):
-            raise ReleaseRefused("address differs from the approved disclosure")
-        if approval.package_checksum != item.checksum:
-            raise ReleaseRefused("package differs from the one approved")
 
 
 CHUNK = 32   # items per ledger transaction (claim, and ``sent`` for reconcilable senders)

@@ -228,6 +228,7 @@ def test_a_second_reference_is_refused_and_alerts(synth_source, tmp_path, monkey
     from airflow.sdk.exceptions import AirflowFailException
     from caldicott.dataset import pipeline, state_tables
     from caldicott.dataset.builder import Period
+    from caldicott.dataset.submit import resolve_target, submit
     from caldicott.dataset.writer import load_key, new_key
     from caldicott.db import make_engine, sqlite_url
     from caldicott.state.migrate import migrate
@@ -241,7 +242,7 @@ def test_a_second_reference_is_refused_and_alerts(synth_source, tmp_path, monkey
     sept = Period.month(2026, 9)
     s = pipeline.Settings(org_provider="ZZZ01", work_dir=tmp_path / "work", key=load_key(new_key()))
     pipeline.build_validate_write(synth_source.engine, state, sept, s)
-    pipeline.stage(state, sept, s, StagingSender(tmp_path / "staging"))
+    submit(state, sept, resolve_target("staged", None, submitter=s.submitter), StagingSender(tmp_path / "staging"))
     pipeline.confirm(state, sept, "SDCS-FIRST-1", "submitter")
     before = state_tables.get(state, "2026-09")
     monkeypatch.setenv("AIRFLOW_CONN_CALDICOTT_STATE", json.dumps({"conn_type": "sqlite",

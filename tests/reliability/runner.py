@@ -283,6 +283,7 @@ def run_updates(job: dict) -> dict:
 def run_dataset(job: dict) -> dict:
     from caldicott.dataset import pipeline
     from caldicott.dataset.builder import Period
+    from caldicott.dataset.submit import resolve_target, submit
     from caldicott.db import make_engine
     from caldicott.transport.staging import StagingSender
 
@@ -291,7 +292,7 @@ def run_dataset(job: dict) -> dict:
     period = Period.month(year, month)
     s = pipeline.Settings(org_provider="ZZZ01", work_dir=Path(job["work_dir"]), key=bytes.fromhex(job["key_hex"]))
     sender = _wrap(job.get("kill"))(StagingSender(Path(job["staging"])))
-    first = pipeline.stage(state, period, s, sender)
+    first = submit(state, period, resolve_target("staged", None, submitter=s.submitter), sender)   # as the DAG
     blob = Path(job["extract_blob"]).read_bytes()
     second = pipeline.stage_extract(state, period, s, blob, sender)
     return {"submission": first, "extract": second}
@@ -301,6 +302,7 @@ def run_dataset_build(job: dict) -> dict:
     """Build, validate and write the month's encrypted archive, then stage it (kill points inside the build)."""
     from caldicott.dataset import pipeline, writer
     from caldicott.dataset.builder import Period
+    from caldicott.dataset.submit import resolve_target, submit
     from caldicott.db import make_engine
     from caldicott.transport.staging import StagingSender
 
@@ -332,7 +334,8 @@ def run_dataset_build(job: dict) -> dict:
     period = Period.month(year, month)
     s = pipeline.Settings(org_provider="ZZZ01", work_dir=Path(job["work_dir"]), key=bytes.fromhex(job["key_hex"]))
     built = pipeline.build_validate_write(records, state, period, s)
-    staged = pipeline.stage(state, period, s, StagingSender(Path(job["staging"])))
+    staged = submit(state, period, resolve_target("staged", None, submitter=s.submitter),
+                    StagingSender(Path(job["staging"])))
     return {"build": {"state": built["state"], "rebuilt": built["rebuilt"]}, "stage": staged}
 
 

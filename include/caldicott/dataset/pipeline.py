@@ -38,7 +38,7 @@ from caldicott.dataset.builder import DEFAULT_VERSION, Dataset, Period, build, r
 from caldicott.dataset.calendar import Kind, Window, month_before
 from caldicott.dataset.idb import to_builder_names
 from caldicott.dataset.report import Provider, facts, trend, write_quarantine, write_report
-from caldicott.dataset.submit import WindowMissed, resolve_target, submission_item_id, submit
+from caldicott.dataset.submit import WindowMissed, submission_item_id
 from caldicott.dataset.writer import encrypt, read_archive
 from caldicott.policy import dataset as policy
 from caldicott.policy.purposes import Protection, Purpose
@@ -245,12 +245,6 @@ def planning_extract(state: Engine, period: Period, s: Settings, opted_out: set[
     in_mandated = record_optouts(state, period, s, Kind.PRIMARY, opted_out, ndop_source, planning=counts,
                                  window=window, tables=tables)
     return blob, {"planning": counts, "ndop_patients_kept_in_submission": in_mandated}
-
-
-def stage(state: Engine, period: Period, s: Settings, sender: Sender, kind: Kind | str = Kind.PRIMARY, *,
-          window: Window | None = None) -> dict:
-    """Stage the encrypted archive for the named submitter through the release gateway (exactly once)."""
-    return submit(state, period, resolve_target("staged", None, submitter=s.submitter), sender, kind, window=window)
 
 
 def stage_extract(state: Engine, period: Period, s: Settings, blob: bytes, sender: Sender) -> dict:

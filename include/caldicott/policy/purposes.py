@@ -108,7 +108,3 @@ def configured_address(rule: ReleaseRule) -> str | None:
     if rule.address_setting is None:
         return None
     return os.environ.get(rule.address_setting, "").strip() or None
-
-
-def routine_purposes() -> frozenset[Purpose]:
-    return frozenset(p for p, r in _RULES.items() if r.routine)

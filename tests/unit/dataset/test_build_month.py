@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from caldicott.dataset import builder, pipeline, rules, state_tables
 from caldicott.dataset.builder import Period, SourceMonth, read_source
+from caldicott.dataset.submit import resolve_target, submit
 from caldicott.dataset.writer import decrypt, encrypt, load_key, new_key, read_archive
 from caldicott.db import make_engine, sqlite_url
 from caldicott.policy import dataset as policy
@@ -268,8 +269,9 @@ def test_optout_matrix_and_submission_flow(synth_source, state_engine, tmp_path,
 
     # staged exactly once through the gateway, then confirmed
     sender = StagingSender(tmp_path / "staging")
-    first = pipeline.stage(state_engine, SEPT, s, sender)
-    second = pipeline.stage(state_engine, SEPT, s, sender)
+    target = resolve_target("staged", None, submitter=s.submitter)   # the route the monthly_dataset DAG takes
+    first = submit(state_engine, SEPT, target, sender)
+    second = submit(state_engine, SEPT, target, sender)
     assert first["sent"] == 1 and second["already_sent"] == 1 and second["sent"] == 0
     assert len(list((tmp_path / "staging" / "2026-09").glob("*.zip.enc"))) == 1
     assert state_tables.get(state_engine, "2026-09")["state"] == "staged"

@@ -83,7 +83,7 @@ def test_staged_route_stages_once_and_asks_a_person(written, state_engine, tmp_p
     again = submit(state_engine, SEPT, target, sender)
     assert (first["sent"], again["sent"], again["already_sent"]) == (1, 0, 1)
     assert first["route"] == again["route"] == "staged" and not first["automatic"]
-    # the same ledger item as the staging that pipeline.stage did before routes existed
+    # the same ledger item as the staging that the staged route has always used
     assert first["item_id"] == submission_item_id(SEPT) == item_id("monthly_dataset", "2026-09", "submission")
     staged = list((tmp_path / "staging" / "2026-09").glob("*.zip.enc"))
     archive = Path(state_tables.get(state_engine, "2026-09")["archive_path"])
