@@ -37,6 +37,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -109,10 +110,11 @@ class Written:
     path: Path
     sha256: str            # of the encrypted file (what the ledger records as leaving)
     size: int
-    manifest: dict
+    manifest: dict[str, Any]
 
 
-def archive_bytes(ds: Dataset, *, with_idb: bool = True, extra: dict | None = None) -> tuple[bytes, dict]:
+def archive_bytes(ds: Dataset, *, with_idb: bool = True,
+                  extra: dict[str, Any] | None = None) -> tuple[bytes, dict[str, Any]]:
     """The plaintext ZIP and its manifest (kept in memory; never written unencrypted).
 
     Every table of the version's national layout is written, in import order, each laid out once
@@ -152,7 +154,7 @@ def archive_bytes(ds: Dataset, *, with_idb: bool = True, extra: dict | None = No
 
 
 def write(ds: Dataset, out_dir: Path, key: bytes, *, name: str | None = None, with_idb: bool = True,
-          extra: dict | None = None) -> Written:
+          extra: dict[str, Any] | None = None) -> Written:
     """Write the encrypted archive to ``out_dir`` (mode 0600, written as ``.part`` then renamed).
 
     The ``.part`` is removed if anything fails on the way (a ``finally``); a process killed mid-write leaves it

@@ -15,9 +15,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import pandas as pd
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import ColumnElement, Engine, Table, and_, false, select
 
 from caldicott.letters import outcomes
 from caldicott.records import queries, schema
@@ -36,11 +37,11 @@ class LetterData:
     referral_id: str
     event: str                         # "assessment" | "discharge"
     event_date: dt.date
-    patient: dict
-    practice: dict | None
-    referral: dict
-    scores: dict = field(default_factory=dict)      # assessment: phq9, gad7, wsas
-    outcome: dict = field(default_factory=dict)     # discharge: attended, missed, first/last, recovery ...
+    patient: dict[str, Any]
+    practice: dict[str, Any] | None
+    referral: dict[str, Any]
+    scores: dict[str, Any] = field(default_factory=dict)      # assessment: phq9, gad7, wsas
+    outcome: dict[str, Any] = field(default_factory=dict)     # discharge: attended, missed, first/last, recovery ...
     problems: list[str] = field(default_factory=list)  # record-level reason codes (quarantine)
     unreadable_in: str | None = None   # "patient" | "referral": whose stored value could not be read
 
@@ -63,11 +64,11 @@ def utc_bounds(start: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
     return lo, hi
 
 
-def _in_chunks(engine: Engine, table, column, ids: Sequence[str], *where,
-               on_unreadable: queries.OnUnreadable | None = None) -> pd.DataFrame:
+def _in_chunks(engine: Engine, table: Table, column: ColumnElement[Any], ids: Sequence[str],
+               *where: ColumnElement[bool], on_unreadable: queries.OnUnreadable | None = None) -> pd.DataFrame:
     frames = [queries.read(engine, select(table).where(column.in_(list(ids[i:i + 900])), *where), on_unreadable)
               for i in range(0, len(ids), 900)]
-    return pd.concat(frames, ignore_index=True) if frames else queries.read(engine, select(table).where(False))
+    return pd.concat(frames, ignore_index=True) if frames else queries.read(engine, select(table).where(false()))
 
 
 def find_events(engine: Engine, start: dt.date, end: dt.date,
@@ -89,7 +90,7 @@ def find_events(engine: Engine, start: dt.date, end: dt.date,
     refs = sorted(set(in_day["service_request_id"]))
     unreadable: set[str] = set()
 
-    def note(row: dict, _cols: list[str]) -> None:
+    def note(row: dict[str, Any], _cols: list[str]) -> None:
         unreadable.add(str(row["service_request_id"]))
 
     if refs:
@@ -104,8 +105,8 @@ def find_events(engine: Engine, start: dt.date, end: dt.date,
                 events.append((str(rid), "assessment", local))
         # an assessment whose instant cannot be read still needs its letter accounted for: it is planned on
         # the interval's first day and quarantined by load_letters (unless an earlier one was already sent)
-        for rid in sorted(unreadable - {e[0] for e in events}):
-            if rid not in first.index or pd.Timestamp(first.at[rid, "contact_at"]).to_pydatetime() >= lo:
+        for rid in sorted(unreadable - {e[0] for e in events}):   # (cast: a cell's stubs union is too wide)
+            if rid not in first.index or pd.Timestamp(cast(Any, first.at[rid, "contact_at"])).to_pydatetime() >= lo:
                 events.append((rid, "assessment", start))
     dis = queries.referrals_discharged(engine, start, end, on_unreadable=lambda row, cols: None)
     wanted = None if only is None else set(only)
@@ -116,7 +117,7 @@ def find_events(engine: Engine, start: dt.date, end: dt.date,
     return sorted(events)
 
 
-def _none(v):
+def _none(v: Any) -> Any:
     if v is None:
         return None
     try:
@@ -127,7 +128,7 @@ def _none(v):
     return v
 
 
-def _date(v) -> str | None:
+def _date(v: Any) -> str | None:
     v = _none(v)
     return None if v is None else pd.Timestamp(v).strftime("%-d %B %Y")
 
@@ -142,7 +143,7 @@ def load_letters(engine: Engine, events: Iterable[tuple[str, str, dt.date]]) -> 
     bad_refs: set[str] = set()
     bad_pats: set[str] = set()
 
-    def ref_note(row: dict, _cols: list[str]) -> None:
+    def ref_note(row: dict[str, Any], _cols: list[str]) -> None:
         bad_refs.add(str(row["service_request_id"]))
 
     refs = _in_chunks(engine, schema.referral, schema.referral.c.service_request_id, ref_ids, on_unreadable=ref_note)
@@ -174,7 +175,7 @@ def load_letters(engine: Engine, events: Iterable[tuple[str, str, dt.date]]) -> 
 
     pat_rows = {r["local_patient_id"]: r for r in _records(pats)}
     ref_rows = {r["service_request_id"]: r for r in _records(refs.reset_index())}
-    prac_rows = {code: {"ods_code": code, **{k: _none(v) for k, v in row.items()}}
+    prac_rows = {code: {"ods_code": code, **{str(k): _none(v) for k, v in row.items()}}
                  for code, row in practices.to_dict("index").items()}
     # per referral as plain rows: the per-letter arithmetic below is a handful of values, where pandas' per-call
     # overhead (a groupby per letter) cost ~10 ms a discharge letter, as much as rendering and sending it
@@ -229,31 +230,31 @@ def _duplicated_elsewhere(engine: Engine, pats: pd.DataFrame) -> set[str]:
     return set(pats.loc[pats["nhs_number"].isin(dup_numbers), "local_patient_id"])
 
 
-def _records(frame: pd.DataFrame) -> list[dict]:
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """``frame.to_dict("records")`` with the same values, built from ``Series.tolist`` (Python scalars, Timestamps
     for datetimes) instead of pandas' per-cell boxing, which cost as much as rendering the letters' text."""
     cols = list(frame.columns)
     return [dict(zip(cols, row, strict=True)) for row in zip(*(frame[c].tolist() for c in cols), strict=True)]
 
 
-def _rows_by_referral(frame: pd.DataFrame) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
+def _rows_by_referral(frame: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
     for row in _records(frame):
         out.setdefault(row["service_request_id"], []).append(row)
     return out
 
 
-def _na(v) -> bool:
+def _na(v: Any) -> bool:
     return v is None or bool(pd.isna(v))
 
 
-def _by_time(rows: list[dict], column: str) -> list[dict]:
+def _by_time(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
     """Rows in time order, missing times last (as pandas sorts), ties in their source order."""
     return sorted(rows, key=lambda r: (True, 0) if _na(r[column]) else (False, pd.Timestamp(r[column])))
 
 
-def _assessment_scores(contacts: list[dict] | None, scores: list[dict] | None) -> dict:
-    out = {"phq9": None, "gad7": None, "wsas": None, "date": None}
+def _assessment_scores(contacts: list[dict[str, Any]] | None, scores: list[dict[str, Any]] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"phq9": None, "gad7": None, "wsas": None, "date": None}
     if not contacts:
         return out
     firsts = [c for c in contacts if c["app_type"] == "01" and c["attend_code"] in ATTENDED]
@@ -267,24 +268,24 @@ def _assessment_scores(contacts: list[dict] | None, scores: list[dict] | None) -
     out["phq9"] = _int(by_tool.get(SNOMED["PHQ9"]))
     out["gad7"] = _int(by_tool.get(SNOMED["GAD7"]))
     wsas = [by_tool.get(c) for c in WSAS_CODES]
-    out["wsas"] = int(sum(wsas)) if all(w is not None for w in wsas) else None
+    out["wsas"] = int(sum(w for w in wsas if w is not None)) if all(w is not None for w in wsas) else None
     return out
 
 
-def _int(v):
+def _int(v: Any) -> int | None:
     v = _none(v)
     return None if v is None else int(v)
 
 
-def _series(scores: list[dict], tool: str) -> list[int]:
+def _series(scores: list[dict[str, Any]], tool: str) -> list[int]:
     lo, hi = SCORE_RANGES[tool]
     return [int(r["score"]) for r in _by_time([r for r in scores if r["tool_code"] == tool], "assessed_at")
             if lo <= r["score"] <= hi]
 
 
-def _wsas_totals(scores: list[dict]) -> list[int]:
+def _wsas_totals(scores: list[dict[str, Any]]) -> list[int]:
     """Each complete WSAS (all five items at one care contact), in time order: the items' sum."""
-    by_contact: dict[str, list[dict]] = {}
+    by_contact: dict[str, list[dict[str, Any]]] = {}
     for r in scores:
         if r["tool_code"] in WSAS_CODES and not _na(r["care_contact_id"]):
             by_contact.setdefault(r["care_contact_id"], []).append(r)
@@ -297,7 +298,8 @@ def _wsas_totals(scores: list[dict]) -> list[int]:
     return [int(c["total"]) for c in _by_time(complete, "at")]
 
 
-def _discharge_outcome(contacts: list[dict] | None, scores: list[dict] | None, end_code) -> dict:
+def _discharge_outcome(contacts: list[dict[str, Any]] | None, scores: list[dict[str, Any]] | None,
+                       end_code: Any) -> dict[str, Any]:
     contacts, scores = contacts or [], scores or []
     attended = sum(c["attend_code"] in ATTENDED for c in contacts)
     missed = sum(c["attend_code"] in MISSED for c in contacts)

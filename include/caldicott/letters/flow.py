@@ -18,8 +18,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 from sqlalchemy import Engine, select
 
@@ -52,7 +53,7 @@ def letter_id(referral_id: str, event: str, recipient_kind: str) -> str:
     return item_id(FLOW, referral_id, event, recipient_kind)
 
 
-def _postcode_ok(pc) -> bool:
+def _postcode_ok(pc: Any) -> bool:
     import re
 
     return bool(pc) and re.fullmatch(POSTCODE_RE, str(pc)) is not None
@@ -72,7 +73,7 @@ def batch_id(run_key: str, route: policy.Route) -> str:
     return f"{run_key}/patient/{route.channel}"
 
 
-def plan(records: Engine, state: Engine, start: dt.date, end: dt.date, run_key: str) -> dict:
+def plan(records: Engine, state: Engine, start: dt.date, end: dt.date, run_key: str) -> dict[str, Any]:
     """Plan ``[start, end)``: quarantine, withhold, hold, record intents; return batches (ids only)."""
     events = find_events(records, start, end)
     letters = load_letters(records, events)
@@ -80,8 +81,8 @@ def plan(records: Engine, state: Engine, start: dt.date, end: dt.date, run_key: 
     intents: list[Intent] = []
     held: dict[str, str] = {}
     withheld: list[str] = []
-    batches: dict[str, dict] = {}
-    counts: Counter = Counter()
+    batches: dict[str, dict[str, Any]] = {}
+    counts: Counter[str] = Counter()
     for letter in letters:
         for problem in letter.problems:
             rtype, rid = letter.problem_record(problem)
@@ -95,6 +96,7 @@ def plan(records: Engine, state: Engine, start: dt.date, end: dt.date, run_key: 
             if d.outcome == "quarantined":
                 counts[f"{d.recipient_kind}_quarantined"] += 1
                 if d.reason:
+                    assert d.record_type is not None and d.record_id is not None   # set with every reason
                     quarantined.append(Quarantined(d.record_type, d.record_id, d.reason, policy.REASONS[d.reason]))
                 continue
             route = d.route
@@ -103,6 +105,7 @@ def plan(records: Engine, state: Engine, start: dt.date, end: dt.date, run_key: 
             intents.append(Intent(lid, FLOW, route.purpose.value, run_key, route.recipient, route.channel, bid))
             if d.outcome == "held":
                 held[lid] = d.reason or "held"
+                assert d.reason is not None and d.record_type is not None and d.record_id is not None   # (held)
                 quarantined.append(Quarantined(d.record_type, d.record_id, d.reason, policy.REASONS[d.reason]))
                 counts[f"{d.recipient_kind}_held"] += 1
                 continue
@@ -198,7 +201,9 @@ def outbound_items(letters: list[LetterData], kind: str, channel: str, batch: st
 
     body = email_body(ch.service)
     due = list(_due(letters, kind, channel, ch, skip))
-    pdfs = render_pdfs(((letter, kind) for letter, _, _ in due), ch.service, count=len(due))
+    # cast: render_pdfs is a generator function (render_pool declares it as an Iterator), closed below
+    pdfs = cast(Generator[tuple[bytes, dt.datetime], None, None],
+                render_pdfs(((letter, kind) for letter, _, _ in due), ch.service, count=len(due)))
     try:
         for (letter, lid, route), (pdf, now) in zip(due, pdfs, strict=False):
             yield _protect(letter, lid, route, pdf, now, kind, channel, batch, ch, body)
@@ -216,6 +221,7 @@ def _protect(letter: LetterData, lid: str, route: policy.Route, pdf: bytes, now:
     if kind == "gp":   # the practice's own country (records source), the GP letter purpose's default when blank
         headers[adequacy.COUNTRY_HEADER] = adequacy.normalise((letter.practice or {}).get("country") or "GB")
     if channel == "smime-email":
+        assert letter.practice is not None   # an smime-email route is the practice's
         payload = messages.smime_email(lid, pdf=pdf, body=body, sender=ch.from_addr, to=route.address,
                                        certificate_pem=letter.practice["certificate_pem"], service=ch.service.name,
                                        filename=filename)
@@ -244,8 +250,8 @@ def _protect(letter: LetterData, lid: str, route: policy.Route, pdf: bytes, now:
 SENDER_FOR = {"smime-email": "smtp", "smime": "smtp", "secure-email": "smtp", "mesh": "mesh", "post": "post"}
 
 
-def send_batch(records: Engine, state: Engine, batch: dict, ch: Channels, start: dt.date, end: dt.date,
-               chunk: int = CHUNK) -> dict:
+def send_batch(records: Engine, state: Engine, batch: dict[str, Any], ch: Channels, start: dt.date, end: dt.date,
+               chunk: int = CHUNK) -> dict[str, Any]:
     """Send one planned batch; returns counts and the ids of letters that failed (XCom-safe).
 
     Letters are rendered lazily while the gateway sends the previous ``chunk`` (see :func:`release`) — for a batch
@@ -275,7 +281,7 @@ def send_batch(records: Engine, state: Engine, batch: dict, ch: Channels, start:
             "refused_ids": sorted(report.refused)}
 
 
-def sent_by_run(state: Engine, batches: list[dict], since: dt.datetime) -> dict:
+def sent_by_run(state: Engine, batches: list[dict[str, Any]], since: dt.datetime) -> dict[str, Any]:
     """``sent`` / ``already_sent`` for a run's planned ``batches``, from the ledger: a letter the ledger shows delivered
     (sent, acked, ...) with ``sent_at`` at or after ``since`` (the run's start) went out in this run, on whichever try
     of its ``send_batch``; one delivered before was already sent. A retried batch's own XCom counts only its last
@@ -297,7 +303,7 @@ def sent_by_run(state: Engine, batches: list[dict], since: dt.datetime) -> dict:
     return {"sent": sent, "already_sent": already}
 
 
-def record_acks(state: Engine, acks: list[tuple[str, bytes]]) -> dict:
+def record_acks(state: Engine, acks: list[tuple[str, bytes]]) -> dict[str, Any]:
     """Store parsed ITK3 acks against their letters; mark letters with a positive business ack acked."""
     if not acks:
         return {"acks_read": 0, "acked": 0, "negative": 0, "unmatched": 0}
@@ -325,7 +331,7 @@ def record_acks(state: Engine, acks: list[tuple[str, bytes]]) -> dict:
     return {"acks_read": len(acks), "acked": acked, "negative": negative, "unmatched": unmatched}
 
 
-def record_non_delivery(state: Engine, reports: Iterable[Report]) -> dict:
+def record_non_delivery(state: Engine, reports: Iterable[Report]) -> dict[str, Any]:
     """MESH non-delivery reports about GP letters: each letter found becomes ``undeliverable`` (not resent).
 
     A report names the undelivered message by its MESH id (the ledger's ``transport_ref``) and carries the
@@ -368,7 +374,7 @@ def overdue(state: Engine, after: dt.timedelta, now: dt.datetime | None = None) 
     return sorted(ids + already)
 
 
-def ack_summary(state: Engine) -> dict:
+def ack_summary(state: Engine) -> dict[str, int]:
     """Counts of acks by kind and sign (for the report)."""
     with state.connect() as conn:
         rows = conn.execute(select(letter_ack.c.kind, letter_ack.c.positive)).all()

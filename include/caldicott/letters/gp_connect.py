@@ -43,6 +43,7 @@ import json
 import unicodedata
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 #: MESH workflow ids of Send Document v2 and its acknowledgements (GPCM-SD-057/058; v1's GPFED_CONSULT_REPORT
 #: was replaced in 2.0.0).
@@ -137,7 +138,7 @@ def _instant(at: dt.datetime) -> str:
     return at.isoformat(timespec="seconds")
 
 
-def _birth_date(value) -> str | None:
+def _birth_date(value: Any) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, dt.datetime):
@@ -147,11 +148,11 @@ def _birth_date(value) -> str | None:
     return dt.date.fromisoformat(str(value)[:10]).isoformat()
 
 
-def patient_name(patient: dict) -> str:
+def patient_name(patient: dict[str, Any]) -> str:
     return " ".join(str(p) for p in (patient.get("given_name"), patient.get("family_name")) if p)
 
 
-def summary_text(document: Document, patient: dict, sender: SendingOrganisation) -> str:
+def summary_text(document: Document, patient: dict[str, Any], sender: SendingOrganisation) -> str:
     """Composition.text / the MESH subject: ``[document-title] for [patient-name], NHS Number: [nhs-number], seen
     at [location-name], [ods-code], Version: [version-number]`` (Send Document v2, Composition.text; GPCM-SD-061/
     064). The patient was seen by this service, so the location is the service and its ODS code."""
@@ -159,21 +160,21 @@ def summary_text(document: Document, patient: dict, sender: SendingOrganisation)
             f"seen at {sender.name}, {sender.ods_code}, Version: {document.version}")
 
 
-def _name(patient: dict) -> dict:
+def _name(patient: dict[str, Any]) -> dict[str, Any]:
     given = [str(patient["given_name"])] if patient.get("given_name") else []
-    name: dict = {"use": "official", "family": str(patient.get("family_name") or "")}
+    name: dict[str, Any] = {"use": "official", "family": str(patient.get("family_name") or "")}
     if given:
         name["given"] = given
     return name
 
 
-def _drop_empty(value):
+def _drop_empty(value: Any) -> Any:
     """FHIR JSON carries no nulls, empty strings, empty lists or empty objects.
 
     Scalars are not recursed into and emptiness is tested by type (the same values as ``v in (None, "", [], {})``):
     this walk over every letter's bundle was a third of building it."""
     if isinstance(value, dict):
-        out = {}
+        out: dict[Any, Any] = {}
         for k, v in value.items():
             if isinstance(v, (dict, list)):
                 v = _drop_empty(v)
@@ -181,7 +182,7 @@ def _drop_empty(value):
                 out[k] = v
         return out
     if isinstance(value, list):
-        kept = []
+        kept: list[Any] = []
         for v in value:
             if isinstance(v, (dict, list)):
                 v = _drop_empty(v)
@@ -191,12 +192,12 @@ def _drop_empty(value):
     return value
 
 
-def _empty(v) -> bool:
+def _empty(v: Any) -> bool:
     return v is None or (isinstance(v, (str, list, dict)) and not v)
 
 
-def build_bundle(item_id: str, *, document: Document, patient: dict, sender: SendingOrganisation, author: Author,
-                 generated_at: dt.datetime, care_setting: tuple[str, str] | None = None) -> bytes:
+def build_bundle(item_id: str, *, document: Document, patient: dict[str, Any], sender: SendingOrganisation,
+                 author: Author, generated_at: dt.datetime, care_setting: tuple[str, str] | None = None) -> bytes:
     """The Send Document message for one letter, as UTF-8 JSON bytes.
 
     ``generated_at`` (timezone-aware) is when this message is generated: the MessageHeader timestamp (GPCM-SD-048)
@@ -305,7 +306,7 @@ def _ascii_surname(family: str) -> str:
     return "".join(c for c in _header_safe(folded) if c not in " _")
 
 
-def mesh_address(patient: dict) -> str:
+def mesh_address(patient: dict[str, Any]) -> str:
     """``Mex-To`` for MESH registered-practice routing: ``GPPROVIDER_<NHS number>_<birth date>_<surname>``
     (GPCM-SD-056/060/063; MESH guidance "Endpoint lookup service and WorkflowIDs"). Empty when the patient lacks
     any of the three (the send then fails, naming the letter id only)."""
@@ -315,7 +316,7 @@ def mesh_address(patient: dict) -> str:
     return f"GPPROVIDER_{nhs}_{dt.date.fromisoformat(birth).strftime(MESH_DOB_FORMAT)}_{_ascii_surname(str(family))}"
 
 
-def mesh_subject(document: Document, patient: dict, sender: SendingOrganisation) -> str:
+def mesh_subject(document: Document, patient: dict[str, Any], sender: SendingOrganisation) -> str:
     """``Mex-Subject`` (GPCM-SD-061/064): the same text as Composition.text, without control characters. Text that is
     not plain ASCII is sent as an RFC 2047 encoded-word (HTTP header values are ASCII)."""
     text = _header_safe(summary_text(document, patient, sender))
@@ -326,7 +327,8 @@ def mesh_subject(document: Document, patient: dict, sender: SendingOrganisation)
     return Header(text, "utf-8").encode(maxlinelen=100_000)
 
 
-def mesh_headers(document: Document, patient: dict, sender: SendingOrganisation, item_id: str) -> dict[str, str]:
+def mesh_headers(document: Document, patient: dict[str, Any], sender: SendingOrganisation,
+                 item_id: str) -> dict[str, str]:
     """The MESH send headers for one letter (read by :class:`caldicott.transport.mesh.MeshSender`).
 
     ``Mex-WorkflowID`` ``GPCONNECT_SEND_DOCUMENT`` (GPCM-SD-057); ``Mex-LocalID`` = the sending organisation's ODS
@@ -340,7 +342,7 @@ def mesh_headers(document: Document, patient: dict, sender: SendingOrganisation,
 
 # ---- reading bundles and acknowledgements ---------------------------------------------------------------------------
 
-def resources(bundle: dict, kind: str) -> list[dict]:
+def resources(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     """Resources of one type in a message bundle, looking inside the document bundle it carries."""
     out = []
     for e in bundle.get("entry", []):

@@ -30,7 +30,7 @@ def caseness(phq9: int | None, gad7: int | None) -> bool | None:
     return phq9 >= PHQ9_CASENESS or gad7 >= GAD7_CASENESS
 
 
-def recovered(phq_first, gad_first, phq_last, gad_last) -> bool | None:
+def recovered(phq_first: int | None, gad_first: int | None, phq_last: int | None, gad_last: int | None) -> bool | None:
     """None when not applicable (not at caseness at the start) or not measurable (missing pairs)."""
     start = caseness(phq_first, gad_first)
     end = caseness(phq_last, gad_last)
@@ -39,8 +39,9 @@ def recovered(phq_first, gad_first, phq_last, gad_last) -> bool | None:
     return not end
 
 
-def reliably_improved(phq_first, gad_first, phq_last, gad_last) -> bool | None:
-    if None in (phq_first, gad_first, phq_last, gad_last):
+def reliably_improved(phq_first: int | None, gad_first: int | None, phq_last: int | None,
+                      gad_last: int | None) -> bool | None:
+    if phq_first is None or gad_first is None or phq_last is None or gad_last is None:
         return None
     d_phq, d_gad = phq_last - phq_first, gad_last - gad_first
     down = d_phq <= -PHQ9_RELIABLE or d_gad <= -GAD7_RELIABLE
@@ -48,7 +49,7 @@ def reliably_improved(phq_first, gad_first, phq_last, gad_last) -> bool | None:
     return down and not up
 
 
-def recovery_text(phq_first, gad_first, phq_last, gad_last) -> str:
+def recovery_text(phq_first: int | None, gad_first: int | None, phq_last: int | None, gad_last: int | None) -> str:
     if None in (phq_first, gad_first, phq_last, gad_last):
         return "not measurable (fewer than two paired PHQ-9 and GAD-7 scores)"
     if not caseness(phq_first, gad_first):
@@ -56,7 +57,7 @@ def recovery_text(phq_first, gad_first, phq_last, gad_last) -> str:
     return "yes: moved to recovery" if recovered(phq_first, gad_first, phq_last, gad_last) else "no"
 
 
-def reliable_text(phq_first, gad_first, phq_last, gad_last) -> str:
+def reliable_text(phq_first: int | None, gad_first: int | None, phq_last: int | None, gad_last: int | None) -> str:
     r = reliably_improved(phq_first, gad_first, phq_last, gad_last)
     if r is None:
         return "not measurable (fewer than two paired PHQ-9 and GAD-7 scores)"

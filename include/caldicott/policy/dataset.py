@@ -19,7 +19,9 @@ Every run writes :func:`statement` (rule → output → counts) beside its outpu
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -94,11 +96,13 @@ def _remove_referrals(ds: Dataset, referral_ids: pd.Index, patient_ids: pd.Index
             counts[name] = counts.get(name, 0) + int(gone.sum())
             ds.keep(name, ~gone)
 
-    def col_in(name: str, col: str, values) -> np.ndarray:
+    def col_in(name: str, col: str, values: Iterable[Any]) -> np.ndarray:
         if name not in t or col not in t[name].columns or not len(t[name]):
             return np.zeros(len(t.get(name, ())), bool)
         return t[name][col].astype(object).isin(list(values)).to_numpy(dtype=bool).copy()
 
+    contacts: pd.Series | list[Any]
+    acts: pd.Series | list[Any]
     contacts = t["IDS201CareContact"]["CareContactId"][col_in("IDS201CareContact", "ServiceRequestId",
                                                               referral_ids)] if "IDS201CareContact" in t else []
     acts = t["IDS202CareActivity"]["CareActId"][col_in("IDS202CareActivity", "CareContactId", contacts)] \
@@ -116,7 +120,7 @@ def _remove_referrals(ds: Dataset, referral_ids: pd.Index, patient_ids: pd.Index
     return counts
 
 
-def apply_pre2020(ds: Dataset, patients: pd.DataFrame, mode: Pre2020Rule | str) -> dict:
+def apply_pre2020(ds: Dataset, patients: pd.DataFrame, mode: Pre2020Rule | str) -> dict[str, Any]:
     """Remove, in place, what the pre-2020 objection rule excludes; return counts (no ids).
 
     The counts are of what this rule removed, and only that: the objectors' referrals (all, or those received
@@ -166,7 +170,7 @@ def planning_extract(ds: Dataset, *, org_provider: str) -> pd.DataFrame:
 
 
 def apply_ndop(extract: pd.DataFrame, opted_out: set[str],
-               checked: set[str] | None = None) -> tuple[pd.DataFrame, dict]:
+               checked: set[str] | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
     """Drop opted-out patients (and those whose status is unknown) from the planning extract."""
     from caldicott.policy.ndop import filter_opted_out
 
@@ -183,8 +187,8 @@ def apply_ndop(extract: pd.DataFrame, opted_out: set[str],
     return kept.drop(columns=["_nhs"]).reset_index(drop=True), counts
 
 
-def statement(period_key: str, *, mandated_counts: dict, pre2020: dict, ndop_in_mandated: int | None,
-              planning: dict | None, ndop_source: str) -> dict:
+def statement(period_key: str, *, mandated_counts: dict[str, Any], pre2020: dict[str, Any],
+              ndop_in_mandated: int | None, planning: dict[str, Any] | None, ndop_source: str) -> dict[str, Any]:
     """The opt-out statement for a run: which rule applied to which output, with counts (no patient data).
 
     ``ndop_in_mandated`` is None until NHS England's opt-out check has answered (shown as pending, never as a number).

@@ -31,10 +31,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, Table, delete
 
 from caldicott.crypto.keys import cached_identity
 from caldicott.db import make_engine
@@ -247,7 +249,7 @@ class SynthResult:
     seed: int = 0
     patients: int = 0
 
-    def manifest(self) -> dict:
+    def manifest(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
             "patients": self.patients,
@@ -293,7 +295,7 @@ def generate(
         "name": [f"Synthetic Practice {i + 1}" for i in range(n_prac)],
         "email": [f"practice.{c.lower()}@nhs.example" for c in prac_codes],
         "channel": channel,
-        "mesh_mailbox": np.where(channel == "mesh", "X26ABC2", None),
+        "mesh_mailbox": _where(channel == "mesh", "X26ABC2", None),
         "certificate_pem": None,
         "country": "GB",
     })
@@ -339,7 +341,7 @@ def generate(
     practice = rng.choice(prac_codes, patients)
     consent = rng.random(patients) >= 0.07
     copy_channel = rng.choice(np.array(["email", "post"]), patients, p=[0.72, 0.28]).astype(object)
-    email = np.where(copy_channel == "email",
+    email = _where(copy_channel == "email",
                      np.char.add(np.char.add("patient.", np.char.lower(ids)), "@patients.example"), None)
     pat = pd.DataFrame({
         "local_patient_id": ids, "nhs_number": nhs, "given_name": given, "family_name": family,
@@ -365,7 +367,7 @@ def generate(
     received = _dates(start, received_off)
     src = rng.choice(np.array([SOURCE_SELF, SOURCE_GP, SOURCE_PROVIDER]), n_ref, p=[0.6, 0.3, 0.1])
     referrer = np.where(src == SOURCE_GP, practice[ref_pat_idx],
-                        np.where(src == SOURCE_PROVIDER, rng.choice(prov_codes, n_ref), None))
+                        _where(src == SOURCE_PROVIDER, rng.choice(prov_codes, n_ref), None))
     problem_idx = rng.choice(len(PROBLEMS), n_ref, p=PROBLEM_P / PROBLEM_P.sum())
     ref_ids = np.char.add("R", np.char.zfill(np.arange(1, n_ref + 1).astype(str), 8))
 
@@ -392,10 +394,10 @@ def generate(
         "received_date": received,
         "presenting_problem": [PROBLEMS[i][0] for i in problem_idx],
         "presenting_problem_code": [PROBLEMS[i][1] for i in problem_idx],
-        "assessment_plan": np.where(assessed, rng.choice(np.array(PLANS), n_ref), None),
-        "discharge_date": np.where(discharged, _dates(start, disch_off).astype(object), None),
-        "end_code": np.where(discharged, end_code, None),
-        "discharge_recommendations": np.where(discharged & assessed, rng.choice(np.array(RECOMMENDATIONS), n_ref),
+        "assessment_plan": _where(assessed, rng.choice(np.array(PLANS), n_ref), None),
+        "discharge_date": _where(discharged, _dates(start, disch_off).astype(object), None),
+        "end_code": _where(discharged, end_code, None),
+        "discharge_recommendations": _where(discharged & assessed, rng.choice(np.array(RECOMMENDATIONS), n_ref),
                                               None),
     })
 
@@ -423,7 +425,7 @@ def generate(
         "app_type": np.where(c_seq == 0, "01", "02"),
         "attend_code": attend,
         "cons_mechanism": (mech := rng.choice(np.array(["01", "02", "04", "06"]), n_c, p=[0.3, 0.45, 0.2, 0.05])),
-        "therapy_type": np.where(c_seq == 0, None, rng.choice(np.array(["01", "02", "05", "10"]), n_c)),
+        "therapy_type": _where(c_seq == 0, None, rng.choice(np.array(["01", "02", "05", "10"]), n_c)),
         "clinician_id": (clinician := np.char.add("CL", rng.integers(100, 160, n_c).astype(str))),
         "clinical_summary": rng.choice(np.array(SUMMARIES), n_c),
     })
@@ -512,7 +514,8 @@ def generate(
     return SynthResult(frames=frames, bad={k: sorted(v) for k, v in bad.items()}, seed=seed, patients=patients)
 
 
-def _inject_faults(rng, n_bad, pat, ref, cc, ca, bad) -> None:
+def _inject_faults(rng: np.random.Generator, n_bad: int, pat: pd.DataFrame, ref: pd.DataFrame, cc: pd.DataFrame,
+                   ca: pd.DataFrame, bad: dict[str, list[str]]) -> None:
     """Spoil a few records of each kind, recording their ids (the ids are opaque, never patient data)."""
     # disjoint patients for patient-level faults, so a test can name the reason for each
     pool = rng.permutation(len(pat))
@@ -606,7 +609,14 @@ def _utc(start: dt.date, days: np.ndarray, minutes: np.ndarray) -> pd.DatetimeIn
 def _between(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """A day in ``lo..hi`` inclusive (``hi`` raised to ``lo`` where it is below)."""
     hi = np.maximum(hi, lo)
-    return lo + (rng.random(len(lo)) * (hi - lo + 1)).astype(int)
+    out: np.ndarray = lo + (rng.random(len(lo)) * (hi - lo + 1)).astype(int)
+    return out
+
+
+def _where(cond: Any, yes: Any, no: Any) -> np.ndarray:
+    """``np.where``, for choices that may be None (an object array): numpy's stubs leave None out of ArrayLike."""
+    out: np.ndarray = np.where(cond, yes, no)
+    return out
 
 
 def _cat(values: np.ndarray, categories: np.ndarray, keep: np.ndarray | None = None) -> pd.Categorical:
@@ -617,7 +627,8 @@ def _cat(values: np.ndarray, categories: np.ndarray, keep: np.ndarray | None = N
     ok = cats[codes] == values
     if keep is not None:
         ok &= keep
-    return pd.Categorical.from_codes(np.where(ok, codes, -1), categories=cats)
+    cat_codes: npt.NDArray[np.intp] = np.where(ok, codes, -1)
+    return pd.Categorical.from_codes(cat_codes, categories=pd.Index(cats))
 
 
 def _masked_int(values: np.ndarray, keep: np.ndarray) -> pd.arrays.IntegerArray:
@@ -654,15 +665,15 @@ def _receiving_providers(patients: int, keys_dir: Path | None) -> pd.DataFrame:
         "kind": "provider",
         "country": country,
         "channel": chan,
-        "mesh_mailbox": np.where(mesh, np.char.add("X26R", np.char.zfill(np.arange(1, n + 1).astype(str), 3)),
+        "mesh_mailbox": _where(mesh, np.char.add("X26R", np.char.zfill(np.arange(1, n + 1).astype(str), 3)),
                                  None),
-        "mesh_workflow": np.where(mesh, PROVIDER_MESH_WORKFLOW, None),
-        "email": np.where(mail, np.char.add(np.char.add("transfers.", low),
+        "mesh_workflow": _where(mesh, PROVIDER_MESH_WORKFLOW, None),
+        "email": _where(mail, np.char.add(np.char.add("transfers.", low),
                                             np.where(country == "US", "@provider-us.example", "@nhs.example")),
                           None),
         "certificate_pem": certs,
-        "connection_id": np.where(sftp, np.char.add("caldicott_provider_", low), None),
-        "remote_path": np.where(sftp, np.char.add("/inbound/transfers/", low), None),
+        "connection_id": _where(sftp, np.char.add("caldicott_provider_", low), None),
+        "remote_path": _where(sftp, np.char.add("/inbound/transfers/", low), None),
     })
 
 
@@ -691,8 +702,8 @@ def _care_personnel(rng: np.random.Generator, clinician_ids: np.ndarray, end: dt
         "qualification_id": _ids("Q", len(q_pers), 6),
         "care_pers_local_id": ids[q_pers],
         "level": q_level,
-        "awarded_date": np.where(trainee, None, _dates(end, awarded_off).astype(object)),
-        "planned_completion_date": np.where(trainee, _dates(end, planned_off).astype(object), None),
+        "awarded_date": _where(trainee, None, _dates(end, awarded_off).astype(object)),
+        "planned_completion_date": _where(trainee, _dates(end, planned_off).astype(object), None),
     })
     return people, quals
 
@@ -790,17 +801,17 @@ def _v21_facts(rng: np.random.Generator, core: _Core, pat: pd.DataFrame, ref: pd
         "local_patient_id": pids[c.ref_pat_idx[er]],
         "employment_status": status,
         "recorded_date": _dates(start, seen),
-        "weekly_hours": np.where(employed, rng.choice(WEEK_HOURS, m, p=[0.55, 0.25, 0.12, 0.08]), None),
-        "self_employed": np.where(employed, np.where(rng.random(m) < 0.12, "Y", "N"), None),
-        "sickness_absence": np.where(employed, np.where(sick, "Y", "N"), None),
-        "statutory_sick_pay": np.where(employed, np.where(sick & (rng.random(m) < 0.6), "Y", "N"), None),
+        "weekly_hours": _where(employed, rng.choice(WEEK_HOURS, m, p=[0.55, 0.25, 0.12, 0.08]), None),
+        "self_employed": _where(employed, np.where(rng.random(m) < 0.12, "Y", "N"), None),
+        "sickness_absence": _where(employed, np.where(sick, "Y", "N"), None),
+        "statutory_sick_pay": _where(employed, np.where(sick & (rng.random(m) < 0.6), "Y", "N"), None),
         "benefit_receipt": benefit,
         "esa": _ind(np.where(status == "04", 0.6, 0.15)),
         "universal_credit": _ind(0.6),
         "pip": _ind(np.where(status == "04", 0.5, 0.12)),
         "employment_support": support,
-        "employment_support_referral_date": np.where(sup_y, _dates(start, sup_ref).astype(object), None),
-        "employment_support_discharge_date": np.where(sup_y & (sup_dis <= life_end[er]),
+        "employment_support_referral_date": _where(sup_y, _dates(start, sup_ref).astype(object), None),
+        "employment_support_discharge_date": _where(sup_y & (sup_dis <= life_end[er]),
                                                       _dates(start, sup_dis).astype(object), None),
     })
 
@@ -880,9 +891,9 @@ def _v21_facts(rng: np.random.Generator, core: _Core, pat: pd.DataFrame, ref: pd
     prev_cond = np.where(diagnosed_before[c.ref_pat_idx], "Y", "N").astype(object)
     prev_cond[rng.random(n_ref) < 0.04] = "U"
     prev_cond[rng.random(n_ref) < 0.02] = "Z"
-    ref["presenting_problem_significance"] = np.where(ref["presenting_problem_code"].notna(),
+    ref["presenting_problem_significance"] = _where(ref["presenting_problem_code"].notna(),
                                                       np.where(rng.random(n_ref) < 0.95, "1", "2"), None)
-    ref["onset_month"] = np.where(rng.random(n_ref) < 0.85, onset, None)
+    ref["onset_month"] = _where(rng.random(n_ref) < 0.85, onset, None)
     ref["previous_diagnosed_condition"] = prev_cond
     ref["risk_summary"] = None
 
@@ -982,7 +993,7 @@ def _v21_facts(rng: np.random.Generator, core: _Core, pat: pd.DataFrame, ref: pd
         "log_id": _ids("ITL", len(l_ref), 8),
         "service_request_id": c.ref_ids[l_ref],
         "start_date": _dates(start, l_start),
-        "end_date": np.where(still_open, None, _dates(start, l_end).astype(object)),
+        "end_date": _where(still_open, None, _dates(start, l_end).astype(object)),
         "programme": prog[l_ref],
         "duration_minutes": rng.choice(np.array([10, 15, 20, 30, 45, 60]), len(l_ref)),
         "care_pers_local_id": last_clin[l_ref],
@@ -1217,13 +1228,15 @@ def write(result: SynthResult, engine: Engine, *, manifest_path: Path | None = N
         manifest_path.write_text(json.dumps(result.manifest(), indent=1, sort_keys=True))
 
 
-def _column_values(df: pd.DataFrame, table) -> list[list]:
-    cols = []
+def _column_values(df: pd.DataFrame, table: Table) -> list[list[Any]]:
+    cols: list[list[Any]] = []
     for col in table.columns:
         # a bulk load bypasses SQLAlchemy's defaults: a column the frame does not carry gets its scalar default
-        default = col.default.arg if col.default is not None and col.default.is_scalar else None
+        # (cast: a scalar default is a ScalarElementColumnDefault, which has .arg; sqlalchemy does not export it)
+        default = cast(Any, col.default).arg if col.default is not None and col.default.is_scalar else None
         s = df[col.name] if col.name in df else pd.Series([default] * len(df))
         type_name = type(col.type).__name__
+        vals: pd.Series
         if type_name == "DateTime":
             vals = pd.to_datetime(s).dt.strftime("%Y-%m-%d %H:%M:%S.%f")
         elif type_name == "Date":
@@ -1239,7 +1252,7 @@ def _column_values(df: pd.DataFrame, table) -> list[list]:
     return cols
 
 
-def _copy_frame(dialect: str, cur, name: str, df: pd.DataFrame) -> None:
+def _copy_frame(dialect: str, cur: Any, name: str, df: pd.DataFrame) -> None:   # cur: a DB-API cursor
     table = schema.metadata.tables[name]
     cols = _column_values(df, table)
     rows = list(zip(*cols, strict=True)) if cols else []

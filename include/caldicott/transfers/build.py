@@ -13,12 +13,12 @@ a transfer report and a discharge letter about the same referral say the same.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import ColumnElement, Engine, Table, select
 
 from caldicott.letters import build as letters_build
 from caldicott.policy import transfers as policy
@@ -68,22 +68,23 @@ def find_transfers(engine: Engine, start: dt.date, end: dt.date) -> list[tuple[s
     return sorted(out)
 
 
-def _na(v) -> bool:
+def _na(v: Any) -> bool:
     try:
         return v is None or bool(pd.isna(v))
     except (TypeError, ValueError):
         return False
 
 
-def _clean(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if _na(v) else v) for k, v in row.items()}
+def _clean(row: Mapping[Hashable, Any]) -> Row:
+    return {str(k): (None if _na(v) else v) for k, v in row.items()}   # keys: SQL column names (already str)
 
 
 def _by(frame: pd.DataFrame, key: str) -> dict[str, dict[str, Any]]:
     return {str(r[key]): _clean(r) for r in frame.to_dict("records")}
 
 
-def _rows_in(engine: Engine, table, column, ids: Sequence[str], note) -> pd.DataFrame:
+def _rows_in(engine: Engine, table: Table, column: ColumnElement[Any], ids: Sequence[str],
+             note: queries.OnUnreadable) -> pd.DataFrame:
     return letters_build._in_chunks(engine, table, column, list(ids), on_unreadable=note)
 
 
@@ -100,7 +101,7 @@ def load_transfers(engine: Engine, keys: Iterable[tuple[str, str, dt.date]]) -> 
     ref_ids = sorted({k[1] for k in keys})
     bad_refs: set[str] = set()
 
-    def ref_note(row: dict[str, Any], _cols) -> None:
+    def ref_note(row: dict[str, Any], _cols: list[str]) -> None:
         bad_refs.add(str(row["service_request_id"]))
 
     refs = _by(_rows_in(engine, schema.referral, schema.referral.c.service_request_id, ref_ids, ref_note),

@@ -84,7 +84,7 @@ def decide(data: TransferData, allowed: frozenset[str]) -> list[Planned]:
     gp = letters_policy.gp_decision(patient, data.practice, patient_ok=True)
     pat = letters_policy.patient_decision(patient, patient_ok=True, postcode_ok=_postcode_ok(patient.get("postcode")))
     for kind, d in (("gp", gp), ("patient", pat)):
-        rec = (d.record_type, d.record_id) if d.record_type else None
+        rec = (d.record_type, d.record_id) if d.record_type and d.record_id is not None else None
         if d.outcome in ("withheld", "quarantined"):
             out.append(Planned(kind, d.outcome, reason=d.reason, record=rec))
         elif not receiver_goes:
@@ -118,7 +118,7 @@ def plan(records: Engine, state: Engine, start: dt.date, end: dt.date, run_key: 
     waiting: list[str] = []
     not_adequate: list[str] = []
     batches: dict[str, dict[str, Any]] = {}
-    counts: Counter = Counter()
+    counts: Counter[str] = Counter()
     for data in reports:
         for p in decide(data, allowed):
             rid = report_id(data.onward_id, p.kind)
@@ -216,9 +216,10 @@ def outbound_items(reports: list[TransferData], kind: str, channel: str, batch: 
         headers: dict[str, str] = {"batch": batch.replace("/", "_"), "filename": ATTACHMENT}
         facts: dict[str, bool] = {}
         address = ""
+        route: policy.ReceiverRoute | letters_policy.Route | None   # the receiver's, or a letter route
         if kind == "receiver":
             route = policy.receiver_decision(data.receiver, contact_ok=True).route
-            assert route is not None
+            assert route is not None and data.receiver is not None
             facts["transfer_fields_applied"] = True
             headers[adequacy.COUNTRY_HEADER] = route.country
             address, protection = route.address, route.protection
@@ -249,6 +250,7 @@ def outbound_items(reports: list[TransferData], kind: str, channel: str, batch: 
             if kind == "gp":
                 headers[adequacy.COUNTRY_HEADER] = adequacy.normalise((data.practice or {}).get("country") or "GB")
             if channel == "smime-email":
+                assert data.practice is not None   # an smime-email GP route is the practice's
                 payload = messages.smime_email(rid, pdf=pdf, body=body, sender=ch.from_addr, to=address,
                                                certificate_pem=data.practice["certificate_pem"],
                                                service=ch.service.name, filename=ATTACHMENT)
