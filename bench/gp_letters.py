@@ -114,6 +114,18 @@ def _children_cpu() -> float:
     return total
 
 
+def _pid_cpu(pid: int | None) -> float:
+    """CPU seconds of process ``pid`` and its reaped children (0 when it is gone or unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _clock() -> tuple[float, float, float]:
     """(wall, own CPU, children's CPU) now."""
     return time.perf_counter(), time.process_time(), _children_cpu()
@@ -310,22 +322,33 @@ def main() -> None:
                     state = str(Path(d) / f"state-{pair}-{rnd}.db")
                     before = {c: _delivered(c, smtp, printer) for c in wanted}
                     loads.append(os.getloadavg()[0])
+                    mesh_pid = mesh.proc.pid if mesh.proc is not None else None
+                    peers_before = (time.process_time(), _pid_cpu(mesh_pid))
                     cmd = [sys.executable, "-m", "bench.gp_letters", "--child", pair, "--channels", *wanted,
                            "--settings", json.dumps({**settings, "round": rnd})]
                     if args.py_spy:
-                        cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses", "--threads",
+                        spy = os.environ.get("PY_SPY") or str(Path(sys.executable).with_name("py-spy"))
+                        cmd = [spy, "record", "--subprocesses", "--threads",
                                "--format", "raw", "--rate", "200", "-o", f"{args.py_spy}.{pair}.txt", "--", *cmd]
                     out = subprocess.run(
                         cmd,
                         capture_output=True, text=True, env=_env([smtp, mesh, printer], source[pair], state,
                                                                  args.render_processes))
                     loads.append(os.getloadavg()[0])
+                    # the peers' CPU over the child's run (its start-up too): SMTP and SFTP servers in this process,
+                    # mesh-sandbox in its own (with the untimed inbox emptying); not in the child's figures
+                    peers_cpu = {"here": time.process_time() - peers_before[0],
+                                 "mesh": _pid_cpu(mesh_pid) - peers_before[1]}
                     if out.returncode:
                         sys.stderr.write(out.stderr[-4000:])
                         raise SystemExit(f"child {pair} failed ({out.returncode})")
                     result = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
                     plans.append({"pair": pair, **result["plan"], "letters": result["letters_planned"]})
+                    local = [c for c in result["channels"] if c != "mesh"]   # served by this process
+                    local_sent = sum(result["channels"][c]["sent"] for c in local) or 1
                     for channel, row in result["channels"].items():
+                        peer = peers_cpu["mesh"] if channel == "mesh" else peers_cpu["here"] * row["sent"] / local_sent
+                        row["peer_cpu_ms_per_letter"] = 1000 * peer / row["sent"] if row["sent"] else 0.0
                         got = _delivered(channel, smtp, printer)
                         row.setdefault("delivered", None if got is None else got - before[channel])
                         runs[channel].append(row)

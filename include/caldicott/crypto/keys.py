@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import os
 import secrets
 from dataclasses import dataclass
@@ -114,20 +115,33 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def load_certificate(pem: str | bytes | None, *, at: dt.datetime | None = None) -> x509.Certificate:
-    """Parse a PEM certificate and check it can be encrypted to now; raise CertificateError if not."""
+    """Parse a PEM certificate and check it can be encrypted to now; raise CertificateError if not.
+
+    The parsing and the key check are done once per certificate (:func:`_parsed`: a practice's certificate
+    encrypts every letter of its batch, the print house's every posted copy); the validity period is checked on
+    every call, against ``at`` or now."""
     if not pem:
         raise CertificateError("no certificate on record")
-    data = pem.encode() if isinstance(pem, str) else pem
-    try:
-        cert = x509.load_pem_x509_certificate(data)
-    except ValueError as exc:
-        raise CertificateError("certificate is not valid PEM") from exc
+    cert, error = _parsed(pem.encode() if isinstance(pem, str) else bytes(pem))
+    if error is not None:
+        raise CertificateError(error)
+    assert cert is not None
     now = at or dt.datetime.now(dt.UTC)
     if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
         raise CertificateError("certificate is outside its validity period")
-    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
-        raise CertificateError("certificate key is not RSA (S/MIME envelopes need RSA recipients)")
     return cert
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(data: bytes) -> tuple[x509.Certificate | None, str | None]:
+    """``(certificate, None)``, or ``(None, why it cannot be used)``: what does not change with time, per PEM."""
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        return None, "certificate is not valid PEM"
+    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
+        return None, "certificate key is not RSA (S/MIME envelopes need RSA recipients)"
+    return cert, None
 
 
 def load_private_key(pem: str | bytes, password: bytes | None = None) -> rsa.RSAPrivateKey:

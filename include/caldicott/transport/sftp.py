@@ -35,6 +35,8 @@ from caldicott.transport.base import Outbound, TransportError
 PART_SUFFIX = ".part"
 DEFAULT_FILE_MODE = 0o640
 CHUNK = 256 * 1024
+#: files larger than this are read back with paramiko's prefetch (its largest single read request, 32 KiB)
+PREFETCH_ABOVE = 32 * 1024
 
 
 class HostKeyError(TransportError):
@@ -189,11 +191,11 @@ class SftpSender:
                 view = memoryview(item.payload)
                 for start in range(0, len(view), CHUNK):
                     fh.write(view[start:start + CHUNK])
-            size = sftp.stat(part).st_size
-            if size != len(item.payload):
+            attrs = sftp.stat(part)   # one stat: the size check and the read-back below both use it
+            if attrs.st_size != len(item.payload):
                 self._discard(sftp, part)
                 raise TransportError(f"{self.peer}: uploaded size differs from the file's; discarded")
-            if self._remote_sha256(sftp, part, size) != item.checksum:
+            if self._sha256_of(sftp, part, attrs) != item.checksum:
                 self._discard(sftp, part)
                 raise TransportError(f"{self.peer}: uploaded checksum differs from the file's; discarded")
             self._rename(sftp, part, final)
@@ -238,12 +240,30 @@ class SftpSender:
             raise TransportError(f"remote path for this file is not a regular file ({path})", retryable=False)
         if expected_size is not None and st.st_size != expected_size:
             return None
+        return SftpSender._sha256_of(sftp, path, st)
+
+    @staticmethod
+    def _sha256_of(sftp: SftpClient, path: str, st: Any) -> str:
+        """sha256 of the remote file ``path``, read back to its end; ``st`` is its stat (regular file, size).
+
+        A file of more than :data:`PREFETCH_ABOVE` bytes is prefetched (paramiko's read-ahead: a thread of its own
+        and every read request in flight at once); a smaller one, a posted letter (a few kB), is read with plain
+        requests — one for its bytes, one that finds the end — without a thread per file. A read that returns less
+        than asked, once ``st``'s size has been read, is the end (a buffered read is short only there): no further
+        request to find the end a second time."""
+        if st.st_mode is not None and not stat_mod.S_ISREG(st.st_mode):
+            raise TransportError(f"remote path for this file is not a regular file ({path})", retryable=False)
+        size = st.st_size or 0
         h = hashlib.sha256()
+        total = 0
         with sftp.open(path, "rb") as fh:
-            if hasattr(fh, "prefetch"):
-                fh.prefetch(st.st_size)
+            if hasattr(fh, "prefetch") and size > PREFETCH_ABOVE:
+                fh.prefetch(size)
             while chunk := fh.read(CHUNK):
                 h.update(chunk)
+                total += len(chunk)
+                if len(chunk) < CHUNK and total >= size:
+                    break
         return h.hexdigest()
 
     @staticmethod
