@@ -5,7 +5,8 @@ Directory (tests/auth/conftest.py): manager1-3 in disclosure-approvers, requeste
 viewer1 in viewers, oncall1 in operators, nobody1 in no group, admin in airflow-admins. ``CALDICOTT_APPROVERS``
 is ``manager1,manager2,admin``: manager3 is a service manager who is not named; admin is named but is not a
 service manager. Both must be refused, which is what ``CaldicottFabAuthManager.is_authorized_hitl_task`` adds.
-Tests run in file order and share one held disclosure (filed by requester1 in the first test).
+The tests share one held disclosure, filed by requester1 through the module's ``held`` fixture (so they pass in any
+order: ``make test`` shuffles them).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ EXPECTED_ROLES = {"manager1": {"Disclosure approver"}, "manager3": {"Disclosure 
                   "requester1": {"Disclosure requester"}, "viewer1": {"Caldicott viewer"},
                   "oncall1": {"Caldicott operator"}, "nobody1": {"Public"}, "admin": {"Admin"}}
 REFERENCE = "AUTH-FAB-1"
-held: dict[str, str] = {}
 
 
 def hitl_path(run_id: str) -> str:
@@ -42,16 +42,21 @@ def dag_ids(stack, user: str) -> set[str]:
     return {d["dag_id"] for d in body.get("dags", [])} if status == 200 else set()
 
 
-# ---- sign-in -----------------------------------------------------------------------------------------------------
-def test_requester_files_a_disclosure(fab_stack, e2e_like):
-    """First, so that the run reaches its approval step while the other tests run."""
+@pytest.fixture(scope="module")
+def held(fab_stack, e2e_like) -> dict[str, str]:
+    """The disclosure requester1 files, held at its approval step while the tests look at it (filed once)."""
     fab_stack.wait_dag(DAG_ID)
     conf = request_conf(e2e_like, REFERENCE, make_identity("Crown Court").cert_pem)
+    return {"run_id": fab_stack.trigger(DAG_ID, dt.datetime.now(dt.UTC), conf, user="requester1"), "conf": conf}
+
+
+# ---- sign-in -----------------------------------------------------------------------------------------------------
+def test_only_a_requester_files_a_disclosure(fab_stack, held):
     for user in ("manager1", "viewer1", "oncall1", "nobody1"):
         status, _ = fab_stack.api("POST", f"/dags/{DAG_ID}/dagRuns",
-                                  {"logical_date": dt.datetime.now(dt.UTC).isoformat(), "conf": conf}, user=user)
+                                  {"logical_date": dt.datetime.now(dt.UTC).isoformat(), "conf": held["conf"]},
+                                  user=user)
         assert status == 403, (user, status)
-    held["run_id"] = fab_stack.trigger(DAG_ID, dt.datetime.now(dt.UTC), conf, user="requester1")
     status, run = fab_stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{held['run_id']}", user="requester1")
     assert status == 200 and run["triggering_user_name"] == "requester1", run
 
@@ -97,7 +102,7 @@ def test_roles_follow_the_directory_at_each_sign_in(fab_stack, directory):
 
 
 # ---- what each role can do ---------------------------------------------------------------------------------------
-def test_viewer_sees_routine_dags_but_not_disclosures(fab_stack):
+def test_viewer_sees_routine_dags_but_not_disclosures(fab_stack, held):
     run_id = held["run_id"]
     assert dag_ids(fab_stack, "viewer1") == set(ROUTINE)
     assert fab_stack.api("GET", "/dags/gp_letters", user="viewer1")[0] == 200
@@ -117,7 +122,7 @@ def test_viewer_sees_routine_dags_but_not_disclosures(fab_stack):
     assert status == 403
 
 
-def test_approver_reads_disclosures_but_cannot_trigger_or_configure(fab_stack):
+def test_approver_reads_disclosures_but_cannot_trigger_or_configure(fab_stack, held):
     assert dag_ids(fab_stack, "manager1") == {DAG_ID}
     assert fab_stack.api("GET", f"/dags/{DAG_ID}", user="manager1")[0] == 200
     assert fab_stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{held['run_id']}", user="manager1")[0] == 200
@@ -131,7 +136,7 @@ def test_approver_reads_disclosures_but_cannot_trigger_or_configure(fab_stack):
     assert fab_stack.api("GET", "/dags/gp_letters", user="manager1")[0] == 403
 
 
-def test_operator_runs_routine_dags_only(fab_stack):
+def test_operator_runs_routine_dags_only(fab_stack, held):
     assert dag_ids(fab_stack, "oncall1") == set(ROUTINE)
     status, run = fab_stack.api("POST", "/dags/records_quality/dagRuns",
                                 {"logical_date": dt.datetime.now(dt.UTC).isoformat()}, user="oncall1")
@@ -152,7 +157,7 @@ def test_user_in_no_group_gets_nothing(fab_stack):
 
 
 # ---- answering the held disclosure -------------------------------------------------------------------------------
-def test_only_a_named_approver_with_the_role_answers(fab_stack, e2e_like):
+def test_only_a_named_approver_with_the_role_answers(fab_stack, e2e_like, held):
     run_id = held["run_id"]
     fab_stack.wait_task_state(DAG_ID, run_id, TASK, "awaiting_input", timeout=240)
     status, detail = fab_stack.api("GET", hitl_path(run_id), user="manager1")

@@ -147,8 +147,10 @@ def test_crash_mid_batch_then_rerun_sends_each_letter_exactly_once(e2e):
     assert crashed and {(c["run_id"], c["try_number"]) for c in crashed} == {(run1, "1")}, crashed
     status, data = e2e.stack.api("GET", f"/dags/{DAG}/dagRuns/{run1}/taskInstances?limit=100")
     sends = [t for t in data.get("task_instances", []) if t["task_id"] == "send_batch"]
-    # each crash failed its task at once (no retry), and nothing else failed
-    assert status == 200 and sum(t["state"] == "failed" for t in sends) == len(crashed), sends
+    # each crashed task failed at once (no retry), and nothing else failed. A task process can log more than one
+    # fault (concurrent MESH sends past the limit each raise; a batch may release on two channels): one per pid
+    crashed_tasks = {c["pid"] for c in crashed}
+    assert status == 200 and sum(t["state"] == "failed" for t in sends) == len(crashed_tasks), (sends, crashed)
     partial = [i for i in _delivered_smtp(e2e) if i not in before]
     assert len(partial) >= 2 * sum(c["channel"] == "smtp" for c in crashed) > 0
     run2, state2 = _run(e2e, conf, dt.datetime(2026, 10, 1, 7, tzinfo=dt.UTC))
