@@ -1,17 +1,17 @@
-"""Benchmark: a national-scale month of the IAPT data set built, validated and written (issue 5).
+"""Benchmark: a national-scale month of the IAPT data set read from a records database file and taken through
+every default step of the DAG (issues 5 and 12).
 
-``python -m bench.monthly_dataset [--referrals 1000000 --contacts 2500000 --assessments 5000000]
+``python -m bench.monthly_dataset [--referrals 1000000] [--fractions 0.125,0.25,0.5,1] [--repeats 1]
 [--ratio-referrals 50000] [--ratio-repeats 3]``
 
-1. Generates the source frames of one month directly with numpy (reported separately: it stands in for
-   reading the records source, which is timed on its own with ``read_source`` over SQLite for the
-   ratio month), then times ``build`` (+ pre-2020 rule), ``screen`` (every registered rule, quarantine
-   decisions) and ``write`` (Parquet per table, manifest, zip, AES-256-GCM; without and with the IDB CSVs the
-   submitter imports, which replaced the intermediate SQLite database). Peak RSS of the process.
+1. Per scale: a SQLite records file written first (setup, not counted), then one fresh process runs
+   ``pipeline.build_validate_write`` and the commissioner extract step from it (:mod:`bench.monthly_dataset_db`):
+   wall, CPU, peak RSS, the stage split, quarantine by rule, rows per table; the 1/8 .. full table.
 2. Speed ratio against the row-by-row reference builder + validator (``bench/reference_monthly_dataset.py``)
-   on a smaller month (medians of ``--ratio-repeats`` interleaved rounds: the cores are shared, so each round
-   times both sides under the same load), with a check that both quarantine the same records for the rules
-   both implement.
+   on a smaller month generated in memory (medians of ``--ratio-repeats`` interleaved rounds), with a check that
+   both quarantine the same records for the rules both implement.
+
+``--in-memory`` runs the earlier headline instead (frames generated with numpy, no read).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def national_month(referrals: int, contacts: int, assessments: int, seed: int = 
         "clinician_id": np.char.add("CL", rng.integers(100, 999, contacts).astype(str)).astype(object),
         # the v2.1 contact fields a service records (IAPTLTCServiceInd is mandatory: blank rejects the contact)
         "planned": np.full(contacts, "Y", dtype=object), "ltc_service": np.full(contacts, "N", dtype=object),
-        "therapy_mode": rng.choice(np.array(["01", "03"]), contacts, p=[0.9, 0.1]).astype(object),
+        "therapy_mode": rng.choice(np.array(["1", "3"]), contacts, p=[0.9, 0.1]).astype(object),
         "activity_location": np.full(contacts, "A01", dtype=object),
         "treatment_language": np.full(contacts, "en", dtype=object)})
 
@@ -248,7 +248,8 @@ def read_source_timing(n_patients: int) -> dict:
         return {**src.sizes(), "service_patients": n_patients, "read_s": time.perf_counter() - t0}
 
 
-def main() -> None:
+def in_memory_main() -> None:
+    """The earlier headline: frames generated in memory, no read (``--in-memory``); writes no section by default."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--referrals", type=int, default=1_000_000)
     parser.add_argument("--contacts", type=int, default=2_500_000)
@@ -313,6 +314,40 @@ still does): reference
 {cpu['same_rules_s']:.2f}, **ratio {cpu['same_rules_ratio']:.0f}x**. Same quarantine decisions for the shared rules:
 {rt['quarantine_agrees']}; same table counts: {rt['counts_agree']}.
 """
+    if not args.no_write_results:
+        write_section("Monthly data set (in-memory frames)", body)
+    print(body)
+
+
+def main() -> None:
+    """National month read from a records database file, every default step, 1/8..full scale (see
+    :mod:`bench.monthly_dataset_db`), plus the ratio to the row-by-row reference; writes RESULTS.md's section."""
+    import json
+    import sys
+
+    if "--in-memory" in sys.argv:
+        sys.argv.remove("--in-memory")
+        in_memory_main()
+        return
+    from bench import monthly_dataset_db as db
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--referrals", type=int, default=1_000_000)
+    parser.add_argument("--fractions", default="0.125,0.25,0.5,1")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--ratio-referrals", type=int, default=50_000)
+    parser.add_argument("--ratio-repeats", type=int, default=3)
+    parser.add_argument("--no-write-results", action="store_true")
+    args = parser.parse_args()
+    cmd = " ".join(["python -m bench.monthly_dataset", *sys.argv[1:]])
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "results.json"
+        sys.argv = [sys.argv[0], "--referrals", str(args.referrals), "--fractions", args.fractions,
+                    "--repeats", str(args.repeats), "--out", str(out)]
+        db.main()
+        results = json.loads(out.read_text())
+    rt = ratio(args.ratio_referrals, args.ratio_repeats) if args.ratio_referrals else None
+    body = db.section(results, rt, cmd)
     if not args.no_write_results:
         write_section("Monthly data set", body)
     print(body)

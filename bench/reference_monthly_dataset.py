@@ -26,7 +26,7 @@ ETHNIC = set("ABCDEFGHJKLMNPRSZ") | {"99"}
 #: The rules evaluated here (plus the reject-group cascade, which both implementations always run).
 CODES = ("IDSREJ006", "IDSREJ007", "IDSREJ008", "IDSREJ009", "IDSREJ010", "IDS00102", "IDS00131", "IDS00133",
          "IDS10113", "IDS10140", "IDS10128", "IDS20108", "IDS20170", "IDS20171", "IDS20128", "IDS20156",
-         "IDS60615", "IDS60613", "IDS60711", "IDS60710")
+         "IDS60607", "IDS60613", "IDS60707", "IDS60710")
 
 
 def _none(v):
@@ -113,6 +113,14 @@ def reference_build_validate(src, period) -> tuple[dict[str, list[dict]], list[t
         quarantined.append((table, row["_rid"], code))
         drop[table].add(row["_rid"])
 
+    blanked: list[tuple[str, str, str]] = []
+    to_blank: list[tuple[dict, str]] = []
+
+    def blank(row: dict, column: str, code: str) -> None:
+        """An optional field judged on its own: the patient stays, the field goes blank (as rules.screen)."""
+        blanked.append(("IDS001MPI", row["_rid"], code))
+        to_blank.append((row, column))
+
     seen_nhs: dict[str, int] = {}
     seen_pid: dict[str, int] = {}
     for row in t["IDS001MPI"]:
@@ -121,16 +129,15 @@ def reference_build_validate(src, period) -> tuple[dict[str, list[dict]], list[t
         seen_pid[row["LocalPatientId"]] = seen_pid.get(row["LocalPatientId"], 0) + 1
     birth: dict[str, dt.date | None] = {}
     for row in t["IDS001MPI"]:
-        birth.setdefault(row["LocalPatientId"], row["PersonBirthDate"])
         if row["NHSNumber"] and not nhs_ok(row["NHSNumber"]):
-            fail("IDS001MPI", row, "IDSREJ006")
+            blank(row, "NHSNumber", "IDSREJ006")
         if row["Postcode"] and not POSTCODE.fullmatch(row["Postcode"]):
-            fail("IDS001MPI", row, "IDSREJ007")
+            blank(row, "Postcode", "IDSREJ007")
         b = row["PersonBirthDate"]
         if b is not None and (b > last or b < dt.date(1890, 1, 1)):
-            fail("IDS001MPI", row, "IDSREJ008")
+            blank(row, "PersonBirthDate", "IDSREJ008")
         if row["NHSNumber"] and seen_nhs[row["NHSNumber"]] > 1:
-            fail("IDS001MPI", row, "IDSREJ009")
+            blank(row, "NHSNumber", "IDSREJ009")
         if seen_pid[row["LocalPatientId"]] > 1:
             fail("IDS001MPI", row, "IDSREJ010")
         if not ID20.fullmatch(row["LocalPatientId"]):
@@ -139,6 +146,10 @@ def reference_build_validate(src, period) -> tuple[dict[str, list[dict]], list[t
             fail("IDS001MPI", row, "IDS00131", reject=False)
         if row["EthnicCategory"] is not None and row["EthnicCategory"] not in ETHNIC:
             fail("IDS001MPI", row, "IDS00133", reject=False)
+    for row, column in to_blank:
+        row[column] = None
+    for row in t["IDS001MPI"]:
+        birth.setdefault(row["LocalPatientId"], row["PersonBirthDate"])
     received: dict[str, dt.date] = {}
     for row in t["IDS101Referral"]:
         received.setdefault(row["ServiceRequestId"], row["ReferralRequestReceivedDate"])
@@ -163,14 +174,14 @@ def reference_build_validate(src, period) -> tuple[dict[str, list[dict]], list[t
             fail("IDS201CareContact", row, "IDS20128")
         if row["AppType"] not in APP_TYPE:
             fail("IDS201CareContact", row, "IDS20156")
-    for table, code_range, code_ref in (("IDS606CodedScoreAssessmentRefer", "IDS60615", "IDS60613"),
-                                        ("IDS607CodedScoreAssessmentAct", "IDS60711", "IDS60710")):
+    for table, code_range, code_ref in (("IDS606CodedScoreAssessmentRefer", "IDS60607", "IDS60613"),
+                                        ("IDS607CodedScoreAssessmentAct", "IDS60707", "IDS60710")):
         for row in t[table]:
             rng = SCORE_RANGES.get(row["CodedAssToolType"])
             if rng is None:
                 fail(table, row, code_ref)
             elif not rng[0] <= int(row["PersScore"]) <= rng[1]:
-                fail(table, row, code_range)
+                fail(table, row, code_range, reject=False)   # out of its item's range: a warning
 
     for table, ids in drop.items():
         t[table] = [r for r in t[table] if r["_rid"] not in ids]

@@ -51,7 +51,7 @@ from sqlalchemy import Engine, String, and_, cast, func, or_, select, union
 
 from caldicott.dataset import idb
 from caldicott.records import schema
-from caldicott.records.queries import read
+from caldicott.records.queries import checked_columns, read
 
 LONDON = "Europe/London"
 VERSIONS = ("2.0", "2.1")
@@ -224,6 +224,19 @@ def _not_ended_before(col, start):
     return or_(col.is_(None), col >= start)
 
 
+def _read(engine: Engine, query) -> pd.DataFrame:
+    """:func:`caldicott.records.queries.read`, with the frame built from plain tuples where no column needs
+    SQLite's strict conversion: pandas probes every SQLAlchemy ``Row`` for namedtuple fields through a slow
+    missing-attribute path, which cost more than the query itself at a million rows. Same frame either way."""
+    if checked_columns(engine, query):
+        return read(engine, query)
+    with engine.connect() as conn:
+        result = conn.execute(query)
+        keys = list(result.keys())
+        rows = list(map(tuple, result.fetchall()))
+    return pd.DataFrame(rows, columns=keys)
+
+
 def read_source(engine: Engine, period: Period) -> SourceMonth:
     """Read one period's rows from the records source (bound parameters; SQLite or PostgreSQL).
 
@@ -233,20 +246,20 @@ def read_source(engine: Engine, period: Period) -> SourceMonth:
     r, c, a, p = schema.referral, schema.care_contact, schema.coded_assessment, schema.patient
     start_utc, end_utc = period.utc_bounds()
     open_ids = select(r.c.service_request_id).where(_open_in_period(r, period))
-    referrals = read(engine, select(r.c.service_request_id, r.c.local_patient_id, r.c.commissioner_code,
+    referrals = _read(engine, select(r.c.service_request_id, r.c.local_patient_id, r.c.commissioner_code,
                                     _text(r.c.received_date), r.c.source_of_referral, _text(r.c.discharge_date),
                                     r.c.end_code, r.c.presenting_problem_code, r.c.presenting_problem_significance,
                                     r.c.onset_month, r.c.previous_diagnosed_condition)
                      .where(_open_in_period(r, period)))
     pat_ids = select(r.c.local_patient_id).where(_open_in_period(r, period))
-    patients = read(engine, select(p.c.local_patient_id, p.c.nhs_number, _text(p.c.birth_date), p.c.postcode,
+    patients = _read(engine, select(p.c.local_patient_id, p.c.nhs_number, _text(p.c.birth_date), p.c.postcode,
                                    p.c.gender, p.c.ethnic_category, p.c.gp_practice_code, p.c.dataset_objection_pre2020,
                                    p.c.dataset_objection_date, p.c.gender_identity, p.c.gender_same_at_birth,
                                    p.c.ethnic_category_2021, p.c.ex_armed_forces, p.c.preferred_language,
                                    p.c.education_establishment)
                     .where(p.c.local_patient_id.in_(pat_ids)))
     in_period = (c.c.contact_at >= start_utc, c.c.contact_at < end_utc, c.c.service_request_id.in_(open_ids))
-    contacts = read(engine, select(c.c.care_contact_id, c.c.service_request_id, _text(c.c.contact_at),
+    contacts = _read(engine, select(c.c.care_contact_id, c.c.service_request_id, _text(c.c.contact_at),
                                    _text(c.c.duration_minutes),
                                    c.c.app_type, c.c.attend_code, c.c.cons_mechanism, c.c.clinician_id,
                                    c.c.planned, c.c.short_notice_cancellation, c.c.ltc_service, c.c.digital_programme,
@@ -256,7 +269,7 @@ def read_source(engine: Engine, period: Period) -> SourceMonth:
                                    c.c.finding_scheme, c.c.finding_code, c.c.observation_code,
                                    c.c.observation_value, c.c.observation_unit)
                     .where(*in_period))
-    assessments = read(engine, select(a.c.assessment_id, a.c.service_request_id, a.c.care_contact_id, a.c.tool_code,
+    assessments = _read(engine, select(a.c.assessment_id, a.c.service_request_id, a.c.care_contact_id, a.c.tool_code,
                                       _text(a.c.score), a.c.score_text, _text(a.c.assessed_at))
                        .where(a.c.assessed_at >= start_utc, a.c.assessed_at < end_utc,
                               a.c.service_request_id.in_(open_ids)))
@@ -264,59 +277,59 @@ def read_source(engine: Engine, period: Period) -> SourceMonth:
     acc, emp, dis = schema.accommodation_status, schema.employment_status, schema.disability
     soc, ovs, dia, clu = (schema.social_circumstance, schema.overseas_visitor, schema.previous_diagnosis,
                           schema.care_cluster)
-    accommodation = read(engine, select(acc.c.accommodation_id, acc.c.local_patient_id, acc.c.accommodation_type,
+    accommodation = _read(engine, select(acc.c.accommodation_id, acc.c.local_patient_id, acc.c.accommodation_type,
                                         acc.c.settled, _text(acc.c.recorded_date), _text(acc.c.start_date),
                                         _text(acc.c.end_date))
                          .where(acc.c.local_patient_id.in_(pat_ids), _by_period_end(acc.c.recorded_date, period),
                                 _by_period_end(acc.c.start_date, period),
                                 _not_ended_before(acc.c.end_date, period.first)))
-    employment = read(engine, select(*(_text(col) if col.name.endswith("date") else col for col in emp.c))
+    employment = _read(engine, select(*(_text(col) if col.name.endswith("date") else col for col in emp.c))
                       .where(emp.c.local_patient_id.in_(pat_ids), _by_period_end(emp.c.recorded_date, period)))
-    disability = read(engine, select(dis.c.disability_id, dis.c.local_patient_id, dis.c.disability_code)
+    disability = _read(engine, select(dis.c.disability_id, dis.c.local_patient_id, dis.c.disability_code)
                       .where(dis.c.local_patient_id.in_(pat_ids)))
-    circumstances = read(engine, select(soc.c.circumstance_id, soc.c.local_patient_id, soc.c.snomed_code,
+    circumstances = _read(engine, select(soc.c.circumstance_id, soc.c.local_patient_id, soc.c.snomed_code,
                                         _text(soc.c.recorded_date))
                          .where(soc.c.local_patient_id.in_(pat_ids), _by_period_end(soc.c.recorded_date, period)))
-    overseas = read(engine, select(ovs.c.visitor_id, ovs.c.local_patient_id, ovs.c.charging_category,
+    overseas = _read(engine, select(ovs.c.visitor_id, ovs.c.local_patient_id, ovs.c.charging_category,
                                    _text(ovs.c.applicable_date))
                     .where(ovs.c.local_patient_id.in_(pat_ids), _by_period_end(ovs.c.applicable_date, period)))
-    diagnoses = read(engine, select(dia.c.diagnosis_id, dia.c.local_patient_id, dia.c.scheme, dia.c.code,
+    diagnoses = _read(engine, select(dia.c.diagnosis_id, dia.c.local_patient_id, dia.c.scheme, dia.c.code,
                                     _text(dia.c.diagnosis_date))
                      .where(dia.c.local_patient_id.in_(pat_ids), _by_period_end(dia.c.diagnosis_date, period)))
-    clusters = read(engine, select(clu.c.cluster_id, clu.c.local_patient_id, clu.c.cluster_code, _text(clu.c.start_at),
+    clusters = _read(engine, select(clu.c.cluster_id, clu.c.local_patient_id, clu.c.cluster_code, _text(clu.c.start_at),
                                    _text(clu.c.end_at))
                     .where(clu.c.local_patient_id.in_(pat_ids), clu.c.start_at < end_utc,
                            _not_ended_before(clu.c.end_at, start_utc)))
     # referral-level tables: the IDS101 referrals' rows for the period
     onw, pau, itl, ltc = (schema.onward_referral, schema.waiting_time_pause, schema.internet_therapy_log,
                           schema.long_term_condition)
-    onward = read(engine, select(onw.c.onward_referral_id, onw.c.service_request_id, _text(onw.c.referred_at),
+    onward = _read(engine, select(onw.c.onward_referral_id, onw.c.service_request_id, _text(onw.c.referred_at),
                                  onw.c.reason, onw.c.receiving_org_code)
                   .where(onw.c.service_request_id.in_(open_ids), onw.c.referred_at >= start_utc,
                          onw.c.referred_at < end_utc))
-    pauses = read(engine, select(pau.c.pause_id, pau.c.service_request_id, _text(pau.c.start_date),
+    pauses = _read(engine, select(pau.c.pause_id, pau.c.service_request_id, _text(pau.c.start_date),
                                  _text(pau.c.end_date), pau.c.reason)
                   .where(pau.c.service_request_id.in_(open_ids), pau.c.start_date < period.end,
                          _not_ended_before(pau.c.end_date, period.first)))
     logs_in_period = (itl.c.service_request_id.in_(open_ids), itl.c.start_date < period.end,
                       _not_ended_before(itl.c.end_date, period.first))
-    therapy_logs = read(engine, select(itl.c.log_id, itl.c.service_request_id, _text(itl.c.start_date),
+    therapy_logs = _read(engine, select(itl.c.log_id, itl.c.service_request_id, _text(itl.c.start_date),
                                        _text(itl.c.end_date), itl.c.programme, _text(itl.c.duration_minutes),
                                        itl.c.care_pers_local_id, itl.c.integrated_software)
                         .where(*logs_in_period))
-    conditions = read(engine, select(ltc.c.condition_id, ltc.c.service_request_id, ltc.c.scheme, ltc.c.code)
+    conditions = _read(engine, select(ltc.c.condition_id, ltc.c.service_request_id, ltc.c.scheme, ltc.c.code)
                       .where(ltc.c.service_request_id.in_(open_ids)))
     # IDS902: qualifications of the personnel the contacts and logs name (narrowed to the file's rows by build)
     q = schema.care_personnel_qualification
     named = union(select(c.c.clinician_id.label("pers")).where(*in_period, c.c.clinician_id.is_not(None)),
                   select(itl.c.care_pers_local_id.label("pers")).where(*logs_in_period,
                                                                        itl.c.care_pers_local_id.is_not(None)))
-    qualifications = read(engine, select(q.c.qualification_id, q.c.care_pers_local_id, q.c.level,
+    qualifications = _read(engine, select(q.c.qualification_id, q.c.care_pers_local_id, q.c.level,
                                          _text(q.c.awarded_date), _text(q.c.planned_completion_date))
                           .where(q.c.care_pers_local_id.in_(select(named.subquery().c.pers)),
                                  _by_period_end(q.c.awarded_date, period)))
     # whole-life facts for the measures: aggregated in the database, not read row by row
-    treat = read(engine, select(c.c.service_request_id,
+    treat = _read(engine, select(c.c.service_request_id,
                                 func.min(cast(c.c.contact_at, String)).label("first_treatment_at"),
                                 func.count().label("treatment_contacts"))
                  .where(c.c.service_request_id.in_(open_ids), c.c.attend_code.in_(ATTENDED),
@@ -324,7 +337,7 @@ def read_source(engine: Engine, period: Period) -> SourceMonth:
                  .group_by(c.c.service_request_id))
     discharged = select(r.c.service_request_id).where(r.c.discharge_date >= period.first,
                                                       r.c.discharge_date < period.end)
-    scores = read(engine, select(a.c.service_request_id, a.c.tool_code, _text(a.c.score), _text(a.c.assessed_at))
+    scores = _read(engine, select(a.c.service_request_id, a.c.tool_code, _text(a.c.score), _text(a.c.assessed_at))
                   .where(a.c.service_request_id.in_(discharged), a.c.tool_code.in_([PHQ9, GAD7])))
     return SourceMonth(patients, referrals, contacts, assessments,
                        history(referrals["service_request_id"], treat, scores),

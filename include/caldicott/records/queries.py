@@ -44,7 +44,7 @@ def read(engine: Engine, query: AnySelect, on_unreadable: OnUnreadable | None = 
     the row is also passed to ``on_unreadable`` (so the caller can quarantine its record: the row stays in
     the frame, nothing vanishes silently); without a callback the first one raises :class:`UnreadableValue`.
     """
-    checked = _checked_columns(engine, query)
+    checked = checked_columns(engine, query)
     if not checked:
         with engine.connect() as conn:
             result = conn.execute(query)
@@ -86,7 +86,7 @@ def _where(col: ColumnElement[Any]) -> str:
     return f"{table}.{col.name}" if table else str(col.name)
 
 
-def _checked_columns(engine: Engine, query: AnySelect) -> dict[int, Converter]:
+def checked_columns(engine: Engine, query: AnySelect) -> dict[int, Converter]:
     """Typed columns whose stored values SQLite does not enforce, with a strict converter for each."""
     if engine.dialect.name != "sqlite":
         return {}
