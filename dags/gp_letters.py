@@ -44,23 +44,11 @@ from caldicott_airflow.assets import checked_or_cron
 from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
 from caldicott_airflow.deadlines import daily_finish_by
 from caldicott_airflow.gp_acks import MAX_WAIT_SECONDS, POKE_INTERVAL, POKE_TIMEOUT, SENSOR_TIMEOUT
-from caldicott_airflow.intervals import DAY_SCHEMA
+from caldicott_airflow.intervals import DAY_SCHEMA, run_interval
 
 SMTP_CONN_ID = "caldicott_smtp"
 MESH_CONN_ID = "caldicott_mesh"
 PRINT_CONN_ID = "caldicott_print"
-
-
-def _interval(context) -> tuple:
-    """The run's ``[first, end)`` London dates and run key, from the Params (see the module doc)."""
-    from airflow.sdk.exceptions import AirflowFailException
-    from caldicott_airflow.intervals import IntervalError, date_range, run_key
-
-    try:
-        first, end = date_range(context)
-    except IntervalError as exc:  # a person's mistake in the trigger: retrying cannot fix it
-        raise AirflowFailException(str(exc)) from None
-    return first, end, run_key(first, end)
 
 
 @dag(
@@ -96,7 +84,7 @@ def gp_letters():
         from caldicott.letters.flow import plan
         from caldicott_airflow.connections import records_engine, state_engine
 
-        first, end, key = _interval(context)
+        first, end, key = run_interval(context)
         return plan(records_engine(), state_engine(), first, end, key)
 
     @task
@@ -109,7 +97,7 @@ def gp_letters():
         :func:`caldicott_airflow.letters.send_planned_batch`, which the benchmark times too."""
         from caldicott_airflow.letters import send_planned_batch
 
-        first, end, _ = _interval(context)
+        first, end, _ = run_interval(context)
         result = send_planned_batch(batch, first, end, smtp_conn_id=SMTP_CONN_ID, mesh_conn_id=MESH_CONN_ID,
                                     print_conn_id=PRINT_CONN_ID)
         if result["failed"]:

@@ -33,19 +33,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 from caldicott_airflow.assets import checked_or_cron
 from caldicott_airflow.dag_defaults import COMMON_TAGS, default_args
-from caldicott_airflow.intervals import DAY_SCHEMA
-
-
-def _interval(context) -> tuple:
-    """The run's ``[first, end)`` London dates and run key, from the Params (as gp_letters)."""
-    from airflow.sdk.exceptions import AirflowFailException
-    from caldicott_airflow.intervals import IntervalError, date_range, run_key
-
-    try:
-        first, end = date_range(context)
-    except IntervalError as exc:  # a person's mistake in the trigger: retrying cannot fix it
-        raise AirflowFailException(str(exc)) from None
-    return first, end, run_key(first, end)
+from caldicott_airflow.intervals import DAY_SCHEMA, run_interval
 
 
 @dag(
@@ -74,7 +62,7 @@ def transfer_of_care():
         from caldicott.transfers.flow import plan
         from caldicott_airflow.connections import records_engine, state_engine
 
-        first, end, key = _interval(context)
+        first, end, key = run_interval(context)
         return plan(records_engine(), state_engine(), first, end, key)
 
     @task
@@ -92,7 +80,7 @@ def transfer_of_care():
         from caldicott_airflow.service import sending_service
         from caldicott_airflow.transfers import channels_for
 
-        first, end, _ = _interval(context)
+        first, end, _ = run_interval(context)
         service = sending_service()   # Variable caldicott_service; unset: fails here, before anything is sent
         records = records_engine()
         sftp_conn = None

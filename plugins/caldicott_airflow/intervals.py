@@ -116,3 +116,16 @@ def run_key(first: dt.date, end: dt.date) -> str:
     if first.day == 1 and end == (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1):
         return first.strftime("%Y-%m")
     return f"{first.isoformat()}..{end.isoformat()}"
+
+
+def run_interval(context: Mapping[str, Any]) -> tuple[dt.date, dt.date, str]:
+    """``(first, end, run key)`` of a daily flow run taking a ``day`` or ``start``/``end`` range (gp_letters,
+    transfer_of_care). A malformed range is a person's mistake in the trigger: the task fails without retry, by
+    name, since retrying cannot fix it."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        first, end = date_range(context)
+    except IntervalError as exc:
+        raise AirflowFailException(str(exc)) from None
+    return first, end, run_key(first, end)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pendulum
 import pytest
-from caldicott_airflow.intervals import IntervalError, daily_interval, date_range, monthly_period, run_key
+from caldicott_airflow.intervals import IntervalError, daily_interval, date_range, monthly_period, run_interval, run_key
 
 UTC = pendulum.timezone("UTC")
 
@@ -83,6 +83,16 @@ def test_date_range_takes_start_and_end_together_and_in_order():
         date_range(ctx(t, t, {"start": "2025-06-01", "end": None}))
     with pytest.raises(IntervalError, match="must be after"):
         date_range(ctx(t, t, {"start": "2025-06-01", "end": "2025-06-01"}))
+
+
+def test_a_daily_flows_range_comes_with_its_run_key_and_a_bad_one_fails_without_retry():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    t = pendulum.datetime(2026, 10, 15, tz="Europe/London")
+    assert run_interval(ctx(t, t)) == (dt.date(2026, 10, 14), dt.date(2026, 10, 15), "2026-10-14")
+    assert run_interval(ctx(t, t, {"start": "2026-08-01", "end": "2026-10-01"}))[2] == "2026-08-01..2026-10-01"
+    with pytest.raises(AirflowFailException, match="both"):   # fails the task without retry, naming the mistake
+        run_interval(ctx(t, t, {"start": "2026-08-01", "end": None}))
 
 
 def test_scheduled_monthly_run_and_run_keys():
