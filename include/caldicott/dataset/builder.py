@@ -225,15 +225,19 @@ def _not_ended_before(col, start):
 
 
 def _read(engine: Engine, query) -> pd.DataFrame:
-    """:func:`caldicott.records.queries.read`, with the frame built from plain tuples where no column needs
-    SQLite's strict conversion: pandas probes every SQLAlchemy ``Row`` for namedtuple fields through a slow
-    missing-attribute path, which cost more than the query itself at a million rows. Same frame either way."""
+    """:func:`caldicott.records.queries.read`, with the frame built from the DBAPI cursor's own tuples where no
+    column needs SQLite's strict conversion or a result processor: SQLAlchemy's ``Row`` objects (and pandas
+    probing each for namedtuple fields) cost more than the query itself at a million rows. Same frame either way
+    (tests/unit/dataset/test_read_source_equivalence.py)."""
     if checked_columns(engine, query):
         return read(engine, query)
+    dialect = engine.dialect
+    plain = not any(col.type.dialect_impl(dialect).result_processor(dialect, None) for col in query.selected_columns)
     with engine.connect() as conn:
         result = conn.execute(query)
         keys = list(result.keys())
-        rows = list(map(tuple, result.fetchall()))
+        rows = result.cursor.fetchall() if plain else list(map(tuple, result.fetchall()))
+        result.close()
     return pd.DataFrame(rows, columns=keys)
 
 

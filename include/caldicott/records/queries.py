@@ -55,26 +55,41 @@ def read(engine: Engine, query: AnySelect, on_unreadable: OnUnreadable | None = 
     with engine.connect() as conn:
         result = conn.execute(raw)
         keys = list(result.keys())
-        rows = [list(r) for r in result.fetchall()]
+        rows = result.fetchall()
+    # column by column: a column whose stored values all already fit its type (the usual case) is checked with
+    # one pass over the value types, not one converter call per cell
+    columns: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in keys]
+    bad_rows: set[int] = set()
     for i, convert in checked.items():
-        for row in rows:
-            v = row[i]
-            if v is None:
-                continue
-            try:
-                row[i] = convert(v)
-            except (ValueError, TypeError, OverflowError):
-                row[i] = _UNREADABLE
-    for row in rows:
-        bad = [i for i in checked if row[i] is _UNREADABLE]
-        if not bad:
-            continue
+        columns[i] = _convert_column(columns[i], convert, bad_rows)
+    for n in sorted(bad_rows):
+        bad = [i for i in checked if columns[i][n] is _UNREADABLE]
         if on_unreadable is None:
             raise UnreadableValue(f"{_where(cols[bad[0]])}: a stored value cannot be read as its column's type")
         for i in bad:
-            row[i] = None
-        on_unreadable(dict(zip(keys, row, strict=True)), [keys[i] for i in bad])
-    return pd.DataFrame(rows, columns=keys)
+            columns[i][n] = None
+        on_unreadable({k: columns[j][n] for j, k in enumerate(keys)}, [keys[i] for i in bad])
+    return pd.DataFrame(list(zip(*columns, strict=True)) if rows else [], columns=keys)
+
+
+def _convert_column(values: list[Any], convert: Converter, bad_rows: set[int]) -> list[Any]:
+    """``values`` converted by ``convert`` (None stays None); unconvertible cells become ``_UNREADABLE`` and their
+    row numbers are added to ``bad_rows``."""
+    kinds = set(map(type, values))
+    if convert is _integer and kinds <= {int, type(None)}:
+        return values                                  # what _integer returns for each: the same int
+    if convert is _boolean and kinds <= {int, type(None)} and set(values) <= {0, 1, None}:
+        return [None if v is None else bool(v) for v in values]
+    out = []
+    for n, v in enumerate(values):
+        if v is not None:
+            try:
+                v = convert(v)
+            except (ValueError, TypeError, OverflowError):
+                v = _UNREADABLE
+                bad_rows.add(n)
+        out.append(v)
+    return out
 
 
 #: Marks a cell that failed conversion (None is a legitimate stored NULL).

@@ -1,0 +1,127 @@
+"""read_source's fast read paths give exactly the frames of the plain SQLAlchemy path (issue 12 item 5).
+
+The reference below is the read as it was before the DBAPI-cursor and column-wise conversion paths: SQLAlchemy
+``Row`` objects turned into tuples, and SQLite's strict conversion done cell by cell. Every frame of a seeded
+synthetic month, with hostile values poked into the file, must be equal (values and dtypes).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import fields
+from typing import Any
+
+import pandas as pd
+import pandas.testing as pdt
+import pytest
+from caldicott.dataset import builder
+from caldicott.dataset.builder import Period, read_source
+from caldicott.db import make_engine, sqlite_url
+from caldicott.records import queries, synth
+from sqlalchemy import String, type_coerce
+
+SEPT = Period.month(2026, 9)
+
+
+def _reference_checked(engine, query, on_unreadable=None) -> pd.DataFrame:
+    checked = queries.checked_columns(engine, query)
+    cols = list(query.selected_columns)
+    raw = query.with_only_columns(*[type_coerce(c, String).label(c.name) if i in checked else c
+                                    for i, c in enumerate(cols)], maintain_column_froms=True)
+    with engine.connect() as conn:
+        result = conn.execute(raw)
+        keys = list(result.keys())
+        rows = [list(r) for r in result.fetchall()]
+    unreadable = object()
+    for i, convert in checked.items():
+        for row in rows:
+            if row[i] is None:
+                continue
+            try:
+                row[i] = convert(row[i])
+            except (ValueError, TypeError, OverflowError):
+                row[i] = unreadable
+    for row in rows:
+        bad = [i for i in checked if row[i] is unreadable]
+        if not bad:
+            continue
+        if on_unreadable is None:
+            raise queries.UnreadableValue("unreadable")
+        for i in bad:
+            row[i] = None
+        on_unreadable(dict(zip(keys, row, strict=True)), [keys[i] for i in bad])
+    return pd.DataFrame(rows, columns=keys)
+
+
+def _reference_read(engine, query) -> pd.DataFrame:
+    if queries.checked_columns(engine, query):
+        return _reference_checked(engine, query)
+    with engine.connect() as conn:
+        result = conn.execute(query)
+        keys = list(result.keys())
+        rows = list(map(tuple, result.fetchall()))
+    return pd.DataFrame(rows, columns=keys)
+
+
+def _frames(engine) -> dict[str, pd.DataFrame]:
+    src = read_source(engine, SEPT)
+    return {f.name: getattr(src, f.name) for f in fields(src)}
+
+
+def _assert_same(engine, monkeypatch) -> None:
+    fast = _frames(engine)
+    with monkeypatch.context() as m:
+        m.setattr(builder, "_read", _reference_read)
+        slow = _frames(engine)
+    assert fast.keys() == slow.keys()
+    for name in fast:
+        pdt.assert_frame_equal(fast[name], slow[name], check_exact=True, obj=name)
+    assert len(fast["contacts"]) and len(fast["patients"]) and len(fast["assessments"])
+
+
+@pytest.fixture(scope="module")
+def small_month():
+    return synth.generate(600, 5)
+
+
+def test_read_source_frames_equal_the_plain_read(small_month, tmp_path, monkeypatch):
+    engine = make_engine(sqlite_url(tmp_path / "records.db"))
+    synth.write(small_month, engine)
+    raw = sqlite3.connect(tmp_path / "records.db")     # values SQLite stores but the column types cannot hold
+    raw.execute("UPDATE patient SET dataset_objection_pre2020 = 1 WHERE rowid % 7 = 0")
+    raw.execute("UPDATE care_contact SET group_participants = 'many' WHERE rowid % 13 = 0")
+    raw.execute("UPDATE care_contact SET contact_at = '2026-09-31 25:00:00' WHERE rowid % 19 = 0")
+    raw.execute("UPDATE coded_assessment SET score = 4.5 WHERE rowid % 17 = 0")
+    raw.commit()
+    _assert_same(make_engine(sqlite_url(tmp_path / "records.db"), readonly=True), monkeypatch)
+    # a boolean neither 0 nor 1 stops both reads alike (read_source passes no on_unreadable for IDS001)
+    raw.execute("UPDATE patient SET dataset_objection_pre2020 = 'yes'")
+    raw.commit()
+    raw.close()
+    engine = make_engine(sqlite_url(tmp_path / "records.db"), readonly=True)
+    with pytest.raises(queries.UnreadableValue):
+        read_source(engine, SEPT)
+    with monkeypatch.context() as m, pytest.raises(queries.UnreadableValue):
+        m.setattr(builder, "_read", _reference_read)
+        read_source(engine, SEPT)
+
+
+@pytest.mark.parametrize("values", [[1, None, 3], [1, "x", 2.0, 2.5, True, None], [0, 1, None, 2, "1", 1.0]])
+def test_column_wise_conversion_matches_cell_by_cell(values):
+    for convert in (queries._integer, queries._boolean):
+        bad: set[int] = set()
+        got = queries._convert_column(list(values), convert, bad)
+        want: list[Any] = []
+        for v in values:
+            try:
+                want.append(None if v is None else convert(v))
+            except (ValueError, TypeError, OverflowError):
+                want.append(queries._UNREADABLE)
+        assert got == want and [type(v) for v in got] == [type(v) for v in want]
+        assert bad == {i for i, v in enumerate(want) if v is queries._UNREADABLE}
+
+
+def test_read_source_frames_equal_the_plain_read_on_postgresql(small_month, pg_url, monkeypatch):
+    engine = make_engine(pg_url)
+    synth.write(small_month, engine)
+    _assert_same(engine, monkeypatch)
