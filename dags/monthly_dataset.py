@@ -222,8 +222,9 @@ def monthly_dataset():
         with ndop_checker(state_engine(), mesh=False) as (checker, label):
             status = checker.status(numbers)
         checked = set(numbers) if status.complete else set()
-        blob, counts = planning_extract(state_engine(), period, s, status.opted_out, checked, label, window=window)
-        staged = stage_extract(state_engine(), period, s, blob, staging_sender())
+        extract, counts = planning_extract(state_engine(), period, s, status.opted_out, checked, label,
+                                           window=window)
+        staged = stage_extract(state_engine(), period, s, extract, staging_sender())
         refresh = _period(context, "refresh")
         row = state_tables.get(state_engine(), refresh.key, "refresh")
         if row is not None and row["state"] != state_tables.MISSED:     # the refresh report's opt-out figures

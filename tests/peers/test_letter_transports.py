@@ -12,6 +12,7 @@ from caldicott.crypto import smime
 from caldicott.db import make_engine, sqlite_url
 from caldicott.letters import flow, gp_connect
 from caldicott.letters.pdf import pdf_text
+from caldicott.policy.evidence import establish
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.state.migrate import migrate
 from caldicott.transport.base import Outbound, TransportError
@@ -78,7 +79,7 @@ def test_crash_reconciliation_asks_mesh_by_message_id_through_the_current_tracki
     journal = _journal(tmp_path)
     item = Outbound("gp_letters-track-1", Purpose.GP_LETTER, "Z84001", "mesh", b'{"resourceType":"Bundle"}',
                     Protection.MESH, address=mesh.GP_MAILBOX, headers={"local_id": "ZZZ01"},
-                    facts={"gp_sharing_consent": True})
+                    facts={"gp_sharing_consent": establish("gp_sharing_consent", b'{"resourceType":"Bundle"}')})
     with MeshSender.connect(mesh.settings(mesh.SENDER_MAILBOX), gp_connect.WORKFLOW, connections=2,
                             journal=journal) as sender:
         assert sender.already_delivered(item) is None          # never sent: nothing journalled

@@ -18,6 +18,7 @@ import threading
 import asyncssh
 import pytest
 from caldicott.gateway import release
+from caldicott.policy.evidence import establish
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.transport.base import Outbound, TransportError
 from caldicott.transport.ledger import Intent, Ledger, State
@@ -36,7 +37,8 @@ def peer(tmp_path):
 def _item(payload: bytes, name: str = "CT001_sessions_2026-10-14_csv-v1.csv", address: str = "/inbound/zp000",
           iid: str = "referrer_updates-test1") -> Outbound:
     return Outbound(iid, Purpose.REFERRER_UPDATE, "CT001", "sftp", payload, Protection.SFTP, address=address,
-                    headers={"filename": name}, facts={"contract_fields_applied": True})
+                    headers={"filename": name},
+                    facts={"contract_fields_applied": establish("contract_fields_applied", payload)})
 
 
 def _other_key() -> str:

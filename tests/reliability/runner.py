@@ -285,6 +285,7 @@ def run_dataset(job: dict) -> dict:
     from caldicott.dataset.builder import Period
     from caldicott.dataset.submit import resolve_target, submit
     from caldicott.db import make_engine
+    from caldicott.policy.evidence import establish
     from caldicott.transport.staging import StagingSender
 
     state = make_engine(job["state_url"])
@@ -293,8 +294,9 @@ def run_dataset(job: dict) -> dict:
     s = pipeline.Settings(org_provider="ZZZ01", work_dir=Path(job["work_dir"]), key=bytes.fromhex(job["key_hex"]))
     sender = _wrap(job.get("kill"))(StagingSender(Path(job["staging"])))
     first = submit(state, period, resolve_target("staged", None, submitter=s.submitter), sender)   # as the DAG
-    blob = Path(job["extract_blob"]).read_bytes()
-    second = pipeline.stage_extract(state, period, s, blob, sender)
+    blob = Path(job["extract_blob"]).read_bytes()   # as pipeline.planning_extract made it (apply_ndop), so:
+    second = pipeline.stage_extract(state, period, s, pipeline.PlanningExtract(blob, establish("ndop_applied", blob)),
+                                    sender)
     return {"submission": first, "extract": second}
 
 
@@ -352,6 +354,7 @@ def run_staging_disk_full(job: dict) -> dict:
 
     from caldicott.db import make_engine
     from caldicott.gateway import release
+    from caldicott.policy.evidence import establish
     from caldicott.policy.purposes import Protection, Purpose
     from caldicott.transport import staging
     from caldicott.transport.base import Outbound, TransportError
@@ -362,7 +365,7 @@ def run_staging_disk_full(job: dict) -> dict:
     payload = hashlib.shake_256(b"caldicott").digest(job["payload_kib"] * 1024)
     item = Outbound("monthly_dataset-diskfull", Purpose.MANDATED_DATASET, "named-submitter", "staging", payload,
                     Protection.STAGED_ENCRYPTED, address="2026-10", headers={"filename": "iapt_2026-10.zip.enc"},
-                    facts={"validated": True})
+                    facts={"validated": establish("validated", payload)})
     Ledger(state).record_intent([Intent(item.item_id, "monthly_dataset", Purpose.MANDATED_DATASET.value, "2026-10",
                                         "named-submitter", "staging", "2026-10")])
     sender = staging.StagingSender(root)

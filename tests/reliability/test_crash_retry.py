@@ -218,8 +218,8 @@ def dataset_written(synth_source, tmp_path_factory):
     s = pipeline.Settings(org_provider="ZZZ01", work_dir=root / "work", key=KEY)
     pipeline.build_validate_write(synth_source.engine, state, OCT, s)
     numbers = set(pipeline.mpi_numbers(state, OCT, s))
-    blob, _ = pipeline.planning_extract(state, OCT, s, set(), numbers, "test")
-    (root / "extract.bin").write_bytes(blob)
+    extract, _ = pipeline.planning_extract(state, OCT, s, set(), numbers, "test")
+    (root / "extract.bin").write_bytes(extract.payload)
     state.dispose()
     return {"state": root / "state.db", "work_dir": root / "work", "blob": root / "extract.bin"}
 

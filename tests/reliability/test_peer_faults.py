@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from caldicott.letters import flow, gp_connect
 from caldicott.letters.messages import message_id
+from caldicott.policy.evidence import establish
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.transport.base import Outbound, TransportError
 from caldicott.transport.ledger import DONE, Ledger, State, ledger
@@ -152,8 +153,10 @@ def test_smtp_refusing_then_back(where, reply, retryable, synth_source, identifi
         assert smtp.files() == [], "a refused message was stored"
         _check_failed(state, ids, identifiers, f"smtp {where} {reply or 'connection refused'}")
         # the sender's own verdict on retrying
-        item = Outbound("gp_letters-probe", Purpose.GP_LETTER, "Z84000", "smime-email", b"Subject: x\r\n\r\nx\r\n",
-                        Protection.SMIME, address="practice.z84000@nhs.example", facts={"gp_sharing_consent": True})
+        probe_bytes = b"Subject: x\r\n\r\nx\r\n"
+        item = Outbound("gp_letters-probe", Purpose.GP_LETTER, "Z84000", "smime-email", probe_bytes,
+                        Protection.SMIME, address="practice.z84000@nhs.example",
+                        facts={"gp_sharing_consent": establish("gp_sharing_consent", probe_bytes)})
         if where != "down":
             with pytest.raises(TransportError) as info:
                 SmtpSender(smtplib.SMTP("127.0.0.1", port, timeout=10), "a@nhs.example").send(item)
@@ -233,7 +236,7 @@ def test_mesh_fault_then_back(month, batch_id, mode, times, client_kw, retryable
                 proxy.fault(mode, None)
                 probe = Outbound("gp_letters-probe-" + mode.replace(":", ""), Purpose.GP_LETTER, "Z84001", "mesh",
                                  b"{}", Protection.MESH, address=mesh_peer.GP_MAILBOX,
-                                 facts={"gp_sharing_consent": True})
+                                 facts={"gp_sharing_consent": establish("gp_sharing_consent", b"{}")})
                 with pytest.raises(TransportError) as info:
                     MeshSender(c, gp_connect.WORKFLOW).send(probe)
                 assert info.value.retryable is retryable, f"MESH {mode}: retryable={info.value.retryable}"

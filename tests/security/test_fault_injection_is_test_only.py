@@ -36,6 +36,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     from caldicott import gateway
     from caldicott.db import make_engine, sqlite_url
+    from caldicott.policy.evidence import establish
     from caldicott.policy.purposes import Protection, Purpose
     from caldicott.state.migrate import migrate
     from caldicott.transport.base import Outbound
@@ -50,7 +51,8 @@ SCRIPT = textwrap.dedent("""
     engine = make_engine(sqlite_url(sys.argv[1]))
     migrate(engine)
     items = [Outbound(item_id("gp_letters", f"R{n}", "assessment", "Z84001"), Purpose.GP_LETTER, "Z84001", "test",
-                      b"x", Protection.SMIME, facts={"gp_sharing_consent": True}) for n in range(5)]
+                      b"x", Protection.SMIME, facts={"gp_sharing_consent": establish("gp_sharing_consent", b"x")})
+             for n in range(5)]
     Ledger(engine).record_intent(Intent(i.item_id, "gp_letters", str(i.purpose), "k", i.recipient, i.channel)
                                  for i in items)
     peer = Peer()

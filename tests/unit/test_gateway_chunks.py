@@ -12,14 +12,16 @@ import time
 
 import pytest
 from caldicott import gateway
+from caldicott.policy.evidence import establish
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.transport.base import Outbound, TransportError
 from caldicott.transport.ledger import Intent, Ledger, State, item_id
 
 
 def letter(n: int) -> Outbound:
+    payload = b"%PDF-encrypted-" + str(n).encode()
     return Outbound(item_id("gp_letters", f"R{n}", "assessment", "Z84001"), Purpose.GP_LETTER, "Z84001", "test",
-                    b"%PDF-encrypted-" + str(n).encode(), Protection.SMIME, facts={"gp_sharing_consent": True})
+                    payload, Protection.SMIME, facts={"gp_sharing_consent": establish("gp_sharing_consent", payload)})
 
 
 def plan(engine, items) -> None:

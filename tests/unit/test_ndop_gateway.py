@@ -42,7 +42,8 @@ def _item(state_engine, *, recipient=NDOP_SERVICE, address=SERVICE_MAILBOX, payl
     ({"recipient": "commissioner"}, "recipient is not one ndop_check may go to"),
     ({"address": "X26ABC2"}, "address is not the configured CALDICOTT_NDOP_MAILBOX"),
     ({"address": ""}, "address is not the configured CALDICOTT_NDOP_MAILBOX"),
-    ({"payload": b"9990000018,Jane Example,\n"}, "ndop_check requires nhs_numbers_only"),
+    ({"payload": b"9990000018,Jane Example,\n"},
+     "ndop_check requires nhs_numbers_only (not established for these bytes)"),
     ({"protection": Protection.SFTP}, "protection sftp not allowed for ndop_check"),
 ])
 def test_the_gateway_lets_the_request_go_only_to_the_configured_service(state_engine, case, reason):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from caldicott import gateway
 from caldicott.disclosure import register
+from caldicott.policy.evidence import establish
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.state.quarantine import Quarantined, counts_by_reason, quarantine
 from caldicott.transport.base import Outbound, TransportError
@@ -30,9 +31,10 @@ class RecordingSender:
 
 
 def letter(n: int, **kw) -> Outbound:
+    payload = b"%PDF-encrypted-" + str(n).encode()
     base = dict(item_id=item_id("gp_letters", f"R{n}", "assessment", "Z84001"), purpose=Purpose.GP_LETTER,
-                recipient="Z84001", channel="test", payload=b"%PDF-encrypted-" + str(n).encode(),
-                protection=Protection.SMIME, facts={"gp_sharing_consent": True})
+                recipient="Z84001", channel="test", payload=payload,
+                protection=Protection.SMIME, facts={"gp_sharing_consent": establish("gp_sharing_consent", payload)})
     base.update(kw)
     return Outbound(**base)
 
@@ -92,7 +94,7 @@ def test_unplanned_item_does_not_leave(engine):
 
 
 def test_routine_purpose_needs_its_facts_and_protection(engine):
-    no_consent = letter(1, facts={"gp_sharing_consent": False})
+    no_consent = letter(1, facts={})   # the letters policy established no consent for these bytes
     plain = letter(2, protection=Protection.NONE)
     plan(engine, [no_consent, plain])
     sender = RecordingSender()

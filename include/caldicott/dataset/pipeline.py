@@ -41,6 +41,7 @@ from caldicott.dataset.report import Provider, facts, trend, write_quarantine, w
 from caldicott.dataset.submit import WindowMissed, submission_item_id
 from caldicott.dataset.writer import encrypt, read_archive
 from caldicott.policy import dataset as policy
+from caldicott.policy.evidence import Evidence, establish
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.state.quarantine import quarantine
 from caldicott.transport.base import Outbound, Sender
@@ -230,10 +231,19 @@ def record_optouts(state: Engine, period: Period, s: Settings, kind: Kind | str,
     return in_mandated
 
 
+@dataclass(frozen=True)
+class PlanningExtract:
+    """The encrypted commissioner extract and the ``ndop_applied`` evidence minted for exactly those bytes."""
+
+    payload: bytes
+    ndop_applied: Evidence
+
+
 def planning_extract(state: Engine, period: Period, s: Settings, opted_out: set[str], checked: set[str],
-                     ndop_source: str, *, window: Window | None = None) -> tuple[bytes, dict]:
+                     ndop_source: str, *, window: Window | None = None) -> tuple[PlanningExtract, dict]:
     """The commissioner extract of the primary submission after the national data opt-out, encrypted; writes the
-    opt-out statement and re-renders the report with the real figures."""
+    opt-out statement and re-renders the report with the real figures. The extract carries ``ndop_applied``
+    evidence, minted here where :func:`caldicott.policy.dataset.apply_ndop` produced its rows."""
     tables = load_month(state, period, s)
     ds = Dataset(period, s.version, {k: v for k, v in tables.items() if k != "manifest"})
     extract = policy.planning_extract(ds, org_provider=s.org_provider)
@@ -244,20 +254,21 @@ def planning_extract(state: Engine, period: Period, s: Settings, opted_out: set[
     _private_write(s.month_dir(period) / f"commissioner_extract_{period.key}.csv.enc", blob)
     in_mandated = record_optouts(state, period, s, Kind.PRIMARY, opted_out, ndop_source, planning=counts,
                                  window=window, tables=tables)
-    return blob, {"planning": counts, "ndop_patients_kept_in_submission": in_mandated}
+    return (PlanningExtract(blob, establish("ndop_applied", blob)),
+            {"planning": counts, "ndop_patients_kept_in_submission": in_mandated})
 
 
-def stage_extract(state: Engine, period: Period, s: Settings, blob: bytes, sender: Sender) -> dict:
-    """Stage the commissioner extract (national data opt-out applied) through the gateway."""
+def stage_extract(state: Engine, period: Period, s: Settings, extract: PlanningExtract, sender: Sender) -> dict:
+    """Stage the commissioner extract (national data opt-out applied, with its evidence) through the gateway."""
     from caldicott.gateway import release
 
     iid = item_id(FLOW, period.key, "commissioner_extract")
     Ledger(state).record_intent([Intent(iid, FLOW, Purpose.PLANNING_EXTRACT.value, period.key, s.commissioner,
                                         sender.channel, batch_id=period.key)])
-    item = Outbound(iid, Purpose.PLANNING_EXTRACT, s.commissioner, sender.channel, blob, Protection.STAGED_ENCRYPTED,
-                    address=f"{period.key}/commissioner",
+    item = Outbound(iid, Purpose.PLANNING_EXTRACT, s.commissioner, sender.channel, extract.payload,
+                    Protection.STAGED_ENCRYPTED, address=f"{period.key}/commissioner",
                     headers={"filename": f"commissioner_extract_{period.key}.csv.enc"},
-                    facts={"ndop_applied": True})
+                    facts={"ndop_applied": extract.ndop_applied})
     return {"item_id": iid, **release([item], sender, state).counts()}
 
 

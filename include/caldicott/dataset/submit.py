@@ -47,6 +47,7 @@ from sqlalchemy import Engine
 from caldicott.dataset import state_tables
 from caldicott.dataset.builder import Period
 from caldicott.dataset.calendar import Kind, Window
+from caldicott.policy.evidence import checksum, establish
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.transport.base import Outbound, Sender
 from caldicott.transport.ledger import DONE, Intent, Ledger, item_id
@@ -169,14 +170,12 @@ def submission_item_id(period: Period, kind: Kind | str = Kind.PRIMARY) -> str:
 
 def _outbound(target: SubmissionTarget, iid: str, period: Period, path: Path, row: Mapping[str, Any],
               kind: Kind | str = Kind.PRIMARY) -> Outbound:
-    """The submission as the gateway sees it. Its ``validated`` fact is established here, not asserted: the bytes
-    about to leave must be exactly the archive the pipeline registered (by SHA-256) after NHS England's file-level
-    rules passed — a file swapped or altered on disk since is refused by the gateway."""
-    import hashlib
-
+    """The submission as the gateway sees it. Its ``validated`` evidence is minted here, not asserted: only when the
+    bytes about to leave are exactly the archive the pipeline registered (by SHA-256) after NHS England's file-level
+    rules passed — a file swapped or altered on disk since carries none and is refused by the gateway."""
     version = str(row["version"])
     payload = path.read_bytes()
-    validated = hashlib.sha256(payload).hexdigest() == row["sha256"]
+    facts = {"validated": establish("validated", payload)} if checksum(payload) == row["sha256"] else {}
     headers = {"filename": path.name}
     address = period.key                       # staging: a folder per month (the refresh's file is named so)
     if target.route == Route.MESH:
@@ -186,7 +185,7 @@ def _outbound(target: SubmissionTarget, iid: str, period: Period, path: Path, ro
     elif target.route == Route.SFTP:
         address = target.sftp_directory
     return Outbound(iid, Purpose.MANDATED_DATASET, target.recipient, target.channel, payload,
-                    PROTECTION[target.route], address=address, headers=headers, facts={"validated": validated})
+                    PROTECTION[target.route], address=address, headers=headers, facts=facts)
 
 
 def _reference(ref: str | None) -> str:

@@ -33,6 +33,7 @@ from caldicott.letters.service import Service
 from caldicott.letters.state_tables import letter_ack
 from caldicott.policy import adequacy
 from caldicott.policy import letters as policy
+from caldicott.policy.evidence import establish
 from caldicott.records.checks import POSTCODE_RE
 from caldicott.state.quarantine import Quarantined, quarantine
 from caldicott.transport.base import Outbound, Sender
@@ -170,8 +171,8 @@ def send_document(letter: LetterData, lid: str, pdf: bytes, ch: Channels,
 
 
 def _due(letters: list[LetterData], kind: str, channel: str, ch: Channels,
-         skip: set[str]) -> Iterator[tuple[LetterData, str, policy.Route]]:
-    """The batch's letters that go now, with their ids and routes (cheap: decided before any rendering)."""
+         skip: set[str]) -> Iterator[tuple[LetterData, str, policy.Decision]]:
+    """The batch's letters that go now, with their ids and decisions to send (cheap: decided before any rendering)."""
     for letter in letters:
         lid = letter_id(letter.referral_id, letter.event, kind)
         if lid in skip:
@@ -184,7 +185,7 @@ def _due(letters: list[LetterData], kind: str, channel: str, ch: Channels,
             continue
         if channel == "post" and not ch.print_certificate_pem:
             continue   # no print house configured: stays intended, reported as pending
-        yield letter, lid, d.route
+        yield letter, lid, d
 
 
 PROTECTED = ("smime-email", "smime", "secure-email", "mesh", "post")
@@ -205,16 +206,20 @@ def outbound_items(letters: list[LetterData], kind: str, channel: str, batch: st
     pdfs = cast(Generator[tuple[bytes, dt.datetime], None, None],
                 render_pdfs(((letter, kind) for letter, _, _ in due), ch.service, count=len(due)))
     try:
-        for (letter, lid, route), (pdf, now) in zip(due, pdfs, strict=False):
-            yield _protect(letter, lid, route, pdf, now, kind, channel, batch, ch, body)
+        for (letter, lid, decision), (pdf, now) in zip(due, pdfs, strict=False):
+            yield _protect(letter, lid, decision, pdf, now, kind, channel, batch, ch, body)
     finally:
         pdfs.close()   # stop the renderer's look-ahead when the gateway stops early
 
 
-def _protect(letter: LetterData, lid: str, route: policy.Route, pdf: bytes, now: dt.datetime, kind: str,
+def _protect(letter: LetterData, lid: str, decision: policy.Decision, pdf: bytes, now: dt.datetime, kind: str,
              channel: str, batch: str, ch: Channels, body: str) -> Outbound:
-    """One rendered letter, protected for its channel, as the gateway's item."""
-    facts = {"gp_sharing_consent": bool(letter.patient.get("gp_sharing_consent", True))}
+    """One rendered letter, protected for its channel, as the gateway's item.
+
+    Its ``gp_sharing_consent`` evidence comes from the policy decision (a GP decision that found consent given),
+    minted for exactly the protected bytes below; a decision without it gives the letter none."""
+    route = decision.route
+    assert route is not None   # ``_due`` yields only decisions to send
     headers: dict[str, str] = {"batch": batch.replace("/", "_")}
     address = route.address
     filename = attachment_name(letter.event)
@@ -243,6 +248,7 @@ def _protect(letter: LetterData, lid: str, route: policy.Route, pdf: bytes, now:
         assert ch.print_certificate_pem
         payload = messages.post_file(pdf, ch.print_certificate_pem)
         headers[adequacy.COUNTRY_HEADER] = ch.print_country   # the print house posts it
+    facts = {"gp_sharing_consent": establish("gp_sharing_consent", payload)} if decision.gp_sharing_consent else {}
     return Outbound(lid, route.purpose, route.recipient, channel, payload, route.protection,
                     address=address, headers=headers, facts=facts)
 

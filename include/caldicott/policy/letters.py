@@ -21,7 +21,7 @@ show; no session notes (``clinical_summary``) ever.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from caldicott.crypto.keys import CertificateError, load_certificate
@@ -79,6 +79,9 @@ class Decision:
     reason: str | None = None  # reason code
     record_type: str | None = None
     record_id: str | None = None
+    #: the GP half only: this decision checked the patient's GP sharing consent and found it given (the source of
+    #: the ``gp_sharing_consent`` evidence the flow mints for the letter's bytes)
+    gp_sharing_consent: bool = False
 
 
 def cert_ok(pem: str | None) -> bool:
@@ -96,6 +99,12 @@ def gp_decision(patient: dict[str, Any], practice: dict[str, Any] | None, *, pat
         return Decision("gp", outcome="quarantined")
     if not patient.get("gp_sharing_consent", True):
         return Decision("gp", outcome="withheld", reason="gp_sharing_declined", record_type="patient", record_id=pid)
+    return replace(_gp_route(patient, practice), gp_sharing_consent=True)
+
+
+def _gp_route(patient: dict[str, Any], practice: dict[str, Any] | None) -> Decision:
+    """Where the GP half goes, once the patient's GP sharing consent is known to be given."""
+    pid = patient["local_patient_id"]
     code = patient.get("gp_practice_code")
     if not code:
         return Decision("gp", outcome="quarantined", reason="missing_gp_practice", record_type="patient",

@@ -38,6 +38,8 @@ from typing import TypedDict
 
 import pandas as pd
 
+from caldicott.policy.evidence import Evidence, establish
+
 #: How long an answer is kept before the number must be asked again.
 DEFAULT_TTL = dt.timedelta(days=7)
 #: A request with no reply after this long is abandoned by the purge: its sealed copy is erased, and the numbers
@@ -92,11 +94,12 @@ def request_bytes(numbers: Iterable[str]) -> bytes:
     return "".join(f"{n},\n" for n in s.tolist()).encode("ascii")
 
 
-def request_facts(payload: bytes) -> dict[str, bool]:
+def request_facts(payload: bytes) -> dict[str, Evidence]:
     """The facts the release gateway requires of an NDOP request, established from the bytes themselves.
 
     ``nhs_numbers_only``: every line is one valid NHS number and a comma, LF endings, nothing else — so the
-    purpose ``ndop_check`` cannot carry anything but the numbers to be checked.
+    purpose ``ndop_check`` cannot carry anything but the numbers to be checked. Its evidence is minted for exactly
+    ``payload`` and only when this holds (otherwise the mapping is empty and the gateway refuses the item).
     """
     lines = payload.split(b"\n")
     ok = bool(payload) and payload.endswith(b"\n") and b"\r" not in payload
@@ -106,7 +109,7 @@ def request_facts(payload: bytes) -> dict[str, bool]:
             ok = request_bytes(line[:-1].decode() for line in lines[:-1]) == payload
         except NdopError:
             ok = False
-    return {"nhs_numbers_only": ok}
+    return {"nhs_numbers_only": establish("nhs_numbers_only", payload)} if ok else {}
 
 
 def parse_reply(payload: bytes) -> set[str]:

@@ -44,7 +44,8 @@ class ReleaseRule:
 
     routine: bool
     allowed_protection: frozenset[Protection]
-    required_facts: tuple[str, ...] = ()   # facts the flow must assert True (e.g. consent checked)
+    #: facts the owning code must establish for exactly the item's bytes (caldicott.policy.evidence), e.g. consent
+    required_facts: tuple[str, ...] = ()
     why: str = ""
     #: the only recipients (opaque ids) this purpose may go to; None: any the flow names
     recipients: frozenset[str] | None = None

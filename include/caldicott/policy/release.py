@@ -5,8 +5,10 @@ claims it in the ledger; this module decides, the gateway delivers. :func:`check
 nothing: it reads the purpose's rule (:mod:`caldicott.policy.purposes`), the adequacy list
 (:mod:`caldicott.policy.adequacy`) and, for non-routine purposes, the disclosure register.
 
-Routine purposes pass when the facts their rule requires are asserted, the protection is one the rule allows
-and, where the rule names them, the recipient is one it allows and the address is the one the deployment
+Routine purposes pass when each fact their rule requires is established for exactly these bytes (an
+:class:`~caldicott.policy.evidence.Evidence` minted by the code that owns the fact, whose checksum is the
+item's; a bare ``True`` typed in by a caller is not evidence), the protection is one the rule allows and,
+where the rule names them, the recipient is one it allows and the address is the one the deployment
 configured (the NDOP check: NHS England's opt-out service mailbox, ``CALDICOTT_NDOP_MAILBOX``); every other
 purpose passes only with an approved entry in the disclosure register for exactly this recipient, at the
 address the approver saw, and exactly these bytes (checksum).
@@ -18,8 +20,15 @@ from sqlalchemy import Engine
 
 from caldicott.disclosure.register import approved_release
 from caldicott.policy import adequacy
+from caldicott.policy.evidence import Evidence
 from caldicott.policy.purposes import Protection, Purpose, configured_address, release_rule
 from caldicott.transport.base import Outbound, Sender
+
+
+def _established(item: Outbound, fact: str) -> bool:
+    """Whether ``item`` carries evidence, minted by the code that owns ``fact``, for exactly its bytes."""
+    ev: object = item.facts.get(fact)
+    return isinstance(ev, Evidence) and ev.fact == fact and ev.checksum == item.checksum
 
 
 class ReleaseRefused(Exception):
@@ -41,9 +50,9 @@ def check(item: Outbound, state_engine: Engine, sender: Sender | None = None) ->
     # privacy notice: no transfer to a country not assessed as adequate (UK GDPR Art. 45); fail closed on unknown
     if (where := adequacy.refusal(item, sender)) is not None:
         raise ReleaseRefused(where)
-    missing = [f for f in rule.required_facts if item.facts.get(f) is not True]
+    missing = [f for f in rule.required_facts if not _established(item, f)]
     if missing:
-        raise ReleaseRefused(f"{item.purpose!s} requires {', '.join(missing)}")
+        raise ReleaseRefused(f"{item.purpose!s} requires {', '.join(missing)} (not established for these bytes)")
     if rule.recipients is not None and item.recipient not in rule.recipients:
         raise ReleaseRefused(f"recipient is not one {item.purpose!s} may go to")
     if rule.address_setting is not None:   # the address comes from the deployment, never from the flow alone

@@ -33,6 +33,7 @@ from caldicott.letters.service import Service
 from caldicott.policy import adequacy
 from caldicott.policy import letters as letters_policy
 from caldicott.policy import transfers as policy
+from caldicott.policy.evidence import establish
 from caldicott.state.quarantine import Quarantined, quarantine
 from caldicott.transfers.build import TransferData, find_transfers, load_transfers
 from caldicott.transfers.render import ATTACHMENT, TITLE, render_pdf
@@ -214,13 +215,13 @@ def outbound_items(reports: list[TransferData], kind: str, channel: str, batch: 
         now = dt.datetime.now(dt.UTC)
         pdf = render_pdf(data, kind, ch.service, gp_copy=gp_copy, created=now)
         headers: dict[str, str] = {"batch": batch.replace("/", "_"), "filename": ATTACHMENT}
-        facts: dict[str, bool] = {}
+        established: list[str] = []   # the facts established for this report; evidence is minted for its bytes below
         address = ""
         route: policy.ReceiverRoute | letters_policy.Route | None   # the receiver's, or a letter route
         if kind == "receiver":
             route = policy.receiver_decision(data.receiver, contact_ok=True).route
             assert route is not None and data.receiver is not None
-            facts["transfer_fields_applied"] = True
+            established.append("transfer_fields_applied")   # render_pdf shows only policy.transfers' fields
             headers[adequacy.COUNTRY_HEADER] = route.country
             address, protection = route.address, route.protection
             if channel == "mesh":
@@ -245,7 +246,8 @@ def outbound_items(reports: list[TransferData], kind: str, channel: str, batch: 
                                                  postcode_ok=_postcode_ok(data.patient.get("postcode"))))
             route = d.route
             assert route is not None
-            facts["gp_sharing_consent"] = bool(data.patient.get("gp_sharing_consent", True))
+            if d.gp_sharing_consent:   # the letters policy's decision found the patient's consent given
+                established.append("gp_sharing_consent")
             address, protection, purpose, recipient = route.address, route.protection, route.purpose, route.recipient
             if kind == "gp":
                 headers[adequacy.COUNTRY_HEADER] = adequacy.normalise((data.practice or {}).get("country") or "GB")
@@ -276,7 +278,7 @@ def outbound_items(reports: list[TransferData], kind: str, channel: str, batch: 
             else:
                 continue
         yield Outbound(rid, purpose, recipient, channel, payload, protection, address=address, headers=headers,
-                       facts=facts)
+                       facts={f: establish(f, payload) for f in established})
 
 
 def send_batch(records: Engine, state: Engine, batch: dict[str, Any], ch: Channels, start: dt.date, end: dt.date,

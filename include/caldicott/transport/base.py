@@ -7,11 +7,11 @@ knows whether they may move at all.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from caldicott.policy.evidence import Evidence, checksum
 from caldicott.policy.purposes import Protection, Purpose
 
 
@@ -30,8 +30,9 @@ class TransportError(Exception):
 class Outbound:
     """One item to release: exactly the bytes that leave, and why.
 
-    ``facts`` are the policy facts the flow established for this item (e.g. ``gp_sharing_consent``);
-    the gateway checks them against the purpose's rule. ``headers`` are transport hints (subject,
+    ``facts`` are the policy facts established for this item (e.g. ``gp_sharing_consent``), each as the
+    :class:`~caldicott.policy.evidence.Evidence` the owning module minted for exactly these bytes; the gateway
+    checks them against the purpose's rule. ``headers`` are transport hints (subject,
     filename, MESH workflow id, remote path) and must not carry patient data, except that a letter's
     e-mail subject may name the service.
     """
@@ -44,12 +45,12 @@ class Outbound:
     protection: Protection
     address: str = ""                       # e-mail address, MESH mailbox, remote directory ...
     headers: Mapping[str, str] = field(default_factory=dict)
-    facts: Mapping[str, bool] = field(default_factory=dict)
+    facts: Mapping[str, Evidence] = field(default_factory=dict)
     disclosure_id: str | None = None
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.payload).hexdigest()
+        return checksum(self.payload)
 
 
 @runtime_checkable

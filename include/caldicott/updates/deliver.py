@@ -23,6 +23,7 @@ from caldicott.crypto import cms
 from caldicott.crypto.keys import CertificateError
 from caldicott.gateway import release
 from caldicott.policy import adequacy
+from caldicott.policy.evidence import establish
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.policy.referrer_updates import (
     ACTIVITY_COLUMN_SET,
@@ -165,7 +166,10 @@ def load_contract(records: Engine, contract_id: str) -> Contract:
 
 
 def _package(options: ContractOptions, contract: Contract, kind: str, period: str, data: bytes,
-             held: dict[str, str], country: str) -> Outbound:
+             held: dict[str, str], country: str, *, minimised: bool) -> Outbound:
+    """One file as the gateway's item. ``minimised``: ``data`` is the file the builder made from the contract's
+    field list (:mod:`caldicott.updates.build`), so ``contract_fields_applied`` evidence is minted for the bytes
+    that leave (the file, or its CMS envelope made here); a placeholder held for a person gets none."""
     iid = item_id(FLOW, options.contract_id, kind, period)
     payload, protection, encrypted = data, PROTECTION.get(options.transport, Protection.NONE), False
     if options.encrypt:
@@ -185,9 +189,10 @@ def _package(options: ContractOptions, contract: Contract, kind: str, period: st
         headers["workflow_id"] = str(contract.get("mesh_workflow") or "")
     address = str(contract.get("remote_path") or "") if options.transport == "sftp" else str(
         contract.get("mesh_mailbox") or "")
+    facts = {"contract_fields_applied": establish("contract_fields_applied", payload)} if minimised else {}
     return Outbound(item_id=iid, purpose=Purpose.REFERRER_UPDATE, recipient=options.contract_id,
                     channel=options.transport, payload=payload, protection=protection, address=address,
-                    headers=headers, facts={"contract_fields_applied": True})
+                    headers=headers, facts=facts)
 
 
 def build_items(records: Engine, state: Engine, contract: Contract, first: dt.date, end: dt.date, run_key: str,
@@ -207,8 +212,9 @@ def build_items(records: Engine, state: Engine, contract: Contract, first: dt.da
         rows, result.text_cleaned = free_text.clean(rows)
     period = period_key(first, end)
     country = build.organisation_country(records, options.referrer_ods)
+    minimised = False
     try:
-        data = build.sessions_file(options, rows, period)
+        data, minimised = build.sessions_file(options, rows, period), True
     except NamespaceNotConfigured as exc:  # fail closed: hold it, saying what to configure
         data = b"-"
         held[item_id(FLOW, options.contract_id, "sessions", period)] = str(exc)
@@ -216,7 +222,7 @@ def build_items(records: Engine, state: Engine, contract: Contract, first: dt.da
         data = b"-"
         held[item_id(FLOW, options.contract_id, "sessions", period)] = (
             f"file format {options.file_format!r} not supported")
-    item = _package(options, contract, "sessions", period, data, held, country)
+    item = _package(options, contract, "sessions", period, data, held, country, minimised=minimised)
     items.append(item)
     item_runs[item.item_id] = run_key
     result.rows["sessions"] = len(rows)
@@ -227,7 +233,7 @@ def build_items(records: Engine, state: Engine, contract: Contract, first: dt.da
         result.quarantined += quarantine(state, FLOW, run_key, m_bad)
         month = m_first.strftime("%Y-%m")
         item = _package(options, contract, "activity", month, build.activity_csv(options, month, m_rows), held,
-                        country)
+                        country, minimised=True)
         items.append(item)
         item_runs[item.item_id] = month
         result.rows["activity"] = int(m_rows["service_request_id"].nunique()) if len(m_rows) else 0

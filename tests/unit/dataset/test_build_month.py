@@ -19,6 +19,7 @@ from caldicott.dataset.submit import resolve_target, submit
 from caldicott.dataset.writer import decrypt, encrypt, load_key, new_key, read_archive
 from caldicott.db import make_engine, sqlite_url
 from caldicott.policy import dataset as policy
+from caldicott.policy.evidence import establish
 from caldicott.policy.ndop_check import NdopChecker
 from caldicott.records import schema
 from caldicott.transport.ledger import Ledger
@@ -232,7 +233,9 @@ def test_optout_matrix_and_submission_flow(synth_source, state_engine, tmp_path,
     assert checker.collect(pipeline.ndop_request_id(SEPT))
     status = checker.status(numbers)
     assert status.complete and status.opted_out == {ndop_number}
-    blob, counts = pipeline.planning_extract(state_engine, SEPT, s, status.opted_out, set(numbers), "test double")
+    planned, counts = pipeline.planning_extract(state_engine, SEPT, s, status.opted_out, set(numbers), "test double")
+    blob = planned.payload
+    assert planned.ndop_applied == establish("ndop_applied", blob)   # evidence for exactly the extract's bytes
 
     tables = read_archive(Path(state_tables.get(state_engine, "2026-09")["archive_path"]), key)
     mpi = tables["IDS001MPI"]

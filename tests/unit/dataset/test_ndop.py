@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from caldicott.db import utcnow
 from caldicott.policy import ndop_cache
+from caldicott.policy.evidence import establish
 from caldicott.policy.ndop import (
     NdopError,
     NdopKeyMissing,
@@ -53,10 +54,11 @@ def test_one_invalid_number_refuses_the_whole_request_without_naming_it():
 
 
 def test_the_gateway_fact_is_established_from_the_bytes():
-    assert request_facts(request_bytes(NUMBERS)) == {"nhs_numbers_only": True}
+    good = request_bytes(NUMBERS)
+    assert request_facts(good) == {"nhs_numbers_only": establish("nhs_numbers_only", good)}
     for bad in (b"", b"9990000018,\r\n", b"9990000018,\nJohn Smith,\n", b"9990000019,\n", b"9990000018\n",
                 b"9990000026,\n9990000018,\n"):           # the last: not the canonical (sorted) file
-        assert request_facts(bad) == {"nhs_numbers_only": False}, bad
+        assert request_facts(bad) == {}, bad   # no evidence: the gateway refuses the item
 
 
 def test_opted_out_are_those_missing_from_the_reply():

@@ -111,7 +111,7 @@ def test_every_channel_declares_its_countries(synth_source, service):
             if d.outcome != "send" or d.route is None or d.route.channel == "mesh":
                 continue
             lid = flow.letter_id(lt.referral_id, lt.event, kind)
-            item = _protect(lt, lid, d.route, b"%PDF-1.4 x", dt.datetime.now(dt.UTC), kind, d.route.channel,
+            item = _protect(lt, lid, d, b"%PDF-1.4 x", dt.datetime.now(dt.UTC), kind, d.route.channel,
                             "b", ch, "body")
             want = {"smime-email": ("GB", "IE"), "secure-email": ("IE", None), "smime": ("IE", None),
                     "post": ("FR", None)}[d.route.channel]

@@ -101,9 +101,11 @@ def test_policy_routes(synth_source):
     smime_practice = {"ods_code": "Z1", "channel": "smime-email", "email": "gp@x", "certificate_pem": cert.decode()}
     d = policy.gp_decision(_patient(), smime_practice, patient_ok=True)
     assert d.outcome == "send" and d.route.protection == Protection.SMIME
+    assert d.gp_sharing_consent   # the decision found consent given: the source of the letter's evidence
     d = policy.gp_decision(_patient(), {**smime_practice, "certificate_pem": None}, patient_ok=True)
     assert d.outcome == "held" and d.reason == "practice_certificate_missing"
-    assert policy.gp_decision(_patient(gp_sharing_consent=False), smime_practice, patient_ok=True).outcome == "withheld"
+    declined = policy.gp_decision(_patient(gp_sharing_consent=False), smime_practice, patient_ok=True)
+    assert declined.outcome == "withheld" and not declined.gp_sharing_consent
     assert policy.gp_decision(_patient(gp_practice_code=None), None, patient_ok=True).reason == "missing_gp_practice"
     assert policy.gp_decision(_patient(), {**smime_practice, "channel": "fax"}, patient_ok=True).reason == \
         "unknown_channel"
