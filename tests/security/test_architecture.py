@@ -80,3 +80,31 @@ def test_the_check_sees_a_send_that_bypasses_the_gateway(tmp_path):
     assert _sends(bad) == [(2, "deliver")]
     assert [fn for _, fn in _sends(ok)] == ["send"]
     assert any(fn != "send" for _, fn in _sends(GATEWAY)), "the gateway's own call is what the rule protects"
+
+
+#: Where each release fact is established (caldicott.policy.evidence): the code that owns it, and nowhere else.
+#: A new caller of ``establish`` is a new place vouching for a fact: add it here only after review.
+EVIDENCE_MINTERS = {
+    "include/caldicott/dataset/submit.py": {"validated"},
+    "include/caldicott/dataset/pipeline.py": {"ndop_applied"},
+    "include/caldicott/updates/deliver.py": {"contract_fields_applied"},
+    "include/caldicott/letters/flow.py": {"gp_sharing_consent"},
+    "include/caldicott/transfers/flow.py": {"*"},   # the facts its receiver decision established (by name)
+    "include/caldicott/policy/ndop.py": {"nhs_numbers_only"},
+}
+
+
+def _establishes(path: Path) -> set[str]:
+    """The facts a module mints with ``establish(...)`` (a literal name, or ``*`` when computed)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "establish":
+            arg = node.args[0] if node.args else None
+            found.add(arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else "*")
+    return found
+
+
+def test_release_facts_are_established_only_by_the_code_that_owns_them():
+    minted = {str(p.relative_to(ROOT)): facts for p in _modules("include", "plugins", "dags")
+              if p.name != "evidence.py" and (facts := _establishes(p))}
+    assert minted == EVIDENCE_MINTERS
