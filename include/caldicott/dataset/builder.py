@@ -41,7 +41,9 @@ dropped by the writer; the written tables hold national columns only.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,6 +54,8 @@ from sqlalchemy import Engine, String, and_, cast, func, or_, select, union
 from caldicott.dataset import idb
 from caldicott.records import schema
 from caldicott.records.queries import checked_columns, read
+
+log = logging.getLogger(__name__)
 
 LONDON = "Europe/London"
 VERSIONS = ("2.0", "2.1")
@@ -256,12 +260,26 @@ def read_source(engine: Engine, period: Period) -> SourceMonth:
                                     r.c.onset_month, r.c.previous_diagnosed_condition)
                      .where(_open_in_period(r, period)))
     pat_ids = select(r.c.local_patient_id).where(_open_in_period(r, period))
-    patients = _read(engine, select(p.c.local_patient_id, p.c.nhs_number, _text(p.c.birth_date), p.c.postcode,
+    # a stored flag its column cannot hold becomes a null the rules see; an unreadable pre-2020 objection flag
+    # counts as an objection (fail closed: the patient is left out of the return rather than sent against a
+    # possible objection), never a crash of the whole month
+    unreadable_objection: set[str] = set()
+
+    def objection_unreadable(row: dict[str, Any], columns: list[str]) -> None:
+        if "dataset_objection_pre2020" in columns:
+            unreadable_objection.add(str(row["local_patient_id"]))
+
+    patients = read(engine, select(p.c.local_patient_id, p.c.nhs_number, _text(p.c.birth_date), p.c.postcode,
                                    p.c.gender, p.c.ethnic_category, p.c.gp_practice_code, p.c.dataset_objection_pre2020,
                                    p.c.dataset_objection_date, p.c.gender_identity, p.c.gender_same_at_birth,
                                    p.c.ethnic_category_2021, p.c.ex_armed_forces, p.c.preferred_language,
                                    p.c.education_establishment)
-                    .where(p.c.local_patient_id.in_(pat_ids)))
+                    .where(p.c.local_patient_id.in_(pat_ids)), on_unreadable=objection_unreadable)
+    if unreadable_objection:
+        patients.loc[patients["local_patient_id"].astype(str).isin(unreadable_objection),
+                     "dataset_objection_pre2020"] = True
+        log.warning("%d patient(s) with an unreadable pre-2020 objection flag: treated as objecting",
+                    len(unreadable_objection))
     in_period = (c.c.contact_at >= start_utc, c.c.contact_at < end_utc, c.c.service_request_id.in_(open_ids))
     contacts = _read(engine, select(c.c.care_contact_id, c.c.service_request_id, _text(c.c.contact_at),
                                    _text(c.c.duration_minutes),

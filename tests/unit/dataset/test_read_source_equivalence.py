@@ -17,6 +17,7 @@ import pytest
 from caldicott.dataset import builder
 from caldicott.dataset.builder import Period, read_source
 from caldicott.db import make_engine, sqlite_url
+from caldicott.policy import dataset as policy_dataset
 from caldicott.records import queries, synth
 from sqlalchemy import String, type_coerce
 
@@ -94,16 +95,17 @@ def test_read_source_frames_equal_the_plain_read(small_month, tmp_path, monkeypa
     raw.execute("UPDATE coded_assessment SET score = 4.5 WHERE rowid % 17 = 0")
     raw.commit()
     _assert_same(make_engine(sqlite_url(tmp_path / "records.db"), readonly=True), monkeypatch)
-    # a boolean neither 0 nor 1 stops both reads alike (read_source passes no on_unreadable for IDS001)
-    raw.execute("UPDATE patient SET dataset_objection_pre2020 = 'yes'")
+    # a pre-2020 objection flag neither 0 nor 1 does not stop the month: it counts as an objection (fail closed)
+    raw.execute("UPDATE patient SET dataset_objection_pre2020 = 'yes' WHERE rowid % 5 = 0")
     raw.commit()
     raw.close()
     engine = make_engine(sqlite_url(tmp_path / "records.db"), readonly=True)
-    with pytest.raises(queries.UnreadableValue):
-        read_source(engine, SEPT)
-    with monkeypatch.context() as m, pytest.raises(queries.UnreadableValue):
-        m.setattr(builder, "_read", _reference_read)
-        read_source(engine, SEPT)
+    patients = read_source(engine, SEPT).patients
+    with sqlite3.connect(tmp_path / "records.db") as check:
+        garbled = {r[0] for r in check.execute("SELECT local_patient_id FROM patient WHERE rowid % 5 = 0")}
+    read_garbled = patients[patients["local_patient_id"].isin(garbled)]
+    assert len(read_garbled) and read_garbled["dataset_objection_pre2020"].eq(True).all()
+    assert set(policy_dataset.objectors(patients)) >= set(read_garbled["local_patient_id"])
 
 
 @pytest.mark.parametrize("values", [[1, None, 3], [1, "x", 2.0, 2.5, True, None], [0, 1, None, 2, "1", 1.0]])
