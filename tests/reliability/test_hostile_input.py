@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 
 from devtools.airflow_env import DEMO_FHIR_NAMESPACE
 from devtools.demo_service import demo_service
+from tests.recorder import Recorder
 
 from .conftest import figure
 
@@ -81,21 +82,6 @@ def _fhir_namespace():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CALDICOTT_FHIR_NAMESPACE", DEMO_FHIR_NAMESPACE)
         yield
-
-
-class Recorder:
-    """A Sender that keeps what it was given (hostile-input runs are about building, not transport)."""
-
-    def __init__(self, channel: str) -> None:
-        self.channel = channel
-        self.items: list[Outbound] = []
-
-    def send(self, item: Outbound) -> str:
-        self.items.append(item)
-        return f"rec-{item.item_id}"
-
-    def already_delivered(self, item: Outbound) -> str | None:
-        return None
 
 
 @pytest.fixture(scope="module")

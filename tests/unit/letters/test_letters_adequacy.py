@@ -15,24 +15,10 @@ from caldicott.policy import adequacy
 from caldicott.transport.ledger import Ledger, ledger
 from sqlalchemy import select
 
+from tests.recorder import Recorder
 from tests.unit.transfers.source import copy_source
 
 START, END = dt.date(2025, 6, 1), dt.date(2026, 8, 1)
-
-
-class Recorder:
-    """Keeps every item it is given (a test double for a transport)."""
-
-    def __init__(self, channel: str) -> None:
-        self.channel = channel
-        self.items: list = []
-
-    def send(self, item) -> str:
-        self.items.append(item)
-        return f"ref-{item.item_id}"
-
-    def already_delivered(self, item):
-        return None
 
 
 def test_a_practice_outside_the_adequacy_list_gets_no_letter_and_the_ledger_says_why(synth_source, state_engine,

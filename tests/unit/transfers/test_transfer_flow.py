@@ -20,24 +20,10 @@ from caldicott.state.quarantine import entries as quarantine_entries
 from caldicott.transfers import flow
 from caldicott.transport.ledger import Ledger
 
+from tests.recorder import Recorder
 from tests.unit.transfers import source
 
 DAY, NEXT = source.DAY, source.DAY + dt.timedelta(days=1)
-
-
-class Recorder:
-    """Keeps every item it is given (a test double for a transport)."""
-
-    def __init__(self, channel: str) -> None:
-        self.channel = channel
-        self.items: list = []
-
-    def send(self, item) -> str:
-        self.items.append(item)
-        return f"ref-{item.item_id}"
-
-    def already_delivered(self, item):
-        return None
 
 
 @pytest.fixture
