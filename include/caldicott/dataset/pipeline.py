@@ -29,6 +29,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
 import pandas as pd
 from sqlalchemy import Engine
@@ -88,7 +89,16 @@ def _private_write(path: Path, data: bytes | str) -> None:
         fh.write(data.encode() if isinstance(data, str) else data)
 
 
-def build_month(records: Engine, period: Period, s: Settings) -> tuple[Dataset, pd.DataFrame, dict]:
+class MonthTiming(TypedDict):
+    """What :func:`build_month` reports beside the data set: seconds to read and to build, and the pre-2020 objection
+    rule's counts (:func:`caldicott.policy.dataset.apply_pre2020`)."""
+
+    read_s: float
+    build_s: float
+    pre2020: dict[str, Any]
+
+
+def build_month(records: Engine, period: Period, s: Settings) -> tuple[Dataset, pd.DataFrame, MonthTiming]:
     """Read + build + the pre-2020 objection rule. Returns the data set, the patient frame, timings."""
     t0 = time.perf_counter()
     src = read_source(records, period)
@@ -126,7 +136,7 @@ def render_report(state: Engine, period: Period, s: Settings, kind: Kind | str =
 
 def build_validate_write(records: Engine, state: Engine, period: Period, s: Settings,
                          kind: Kind | str = Kind.PRIMARY, *, window: Window | None = None,
-                         now: dt.datetime | None = None) -> dict:
+                         now: dt.datetime | None = None) -> dict[str, Any]:
     """Build the submission, screen it (quarantining with rule codes), write the encrypted archive and report.
 
     A submission already staged or submitted is not rebuilt (what left must stay what is on record). One whose
@@ -209,7 +219,7 @@ def ndop_request_id(period: Period) -> str:
 
 
 def record_optouts(state: Engine, period: Period, s: Settings, kind: Kind | str, opted_out: set[str],
-                   ndop_source: str, *, planning: dict | None = None, window: Window | None = None,
+                   ndop_source: str, *, planning: dict[str, Any] | None = None, window: Window | None = None,
                    tables: dict[str, pd.DataFrame] | None = None) -> int:
     """Write the submission's opt-out statement with the real figures and re-render its report.
 
@@ -220,7 +230,8 @@ def record_optouts(state: Engine, period: Period, s: Settings, kind: Kind | str,
     in_mandated = int(tables["IDS001MPI"]["NHSNumber"].isin(list(opted_out)).sum())
     path = _statement_path(s, period, kind)
     old = json.loads(path.read_text()) if path.exists() else {}
-    pre = next((r["counts"] for r in old.get("rules", []) if r["rule"] == "pre2020_dataset_objection"), {})
+    pre: dict[str, Any] = next((r["counts"] for r in old.get("rules", []) if r["rule"] == "pre2020_dataset_objection"),
+                               {})
     if planning is None:   # keep what an earlier check said about the extract
         planning = next(({**r["counts"], **u["counts"]} for r in old.get("rules", []) if r["rule"] == "ndop_applied"
                          for u in old.get("rules", []) if u["rule"] == "ndop_status_unknown_excluded"), None)
@@ -240,7 +251,7 @@ class PlanningExtract:
 
 
 def planning_extract(state: Engine, period: Period, s: Settings, opted_out: set[str], checked: set[str],
-                     ndop_source: str, *, window: Window | None = None) -> tuple[PlanningExtract, dict]:
+                     ndop_source: str, *, window: Window | None = None) -> tuple[PlanningExtract, dict[str, Any]]:
     """The commissioner extract of the primary submission after the national data opt-out, encrypted; writes the
     opt-out statement and re-renders the report with the real figures. The extract carries ``ndop_applied``
     evidence, minted here where :func:`caldicott.policy.dataset.apply_ndop` produced its rows."""
@@ -258,7 +269,8 @@ def planning_extract(state: Engine, period: Period, s: Settings, opted_out: set[
             {"planning": counts, "ndop_patients_kept_in_submission": in_mandated})
 
 
-def stage_extract(state: Engine, period: Period, s: Settings, extract: PlanningExtract, sender: Sender) -> dict:
+def stage_extract(state: Engine, period: Period, s: Settings, extract: PlanningExtract,
+                  sender: Sender) -> dict[str, Any]:
     """Stage the commissioner extract (national data opt-out applied, with its evidence) through the gateway."""
     from caldicott.gateway import release
 
@@ -279,7 +291,8 @@ def check_reference(reference: str | None) -> str:
     return ref
 
 
-def confirm(state: Engine, period: Period, reference: str, by: str | None, kind: Kind | str = Kind.PRIMARY) -> dict:
+def confirm(state: Engine, period: Period, reference: str, by: str | None,
+            kind: Kind | str = Kind.PRIMARY) -> dict[str, Any]:
     """Record the SDCS portal reference the submitter entered (opaque portal id, no patient data), once.
 
     The same reference again changes nothing; another one raises

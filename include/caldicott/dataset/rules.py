@@ -39,8 +39,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -81,7 +83,13 @@ CATALOGUE = _catalogue()
 NATIONAL_FIELDS = _fields()
 REJECT_FILE, REJECT_GROUP, REJECT_RECORD, WARNING = "REJECT_FILE", "REJECT_GROUP", "REJECT_RECORD", "WARNING"
 
-Check = Callable[[Dataset], "np.ndarray | bool"]
+#: One boolean per record of a table: True where the record fails (a rule's mask), or has the property asked about.
+Mask = npt.NDArray[np.bool_]
+#: One integer per record: a row of another table (-1: none), or a code equal exactly for equal values.
+Codes = npt.NDArray[np.int64]
+#: A date column as numpy datetimes (NaT: null or not a date).
+Dates = npt.NDArray[np.datetime64]
+Check = Callable[[Dataset], Mask | bool]
 Breaker = Callable[[Dataset], None]
 
 
@@ -121,7 +129,7 @@ class Rule:
             return False
         return all(t in ds.tables and c in ds.tables[t].columns for t, c in self.needs)
 
-    def mask(self, ds: Dataset) -> np.ndarray:
+    def mask(self, ds: Dataset) -> Mask:
         """The failing records of ``table`` (all False when the rule does not apply)."""
         if not self.applies(ds):
             return np.zeros(len(ds.tables[self.table]) if self.table in ds.tables else 0, dtype=bool)
@@ -147,14 +155,14 @@ def implemented() -> list[str]:
 
 # ---- vectorised helpers ---------------------------------------------------------------------------------
 
-def _b(x) -> np.ndarray:
+def _b(x: pd.Series | npt.NDArray[Any]) -> Mask:
     """Nullable boolean → numpy bool (NA → False)."""
     if isinstance(x, np.ndarray):
         return x.astype(bool)
     return pd.Series(x).fillna(False).to_numpy(dtype=bool)
 
 
-def _blank(s: pd.Series) -> np.ndarray:
+def _blank(s: pd.Series) -> Mask:
     """Null, empty or only whitespace (``s.isna() | (s.str.strip() == "")``)."""
     if s.dtype.kind in "Mm" or str(s.dtype).startswith(("Int", "int", "float")):
         return s.isna().to_numpy()
@@ -171,25 +179,27 @@ def _blank(s: pd.Series) -> np.ndarray:
     return s.isna().to_numpy() | _b(s.str.strip() == "")
 
 
-def _b_arrow(x: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def _b_arrow(x: pa.ChunkedArray | pa.Array) -> Mask:
     """Arrow boolean → numpy bool (null → False)."""
     return np.asarray(x.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _blank_of(ds: Dataset, table: str, col: str) -> np.ndarray:
+def _blank_of(ds: Dataset, table: str, col: str) -> Mask:
     """``_blank`` of one column, memoised while the column is unchanged (blank, format and cross-field rules all
     ask for it)."""
     s = ds.tables[table][col]
-    return ds.keys.derived("blank", (s,), lambda: _blank(s), rows=True)
+    empty: Mask = ds.keys.derived("blank", (s,), lambda: _blank(s), rows=True)
+    return empty
 
 
-def _matches(ds: Dataset, table: str, col: str, regex: str) -> np.ndarray:
+def _matches(ds: Dataset, table: str, col: str, regex: str) -> Mask:
     """``fullmatch(regex)`` of a text column, row by row (null: False), memoised like the blank mask."""
     s = ds.tables[table][col]
-    return ds.keys.derived(f"match:{regex}", (s,), lambda: _fullmatch(s, regex), rows=True)
+    matched: Mask = ds.keys.derived(f"match:{regex}", (s,), lambda: _fullmatch(s, regex), rows=True)
+    return matched
 
 
-def _set(ds: Dataset, table: str, col: str, value) -> None:
+def _set(ds: Dataset, table: str, col: str, value: str | None) -> None:
     df = ds.tables[table]
     if df[col].dtype.kind == "M":
         df[col] = df[col].astype(object)
@@ -205,12 +215,12 @@ def _set(ds: Dataset, table: str, col: str, value) -> None:
         df[col] = df[col].astype("string[pyarrow]")
 
 
-def _setter(table: str, col: str, value) -> Breaker:
+def _setter(table: str, col: str, value: str | None) -> Breaker:
     return lambda ds: _set(ds, table, col, value)
 
 
-def _parent_row(ds: Dataset, table: str, col: str, parent: str, key: str, codes: np.ndarray | None = None
-                ) -> np.ndarray:
+def _parent_row(ds: Dataset, table: str, col: str, parent: str, key: str, codes: Codes | None = None
+                ) -> Codes:
     """For each row of ``table``: the first row of ``parent`` whose ``key`` equals its ``col`` (-1: none).
 
     Over the id columns' integer codes when both are id columns of one kind (no string hashed); ``codes`` overrides
@@ -231,14 +241,14 @@ def _parent_row(ds: Dataset, table: str, col: str, parent: str, key: str, codes:
     return np.where(codes >= 0, first[np.maximum(codes, 0)], -1)
 
 
-def _take(values: np.ndarray, rows: np.ndarray, missing) -> np.ndarray:
+def _take(values: Dates, rows: Codes, missing: np.datetime64) -> Dates:
     """``values[rows]`` with ``missing`` where the row is -1."""
     if not len(values):
         return np.full(len(rows), missing, dtype=values.dtype)
     return np.where(rows >= 0, values[np.maximum(rows, 0)], missing)
 
 
-def _lookup_date(ds: Dataset, table: str, col: str, parent: str, key: str, value: str) -> np.ndarray:
+def _lookup_date(ds: Dataset, table: str, col: str, parent: str, key: str, value: str) -> Dates:
     """``parent[value]`` (a date) of each row's parent (first match; NaT when there is none)."""
     vals = ds.tables[parent][value].to_numpy()
     return _take(vals, _parent_row(ds, table, col, parent, key), np.datetime64("NaT"))
@@ -246,7 +256,7 @@ def _lookup_date(ds: Dataset, table: str, col: str, parent: str, key: str, value
 
 def _before_parent_date(table: str, date_col: str, col: str, parent: str, key: str, value: str) -> Check:
     """The row's date is earlier than its parent's ``value`` date (no parent or no date: not flagged)."""
-    def check(ds: Dataset) -> np.ndarray:
+    def check(ds: Dataset) -> Mask:
         mine = ds.tables[table][date_col].to_numpy()
         return np.asarray(mine < _lookup_date(ds, table, col, parent, key, value), dtype=bool)
     return check
@@ -267,7 +277,7 @@ def _col(ds: Dataset, table: str, col: str) -> pd.Series:
     return ds.tables[table][col]
 
 
-def _per_distinct(s: pd.Series, fn: Callable[[pd.Series], np.ndarray], missing: bool = False) -> np.ndarray:
+def _per_distinct(s: pd.Series, fn: Callable[[pd.Series], Mask], missing: bool = False) -> Mask:
     """``fn`` (a boolean per value) decided once per distinct value of ``s``, then gathered over the rows; nulls
     take ``missing``. What keeps Python-level checks (clinical codes, scores) per value, not per row."""
     if not len(s):
@@ -294,7 +304,7 @@ BLANK_RULES: dict[tuple[str, str], str] = {}
 _NOT_LINE_END = "[^\\n\\r\\u0085\\u2028\\u2029]"
 
 
-def _length_ok(s: pd.Series, lo: int, hi: int) -> np.ndarray:
+def _length_ok(s: pd.Series, lo: int, hi: int) -> Mask:
     """``^.{lo,hi}$`` (Java regex: ``.`` is any character but a line end), the receiving side's "alphanumeric"."""
     data = arrow_data(s)
     if data is not None and (pa.types.is_large_string(data.type) or pa.types.is_string(data.type)):
@@ -305,14 +315,16 @@ def _length_ok(s: pd.Series, lo: int, hi: int) -> np.ndarray:
     return _b(s.astype("string[pyarrow]").str.fullmatch(f"{_NOT_LINE_END}{{{lo},{hi}}}"))
 
 
-def _fmt_mask(ds: Dataset, table: str, col: str, test: Callable[[pd.Series], np.ndarray]) -> np.ndarray:
+def _fmt_mask(ds: Dataset, table: str, col: str, test: Callable[[pd.Series], Mask]) -> Mask:
     """Populated and failing ``test`` (a null or blank passes a format rule)."""
     s = _col(ds, table, col)
     if s.dtype.kind in "Mm":
         return np.zeros(len(s), bool)
     if isinstance(s.dtype, pd.CategoricalDtype) or not _is_arrow_text(s):
         return _per_distinct(s, lambda v: ~test(v) & ~_blank(v), False)
-    return ~_blank_of(ds, table, col) & ~ds.keys.derived(f"fmt:{id(test)}", (s,), lambda: test(s), rows=True)
+    populated = ~_blank_of(ds, table, col)
+    passed: Mask = ds.keys.derived(f"fmt:{id(test)}", (s,), lambda: test(s), rows=True)
+    return populated & ~passed
 
 
 def _is_arrow_text(s: pd.Series) -> bool:
@@ -320,10 +332,10 @@ def _is_arrow_text(s: pd.Series) -> bool:
     return data is not None and (pa.types.is_large_string(data.type) or pa.types.is_string(data.type))
 
 
-_LENGTH_TESTS: dict[tuple[int, int], Callable[[pd.Series], np.ndarray]] = {}
+_LENGTH_TESTS: dict[tuple[int, int], Callable[[pd.Series], Mask]] = {}
 
 
-def _length_test(lo: int, hi: int) -> Callable[[pd.Series], np.ndarray]:
+def _length_test(lo: int, hi: int) -> Callable[[pd.Series], Mask]:
     if (lo, hi) not in _LENGTH_TESTS:
         _LENGTH_TESTS[(lo, hi)] = lambda v: _length_ok(v, lo, hi)
     return _LENGTH_TESTS[(lo, hi)]
@@ -336,7 +348,7 @@ def alnum(code: str, table: str, col: str, lo: int, hi: int, bad: Breaker | None
                           bad or _setter(table, col, "X" * (hi + 1)), field=col, single_field=True, cols=(col,)))
 
 
-_REGEX_TESTS: dict[str, Callable[[pd.Series], np.ndarray]] = {}
+_REGEX_TESTS: dict[str, Callable[[pd.Series], Mask]] = {}
 
 
 def fmt(code: str, table: str, col: str, regex: str, bad_value: str | None = None) -> Rule:
@@ -352,10 +364,10 @@ def fmt(code: str, table: str, col: str, regex: str, bad_value: str | None = Non
 #: An identifier's format (an20): the receiving side's ``^.{0,20}$``, ``.`` being any character but a line end.
 ID20 = "[^\n\r\u0085\u2028\u2029]{0,20}"
 #: Formats with an exact equivalent cheaper than the regex (tests check they agree).
-FAST_FORMATS: dict[str, Callable[[pd.Series], np.ndarray]] = {ID20: lambda v: _length_ok(v, 0, 20)}
+FAST_FORMATS: dict[str, Callable[[pd.Series], Mask]] = {ID20: lambda v: _length_ok(v, 0, 20)}
 
 
-def _fullmatch(s: pd.Series, regex: str) -> np.ndarray:
+def _fullmatch(s: pd.Series, regex: str) -> Mask:
     fast = FAST_FORMATS.get(regex)
     if fast is not None and _is_arrow_text(s):
         return fast(s)
@@ -367,12 +379,13 @@ def numeric(code: str, table: str, col: str, lo: int, hi: int) -> Rule:
     """The receiving side's "numeric" format: ``lo``..``hi`` digits (an integer column: 0 .. 10**hi - 1)."""
     regex = f"[0-9]{{{lo},{hi}}}"
 
-    def check(ds: Dataset) -> np.ndarray:
+    def check(ds: Dataset) -> Mask:
         s = _col(ds, table, col)
         if pd.api.types.is_numeric_dtype(s.dtype) and not isinstance(s.dtype, pd.CategoricalDtype):
             v = pd.to_numeric(s, errors="coerce").astype("Float64")
             ok = (v >= 0) & (v < 10 ** hi) & (v.round() == v) & ((v >= 10 ** (lo - 1)) if lo > 1 else True)
-            return s.notna().to_numpy() & ~ok.fillna(True).to_numpy(dtype=bool)
+            valid: Mask = ok.fillna(True).to_numpy(dtype=bool)
+            return s.notna().to_numpy() & ~valid
         if regex not in _REGEX_TESTS:
             _REGEX_TESTS[regex] = lambda v: _fullmatch(v, regex)
         return _fmt_mask(ds, table, col, _REGEX_TESTS[regex])
@@ -385,7 +398,7 @@ def in_set(code: str, version_field: str | None = None) -> Rule:
     vs = value_sets.value_sets()[code]
     table, col = vs.table, vs.field
 
-    def check(ds: Dataset) -> np.ndarray:
+    def check(ds: Dataset) -> Mask:
         allowed = sorted(value_sets.codes(code, ds.version if ds.version in ("2.0", "2.1") else "2.1"))
         s = _col(ds, table, col)
         if isinstance(s.dtype, pd.CategoricalDtype):   # decided per category, then one gather over the rows
@@ -393,8 +406,11 @@ def in_set(code: str, version_field: str | None = None) -> Rule:
             return by_code(~_blank(cats) & ~isin(cats, allowed), s.cat.codes.to_numpy(), False)
         if not _is_arrow_text(s):
             s = s.astype("string[pyarrow]")
-            return ~_blank(s) & ~isin(s, allowed)
-        return ~_blank_of(ds, table, col) & ~isin(s, allowed)
+            empty = _blank(s)
+        else:
+            empty = _blank_of(ds, table, col)
+        listed: Mask = isin(s, allowed)
+        return ~empty & ~listed
     return _register(Rule(code, table, check, _setter(table, col, "@@"), field=col, single_field=True,
                           cols=(col,)))
 
@@ -402,7 +418,7 @@ def in_set(code: str, version_field: str | None = None) -> Rule:
 EARLIEST_DATE = pd.Timestamp("1890-01-01")
 
 
-def _dates(s: pd.Series) -> np.ndarray:
+def _dates(s: pd.Series) -> Dates:
     """A date column as datetime64 (text parsed as ISO dates; what does not parse: NaT)."""
     if s.dtype.kind == "M":
         return s.to_numpy()
@@ -412,11 +428,11 @@ def _dates(s: pd.Series) -> np.ndarray:
 def date_fmt(code: str, table: str, col: str) -> Rule:
     """"... has incorrect date format" (is_valid_date_column_rule): a date on or after 1 January 1890 at midnight.
     A text column must also parse as an ISO date."""
-    def check(ds: Dataset) -> np.ndarray:
+    def check(ds: Dataset) -> Mask:
         s = _col(ds, table, col)
         d = _dates(s)
         with np.errstate(invalid="ignore"):
-            bad = ~np.isnat(d) & ((d < EARLIEST_DATE.to_datetime64()) | (d != d.astype("datetime64[D]")))
+            bad: Mask = ~np.isnat(d) & ((d < EARLIEST_DATE.to_datetime64()) | (d != d.astype("datetime64[D]")))
         if s.dtype.kind != "M":
             bad |= np.isnat(d) & ~_blank(s)
         return bad
@@ -426,7 +442,7 @@ def date_fmt(code: str, table: str, col: str) -> Rule:
 
 def datetime_fmt(code: str, table: str, col: str) -> Rule:
     """IDS00021 (is_valid_datetime_column_rule): on or after 1890-01-01 00:00:00."""
-    def check(ds: Dataset) -> np.ndarray:
+    def check(ds: Dataset) -> Mask:
         d = _dates(_col(ds, table, col))
         return ~np.isnat(d) & (d < EARLIEST_DATE.to_datetime64())
     return _register(Rule(code, table, check, _setter(table, col, "1800-01-01 00:00:00"), field=col,
@@ -469,7 +485,7 @@ def before_col(code: str, table: str, col: str, other: str) -> Rule:
 
 def before_parent(code: str, table: str, col: str, via: str, parent: str, key: str, value: str) -> Rule:
     """The date is before its parent record's ``value`` date (no parent, or a null: passes)."""
-    def check(ds: Dataset) -> np.ndarray:
+    def check(ds: Dataset) -> Mask:
         theirs = _take(_dates(ds.tables[parent][value]), _parent_row(ds, table, via, parent, key),
                        np.datetime64("NaT"))
         return np.asarray(_dates(_col(ds, table, col)) < theirs, dtype=bool)
@@ -482,7 +498,7 @@ def before_birth(code: str, table: str, col: str) -> Rule:
     if "LocalPatientId" in NATIONAL_FIELDS[table]:
         return before_parent(code, table, col, "LocalPatientId", MPI, "LocalPatientId", "PersonBirthDate")
 
-    def check(ds: Dataset) -> np.ndarray:
+    def check(ds: Dataset) -> Mask:
         ref_row = _parent_row(ds, table, "ServiceRequestId", REF, "ServiceRequestId")
         birth_by_ref = _take(_dates(ds.tables[MPI]["PersonBirthDate"]),
                              _parent_row(ds, REF, "LocalPatientId", MPI, "LocalPatientId"), np.datetime64("NaT"))
@@ -492,7 +508,7 @@ def before_birth(code: str, table: str, col: str) -> Rule:
                           needs=((REF, "LocalPatientId"), (MPI, "PersonBirthDate"))))
 
 
-def _has_parent(ds: Dataset, table: str, col: str, parent: str, parent_col: str) -> np.ndarray:
+def _has_parent(ds: Dataset, table: str, col: str, parent: str, parent_col: str) -> Mask:
     """``table[col].isin(parent[parent_col])``: over integer codes when both are id columns of one kind."""
     if KIND.get((table, col)) is not None and KIND.get((table, col)) == KIND.get((parent, parent_col)):
         return ds.keys.isin(ds.tables, table, col, parent, parent_col)
@@ -522,7 +538,7 @@ def unique(code: str, table: str, cols: list[str], *, nulls_unique: bool = True,
            single_field: bool = False) -> Rule:
     """"More than one ... provided for this ... combination" (uniqueness_rule): every record of a duplicated key
     fails. With ``nulls_unique`` (the receiving side's default) a key with a null part is never a duplicate."""
-    def check(ds: Dataset) -> np.ndarray:
+    def check(ds: Dataset) -> Mask:
         df = ds.tables[table]
         if not len(df):
             return np.zeros(0, bool)
@@ -537,7 +553,7 @@ def unique(code: str, table: str, cols: list[str], *, nulls_unique: bool = True,
 
 def unique_where_null(code: str, table: str, key: str, null_col: str) -> Rule:
     """uniqueness_with_condition_rule: among records whose ``null_col`` is null, more than one per ``key``."""
-    def check(ds: Dataset) -> np.ndarray:
+    def check(ds: Dataset) -> Mask:
         df = ds.tables[table]
         cond = df[null_col].isna().to_numpy()
         if not cond.any():
@@ -553,7 +569,7 @@ def _dup_row0(table: str) -> Breaker:
                                                              ignore_index=True))
 
 
-def both(code: str, table: str, fn: Callable[[Dataset], np.ndarray], cols: tuple[str, ...],
+def both(code: str, table: str, fn: Callable[[Dataset], Mask], cols: tuple[str, ...],
          field: str | None = None) -> Rule:
     """A comparison of fields of one record (column_comparison_rule)."""
     return _register(Rule(code, table, fn, field=field, cols=cols))
@@ -591,7 +607,7 @@ def snomed_ok(value: str, lo: int = 6, hi: int = 18) -> bool:
 
 def snomed(code: str, table: str, col: str, hi: int = 18) -> Rule:
     """"... has failed SNOMED CT checks" (decided once per distinct code)."""
-    def check(ds: Dataset) -> np.ndarray:
+    def check(ds: Dataset) -> Mask:
         s = _col(ds, table, col)
         return _per_distinct(s, lambda v: np.array([not snomed_ok(x, 6, hi) and x.strip() != "" for x in v.tolist()],
                                                    dtype=bool))
@@ -608,7 +624,7 @@ def find_code(code: str, table: str, scheme_col: str, code_col: str) -> Rule:
     """"... format does not match expected format from selected Finding Scheme In Use" (v2.1's
     ``is_valid_icd_snomed_find_code``): scheme 01 ICD-10 (4-6 characters), 04 SNOMED CT (the full check); a null
     code, or another scheme, passes."""
-    def check(ds: Dataset) -> np.ndarray:
+    def check(ds: Dataset) -> Mask:
         df = ds.tables[table]
         scheme = df[scheme_col].astype("string[pyarrow]")
         value = df[code_col]
@@ -636,22 +652,13 @@ POSTCODE = r"[A-Z]{1,2}[0-9][A-Z0-9]? [0-9][A-Z]{2}"
 MAX_PERSON_AGE = 130
 
 
-def _period_start(ds: Dataset) -> pd.Timestamp:
-    return pd.Timestamp(ds.period.first)
-
-
-def _period_end(ds: Dataset) -> pd.Timestamp:
-    """Last day of the period (inclusive), as the data set's date columns are dates."""
-    return pd.Timestamp(ds.period.last)
-
-
-def _populated(ds: Dataset, table: str, col: str) -> np.ndarray:
+def _populated(ds: Dataset, table: str, col: str) -> Mask:
     s = _col(ds, table, col)
     return s.notna().to_numpy() if s.dtype.kind in "Mm" or (pd.api.types.is_numeric_dtype(s.dtype) and not \
         isinstance(s.dtype, pd.CategoricalDtype)) else ~_blank_of(ds, table, col)
 
 
-def _eq(ds: Dataset, table: str, col: str, values: list[str]) -> np.ndarray:
+def _eq(ds: Dataset, table: str, col: str, values: list[str]) -> Mask:
     return isin(_col(ds, table, col), values)
 
 
@@ -732,7 +739,7 @@ custom("IDSREJ012", "FILE", _in_period_records,
 
 # The reject-file checks that single out records: NHS number, postcode and birth date are blanked (a blank is only a
 # warning nationally: IDS00111, IDS00123, IDS00120); a duplicated local patient id (a key) removes the records.
-def nhs_invalid(s: pd.Series) -> np.ndarray:
+def nhs_invalid(s: pd.Series) -> Mask:
     """True where a populated NHS number is not a valid one (format, check digit, mirrored, all zeros).
 
     Pure integer arithmetic over the column: no per-row Python (cf. ``records.nhs_numbers.valid_mask``). The
@@ -773,7 +780,7 @@ custom("IDSREJ008", MPI, lambda ds: (_dates(ds.tables[MPI]["PersonBirthDate"]) >
                                                       ).to_datetime64()),
        _setter(MPI, "PersonBirthDate", "2999-01-01"), field="PersonBirthDate", single_field=True,
        cols=("PersonBirthDate",))
-def _value_codes(ds: Dataset, table: str, col: str) -> tuple[np.ndarray, int]:
+def _value_codes(ds: Dataset, table: str, col: str) -> tuple[Codes, int]:
     """Codes ``0..n-1`` with equal codes exactly for equal values, null being one value of its own (as in
     ``DataFrame.duplicated``): the id columns' shared codes, a categorical's codes, else a factorisation."""
     s = ds.tables[table][col]
@@ -783,9 +790,9 @@ def _value_codes(ds: Dataset, table: str, col: str) -> tuple[np.ndarray, int]:
         codes, n = s.cat.codes.to_numpy().astype(np.int64), len(s.cat.categories)
     elif s.dtype.kind in "Mm":
         return _time_codes(s.to_numpy())
-    elif arrow_data(s) is not None and pa.types.is_large_string(arrow_data(s).type):
-        def enc() -> tuple[np.ndarray, int]:
-            (c,), size = encode_together([arrow_data(s)])
+    elif (data := arrow_data(s)) is not None and pa.types.is_large_string(data.type):
+        def enc() -> tuple[Codes, int]:
+            (c,), size = encode_together([data])
             return c, size
         codes, n = ds.keys.derived("codes", (s,), enc, rows=True)
     else:
@@ -794,7 +801,7 @@ def _value_codes(ds: Dataset, table: str, col: str) -> tuple[np.ndarray, int]:
     return np.where(codes < 0, n, codes).astype(np.int64, copy=False), n + 1
 
 
-def _time_codes(values: np.ndarray) -> tuple[np.ndarray, int]:
+def _time_codes(values: Dates) -> tuple[Codes, int]:
     """Codes for a date/time column (NaT one value of its own): dates a few weeks apart are their offset in
     days from the earliest, no hashing; anything more spread out is factorised."""
     v = values.view(np.int64)
@@ -812,12 +819,12 @@ def _time_codes(values: np.ndarray) -> tuple[np.ndarray, int]:
     return np.where(nat, n, (v - lo) // step), n + 1
 
 
-def _compact(key: np.ndarray) -> tuple[np.ndarray, int]:
+def _compact(key: Codes) -> tuple[Codes, int]:
     codes, uniq = pd.factorize(key)
     return codes.astype(np.int64), len(uniq)
 
 
-def _group(ds: Dataset, table: str, cols: list[str]) -> tuple[np.ndarray, int]:
+def _group(ds: Dataset, table: str, cols: list[str]) -> tuple[Codes, int]:
     """One integer per row, equal exactly for rows equal in every column of ``cols``."""
     key, n = _value_codes(ds, table, cols[0])
     for c in cols[1:]:
@@ -828,7 +835,7 @@ def _group(ds: Dataset, table: str, cols: list[str]) -> tuple[np.ndarray, int]:
     return key, n
 
 
-def _duplicated(key: np.ndarray, n: int) -> np.ndarray:
+def _duplicated(key: Codes, n: int) -> Mask:
     """``duplicated(keep=False)`` of a code array."""
     if not len(key):
         return np.zeros(0, dtype=bool)
@@ -842,7 +849,8 @@ def _copy_row1_to_row0(table: str, cols: list[str]) -> Breaker:
         df = ds.tables[table]
         for c in cols:
             df[c] = df[c].astype(object)
-            df.loc[0, c] = df.loc[1, c]
+            value: Any = df.loc[1, c]   # any scalar: pandas-stubs' result of .loc is wider than what it takes
+            df.loc[0, c] = value
             df[c] = df[c].astype("string[pyarrow]")
     return bad
 
@@ -893,7 +901,7 @@ unique("IDS00221", GP, ["LocalPatientId", "GMPCodeReg", "StartDateGMPRegistratio
 unique_where_null("IDS00222", GP, "LocalPatientId", "EndDateGMPRegistration")
 
 
-def _no_next_practice(ds: Dataset) -> np.ndarray:
+def _no_next_practice(ds: Dataset) -> Mask:
     """IDS00223: a registration that ended has no record of the same patient starting at another practice on the
     end date or the day after."""
     df = ds.tables[GP]
@@ -1015,7 +1023,7 @@ custom("IDS10142", REF, lambda ds: _b(ds.tables[REF]["OnsetDate"].astype("string
     r"[0-9]{4}/(0[1-9]|1[0,1,2])")), field="OnsetDate", cols=("OnsetDate",))
 
 
-def _onset_before_birth(ds: Dataset) -> np.ndarray:
+def _onset_before_birth(ds: Dataset) -> Mask:
     """IDS10141: YYYY-MM onset before the birth month (an onset not in YYYY-MM, or no birth date: passes)."""
     onset = ds.tables[REF]["OnsetDate"].astype("string[pyarrow]")
     ok = _b(onset.str.fullmatch(r"[0-9]{4}-(0[1-9]|1[0,1,2])"))
@@ -1025,7 +1033,8 @@ def _onset_before_birth(ds: Dataset) -> np.ndarray:
                             _parent_row(ds, REF, "LocalPatientId", MPI, "LocalPatientId"), np.datetime64("NaT")))
     by, bm = birth.dt.year.to_numpy(dtype=float), birth.dt.month.to_numpy(dtype=float)
     with np.errstate(invalid="ignore"):
-        return ok & ~np.isnan(by) & ((year < by) | ((year == by) & (month < bm)))
+        early: Mask = ok & ~np.isnan(by) & ((year < by) | ((year == by) & (month < bm)))
+    return early
 
 
 custom("IDS10141", REF, _onset_before_birth, field="OnsetDate", cols=("OnsetDate", "LocalPatientId"),
@@ -1043,7 +1052,7 @@ before_col("IDS10128", REF, "ServDischDate", "ReferralRequestReceivedDate")
 PEQ_CODES = sorted(c for c, s in scales.scales().items() if s.tool.endswith("PEQ"))
 
 
-def _discharged_before_without_follow_up(ds: Dataset) -> np.ndarray:
+def _discharged_before_without_follow_up(ds: Dataset) -> Mask:
     """IDS10129: discharged before the period with no care contact in it and no PEQ submitted for the referral."""
     ref = ds.tables[REF]
     early = _b(ref["ServDischDate"] < _period_start(ds))
@@ -1148,7 +1157,7 @@ both("IDS20167", CC, lambda ds: ~_blank_of(ds, CC, "AttendOrDNACode") & ~_eq(ds,
      ~_blank_of(ds, CC, "Cancellation"), ("AttendOrDNACode", "Cancellation"), "Cancellation")
 
 
-def _dup_attended(ds: Dataset) -> np.ndarray:
+def _dup_attended(ds: Dataset) -> Mask:
     """IDS20168: more than one attended (5 or 6) contact for a referral at the same date and time: every contact of
     that referral, date and time is flagged (as the receiving side's window over them is)."""
     att = _eq(ds, CC, "AttendOrDNACode", ["5", "6"])
@@ -1245,7 +1254,7 @@ before_birth("IDS60316", PRES, "PresCompDate")
 # ---- IDS606 / IDS607 coded scored assessments -----------------------------------------------------------------
 
 
-def _pairs(ds: Dataset, table: str, fn: Callable[[str, str], bool]) -> np.ndarray:
+def _pairs(ds: Dataset, table: str, fn: Callable[[str | None, str | None], bool]) -> Mask:
     """``not fn(tool, score)`` per row, decided once per distinct (tool, score) pair (null: passes)."""
     df = ds.tables[table]
     if not len(df):
@@ -1448,10 +1457,10 @@ class ScreenResult:
         return [q for b in self.blanked for q in b.items()]
 
 
-def evaluate(ds: Dataset, codes: list[str] | None = None) -> dict[str, np.ndarray | bool]:
+def evaluate(ds: Dataset, codes: list[str] | None = None) -> dict[str, Mask | bool]:
     """Run rules (all by default) without changing anything: code -> mask (record rules) or bool (file). A rule
     whose table or columns the data set does not carry gives an all-False mask."""
-    out: dict[str, np.ndarray | bool] = {}
+    out: dict[str, Mask | bool] = {}
     for code in (codes or implemented()):
         r = REGISTRY[code]
         out[code] = bool(r.check(ds)) if r.file_level else r.mask(ds)
@@ -1463,15 +1472,15 @@ def _items(table: str, rids: pd.Series, code: str) -> list[Quarantined]:
     return [Quarantined(table, str(r), code, msg) for r in rids.tolist()]
 
 
-def _blank_cells(ds: Dataset, table: str, col: str, mask: np.ndarray) -> None:
+def _blank_cells(ds: Dataset, table: str, col: str, mask: Mask) -> None:
     """Set ``table[col]`` to null where ``mask`` (same dtype: a categorical stays one, text stays Arrow text)."""
     df = ds.tables[table]
     df[col] = df[col].mask(pd.Series(mask, index=df.index))
 
 
-def _group_failures(ds: Dataset) -> dict[str, np.ndarray]:
+def _group_failures(ds: Dataset) -> dict[str, Mask]:
     """Records without their parent (every orphan rule) or, for a patient, without an IDS002 / IDS101 group."""
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Mask] = {}
     for table, code in ORPHAN_CODE.items():
         r = REGISTRY[code]
         if r.applies(ds) and len(ds.tables[table]):
@@ -1507,10 +1516,10 @@ def screen(ds: Dataset, only: set[str] | None = None) -> ScreenResult:
         res.seconds[r.code] = time.perf_counter() - t0
         if m.any():
             res.failures[r.code] = int(m.sum())
-            rids = tuple(str(x) for x in ds.tables[r.table]["_rid"][m].tolist())
-            res.blanked.append(Blanked(r.table, r.field or "", r.code, rids))
+            blanked = tuple(str(x) for x in ds.tables[r.table]["_rid"][m].tolist())
+            res.blanked.append(Blanked(r.table, r.field or "", r.code, blanked))
             _blank_cells(ds, r.table, r.field or "", m)
-    drop_by_table: dict[str, np.ndarray] = {}
+    drop_by_table: dict[str, Mask] = {}
     for r in (r for r in record_rules if action(r) != "blank"):
         t0 = time.perf_counter()
         m = r.mask(ds)

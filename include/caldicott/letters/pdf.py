@@ -32,6 +32,7 @@ import functools
 import io
 import os
 import re
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def _cjk_path(bold: bool) -> Path | None:
 
 #: Unicode faces in the order a character is looked up: (fpdf2 family name, path of the regular / bold file).
 #: Faces without a bold file use the regular one for bold too.
-FACES: tuple[tuple[str, object], ...] = (
+FACES: tuple[tuple[str, Callable[[bool], Path | None]], ...] = (
     (FAMILY, font_path),
     ("notodeva", _devanagari_path),
     ("notocjk", _cjk_path),
@@ -97,7 +98,9 @@ def _prototype(family: str, bold: bool) -> TTFFont:
     """One parsed font per face, weight and process (metrics, cmap, widths)."""
     holder = FPDF()
     style = "B" if bold else ""
-    return TTFFont(holder, io.BytesIO(_font_bytes(family, bold)), family + style, style)
+    # fpdf2 annotates the font file as a Path, but hands it straight to fontTools' TTFont, which reads a file object
+    # as well: parsed from the bytes read once per process (_font_bytes), not from the disk again
+    return TTFFont(holder, io.BytesIO(_font_bytes(family, bold)), family + style, style)  # type: ignore[arg-type]
 
 
 @functools.cache
@@ -142,7 +145,7 @@ class _Blocks(HTMLParser):
         self._runs: list[tuple[bool, str]] = []
         self._bold = 0
 
-    def handle_starttag(self, tag, attrs):
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in self.BLOCKS:
             self._flush()
             self._tag = tag
@@ -151,13 +154,13 @@ class _Blocks(HTMLParser):
         elif tag == "br":
             self._runs.append((bool(self._bold), "\n"))
 
-    def handle_endtag(self, tag):
+    def handle_endtag(self, tag: str) -> None:
         if tag in self.BLOCKS:
             self._flush()
         elif tag == "b":
             self._bold = max(0, self._bold - 1)
 
-    def handle_data(self, data):
+    def handle_data(self, data: str) -> None:
         if self._tag is None:
             if not data.strip():
                 return
@@ -171,7 +174,7 @@ class _Blocks(HTMLParser):
             self.blocks.append((self._tag, self._runs))
         self._tag, self._runs = None, []
 
-    def close(self):
+    def close(self) -> None:
         super().close()
         self._flush()
 
@@ -291,7 +294,9 @@ def _text(pdf: FPDF, x: float, y: float, text: str) -> None:
     pdf._out(f"BT {x * pdf.k:.2f} {(pdf.h - y) * pdf.k:.2f} Td {pdf.current_font.encode_text(text)} ET")
 
 
-def _fits_core(blocks) -> bool:
+def _fits_core(blocks: list[tuple[str, list[tuple[bool, str]]]]) -> bool:
+    """Every character of ``blocks`` is in Windows-1252, so the letter can be set in the core font (nothing
+    embedded)."""
     try:
         for _, runs in blocks:
             for _, text in runs:
@@ -332,7 +337,7 @@ def _core_widths(bold: bool) -> dict[str, float]:
     from fpdf.fonts import CORE_FONTS_CHARWIDTHS
 
     cw = CORE_FONTS_CHARWIDTHS[CORE + ("B" if bold else "")]
-    table = {}
+    table: dict[str, float] = {}
     for i in range(256):
         try:
             ch = bytes([i]).decode(CORE_ENCODING)

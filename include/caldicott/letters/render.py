@@ -12,7 +12,7 @@ import datetime as dt
 import functools
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -20,10 +20,28 @@ from caldicott.letters.pdf import html_to_pdf
 from caldicott.letters.service import Service
 from caldicott.policy.letters import minimum_patient
 
-if TYPE_CHECKING:   # not at run time: the render worker process (render_pool) need not import pandas for it
-    from caldicott.letters.build import LetterData
-
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+class LetterContent(Protocol):
+    """What rendering reads of a letter: a :class:`caldicott.letters.build.LetterData`, or the render worker's copy
+    of just these fields (:mod:`caldicott.letters.render_pool`). A protocol, not ``LetterData`` itself, so that the
+    worker process need not import ``letters.build`` (and pandas) to render, and its copy type-checks as a letter."""
+
+    @property
+    def event(self) -> str: ...
+    @property
+    def event_date(self) -> dt.date: ...
+    @property
+    def patient(self) -> dict[str, Any]: ...
+    @property
+    def practice(self) -> dict[str, Any] | None: ...
+    @property
+    def referral(self) -> dict[str, Any]: ...
+    @property
+    def scores(self) -> dict[str, Any]: ...
+    @property
+    def outcome(self) -> dict[str, Any]: ...
 
 
 @functools.cache
@@ -33,7 +51,9 @@ def environment(folder: str | None = None) -> Environment:
                        trim_blocks=True, lstrip_blocks=True)
 
 
-def _fmt_date(v) -> str:
+def _fmt_date(v: dt.date | str | None) -> str:
+    """A date as a letter prints it (``3 March 2024``). The source gives dates, datetimes (their date is printed)
+    or ISO strings (read by their date part); nothing recorded prints as such."""
     if v is None:
         return "not recorded"
     if isinstance(v, str):
@@ -43,7 +63,7 @@ def _fmt_date(v) -> str:
     return f"{v.day} {v:%B %Y}"
 
 
-def context(letter: LetterData, recipient_kind: str, service: Service) -> dict:
+def context(letter: LetterContent, recipient_kind: str, service: Service) -> dict[str, Any]:
     """What a template may see for this recipient (minimum necessary)."""
     patient = minimum_patient(letter.patient, recipient_kind)
     patient["birth_date"] = _fmt_date(patient.get("birth_date"))
@@ -65,7 +85,7 @@ def context(letter: LetterData, recipient_kind: str, service: Service) -> dict:
     }
 
 
-def render_markup(letter: LetterData, recipient_kind: str, service: Service) -> str:
+def render_markup(letter: LetterContent, recipient_kind: str, service: Service) -> str:
     template = environment().get_template(f"{letter.event}.html.j2")
     return template.render(**context(letter, recipient_kind, service))
 
@@ -83,7 +103,7 @@ def attachment_name(event: str) -> str:
     return letter_title(event).lower().replace(" ", "-") + ".pdf"
 
 
-def render_pdf(letter: LetterData, recipient_kind: str, service: Service, *,
+def render_pdf(letter: LetterContent, recipient_kind: str, service: Service, *,
                created: dt.datetime | None = None) -> bytes:
     """The letter as PDF; ``created`` (default: now) is the PDF's creation date."""
     return html_to_pdf(render_markup(letter, recipient_kind, service), title=letter_title(letter.event),

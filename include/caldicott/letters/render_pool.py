@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from caldicott.letters.build import LetterData
@@ -94,17 +94,20 @@ def _init_worker(parent: int) -> None:
     from caldicott.letters import render  # noqa: F401  (imported once per worker, not per letter)
 
 
-def _render_group(work: list[tuple[tuple, str]], service: Service, created: dt.datetime) -> list:
+def _render_group(work: list[tuple[tuple[Any, ...], str]], service: Service,
+                  created: dt.datetime) -> list[bytes | Exception]:
     """Letters' PDFs, in the worker: the same :func:`caldicott.letters.render.render_pdf` as inline. A letter that
     fails to render ends the group with its exception in its place, so the letters before it in the group still go
-    (as they would inline) and the error is raised where that letter would have been."""
+    (as they would inline) and the error is raised where that letter would have been. Each letter arrives as the
+    values of :data:`_FIELDS` (what a template reads), rebuilt here as a namespace that is a
+    :class:`~caldicott.letters.render.LetterContent`."""
     from caldicott.letters.render import render_pdf
 
-    out: list = []
+    out: list[bytes | Exception] = []
     for fields, kind in work:
         try:
-            out.append(render_pdf(SimpleNamespace(**dict(zip(_FIELDS, fields, strict=True))), kind,  # type: ignore[arg-type]
-                                  service, created=created))
+            out.append(render_pdf(SimpleNamespace(**dict(zip(_FIELDS, fields, strict=True))), kind, service,
+                                  created=created))
         except Exception as exc:
             out.append(exc)
             break
@@ -198,6 +201,8 @@ def worker_pids() -> list[int]:
     return [p.pid for p in list(procs.values()) if p.pid is not None]
 
 
+# declared an Iterator while letters/flow.py casts the result to the Generator it is (a Generator here would make
+# that cast redundant, a mypy error): the two change together (issue 15)
 def render_pdfs(jobs: Iterable[tuple[LetterData, str]], service: Service, *, count: int | None = None
                 ) -> Iterator[tuple[bytes, dt.datetime]]:
     """``(pdf, created)`` for each ``(letter, recipient_kind)`` of ``jobs``, in order; ``created`` is the PDF's
@@ -223,7 +228,7 @@ def _pooled(pool: ProcessPoolExecutor, jobs: Iterable[tuple[LetterData, str]],
             service: Service) -> Iterator[tuple[bytes, dt.datetime]]:
     """Letters go to the worker :data:`GROUP` at a time (one task, one result message for the group): a task per
     letter cost the sending process about a quarter of a letter's rendering in pickling and executor threads."""
-    pending: deque[tuple[Future, list[dt.datetime]]] = deque()
+    pending: deque[tuple[Future[list[bytes | Exception]], list[dt.datetime]]] = deque()
     source = iter(jobs)
     exhausted = False
     try:
