@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Engine, String, and_, cast, func, or_, select, union
+from sqlalchemy import Engine, String, and_, cast, func, or_, select
 
 from caldicott.dataset import idb
 from caldicott.records import schema
@@ -218,6 +218,18 @@ def _text(col):
     return cast(col, String).label(col.name)
 
 
+def _of_open_referral(key, referral_key, period: Period):
+    """The row's key (``local_patient_id`` or ``service_request_id``) belongs to a referral open in the period.
+
+    A correlated EXISTS rather than ``key IN (open referrals)``: SQLite builds the IN list (every referral received
+    before the period's end, each looked up for its discharge date) afresh for each query, which cost more than
+    reading a small table itself; the EXISTS probes the referral index once per row of the small table (PostgreSQL
+    plans either as the same semi-join). Used for the patient- and referral-level tables; the large contact and
+    score tables, selected first by their own instant, keep the IN list (measured faster there)."""
+    r = schema.referral
+    return select(r.c.service_request_id).where(referral_key == key, _open_in_period(r, period)).exists()
+
+
 def _by_period_end(col, period: Period):
     """Undated, or dated before the end of the period (a fact recorded or applying only later is not this month's)."""
     return or_(col.is_(None), col < period.end)
@@ -259,7 +271,13 @@ def read_source(engine: Engine, period: Period) -> SourceMonth:
                                     r.c.end_code, r.c.presenting_problem_code, r.c.presenting_problem_significance,
                                     r.c.onset_month, r.c.previous_diagnosed_condition)
                      .where(_open_in_period(r, period)))
-    pat_ids = select(r.c.local_patient_id).where(_open_in_period(r, period))
+
+    def _of_patient(key):
+        return _of_open_referral(key, r.c.local_patient_id, period)
+
+    def _of_referral(key):
+        return _of_open_referral(key, r.c.service_request_id, period)
+
     # a stored flag its column cannot hold becomes a null the rules see; an unreadable pre-2020 objection flag
     # counts as an objection (fail closed: the patient is left out of the return rather than sent against a
     # possible objection), never a crash of the whole month
@@ -274,7 +292,7 @@ def read_source(engine: Engine, period: Period) -> SourceMonth:
                                    p.c.dataset_objection_date, p.c.gender_identity, p.c.gender_same_at_birth,
                                    p.c.ethnic_category_2021, p.c.ex_armed_forces, p.c.preferred_language,
                                    p.c.education_establishment)
-                    .where(p.c.local_patient_id.in_(pat_ids)), on_unreadable=objection_unreadable)
+                    .where(_of_patient(p.c.local_patient_id)), on_unreadable=objection_unreadable)
     if unreadable_objection:
         patients.loc[patients["local_patient_id"].astype(str).isin(unreadable_objection),
                      "dataset_objection_pre2020"] = True
@@ -302,54 +320,54 @@ def read_source(engine: Engine, period: Period) -> SourceMonth:
     accommodation = _read(engine, select(acc.c.accommodation_id, acc.c.local_patient_id, acc.c.accommodation_type,
                                         acc.c.settled, _text(acc.c.recorded_date), _text(acc.c.start_date),
                                         _text(acc.c.end_date))
-                         .where(acc.c.local_patient_id.in_(pat_ids), _by_period_end(acc.c.recorded_date, period),
+                         .where(_of_patient(acc.c.local_patient_id), _by_period_end(acc.c.recorded_date, period),
                                 _by_period_end(acc.c.start_date, period),
                                 _not_ended_before(acc.c.end_date, period.first)))
     employment = _read(engine, select(*(_text(col) if col.name.endswith("date") else col for col in emp.c))
-                      .where(emp.c.local_patient_id.in_(pat_ids), _by_period_end(emp.c.recorded_date, period)))
+                      .where(_of_patient(emp.c.local_patient_id), _by_period_end(emp.c.recorded_date, period)))
     disability = _read(engine, select(dis.c.disability_id, dis.c.local_patient_id, dis.c.disability_code)
-                      .where(dis.c.local_patient_id.in_(pat_ids)))
+                      .where(_of_patient(dis.c.local_patient_id)))
     circumstances = _read(engine, select(soc.c.circumstance_id, soc.c.local_patient_id, soc.c.snomed_code,
                                         _text(soc.c.recorded_date))
-                         .where(soc.c.local_patient_id.in_(pat_ids), _by_period_end(soc.c.recorded_date, period)))
+                         .where(_of_patient(soc.c.local_patient_id), _by_period_end(soc.c.recorded_date, period)))
     overseas = _read(engine, select(ovs.c.visitor_id, ovs.c.local_patient_id, ovs.c.charging_category,
                                    _text(ovs.c.applicable_date))
-                    .where(ovs.c.local_patient_id.in_(pat_ids), _by_period_end(ovs.c.applicable_date, period)))
+                    .where(_of_patient(ovs.c.local_patient_id), _by_period_end(ovs.c.applicable_date, period)))
     diagnoses = _read(engine, select(dia.c.diagnosis_id, dia.c.local_patient_id, dia.c.scheme, dia.c.code,
                                     _text(dia.c.diagnosis_date))
-                     .where(dia.c.local_patient_id.in_(pat_ids), _by_period_end(dia.c.diagnosis_date, period)))
+                     .where(_of_patient(dia.c.local_patient_id), _by_period_end(dia.c.diagnosis_date, period)))
     clusters = _read(engine, select(clu.c.cluster_id, clu.c.local_patient_id, clu.c.cluster_code, _text(clu.c.start_at),
                                    _text(clu.c.end_at))
-                    .where(clu.c.local_patient_id.in_(pat_ids), clu.c.start_at < end_utc,
+                    .where(_of_patient(clu.c.local_patient_id), clu.c.start_at < end_utc,
                            _not_ended_before(clu.c.end_at, start_utc)))
     # referral-level tables: the IDS101 referrals' rows for the period
     onw, pau, itl, ltc = (schema.onward_referral, schema.waiting_time_pause, schema.internet_therapy_log,
                           schema.long_term_condition)
     onward = _read(engine, select(onw.c.onward_referral_id, onw.c.service_request_id, _text(onw.c.referred_at),
                                  onw.c.reason, onw.c.receiving_org_code)
-                  .where(onw.c.service_request_id.in_(open_ids), onw.c.referred_at >= start_utc,
+                  .where(_of_referral(onw.c.service_request_id), onw.c.referred_at >= start_utc,
                          onw.c.referred_at < end_utc))
     pauses = _read(engine, select(pau.c.pause_id, pau.c.service_request_id, _text(pau.c.start_date),
                                  _text(pau.c.end_date), pau.c.reason)
-                  .where(pau.c.service_request_id.in_(open_ids), pau.c.start_date < period.end,
+                  .where(_of_referral(pau.c.service_request_id), pau.c.start_date < period.end,
                          _not_ended_before(pau.c.end_date, period.first)))
-    logs_in_period = (itl.c.service_request_id.in_(open_ids), itl.c.start_date < period.end,
+    logs_in_period = (_of_referral(itl.c.service_request_id), itl.c.start_date < period.end,
                       _not_ended_before(itl.c.end_date, period.first))
     therapy_logs = _read(engine, select(itl.c.log_id, itl.c.service_request_id, _text(itl.c.start_date),
                                        _text(itl.c.end_date), itl.c.programme, _text(itl.c.duration_minutes),
                                        itl.c.care_pers_local_id, itl.c.integrated_software)
                         .where(*logs_in_period))
     conditions = _read(engine, select(ltc.c.condition_id, ltc.c.service_request_id, ltc.c.scheme, ltc.c.code)
-                      .where(ltc.c.service_request_id.in_(open_ids)))
-    # IDS902: qualifications of the personnel the contacts and logs name (narrowed to the file's rows by build)
+                      .where(_of_referral(ltc.c.service_request_id)))
+    # IDS902: qualifications of the personnel the contacts and logs just read name (narrowed to the file's rows by
+    # build); the table is one row per qualification of the service's staff, so it is read whole (less any awarded
+    # after the period) and matched here rather than by a second pass over the month's contacts in SQL
     q = schema.care_personnel_qualification
-    named = union(select(c.c.clinician_id.label("pers")).where(*in_period, c.c.clinician_id.is_not(None)),
-                  select(itl.c.care_pers_local_id.label("pers")).where(*logs_in_period,
-                                                                       itl.c.care_pers_local_id.is_not(None)))
+    named = pd.concat([contacts["clinician_id"], therapy_logs["care_pers_local_id"]]).dropna().unique()
     qualifications = _read(engine, select(q.c.qualification_id, q.c.care_pers_local_id, q.c.level,
                                          _text(q.c.awarded_date), _text(q.c.planned_completion_date))
-                          .where(q.c.care_pers_local_id.in_(select(named.subquery().c.pers)),
-                                 _by_period_end(q.c.awarded_date, period)))
+                          .where(_by_period_end(q.c.awarded_date, period)))
+    qualifications = qualifications[qualifications["care_pers_local_id"].isin(named)].reset_index(drop=True)
     # whole-life facts for the measures: aggregated in the database, not read row by row
     treat = _read(engine, select(c.c.service_request_id,
                                 func.min(cast(c.c.contact_at, String)).label("first_treatment_at"),
