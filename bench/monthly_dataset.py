@@ -4,9 +4,10 @@ every default step of the DAG (issues 5 and 12).
 ``python -m bench.monthly_dataset [--referrals 1000000] [--fractions 0.125,0.25,0.5,1] [--repeats 1]
 [--ratio-referrals 50000] [--ratio-repeats 3]``
 
-1. Per scale: a SQLite records file written first (setup, not counted), then one fresh process runs
-   ``pipeline.build_validate_write`` and the commissioner extract step from it (:mod:`bench.monthly_dataset_db`):
-   wall, CPU, peak RSS, the stage split, quarantine by rule, rows per table; the 1/8 .. full table.
+1. Per scale: a SQLite records file of two months written first (setup, not counted), then one fresh process
+   runs every step the DAG runs by default from it, primary and refresh (:mod:`bench.monthly_dataset_db`):
+   wall and CPU per DAG step, peak RSS, the stage split, quarantine by rule, rows per table; the 1/8 .. full
+   table.
 2. Speed ratio against the row-by-row reference builder + validator (``bench/reference_monthly_dataset.py``)
    on a smaller month generated in memory (medians of ``--ratio-repeats`` interleaved rounds), with a check that
    both quarantine the same records for the rules both implement.
