@@ -42,18 +42,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import typing
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Engine, String, and_, cast, func, or_, select
+from sqlalchemy import Column, ColumnElement, Engine, Exists, Label, String, Table, and_, cast, func, or_, select
 
 from caldicott.dataset import idb
 from caldicott.records import schema
-from caldicott.records.queries import checked_columns, read
+from caldicott.records.queries import AnySelect, checked_columns, read
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,17 @@ GP_NOT_KNOWN = "V81999"
 TREATMENT_APP_TYPES = ("02", "03", "04")
 ATTENDED = ("5", "6")
 PHQ9, GAD7 = schema.SNOMED["PHQ9"], schema.SNOMED["GAD7"]
+
+#: One boolean per row of a table (a filter, or a check's answer).
+Mask = npt.NDArray[np.bool_]
+#: The integer codes of an id column (:class:`Keys`: one code space per kind, -1 for null), as
+#: :func:`encode_together` gives them.
+KeyCodes = npt.NDArray[np.int32]
+#: Row numbers of a table (-1: none).
+Rows = npt.NDArray[np.int64]
+#: Any numpy scalar type (what :func:`by_code` gathers).
+_Scalar = TypeVar("_Scalar", bound=np.generic)
+_T = TypeVar("_T")
 
 #: National columns of every v2.1 table, in national order (from ``iapt_v2_1_fields.tsv``), tables in number order.
 COLUMNS: dict[str, list[str]] = {t: [f for f, _ in fs] for t, fs in sorted(idb.national_fields("2.1").items())}
@@ -199,26 +213,26 @@ class Dataset:
         return Dataset(self.period, self.version, {k: v.copy() for k, v in self.tables.items()}, self.history,
                        self.keys.copy())
 
-    def keep(self, table: str, mask: np.ndarray) -> None:
+    def keep(self, table: str, mask: Mask) -> None:
         """Keep only the rows of ``table`` where ``mask`` is True; the cached id codes follow the rows."""
         self.keys.keep(self.tables, table, np.asarray(mask, dtype=bool))
 
 
 # ---- reading the source ---------------------------------------------------------------------------------
 
-def _open_in_period(t, period: Period):
+def _open_in_period(t: Table, period: Period) -> ColumnElement[bool]:
     """Referrals open at some point in the period: received before its end, not discharged before its start."""
     return and_(t.c.received_date < period.end,
                 or_(t.c.discharge_date.is_(None), t.c.discharge_date >= period.first))
 
 
-def _text(col):
+def _text(col: Column[Any]) -> Label[str]:
     """Read a typed column as text: a loosely typed source (SQLite) can hold values its type cannot parse, and
     the driver would raise on them; the builder parses with ``errors="coerce"`` and the rules quarantine."""
     return cast(col, String).label(col.name)
 
 
-def _of_open_referral(key, referral_key, period: Period):
+def _of_open_referral(key: Column[Any], referral_key: Column[Any], period: Period) -> Exists:
     """The row's key (``local_patient_id`` or ``service_request_id``) belongs to a referral open in the period.
 
     A correlated EXISTS rather than ``key IN (open referrals)``: SQLite builds the IN list (every referral received
@@ -230,17 +244,17 @@ def _of_open_referral(key, referral_key, period: Period):
     return select(r.c.service_request_id).where(referral_key == key, _open_in_period(r, period)).exists()
 
 
-def _by_period_end(col, period: Period):
+def _by_period_end(col: Column[Any], period: Period) -> ColumnElement[bool]:
     """Undated, or dated before the end of the period (a fact recorded or applying only later is not this month's)."""
     return or_(col.is_(None), col < period.end)
 
 
-def _not_ended_before(col, start):
+def _not_ended_before(col: Column[Any], start: dt.date | dt.datetime) -> ColumnElement[bool]:
     """No end, or an end on or after the period's start."""
     return or_(col.is_(None), col >= start)
 
 
-def _read(engine: Engine, query) -> pd.DataFrame:
+def _read(engine: Engine, query: AnySelect) -> pd.DataFrame:
     """:func:`caldicott.records.queries.read`, with the frame built from the DBAPI cursor's own tuples where no
     column needs SQLite's strict conversion or a result processor: SQLAlchemy's ``Row`` objects (and pandas
     probing each for namedtuple fields) cost more than the query itself at a million rows. Same frame either way
@@ -272,10 +286,10 @@ def read_source(engine: Engine, period: Period) -> SourceMonth:
                                     r.c.onset_month, r.c.previous_diagnosed_condition)
                      .where(_open_in_period(r, period)))
 
-    def _of_patient(key):
+    def _of_patient(key: Column[Any]) -> Exists:
         return _of_open_referral(key, r.c.local_patient_id, period)
 
-    def _of_referral(key):
+    def _of_referral(key: Column[Any]) -> Exists:
         return _of_open_referral(key, r.c.service_request_id, period)
 
     # a stored flag its column cannot hold becomes a null the rules see; an unreadable pre-2020 objection flag
@@ -415,7 +429,8 @@ def history(referral_ids: pd.Series, treat: pd.DataFrame, scores: pd.DataFrame) 
 
 # ---- building the tables ---------------------------------------------------------------------------------
 
-def _arrow(values) -> pa.Array | pa.ChunkedArray:
+def _arrow(values: pd.Series | pd.Index | pa.Array | pa.ChunkedArray | Collection[str]
+           ) -> pa.Array | pa.ChunkedArray:
     if isinstance(values, (pd.Series, pd.Index)) and values.dtype.kind not in "OUS" and str(values.dtype) != "string":
         return pa.array(values.astype("string[pyarrow]"))
     arr = pa.array(values) if not isinstance(values, (pa.Array, pa.ChunkedArray)) else values
@@ -424,14 +439,17 @@ def _arrow(values) -> pa.Array | pa.ChunkedArray:
     return arr
 
 
-def by_code(per_category, codes: np.ndarray, missing) -> np.ndarray:
+def by_code(per_category: npt.NDArray[_Scalar], codes: npt.NDArray[np.integer[Any]], missing: object
+            ) -> npt.NDArray[_Scalar]:
     """``per_category[codes]``, ``missing`` where the code is -1 (null): one gather, the -1 code picking an
     extra last slot (checks over a categorical run once per category, then cost one pass over the rows)."""
     per_category = np.asarray(per_category)
-    return np.append(per_category, np.asarray([missing], dtype=per_category.dtype))[codes]
+    # numpy types np.append's result as of any dtype; it is per_category's
+    gathered: npt.NDArray[_Scalar] = np.append(per_category, np.asarray([missing], dtype=per_category.dtype))[codes]
+    return gathered
 
 
-def isin(s: pd.Series, values) -> np.ndarray:
+def isin(s: pd.Series, values: pd.Series | pd.Index | Collection[str]) -> Mask:
     """``s.isin(values)`` as a numpy bool array, in Arrow (pandas' own is a Python loop for arrow strings)."""
     if len(s) == 0:
         return np.zeros(0, dtype=bool)
@@ -448,7 +466,7 @@ def isin(s: pd.Series, values) -> np.ndarray:
     return np.asarray(out.to_numpy(zero_copy_only=False), dtype=bool).copy()
 
 
-def index_in(keys: pd.Series, values: pd.Series) -> np.ndarray:
+def index_in(keys: pd.Series, values: pd.Series) -> Rows:
     """Position of each key in ``values`` (-1 where absent), in Arrow."""
     if len(keys) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -467,7 +485,7 @@ def suffix(s: pd.Series, text: str) -> pd.Series:
     return pd.Series(pd.arrays.ArrowStringArray(joined), index=s.index).astype("string[pyarrow]")
 
 
-def _s(values) -> pd.Series:
+def _s(values: pd.Series | npt.NDArray[Any] | Sequence[str]) -> pd.Series:
     """A nullable pyarrow-backed string column (fast vectorised regex in validation).
 
     A column that already holds Arrow text (pandas' default ``str`` columns) is re-wrapped without a copy.
@@ -500,7 +518,7 @@ def _category(s: pd.Series) -> pd.Series:
     return pd.Series(pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(cats)), index=s.index)
 
 
-def _date(values) -> pd.Series:
+def _date(values: pd.Series | Sequence[dt.date]) -> pd.Series:
     v = pd.Series(values).reset_index(drop=True)
     if v.dtype.kind == "M" and getattr(v.dtype, "tz", None) is None:
         return v.astype("datetime64[s]")          # already dates: nothing to parse
@@ -516,7 +534,7 @@ def _no_dates(n: int) -> pd.Series:
 UNPARSEABLE_BIRTH = pd.Timestamp("2999-12-31")
 
 
-def _score_text(v) -> pd.Series:
+def _score_text(v: pd.Series) -> pd.Series:
     """PersScore as text: integers as digits; anything else as given (the format rule quarantines it)."""
     v = pd.Series(v).reset_index(drop=True)
     if pd.api.types.is_integer_dtype(v):
@@ -528,13 +546,13 @@ def _score_text(v) -> pd.Series:
         out[whole] = f[whole].astype("Int64").astype("string[pyarrow]")
         return out
     num = pd.to_numeric(v, errors="coerce")
-    whole = num.notna() & (num.round() == num)
+    integral = num.notna() & (num.round() == num)
     out = v.astype(object).where(v.notna(), None).astype("string[pyarrow]")
-    out[whole.to_numpy(dtype=bool)] = num[whole].astype("Int64").astype("string[pyarrow]")
+    out[integral.to_numpy(dtype=bool)] = num[integral].astype("Int64").astype("string[pyarrow]")
     return out
 
 
-def _score_column(v, rows: np.ndarray, text=None) -> pd.Series:
+def _score_column(v: pd.Series | None, rows: Mask, text: pd.Series | None = None) -> pd.Series:
     """PersScore of the rows ``rows`` as the categorical the table holds: ``text`` (``score_text``, the score of a
     non-integer item as recorded: Y/N answers, decimals) where present, else the integer ``score`` as text.
 
@@ -554,7 +572,7 @@ def _score_column(v, rows: np.ndarray, text=None) -> pd.Series:
     return _score_column_numbers(v, rows)
 
 
-def _score_column_numbers(v, rows: np.ndarray) -> pd.Series:
+def _score_column_numbers(v: pd.Series, rows: Mask) -> pd.Series:
     """``_score_text(v)[rows]`` as a categorical (see :func:`_score_column`)."""
     v = pd.Series(v).reset_index(drop=True)
     ints = v.to_numpy()[rows] if isinstance(v.dtype, np.dtype) and v.dtype.kind in "iu" else None
@@ -591,7 +609,7 @@ def _hms(local: pd.Series) -> pd.Series:
         pd.Index(cats, dtype="string[pyarrow]"))), index=local.index)
 
 
-def _local(instants) -> pd.Series:
+def _local(instants: pd.Series) -> pd.Series:
     """UTC naive instants -> naive London wall-clock times."""
     s = pd.to_datetime(pd.Series(instants).reset_index(drop=True), errors="coerce", format="ISO8601")
     return s.dt.tz_localize("UTC").dt.tz_convert(LONDON).dt.tz_localize(None)
@@ -612,7 +630,7 @@ KEY_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
 KIND: dict[tuple[str, str], str] = {tc: kind for kind, cols in KEY_KINDS.items() for tc in cols}
 
 
-def filter_rows(df: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+def filter_rows(df: pd.DataFrame, mask: Mask) -> pd.DataFrame:
     """``df.loc[mask].reset_index(drop=True)``, column by column on the arrays (a quarter quicker than ``.loc``
     on these frames, and the screen filters every table)."""
     if df.columns.has_duplicates:
@@ -630,7 +648,7 @@ def arrow_data(s: pd.Series) -> pa.ChunkedArray | None:
     return data if isinstance(data, pa.ChunkedArray) else None
 
 
-def encode_together(arrays: list[pa.Array | pa.ChunkedArray]) -> tuple[list[np.ndarray], int]:
+def encode_together(arrays: list[pa.Array | pa.ChunkedArray]) -> tuple[list[KeyCodes], int]:
     """Dictionary-encode several string columns in one pass: one code space (int32), -1 for null."""
     lengths = [len(a) for a in arrays]
     chunks = [c for a in arrays for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
@@ -653,10 +671,13 @@ class Keys:
     """
 
     def __init__(self) -> None:
-        self._codes: dict[tuple[str, str], tuple[pa.ChunkedArray, np.ndarray]] = {}
+        # the Arrow data the codes were computed from (None: a column not Arrow-backed, codes for one use)
+        self._codes: dict[tuple[str, str], tuple[pa.ChunkedArray | None, KeyCodes]] = {}
         self._size: dict[str, int] = {}
-        self._derived: dict[tuple, tuple[tuple, object, bool]] = {}
-        self._first: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        # (name, id of each column's data) -> (the columns' data, the value, row-wise); the value is whatever the
+        # name's compute returned
+        self._derived: dict[tuple[str | int, ...], tuple[tuple[pa.ChunkedArray, ...], object, bool]] = {}
+        self._first: dict[tuple[str, str], tuple[KeyCodes, Rows]] = {}
 
     def clear(self) -> None:
         """Forget everything (what is asked for again is computed afresh)."""
@@ -671,7 +692,7 @@ class Keys:
                                                    dict(self._first))
         return k
 
-    def put(self, tables: dict[str, pd.DataFrame], kind: str, codes: dict[tuple[str, str], np.ndarray],
+    def put(self, tables: dict[str, pd.DataFrame], kind: str, codes: dict[tuple[str, str], KeyCodes],
             size: int) -> None:
         """Record codes computed elsewhere (the builder derives them while building; every member of the kind)."""
         for tc, c in codes.items():
@@ -682,7 +703,7 @@ class Keys:
                 self._codes[tc] = (data, c)
         self._size[kind] = size
 
-    def codes(self, tables: dict[str, pd.DataFrame], table: str, col: str) -> tuple[np.ndarray, int]:
+    def codes(self, tables: dict[str, pd.DataFrame], table: str, col: str) -> tuple[KeyCodes, int]:
         """Codes of ``tables[table][col]`` (-1 for null) and the size of its kind's code space."""
         kind = KIND[(table, col)]
         if not self._valid(tables, kind):
@@ -709,10 +730,10 @@ class Keys:
             if data is not None:
                 self._codes[(t, c)] = (data, cd)
             else:  # not Arrow-backed: nothing to check a cached copy against, so the codes are used once
-                self._codes[(t, c)] = (None, cd)  # type: ignore[assignment]
+                self._codes[(t, c)] = (None, cd)
         self._size[kind] = size
 
-    def keep(self, tables: dict[str, pd.DataFrame], table: str, mask: np.ndarray) -> None:
+    def keep(self, tables: dict[str, pd.DataFrame], table: str, mask: Mask) -> None:
         """Filter ``tables[table]`` to ``mask``, carrying what is cached for its columns along with the rows: the
         key codes, and the row-wise derived values (blank masks, format checks): a value computed row by row
         on the old column, filtered, is the value on the new one."""
@@ -728,10 +749,13 @@ class Keys:
                 continue
             del self._derived[k]   # the old column can never be asked for again: let it go (peak memory)
             if rows and len(datas) == 1 and (d := moved[id(datas[0])]) is not None:
-                carried = (value[0][mask], value[1]) if isinstance(value, tuple) else value[mask]
+                # a row-wise value is an array, or (array, n) (see derived)
+                carried = (value[0][mask], value[1]) if isinstance(value, tuple) else \
+                    typing.cast(npt.NDArray[Any], value)[mask]
                 self._derived[(k[0], id(d))] = ((d,), carried, True)
 
-    def derived(self, name: str, series: tuple[pd.Series, ...], compute, *, rows: bool = False):
+    def derived(self, name: str, series: tuple[pd.Series, ...], compute: Callable[[], _T], *, rows: bool = False
+                ) -> _T:
         """``compute()`` memoised on the Arrow data of ``series`` (recomputed whenever any of them changed).
 
         ``rows``: the value is an array with one entry per row (or ``(array, n)``) computed row by row, so
@@ -742,12 +766,12 @@ class Keys:
             return compute()
         hit = self._derived.get((name, *map(id, datas)))
         if hit is not None and all(a is b for a, b in zip(hit[0], datas, strict=True)):
-            return hit[1]
+            return typing.cast(_T, hit[1])   # what this name's compute returned, on these very columns
         value = compute()
         self._derived[(name, *map(id, datas))] = (datas, value, rows)
         return value
 
-    def first_row(self, tables: dict[str, pd.DataFrame], table: str, col: str) -> np.ndarray:
+    def first_row(self, tables: dict[str, pd.DataFrame], table: str, col: str) -> Rows:
         """For each code of the kind: the first row of ``table`` holding it, or -1."""
         codes, size = self.codes(tables, table, col)
         hit = self._first.get((table, col))
@@ -760,14 +784,14 @@ class Keys:
         self._first[(table, col)] = (codes, first)
         return first
 
-    def present(self, tables: dict[str, pd.DataFrame], table: str, col: str) -> np.ndarray:
+    def present(self, tables: dict[str, pd.DataFrame], table: str, col: str) -> Mask:
         """For each code of the kind: whether ``table[col]`` holds it."""
         codes, size = self.codes(tables, table, col)
         out = np.zeros(size, dtype=bool)
         out[codes[codes >= 0]] = True
         return out
 
-    def isin(self, tables: dict[str, pd.DataFrame], table: str, col: str, other: str, other_col: str) -> np.ndarray:
+    def isin(self, tables: dict[str, pd.DataFrame], table: str, col: str, other: str, other_col: str) -> Mask:
         """``tables[table][col].isin(tables[other][other_col])`` over codes (null is never in)."""
         codes, _ = self.codes(tables, table, col)
         present = self.present(tables, other, other_col)
@@ -833,7 +857,7 @@ def _until(dates: pd.Series, period: Period) -> pd.Series:
     return dates.mask((dates >= pd.Timestamp(period.end)).to_numpy())
 
 
-def _gather(values: pd.Series, rows: np.ndarray) -> pd.Series:
+def _gather(values: pd.Series, rows: Rows) -> pd.Series:
     """``values[rows]`` (text), null where ``rows`` is -1, in Arrow."""
     arr = _arrow(values)
     if isinstance(arr, pa.ChunkedArray):
@@ -842,7 +866,7 @@ def _gather(values: pd.Series, rows: np.ndarray) -> pd.Series:
     return _s(pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([pc.take(arr, idx)]))))
 
 
-def _row_of(codes: np.ndarray, size: int) -> np.ndarray:
+def _row_of(codes: KeyCodes, size: int) -> Rows:
     """For each code of a kind: a row of the frame ``codes`` came from that holds it (-1: none)."""
     rows = np.full(size + 1, -1, dtype=np.int64)
     ok = codes >= 0
@@ -867,8 +891,8 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
     if not org_provider:
         raise ValueError("org_provider (OrgIDProv, the provider's ODS code) is required: it has no default")
     created = created_at or dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
-    src = SourceMonth(*(f.reset_index(drop=True) for f in (src.patients, src.referrals, src.contacts,
-                                                            src.assessments)), history=src.history,
+    src = SourceMonth(src.patients.reset_index(drop=True), src.referrals.reset_index(drop=True),
+                      src.contacts.reset_index(drop=True), src.assessments.reset_index(drop=True), history=src.history,
                       **{n: getattr(src, n).reset_index(drop=True) for n in SourceMonth.EXTRA})
     header = pd.DataFrame({
         "DatSetVer": _s([version]), "OrgIDProv": _s([org_provider]), "OrgIDSubmit": _s([org_submitter or org_provider]),
@@ -1097,7 +1121,7 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
 
 # ---- removing records with everything that hangs off them -------------------------------------------------
 
-def cascade(ds: Dataset, gone: dict[str, np.ndarray] | None = None) -> dict[str, pd.Series]:
+def cascade(ds: Dataset, gone: dict[str, Mask] | None = None) -> dict[str, pd.Series]:
     """Drop, in place, the records whose parent is gone; return the dropped ``_rid`` per table.
 
     Parents: IDS101 and the patient-level tables (:data:`PATIENT_CHILDREN`: IDS002/003/004/007/011/012/601/803)
@@ -1115,9 +1139,9 @@ def cascade(ds: Dataset, gone: dict[str, np.ndarray] | None = None) -> dict[str,
     alive = {name: np.ones(len(df), dtype=bool) for name, df in t.items()}
     for name, mask in (gone or {}).items():
         alive[name] &= ~np.asarray(mask, dtype=bool)
-    dropped: dict[str, list[np.ndarray]] = {}
+    dropped: dict[str, list[Mask]] = {}
 
-    def has_parent(name: str, col: str, parent: str, parent_col: str) -> np.ndarray:
+    def has_parent(name: str, col: str, parent: str, parent_col: str) -> Mask:
         codes, size = k.codes(t, name, col)
         pcodes, _ = k.codes(t, parent, parent_col)
         present = np.zeros(size + 1, dtype=bool)             # slot ``size``: null, never present
@@ -1125,7 +1149,7 @@ def cascade(ds: Dataset, gone: dict[str, np.ndarray] | None = None) -> dict[str,
         present[-1] = False
         return present[np.where(codes >= 0, codes, size)]
 
-    def keep(name: str, mask: np.ndarray) -> None:
+    def keep(name: str, mask: Mask) -> None:
         lost = alive[name] & ~mask
         if lost.any():
             dropped.setdefault(name, []).append(lost)
@@ -1149,7 +1173,7 @@ def cascade(ds: Dataset, gone: dict[str, np.ndarray] | None = None) -> dict[str,
     return out
 
 
-def drop(ds: Dataset, table: str, rids) -> dict[str, pd.Series]:
+def drop(ds: Dataset, table: str, rids: pd.Series | Iterable[str]) -> dict[str, pd.Series]:
     """Remove the records of ``table`` whose ``_rid`` is in ``rids`` and everything depending on them."""
     df = ds.tables[table]
     mask = isin(df["_rid"], pd.Series(list(rids) if not isinstance(rids, pd.Series) else rids,

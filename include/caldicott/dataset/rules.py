@@ -51,6 +51,7 @@ from caldicott.dataset import scales, value_sets
 from caldicott.dataset.builder import (
     KIND,
     Dataset,
+    KeyCodes,
     arrow_data,
     by_code,
     cascade,
@@ -219,7 +220,7 @@ def _setter(table: str, col: str, value: str | None) -> Breaker:
     return lambda ds: _set(ds, table, col, value)
 
 
-def _parent_row(ds: Dataset, table: str, col: str, parent: str, key: str, codes: Codes | None = None
+def _parent_row(ds: Dataset, table: str, col: str, parent: str, key: str, codes: KeyCodes | None = None
                 ) -> Codes:
     """For each row of ``table``: the first row of ``parent`` whose ``key`` equals its ``col`` (-1: none).
 
@@ -784,6 +785,7 @@ def _value_codes(ds: Dataset, table: str, col: str) -> tuple[Codes, int]:
     """Codes ``0..n-1`` with equal codes exactly for equal values, null being one value of its own (as in
     ``DataFrame.duplicated``): the id columns' shared codes, a categorical's codes, else a factorisation."""
     s = ds.tables[table][col]
+    codes: Codes | KeyCodes
     if (table, col) in KIND:
         codes, n = ds.keys.codes(ds.tables, table, col)
     elif isinstance(s.dtype, pd.CategoricalDtype):
@@ -791,7 +793,7 @@ def _value_codes(ds: Dataset, table: str, col: str) -> tuple[Codes, int]:
     elif s.dtype.kind in "Mm":
         return _time_codes(s.to_numpy())
     elif (data := arrow_data(s)) is not None and pa.types.is_large_string(data.type):
-        def enc() -> tuple[Codes, int]:
+        def enc() -> tuple[KeyCodes, int]:
             (c,), size = encode_together([data])
             return c, size
         codes, n = ds.keys.derived("codes", (s,), enc, rows=True)
