@@ -27,9 +27,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import pandas as pd
 from sqlalchemy import Engine
@@ -199,18 +200,20 @@ def build_validate_write(records: Engine, state: Engine, period: Period, s: Sett
             "pre2020": timing["pre2020"], "rebuilt": True, "confirmed": False}
 
 
-def load_month(state: Engine, period: Period, s: Settings, kind: Kind | str = Kind.PRIMARY) -> dict[str, pd.DataFrame]:
+def load_month(state: Engine, period: Period, s: Settings, kind: Kind | str = Kind.PRIMARY,
+               tables: Collection[str] | None = None) -> dict[str, pd.DataFrame]:
+    """The written submission read back from its archive (every table, or only ``tables``; always ``manifest``)."""
     row = state_tables.get(state, period.key, kind)
     if row is None:
         raise RuntimeError(f"no data set written for {period.key} ({Kind(kind).value})")
     # the archive is in its version's national names (v2.0: SourceOfReferralMH ...); the code reading it back (the
     # planning extract, the opt-out counts) reads the builder's, which are v2.1's
-    return to_builder_names(read_archive(Path(row["archive_path"]), s.key), str(row["version"]))
+    return to_builder_names(read_archive(Path(row["archive_path"]), s.key, tables), str(row["version"]))
 
 
 def mpi_numbers(state: Engine, period: Period, s: Settings, kind: Kind | str = Kind.PRIMARY) -> list[str]:
     """Valid NHS numbers in the submission's MPI (the archive was screened, so all present ones are valid)."""
-    mpi = load_month(state, period, s, kind)["IDS001MPI"]
+    mpi = load_month(state, period, s, kind, tables=("IDS001MPI",))["IDS001MPI"]
     return sorted(mpi["NHSNumber"].dropna().astype(str).unique().tolist())
 
 
@@ -226,7 +229,7 @@ def record_optouts(state: Engine, period: Period, s: Settings, kind: Kind | str,
     Returns how many patients with a national data opt-out the mandated submission keeps (required by law).
     """
     kind = Kind(kind)
-    tables = tables if tables is not None else load_month(state, period, s, kind)
+    tables = tables if tables is not None else load_month(state, period, s, kind, tables=("IDS001MPI",))
     in_mandated = int(tables["IDS001MPI"]["NHSNumber"].isin(list(opted_out)).sum())
     path = _statement_path(s, period, kind)
     old = json.loads(path.read_text()) if path.exists() else {}
@@ -235,7 +238,9 @@ def record_optouts(state: Engine, period: Period, s: Settings, kind: Kind | str,
     if planning is None:   # keep what an earlier check said about the extract
         planning = next(({**r["counts"], **u["counts"]} for r in old.get("rules", []) if r["rule"] == "ndop_applied"
                          for u in old.get("rules", []) if u["rule"] == "ndop_status_unknown_excluded"), None)
-    stmt = policy.statement(period.key, mandated_counts={k: len(v) for k, v in tables.items() if k != "manifest"},
+    manifest = cast(dict[str, Any], tables["manifest"])      # read_archive puts the manifest (a dict) beside the frames
+    written = {name: int(t["rows"]) for name, t in manifest["tables"].items()}   # every table's rows, as written
+    stmt = policy.statement(period.key, mandated_counts=written,
                             pre2020=pre, ndop_in_mandated=in_mandated, planning=planning, ndop_source=ndop_source)
     _private_write(path, json.dumps(stmt, indent=1, default=str))
     render_report(state, period, s, kind, window=window)
@@ -255,7 +260,7 @@ def planning_extract(state: Engine, period: Period, s: Settings, opted_out: set[
     """The commissioner extract of the primary submission after the national data opt-out, encrypted; writes the
     opt-out statement and re-renders the report with the real figures. The extract carries ``ndop_applied``
     evidence, minted here where :func:`caldicott.policy.dataset.apply_ndop` produced its rows."""
-    tables = load_month(state, period, s)
+    tables = load_month(state, period, s, tables=policy.PLANNING_TABLES)
     ds = Dataset(period, s.version, {k: v for k, v in tables.items() if k != "manifest"})
     extract = policy.planning_extract(ds, org_provider=s.org_provider)
     kept, counts = policy.apply_ndop(extract, opted_out, checked)

@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,20 +205,24 @@ def sweep(out_dir: Path) -> list[str]:
     return removed
 
 
-def read_archive(path: Path, key: bytes) -> dict[str, pd.DataFrame]:
-    """Decrypt and read every table back (for tests and for the submitter's own checks)."""
-    return read_archive_bytes(path.read_bytes(), key)
+def read_archive(path: Path, key: bytes, tables: Collection[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Decrypt and read the tables back (every one, or only ``tables``): for tests, the submitter's own checks and
+    the steps after the build that need a few tables of it (NDOP numbers, the commissioner extract)."""
+    return read_archive_bytes(path.read_bytes(), key, tables)
 
 
-def read_archive_bytes(blob: bytes, key: bytes) -> dict[str, pd.DataFrame]:
+def read_archive_bytes(blob: bytes, key: bytes, tables: Collection[str] | None = None) -> dict[str, pd.DataFrame]:
     """The tables (and ``manifest``) of an encrypted archive held in memory: what an intermediary received over
-    MESH or SFTP reads back without touching the disk unencrypted.
+    MESH or SFTP reads back without touching the disk unencrypted. ``tables`` names the tables wanted (all when
+    None): a national month's score table alone is millions of rows that the NDOP steps never look at; the
+    manifest still gives every table's row count.
 
     The tables are as written (national names of the archive's version); dates come back as pandas datetimes
     (``datetime64``, so date arithmetic works as on the built frames), times of day as ``datetime.time``."""
+    wanted = None if tables is None else {f"{t}.parquet" for t in tables}
     with zipfile.ZipFile(io.BytesIO(decrypt(blob, key))) as zf:
         out = {n.removesuffix(".parquet"): pq.read_table(io.BytesIO(zf.read(n))).to_pandas(date_as_object=False)
-               for n in zf.namelist() if n.endswith(".parquet")}
+               for n in zf.namelist() if n.endswith(".parquet") and (wanted is None or n in wanted)}
         out["manifest"] = json.loads(zf.read("manifest.json"))
     return out
 

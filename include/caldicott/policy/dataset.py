@@ -140,6 +140,10 @@ def apply_pre2020(ds: Dataset, patients: pd.DataFrame, mode: Pre2020Rule | str) 
             "referrals": int(mine.sum()), "records_removed": removed}
 
 
+#: The tables :func:`planning_extract` reads (the rest of a written month need not be read back for it).
+PLANNING_TABLES = ("IDS001MPI", "IDS101Referral", "IDS201CareContact")
+
+
 def planning_extract(ds: Dataset, *, org_provider: str) -> pd.DataFrame:
     """The commissioner / local planning extract: one row per referral, no direct identifiers.
 
