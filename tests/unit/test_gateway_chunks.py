@@ -15,7 +15,8 @@ from caldicott import gateway
 from caldicott.policy.evidence import establish
 from caldicott.policy.purposes import Protection, Purpose
 from caldicott.transport.base import Outbound, TransportError
-from caldicott.transport.ledger import Intent, Ledger, State, item_id
+from caldicott.transport.ledger import Intent, Ledger, State, item_id, ledger
+from sqlalchemy import select
 
 
 def letter(n: int) -> Outbound:
@@ -89,6 +90,27 @@ def test_claim_and_mark_sent_many_follow_the_per_item_rules(engine):
     states = {i: e.state for i, e in led.entries(ids).items()}
     assert states[ids[0]] == states[ids[5]] == State.SENT and states[ids[3]] == State.HELD
     assert led.get(ids[0]).checksum == "c0"
+
+
+def test_mark_sent_moves_only_a_sending_item_and_records_what_left(engine):
+    items = [letter(i) for i in range(3)]
+    plan(engine, items)
+    led = Ledger(engine)
+    a, b, c = (i.item_id for i in items)
+    led.begin_send(a)
+    led.mark_failed(a, "timeout")
+    led.begin_send(a)                                                             # sending again, an old error kept
+    assert led.mark_sent(a, checksum="ca", transport_ref="<a@x>") is True
+    assert led.mark_sent(a, checksum="other", transport_ref="<other>") is False   # already sent: left as it is
+    assert led.mark_sent(b, checksum="cb", transport_ref=None) is False           # intended: never claimed
+    led.hold(c, "no certificate")
+    assert led.mark_sent(c, checksum="cc", transport_ref=None) is False           # held
+    with engine.connect() as conn:
+        rows = {r.item_id: r for r in conn.execute(select(ledger).where(ledger.c.item_id.in_([a, b, c])))}
+    assert (rows[a].state, rows[a].checksum, rows[a].transport_ref, rows[a].detail) == ("sent", "ca", "<a@x>", None)
+    assert rows[a].sent_at is not None and rows[a].sent_at == rows[a].updated_at
+    assert (rows[b].state, rows[b].checksum, rows[b].sent_at) == ("intended", None, None)
+    assert (rows[c].state, rows[c].checksum) == ("held", None)
 
 
 def test_smtp_like_sender_one_in_flight_and_each_recorded_before_the_next(engine):
