@@ -25,7 +25,7 @@ from caldicott.transport.ledger import Intent, Ledger, State
 from caldicott.transport.sftp import HostKeyError, SftpSender
 from caldicott.updates import deliver
 
-from devtools.peers.sftp import SftpPeer
+from devtools.peers.sftp import SftpPeer, _Server
 
 
 @pytest.fixture
@@ -95,6 +95,44 @@ def test_a_reader_polling_never_sees_a_partial_file(peer):
     assert not bad, "a reader saw a final file that was not the whole, verified file"
     assert any(name == "big.csv.part" for name, _ in seen), "the poller never saw the upload in flight"
     assert (directory / "big.csv").read_bytes() == payload
+
+
+class _FaultySftpServer(asyncssh.SFTPServer):
+    """An SFTP server whose disk does not keep what it is given: ``fault`` is applied to every write's bytes."""
+
+    fault = staticmethod(lambda data: data)
+
+    def write(self, file_obj, offset, data):
+        return super().write(file_obj, offset, self.fault(data))
+
+
+class _FaultyPeer(SftpPeer):
+    def __init__(self, workdir, fault) -> None:
+        super().__init__(workdir)
+        self.server_class = type("Faulty", (_FaultySftpServer,), {"fault": staticmethod(fault)})
+
+    async def _listen(self) -> None:
+        root = str(self.root).encode()
+        self._acceptor = await asyncssh.listen(
+            "127.0.0.1", self.port, server_host_keys=[self.host_key], server_factory=lambda: _Server(self),
+            sftp_factory=lambda chan: self.server_class(chan, chroot=root), allow_scp=False, reuse_address=True)
+        self.port = self._acceptor.get_port()
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    (lambda data: bytes([data[0] ^ 1]) + data[1:], "uploaded checksum differs"),   # a flipped bit
+    (lambda data: data[:-1], "uploaded size differs"),                              # a lost byte
+    (lambda data: data + b"!", "uploaded size differs"),                            # a byte too many
+], ids=["flipped", "short", "long"])
+def test_an_upload_the_server_did_not_keep_is_discarded_not_renamed(tmp_path, fault, message):
+    """The read-back (size and sha256 of the ``.part`` as the server holds it, read through the upload's own handle
+    before the rename) is what stands between a server that mangles a write and a wrong file under its final name:
+    paramiko's pipelined writes do not report a failed write by themselves."""
+    with _FaultyPeer(tmp_path, fault) as faulty, SftpSender(faulty.connector(), create_dirs=True) as sender:
+        with pytest.raises(TransportError, match=message) as info:
+            sender.send(_item(os.urandom(70_000)))   # more than one write request, and prefetched when read back
+        assert info.value.retryable is True
+        assert os.listdir(faulty.root / "inbound/zp000") == []    # neither the final file nor the .part
 
 
 def test_wrong_host_key_is_refused_and_nothing_is_written(peer):

@@ -184,18 +184,23 @@ class SftpSender:
                 return final  # already there, byte for byte (a re-run after a lost ledger update)
             if self.create_dirs:
                 self._makedirs(sftp, directory)
-            with sftp.open(part, "wb") as fh:
+            # opened for reading too: the read-back below goes through the same handle, after the writes (a server
+            # processes one file's requests in order), instead of closing and opening the file a second time
+            with sftp.open(part, "w+b") as fh:
                 sftp.chmod(part, self.file_mode)  # restrict before any byte is written
                 if hasattr(fh, "set_pipelined"):
                     fh.set_pipelined(True)
                 view = memoryview(item.payload)
                 for start in range(0, len(view), CHUNK):
                     fh.write(view[start:start + CHUNK])
-            attrs = sftp.stat(part)   # one stat: the size check and the read-back below both use it
-            if attrs.st_size != len(item.payload):
+                fh.flush()
+                attrs = fh.stat()   # the file's size as the server holds it, after every write
+                digest = (self._sha256_read(fh, path=part, st=attrs) if attrs.st_size == len(item.payload)
+                          else None)
+            if digest is None:
                 self._discard(sftp, part)
                 raise TransportError(f"{self.peer}: uploaded size differs from the file's; discarded")
-            if self._sha256_of(sftp, part, attrs) != item.checksum:
+            if digest != item.checksum:
                 self._discard(sftp, part)
                 raise TransportError(f"{self.peer}: uploaded checksum differs from the file's; discarded")
             self._rename(sftp, part, final)
@@ -246,24 +251,39 @@ class SftpSender:
     def _sha256_of(sftp: SftpClient, path: str, st: Any) -> str:
         """sha256 of the remote file ``path``, read back to its end; ``st`` is its stat (regular file, size).
 
-        A file of more than :data:`PREFETCH_ABOVE` bytes is prefetched (paramiko's read-ahead: a thread of its own
-        and every read request in flight at once); a smaller one, a posted letter (a few kB), is read with plain
-        requests — one for its bytes, one that finds the end — without a thread per file. A read that returns less
-        than asked, once ``st``'s size has been read, is the end (a buffered read is short only there): no further
-        request to find the end a second time."""
+        (Used to tell whether a file already arrived: a file longer than ``st`` said by the time it is read does not
+        match.)"""
+        with sftp.open(path, "rb") as fh:
+            return SftpSender._sha256_read(fh, path=path, st=st, to_end=True)
+
+    @staticmethod
+    def _sha256_read(fh: Any, *, path: str, st: Any, to_end: bool = False) -> str:
+        """sha256 of an open remote file read back from the server from its start; ``st`` is the file's stat (regular
+        file, size), which the caller has compared with the size it expects.
+
+        Without ``to_end``, exactly ``st``'s size is read: the upload's own ``.part``, just stat'ed through its handle
+        after every write, so a posted letter (a few kB) is one read request, not a second one that finds the end;
+        bytes that are not there (a file cut short) change the digest. With ``to_end`` the file is read until the
+        server says it ends, so bytes beyond ``st``'s size change the digest too; a read that returns less than asked,
+        once ``st``'s size has been read, is the end (a buffered read is short only there). A file of more than
+        :data:`PREFETCH_ABOVE` bytes is prefetched (paramiko's read-ahead: a thread of its own and every read
+        request in flight at once); a smaller one is read with plain requests, without a thread per file."""
         if st.st_mode is not None and not stat_mod.S_ISREG(st.st_mode):
             raise TransportError(f"remote path for this file is not a regular file ({path})", retryable=False)
         size = st.st_size or 0
         h = hashlib.sha256()
         total = 0
-        with sftp.open(path, "rb") as fh:
-            if hasattr(fh, "prefetch") and size > PREFETCH_ABOVE:
-                fh.prefetch(size)
-            while chunk := fh.read(CHUNK):
-                h.update(chunk)
-                total += len(chunk)
-                if len(chunk) < CHUNK and total >= size:
-                    break
+        fh.seek(0)
+        if hasattr(fh, "prefetch") and size > PREFETCH_ABOVE:
+            fh.prefetch(size)
+        while to_end or total < size:
+            chunk = fh.read(CHUNK if to_end else min(CHUNK, size - total))
+            if not chunk:
+                break
+            h.update(chunk)
+            total += len(chunk)
+            if to_end and len(chunk) < CHUNK and total >= size:
+                break
         return h.hexdigest()
 
     @staticmethod
