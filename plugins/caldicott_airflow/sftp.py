@@ -7,7 +7,10 @@ read and opened by the provider's ``SFTPHook``; this module adds what the hook d
   ``allow_host_key_change`` is refused, so nothing is sent to an unverified peer;
 * after connecting, the key the server actually presented is compared with the pinned one (the hook
   also loads the worker's ``~/.ssh/known_hosts``, which must not widen what is trusted);
-* the hook's own connection retries are turned off: Airflow's task retries (with backoff) own that.
+* the hook's own connection retries are turned off: Airflow's task retries (with backoff) own that;
+* SSH compression is off whatever the extras say (the hook's default is on): what goes over SFTP is already
+  compressed or encrypted (PDFs, encrypted archives, encrypted posted copies), so zlib spent CPU at both ends
+  for nothing.
 
 Optional extras: ``create_dirs`` (``"true"`` creates the remote directory), ``file_mode`` (octal, default
 ``0640``), ``conn_timeout`` (seconds).
@@ -47,6 +50,7 @@ def sftp_sender(conn_id: str, *, peer: str) -> SftpSender:
         from airflow.providers.sftp.hooks.sftp import SFTPHook
 
         hook = SFTPHook(ssh_conn_id=conn_id, conn_retry_attempts=1)
+        hook.compress = False   # incompressible payloads (see the module docs); read by the hook's get_conn
         try:
             sftp = hook.get_conn()
             presented = hook.client.get_transport().get_remote_server_key()

@@ -302,10 +302,13 @@ def _use_connection(monkeypatch, peer, **extra):
 def test_airflow_adapter_delivers_through_sftphook(peer, monkeypatch):
     from caldicott_airflow.sftp import sftp_sender
 
-    _use_connection(monkeypatch, peer)
+    _use_connection(monkeypatch, peer, compress="true")
     with sftp_sender("caldicott_sftp_test", peer="CT001") as sender:
         sender.send(_item(b"via hook\r\n"))
         assert sender.already_delivered(_item(b"via hook\r\n"))
+        # no SSH compression, whatever the extras ask: the payloads are compressed or encrypted already
+        transport = sender._client().get_channel().get_transport()
+        assert (transport.local_compression, transport.remote_compression) == ("none", "none")
     assert (peer.root / "inbound/zp000/CT001_sessions_2026-10-14_csv-v1.csv").read_bytes() == b"via hook\r\n"
 
 
