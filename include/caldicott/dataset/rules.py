@@ -1257,16 +1257,25 @@ before_birth("IDS60316", PRES, "PresCompDate")
 
 
 def _pairs(ds: Dataset, table: str, fn: Callable[[str | None, str | None], bool]) -> Mask:
-    """``not fn(tool, score)`` per row, decided once per distinct (tool, score) pair (null: passes)."""
+    """``not fn(tool, score)`` per row, decided once per distinct (tool, score) pair (a null, or a value that is
+    not text, is passed as None). The pair is one integer made of the two columns' codes: a national month has
+    millions of scores but a few hundred distinct pairs, so nothing per row is a Python object."""
     df = ds.tables[table]
     if not len(df):
         return np.zeros(0, bool)
-    tool = df["CodedAssToolType"].astype(object).where(df["CodedAssToolType"].notna(), None)
-    score = df["PersScore"].astype(object).where(df["PersScore"].notna(), None)
-    key, uniq = pd.factorize(pd.MultiIndex.from_arrays([tool.to_numpy(), score.to_numpy()]))
-    bad = np.array([not fn(t if isinstance(t, str) else None, s if isinstance(s, str) else None)
-                    for t, s in uniq], dtype=bool)
-    return bad[key] if len(bad) else np.zeros(len(df), bool)
+    tools, tool_values = pd.factorize(df["CodedAssToolType"])      # null: -1
+    scores, score_values = pd.factorize(df["PersScore"])
+    width = len(score_values) + 1
+    pair: npt.NDArray[np.int64] = (tools.astype(np.int64) + 1) * width + (scores.astype(np.int64) + 1)
+    row_pair, distinct = pd.factorize(pair)
+
+    def text(values: Any, code: int) -> str | None:
+        v = values[code] if code >= 0 else None
+        return v if isinstance(v, str) else None
+
+    bad = np.array([not fn(text(tool_values, int(p) // width - 1), text(score_values, int(p) % width - 1))
+                    for p in distinct], dtype=bool)
+    return bad[row_pair]
 
 
 SCALE_CODES = sorted(scales.codes())
