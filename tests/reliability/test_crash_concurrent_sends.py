@@ -19,7 +19,7 @@ from caldicott.transport.ledger import DONE, Ledger
 from devtools.peers.mesh import MeshPeer
 from devtools.peers.smtp import SmtpPeer
 
-from .conftest import KILLED, figure, finish_mesh_letters, gp_inbox, new_state
+from .conftest import KILLED, figure, finish_mesh_letters, letter_of, new_state
 
 CHUNK = 6          # small chunks, so a batch of ~20 letters spans several and a kill lands between them
 CONNECTIONS = 4    # as MeshHook.sender opens by default
@@ -40,6 +40,41 @@ def _plan(records, state, start: dt.date, end: dt.date, run_key: str, channel: s
 
 def _ids(batch: dict) -> set[str]:
     return {flow.letter_id(r, e, batch["kind"]) for r, e in batch["letters"]}
+
+
+def _inbox_by_letter(mesh_peer, ids: set[str]) -> dict[str, list[str]]:
+    """Letter id -> the MESH message ids carrying it in the GP mailbox (from the file names); those messages are then
+    acknowledged, so the next case starts from an empty inbox."""
+    found: dict[str, list[str]] = {}
+    with mesh_peer.client(mesh_peer.GP_MAILBOX) as gp:
+        for mid in gp.list_messages():
+            msg = gp.retrieve_message(mid)
+            letter = letter_of(msg)
+            msg.close()
+            if letter in ids:
+                found.setdefault(letter, []).append(mid)
+                gp.acknowledge_message(mid)
+    return found
+
+
+def _explain(state, mesh_peer, letters: list[str], inbox: dict[str, list[str]]) -> str:
+    """What the ledger, the journal and MESH's tracking say of each letter in question (for the failure message)."""
+    from caldicott.transport.mesh_journal import MeshJournal
+
+    journal, entries, lines = MeshJournal(state), Ledger(state).entries(letters), []
+    with mesh_peer.client(mesh_peer.SENDER_MAILBOX) as sender:
+        for item in letters:
+            e, j = entries.get(item), journal.lookup(item)
+            tracked = {}
+            for mid in {m for m in (e and e.transport_ref, j and j.message_id) if m}:
+                try:
+                    info = sender.track_message(mid)
+                    tracked[mid] = (info.get("status"), info.get("filename"))
+                except Exception as exc:   # a diagnostic: say what the lookup said
+                    tracked[mid] = repr(exc)
+            lines.append(f"{item}: ledger {e and (e.state.value, e.transport_ref)} journal {j} "
+                         f"inbox {inbox.get(item, [])} tracking {tracked}")
+    return "\n".join(lines)
 
 
 def _lives(zygote, job: dict, kills: list[dict]) -> tuple[dict, dict]:
@@ -75,9 +110,14 @@ def test_concurrent_mesh_sends_killed_and_rerun(first, practice, kills, zygote, 
     # a kill takes down the sends in flight on the other connections: those letters may end "outcome unknown",
     # held for a person, and are delivered once after the person's answer (finish_mesh_letters)
     held = finish_mesh_letters(zygote, job, state, own_mesh, ids)
-    got = gp_inbox(own_mesh, ids)
-    assert sorted(got) == sorted(ids), "the GP mailbox does not hold every planned letter exactly once"
+    inbox = _inbox_by_letter(own_mesh, ids)
     entries = Ledger(state).entries(sorted(ids))
+    # each letter the ledger calls delivered is in the GP mailbox exactly once, and as the very message the ledger
+    # names (transport_ref: the id MESH returned, or the one reconciliation or a person found by tracking)
+    wrong = sorted(i for i in ids if len(inbox.get(i, [])) != 1 or i not in entries
+                   or entries[i].transport_ref not in inbox[i])
+    assert not wrong, ("the GP mailbox does not hold every planned letter exactly once, as the message the ledger "
+                       "names:\n" + _explain(state, own_mesh, wrong, inbox))
     assert len(entries) == len(ids) and all(e.state in DONE for e in entries.values())
     figure("kill points survived", len(kills))
     figure("kill points survived: gp letters mesh, 4 connections", len(kills))

@@ -13,10 +13,15 @@ with several, up to that many sends are in flight at once (:class:`MeshSender`).
 * **Crash recovery** uses MESH's current tracking endpoint, ``GET outbox/tracking?messageID=``
   (``MeshClient.track_message``): with a :class:`~caldicott.transport.mesh_journal.MeshJournal` attached, the
   message id MESH returns is journalled before anything else, and :meth:`MeshSender.already_delivered` asks
-  MESH about that message. Where MESH may have accepted a message but never answered (a timeout, a crash
-  mid-request), the outcome is unknown: the item fails with a final error naming it and a person checks MESH,
-  rather than a letter going twice. (Only a sender without a journal falls back to the deprecated
-  ``outbox/tracking/{localID}``; it is not used by GP letters or referrer updates.)
+  MESH about that message. An item counts as delivered only on MESH's word that it holds *this* message for its
+  recipient: tracking status ``accepted`` or ``acknowledged`` (:data:`DELIVERED`) for a message with this item's
+  file name. A message MESH does not know (404) or reports in another state is not delivered and the item is
+  sent again, with the same file name, MESH local id and document ids; a message MESH could not deliver
+  (``undeliverable``/``error``) is held for a person, as non-delivery reports are. Where MESH may have accepted a
+  message but never answered (a timeout, a crash mid-request), the outcome is unknown: the item fails with a
+  final error naming it and a person checks MESH, rather than a letter going twice. (Only a sender without a
+  journal falls back to the deprecated ``outbox/tracking/{localID}``; it is not used by GP letters or referrer
+  updates.)
 
 Inbox reads are filtered by workflow on the server (``workflow_filter``): :func:`read_acks` downloads only the
 acknowledgement workflow, parses each ack (:func:`caldicott.letters.gp_connect.parse_ack`) and acknowledges
@@ -26,6 +31,7 @@ acknowledgement workflow, parses each ack (:func:`caldicott.letters.gp_connect.p
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import queue
 from collections.abc import Iterator, Sequence
@@ -36,8 +42,9 @@ import requests
 import urllib3
 from mesh_client import MeshError
 
+from caldicott.db import utcnow
 from caldicott.transport.base import Outbound, TransportError
-from caldicott.transport.mesh_journal import MeshJournal
+from caldicott.transport.mesh_journal import JournalEntry, MeshJournal
 
 if TYPE_CHECKING:
     from mesh_client import MeshClient
@@ -98,8 +105,27 @@ class _MeshOptions(TypedDict):
     subject: NotRequired[str]
 
 
-#: MESH tracking states (``status``) of a message whose upload never completed: never delivered, safe to resend.
+#: MESH tracking states (``status``) that mean MESH holds the message for its recipient. MESH API, "Track outbox"
+#: (``GET /messageexchange/{mailbox_id}/outbox/tracking?messageID=``): ``status`` is "message status e.g.
+#: 'accepted' 'acknowledged'"; ``accepted`` is a message uploaded in full and waiting in the recipient's inbox (its
+#: example: "Alice has not acknowledged the chunked message she received from Bob"), ``acknowledged`` one the
+#: recipient downloaded and acknowledged (the same page: the status "has changed from Accepted to Acknowledged").
+#: Nothing else is evidence of delivery, least of all a message id MESH merely knows.
+DELIVERED = frozenset({"accepted", "acknowledged"})
+#: a message whose upload never completed (a chunked message short of its chunks): MESH delivers a chunked
+#: message only once all ``n`` chunks arrived ("wait for n-1 other requests before delivering the message", MESH
+#: API "Send message"), and this sender never resumes an upload: never delivered, sent again in full.
 INCOMPLETE = frozenset({"uploading"})
+#: MESH accepted the message but could not deliver it (mesh-sandbox's ``undeliverable``/``error``; a non-delivery
+#: report goes to our inbox): not resent by itself, a person decides, as for non-delivery reports
+#: (``gp_letters.check_acks``; docs/runbook.md).
+UNDELIVERED = frozenset({"undeliverable", "error"})
+#: How long after MESH accepted a message its tracking can be trusted to know it: a 404 within this time means
+#: MESH holds no such message, so the item is sent again; after it, a 404 may be a delivered message MESH has since
+#: deleted, and a person decides. MESH API: messages not downloaded "within five days of delivery are removed from
+#: your inbox", and uncollected ones "are completely deleted from the MESH server 30 days after the initial
+#: delivery"; the shorter of the two.
+TRACKING_WINDOW = dt.timedelta(days=5)
 
 
 class MeshSender:
@@ -241,7 +267,20 @@ class MeshSender:
             self.journal.not_created(item.item_id)
 
     def already_delivered(self, item: Outbound) -> str | None:
-        """The MESH message id if ``item`` reached MESH complete, else None; TransportError if MESH cannot say."""
+        """The MESH message id if MESH holds ``item``'s message for its recipient, else None (the gateway sends it
+        again); TransportError if MESH cannot say, or a person must decide.
+
+        Evidence of delivery is MESH's tracking of the message the journal recorded for this item: status in
+        :data:`DELIVERED` and, where MESH gives one, this item's file name. Why None cannot send a delivered letter
+        a second time: the journal holds the id MESH returned for the item's last attempt, and an attempt is made
+        only once the previous one's message was found undelivered, so a delivered letter's message is the one
+        tracked here; MESH tracks every message it accepted from our outbox while it keeps it (:data:`TRACKING_WINDOW`),
+        and a message it delivered is ``accepted`` or ``acknowledged`` there. So None means MESH holds nothing of this
+        item for the recipient: an upload that never completed (``uploading``), no such message (404, within the
+        window), or a state the MESH API does not describe as delivered. The last is where proof ends: should
+        MESH ever report a delivered message under a status not listed, the letter is sent again, and the
+        receiver can tell the copy: the same file name, MESH local id and GP Connect ids (MessageHeader, bundles:
+        derived from the item id, :func:`caldicott.letters.gp_connect.uid`). The code leans to sending."""
         if self.journal is None:
             return self._by_local_id(item)
         entry = self.journal.lookup(item.item_id)
@@ -258,16 +297,51 @@ class MeshSender:
             except requests.HTTPError as exc:
                 code = exc.response.status_code if exc.response is not None else None
                 if code == 404:
-                    raise TransportError(f"item {item.item_id}: MESH no longer knows message {entry.message_id}; "
-                                         "check MESH (MOLES) before sending again", retryable=False) from exc
+                    return self._untracked(item, entry)
                 raise TransportError(f"item {item.item_id}: MESH tracking HTTP {code}") from exc
             except requests.RequestException as exc:
                 raise TransportError(
                     f"item {item.item_id}: MESH tracking unavailable ({type(exc).__name__})") from exc
-        status = str(info.get("status") or "").lower()
+        return self._tracked(item, entry.message_id, dict(info))
+
+    def _tracked(self, item: Outbound, message_id: str, info: dict[str, Any]) -> str | None:
+        """What MESH's tracking answer for the journalled message says of ``item`` (see :meth:`already_delivered`).
+        Both tracking versions: v2 ``status``/``status_success``/``filename``, v1 ``status``/``statusSuccess``/
+        ``fileName`` (mesh_client asks for v2)."""
+        status = str(info.get("status") or "").strip().lower()
+        success = info.get("status_success", info.get("statusSuccess"))
+        failed = success is False or str(success).upper() == "ERROR"
+        if status in UNDELIVERED or (status in DELIVERED and failed):
+            raise TransportError(f"item {item.item_id}: MESH could not deliver message {message_id} ({status}); "
+                                 "a person decides, as for a non-delivery report", retryable=False)
+        if status in DELIVERED:
+            name, expected = info.get("filename") or info.get("fileName"), self._options(item)["filename"]
+            if name and str(name) != expected:
+                # the journal names another item's message (e.g. a mistyped MeshJournal.resolve): MESH's word is
+                # about that one; whether it holds this item's is unknown, and a person is already involved
+                raise TransportError(f"item {item.item_id}: the journalled MESH message {message_id} is file "
+                                     f"{name!s}, not {expected}; look the item up in MESH (MOLES) and record the "
+                                     "answer with MeshJournal.resolve", retryable=False)
+            return str(info.get("message_id") or info.get("messageId") or message_id)
         if status in INCOMPLETE:
             return None     # the upload of a chunked message never completed: MESH never delivers it
-        return str(info.get("message_id") or entry.message_id)
+        log.warning("reconcile: item=%s MESH message %s is %r, not delivered: sending again", item.item_id,
+                    message_id, status)
+        return None
+
+    def _untracked(self, item: Outbound, entry: JournalEntry) -> str | None:
+        """MESH's tracking does not know the journalled message (404): within :data:`TRACKING_WINDOW` of the journal
+        row (MESH's reply, or a person's answer) MESH holds no such message for the recipient, so the item was not
+        delivered and goes again; later, the message may have been delivered and deleted since: a person decides.
+        (mesh-sandbox tracks every message in the sender's outbox, and a message enters the recipient's inbox before
+        the sender's outbox, in one step: it never answers 404 for a message in an inbox.)"""
+        age = utcnow() - entry.updated_at if entry.updated_at is not None else None
+        if age is not None and age <= TRACKING_WINDOW:
+            log.warning("reconcile: item=%s MESH does not know message %s (404), not delivered: sending again",
+                        item.item_id, entry.message_id)
+            return None
+        raise TransportError(f"item {item.item_id}: MESH no longer knows message {entry.message_id}; "
+                             "check MESH (MOLES) before sending again", retryable=False)
 
     def _by_local_id(self, item: Outbound) -> str | None:
         """Deprecated ``outbox/tracking/{localID}``, for senders without a journal whose local id is the item id."""

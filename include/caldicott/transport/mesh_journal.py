@@ -6,8 +6,8 @@ answers by message id only, so :class:`MeshJournal` keeps, per item:
 
 * ``posting`` — the first request is on its way and MESH has not answered (a crash here leaves the outcome
   unknown: MESH may or may not hold the message);
-* ``accepted`` with the message id — MESH answered; ``GET outbox/tracking?messageID=`` tells the rest (a chunked
-  message whose upload never finished is ``uploading`` and is never delivered).
+* ``accepted`` with the message id — MESH answered; ``GET outbox/tracking?messageID=`` tells the rest
+  (:meth:`caldicott.transport.mesh.MeshSender.already_delivered`).
 
 A sender that learns for certain that MESH did not create the message (connection refused, an error reply)
 removes the row. :meth:`MeshJournal.resolve` is for a person who looked the message up in MESH (MOLES) after an
@@ -16,6 +16,7 @@ removes the row. :meth:`MeshJournal.resolve` is for a person who looked the mess
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, delete, insert, select, update
@@ -31,6 +32,7 @@ class JournalEntry:
     state: str
     message_id: str | None
     chunks: int
+    updated_at: dt.datetime | None = None   # when the row reached ``state`` (naive UTC)
 
 
 class MeshJournal:
@@ -60,8 +62,8 @@ class MeshJournal:
 
     def lookup(self, item_id: str) -> JournalEntry | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(mesh_outbox.c.state, mesh_outbox.c.message_id, mesh_outbox.c.chunks)
-                               .where(mesh_outbox.c.item_id == item_id)).first()
+            row = conn.execute(select(mesh_outbox.c.state, mesh_outbox.c.message_id, mesh_outbox.c.chunks,
+                                      mesh_outbox.c.updated_at).where(mesh_outbox.c.item_id == item_id)).first()
         return JournalEntry(*row) if row else None
 
     def resolve(self, item_id: str, message_id: str | None) -> None:
