@@ -11,6 +11,7 @@ A message id that MESH merely knows, or answers 404 for, or reports in another s
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pytest
 from caldicott.db import make_engine, sqlite_url, utcnow
@@ -19,7 +20,7 @@ from caldicott.policy.purposes import Protection, Purpose
 from caldicott.state.migrate import migrate
 from caldicott.transport.base import Outbound, TransportError
 from caldicott.transport.mesh import DELIVERED, TRACKING_WINDOW, MeshSender
-from caldicott.transport.mesh_journal import MeshJournal
+from caldicott.transport.mesh_journal import ACCEPTED, POSTING, MeshJournal
 from caldicott.transport.state_tables import mesh_outbox
 from sqlalchemy import update
 
@@ -177,3 +178,47 @@ def test_v1_tracking_answers_are_read_the_same_way(mesh, journal):
         MeshSender(V1Client(failed), gp_connect.WORKFLOW, journal=journal).already_delivered(item)
     uploading = {**ok, "status": "Uploading"}
     assert MeshSender(V1Client(uploading), gp_connect.WORKFLOW, journal=journal).already_delivered(item) is None
+
+
+# ---- the journal --------------------------------------------------------------------------------------------------
+
+def test_journal_steps(engine):
+    """posting replaces any earlier attempt's row (one upsert), accepted records the id, not_created removes only
+    a row still posting, resolve records a person's answer; on SQLite and PostgreSQL."""
+    j = MeshJournal(engine)
+    assert j.lookup("i1") is None
+    j.posting("i1", 3)
+    e = j.lookup("i1")
+    assert (e.state, e.message_id, e.chunks) == (POSTING, None, 3) and e.updated_at is not None
+    j.accepted("i1", "M1")
+    assert (j.lookup("i1").state, j.lookup("i1").message_id) == (ACCEPTED, "M1")
+    j.not_created("i1")                                      # MESH answered: the row stays
+    assert j.lookup("i1").message_id == "M1"
+    j.posting("i1", 1)                                       # a new attempt replaces it
+    assert (j.lookup("i1").state, j.lookup("i1").message_id, j.lookup("i1").chunks) == (POSTING, None, 1)
+    j.not_created("i1")
+    assert j.lookup("i1") is None
+    j.resolve("i2", "M2")
+    assert (j.lookup("i2").state, j.lookup("i2").message_id) == (ACCEPTED, "M2")
+    j.resolve("i2", None)
+    assert j.lookup("i2") is None
+
+
+def test_journal_writes_from_several_sender_threads(engine):
+    """Four sender threads journal at once (as MeshSender's connections do): every row ends as written."""
+    j = MeshJournal(engine)
+
+    def work(t: int) -> None:
+        for i in range(40):
+            j.posting(f"t{t}-{i}", 1)
+            j.accepted(f"t{t}-{i}", f"M{t}-{i}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for t in range(4):
+        for i in range(40):
+            e = j.lookup(f"t{t}-{i}")
+            assert (e.state, e.message_id) == (ACCEPTED, f"M{t}-{i}")
