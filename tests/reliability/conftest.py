@@ -199,9 +199,8 @@ def outcome_unknown(state, ids) -> dict[str, str]:
 
     * "MESH outcome unknown": journalled ``posting`` with no MESH message id (a request left, MESH's answer was
       never recorded);
-    * "MESH no longer knows message": journalled ``accepted`` with the id MESH returned, but MESH's tracking
-      answers 404 for it (seen when a kill lands as the send is accepted, about one run in three of the concurrent
-      kill cases on mesh-sandbox)."""
+    * "MESH no longer knows message": journalled ``accepted`` with the id MESH returned more than 5 days ago, and
+      MESH's tracking answers 404 for it (within 5 days a 404 means MESH holds no such message: the flow resends)."""
     from caldicott.transport.ledger import State, ledger
     from caldicott.transport.mesh_journal import ACCEPTED, POSTING, MeshJournal
     from sqlalchemy import select
