@@ -19,9 +19,9 @@ import datetime as dt
 import itertools
 import logging
 from collections import Counter, defaultdict, deque
-from collections.abc import Generator, Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Engine, select
 
@@ -102,12 +102,10 @@ def plan(records: Engine, state: Engine, start: dt.date, end: dt.date, run_key: 
                     quarantined.append(Quarantined(d.record_type, d.record_id, d.reason, policy.REASONS[d.reason]))
                 continue
             route = d.route
-            assert route is not None
             bid = batch_id(run_key, route)
             intents.append(Intent(lid, FLOW, route.purpose.value, run_key, route.recipient, route.channel, bid))
             if d.outcome == "held":
-                held[lid] = d.reason or "held"
-                assert d.reason is not None and d.record_type is not None and d.record_id is not None   # (held)
+                held[lid] = d.reason
                 quarantined.append(Quarantined(d.record_type, d.record_id, d.reason, policy.REASONS[d.reason]))
                 counts[f"{d.recipient_kind}_held"] += 1
                 continue
@@ -172,7 +170,7 @@ def send_document(letter: LetterData, lid: str, pdf: bytes, ch: Channels,
 
 
 def _due(letters: Iterable[LetterData], kind: str, channel: str, ch: Channels,
-         skip: set[str]) -> Iterator[tuple[LetterData, str, policy.Decision]]:
+         skip: set[str]) -> Iterator[tuple[LetterData, str, policy.Send]]:
     """The batch's letters that go now, with their ids and decisions to send (cheap: decided before any rendering)."""
     for letter in letters:
         lid = letter_id(letter.referral_id, letter.event, kind)
@@ -180,7 +178,7 @@ def _due(letters: Iterable[LetterData], kind: str, channel: str, ch: Channels,
             continue
         gp, pat = decide(letter)
         d = gp if kind == "gp" else pat
-        if d.route is None or d.route.channel != channel or d.outcome != "send":
+        if d.outcome != "send" or d.route.channel != channel:
             continue   # the record changed since planning: leave the intent for the next run to re-plan
         if channel not in PROTECTED:
             continue
@@ -208,7 +206,7 @@ def outbound_items(letters: Iterable[LetterData], kind: str, channel: str, batch
     body = email_body(ch.service)
     # the letters handed to the renderer and not yet protected, oldest first: the renderer asks for its jobs up to
     # a window ahead and yields their PDFs in the same order
-    pending: deque[tuple[LetterData, str, policy.Decision]] = deque()
+    pending: deque[tuple[LetterData, str, policy.Send]] = deque()
 
     def jobs() -> Iterator[tuple[LetterData, str]]:
         for entry in _due(letters, kind, channel, ch, skip):
@@ -221,9 +219,7 @@ def outbound_items(letters: Iterable[LetterData], kind: str, channel: str, batch
     first = next(todo, None)
     if first is None:
         return   # nothing due (``count`` was only an upper bound): no renderer to start
-    # cast: render_pdfs is a generator function (render_pool declares it as an Iterator), closed below
-    pdfs = cast(Generator[tuple[bytes, dt.datetime], None, None],
-                render_pdfs(itertools.chain([first], todo), ch.service, count=count))
+    pdfs = render_pdfs(itertools.chain([first], todo), ch.service, count=count)
     try:
         for pdf, now in pdfs:
             letter, lid, decision = pending.popleft()
@@ -232,14 +228,13 @@ def outbound_items(letters: Iterable[LetterData], kind: str, channel: str, batch
         pdfs.close()   # stop the renderer's look-ahead when the gateway stops early
 
 
-def _protect(letter: LetterData, lid: str, decision: policy.Decision, pdf: bytes, now: dt.datetime, kind: str,
+def _protect(letter: LetterData, lid: str, decision: policy.Send, pdf: bytes, now: dt.datetime, kind: str,
              channel: str, batch: str, ch: Channels, body: str) -> Outbound:
     """One rendered letter, protected for its channel, as the gateway's item.
 
     Its ``gp_sharing_consent`` evidence comes from the policy decision (a GP decision that found consent given),
     minted for exactly the protected bytes below; a decision without it gives the letter none."""
     route = decision.route
-    assert route is not None   # ``_due`` yields only decisions to send
     headers: dict[str, str] = {"batch": batch.replace("/", "_")}
     address = route.address
     filename = attachment_name(letter.event)

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import SimpleNamespace
@@ -201,10 +201,8 @@ def worker_pids() -> list[int]:
     return [p.pid for p in list(procs.values()) if p.pid is not None]
 
 
-# declared an Iterator while letters/flow.py casts the result to the Generator it is (a Generator here would make
-# that cast redundant, a mypy error): the two change together (issue 15)
 def render_pdfs(jobs: Iterable[tuple[LetterData, str]], service: Service, *, count: int | None = None
-                ) -> Iterator[tuple[bytes, dt.datetime]]:
+                ) -> Generator[tuple[bytes, dt.datetime], None, None]:
     """``(pdf, created)`` for each ``(letter, recipient_kind)`` of ``jobs``, in order; ``created`` is the PDF's
     creation date (when its rendering was asked for). ``count`` (the number of jobs, if known) decides whether
     the worker pool is worth using (:func:`min_letters`)."""

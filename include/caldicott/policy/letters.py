@@ -21,8 +21,8 @@ show; no session notes (``clinical_summary``) ever.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from caldicott.crypto.keys import CertificateError, load_certificate
 from caldicott.policy.purposes import Protection, Purpose
@@ -70,18 +70,60 @@ class Route:
 
 
 @dataclass(frozen=True)
-class Decision:
-    """A routing outcome for one recipient of a letter: a route, or a reason it does not go."""
+class Send:
+    """The letter goes to this recipient by ``route``."""
 
     recipient_kind: str
-    route: Route | None = None
-    outcome: str = "send"      # "send" | "withheld" | "held" | "quarantined"
-    reason: str | None = None  # reason code
-    record_type: str | None = None
-    record_id: str | None = None
+    route: Route
     #: the GP half only: this decision checked the patient's GP sharing consent and found it given (the source of
     #: the ``gp_sharing_consent`` evidence the flow mints for the letter's bytes)
     gp_sharing_consent: bool = False
+    outcome: Literal["send"] = field(default="send", init=False)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The letter has a route but is not sent now (a practice on ``smime-email`` without a valid certificate): the
+    ledger holds it, and ``record_type``/``record_id`` is quarantined with ``reason``."""
+
+    recipient_kind: str
+    route: Route
+    reason: str
+    record_type: str
+    record_id: str
+    gp_sharing_consent: bool = False
+    outcome: Literal["held"] = field(default="held", init=False)
+
+
+@dataclass(frozen=True)
+class Withhold:
+    """No letter for this recipient, by rule (``gp_sharing_declined``): counted, nothing quarantined."""
+
+    recipient_kind: str
+    reason: str
+    record_type: str
+    record_id: str
+    gp_sharing_consent: bool = False
+    outcome: Literal["withheld"] = field(default="withheld", init=False)
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """No letter: the recipient cannot be addressed safely. With a ``reason``, ``record_type``/``record_id`` is
+    quarantined for it; without one the patient record itself is unusable, and the caller quarantines it for the
+    record's own problems."""
+
+    recipient_kind: str
+    reason: str | None = None
+    record_type: str | None = None
+    record_id: str | None = None
+    gp_sharing_consent: bool = False
+    outcome: Literal["quarantined"] = field(default="quarantined", init=False)
+
+
+#: A routing outcome for one recipient of a letter; ``outcome`` tells them apart (``if d.outcome == "send"``
+#: narrows to :class:`Send`), and each carries only the fields its outcome sets.
+Decision = Send | Hold | Withhold | Quarantine
 
 
 def cert_ok(pem: str | None) -> bool:
@@ -96,9 +138,9 @@ def gp_decision(patient: dict[str, Any], practice: dict[str, Any] | None, *, pat
     """The GP half of a letter (``patient_ok`` False when the record is already quarantined)."""
     pid = patient["local_patient_id"]
     if not patient_ok:
-        return Decision("gp", outcome="quarantined")
+        return Quarantine("gp")
     if not patient.get("gp_sharing_consent", True):
-        return Decision("gp", outcome="withheld", reason="gp_sharing_declined", record_type="patient", record_id=pid)
+        return Withhold("gp", reason="gp_sharing_declined", record_type="patient", record_id=pid)
     return replace(_gp_route(patient, practice), gp_sharing_consent=True)
 
 
@@ -107,54 +149,43 @@ def _gp_route(patient: dict[str, Any], practice: dict[str, Any] | None) -> Decis
     pid = patient["local_patient_id"]
     code = patient.get("gp_practice_code")
     if not code:
-        return Decision("gp", outcome="quarantined", reason="missing_gp_practice", record_type="patient",
-                        record_id=pid)
+        return Quarantine("gp", reason="missing_gp_practice", record_type="patient", record_id=pid)
     if practice is None:
-        return Decision("gp", outcome="quarantined", reason="unknown_gp_practice", record_type="patient",
-                        record_id=pid)
+        return Quarantine("gp", reason="unknown_gp_practice", record_type="patient", record_id=pid)
     channel = practice.get("channel")
     if channel not in GP_CHANNELS:
-        return Decision("gp", outcome="quarantined", reason="unknown_channel", record_type="gp_practice",
-                        record_id=code)
+        return Quarantine("gp", reason="unknown_channel", record_type="gp_practice", record_id=code)
     if channel == "smime-email":
         if not practice.get("email"):
-            return Decision("gp", outcome="quarantined", reason="practice_address_missing",
-                            record_type="gp_practice", record_id=code)
+            return Quarantine("gp", reason="practice_address_missing", record_type="gp_practice", record_id=code)
         route = Route("gp", "smime-email", Protection.SMIME, code, practice["email"])
         if not cert_ok(practice.get("certificate_pem")):
-            return Decision("gp", route=route, outcome="held", reason="practice_certificate_missing",
-                            record_type="gp_practice", record_id=code)
-        return Decision("gp", route=route)
+            return Hold("gp", route, reason="practice_certificate_missing", record_type="gp_practice", record_id=code)
+        return Send("gp", route)
     if not practice.get("mesh_mailbox"):
-        return Decision("gp", outcome="quarantined", reason="practice_address_missing", record_type="gp_practice",
-                        record_id=code)
-    return Decision("gp", route=Route("gp", "mesh", Protection.MESH, code, practice["mesh_mailbox"]))
+        return Quarantine("gp", reason="practice_address_missing", record_type="gp_practice", record_id=code)
+    return Send("gp", Route("gp", "mesh", Protection.MESH, code, practice["mesh_mailbox"]))
 
 
 def patient_decision(patient: dict[str, Any], *, patient_ok: bool, postcode_ok: bool) -> Decision:
     """The patient's own copy: always sent if the record is usable and a protected channel exists."""
     pid = patient["local_patient_id"]
     if not patient_ok:
-        return Decision("patient", outcome="quarantined")
+        return Quarantine("patient")
     channel = patient.get("copy_channel") or "email"
     email = patient.get("email")
     if channel == "smime" and email and cert_ok(patient.get("patient_certificate_pem")):
-        return Decision("patient", route=Route("patient", "smime", Protection.SMIME, pid, email,
-                                               Purpose.PATIENT_COPY))
+        return Send("patient", Route("patient", "smime", Protection.SMIME, pid, email, Purpose.PATIENT_COPY))
     if channel in ("email", "smime"):
         if not email:
-            return Decision("patient", outcome="quarantined", reason="patient_email_missing", record_type="patient",
-                            record_id=pid)
-        return Decision("patient", route=Route("patient", "secure-email", Protection.SECURE_GATEWAY, pid, email,
-                                               Purpose.PATIENT_COPY))
+            return Quarantine("patient", reason="patient_email_missing", record_type="patient", record_id=pid)
+        return Send("patient", Route("patient", "secure-email", Protection.SECURE_GATEWAY, pid, email,
+                                     Purpose.PATIENT_COPY))
     if channel == "post":
         if not (patient.get("address_line") and postcode_ok):
-            return Decision("patient", outcome="quarantined", reason="patient_address_missing",
-                            record_type="patient", record_id=pid)
-        return Decision("patient", route=Route("patient", "post", Protection.STAGED_ENCRYPTED, pid, "",
-                                               Purpose.PATIENT_COPY))
-    return Decision("patient", outcome="quarantined", reason="unknown_copy_channel", record_type="patient",
-                    record_id=pid)
+            return Quarantine("patient", reason="patient_address_missing", record_type="patient", record_id=pid)
+        return Send("patient", Route("patient", "post", Protection.STAGED_ENCRYPTED, pid, "", Purpose.PATIENT_COPY))
+    return Quarantine("patient", reason="unknown_copy_channel", record_type="patient", record_id=pid)
 
 
 def minimum_patient(patient: dict[str, Any], recipient_kind: str) -> dict[str, Any]:

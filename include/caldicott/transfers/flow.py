@@ -85,15 +85,16 @@ def decide(data: TransferData, allowed: frozenset[str]) -> list[Planned]:
     gp = letters_policy.gp_decision(patient, data.practice, patient_ok=True)
     pat = letters_policy.patient_decision(patient, patient_ok=True, postcode_ok=_postcode_ok(patient.get("postcode")))
     for kind, d in (("gp", gp), ("patient", pat)):
-        rec = (d.record_type, d.record_id) if d.record_type and d.record_id is not None else None
-        if d.outcome in ("withheld", "quarantined"):
+        if d.outcome == "withheld" or d.outcome == "quarantined":
+            rec = (d.record_type, d.record_id) if d.record_type and d.record_id is not None else None
             out.append(Planned(kind, d.outcome, reason=d.reason, record=rec))
         elif not receiver_goes:
             out.append(Planned(kind, "awaiting_receiver"))
-        else:
-            assert d.route is not None
+        elif d.outcome == "held":
             out.append(Planned(kind, d.outcome, d.route.channel, d.route.recipient, d.route.purpose.value,
-                               d.reason, rec if d.outcome == "held" else None))
+                               d.reason, (d.record_type, d.record_id)))
+        else:
+            out.append(Planned(kind, d.outcome, d.route.channel, d.route.recipient, d.route.purpose.value))
     return out
 
 
@@ -244,8 +245,8 @@ def outbound_items(reports: list[TransferData], kind: str, channel: str, batch: 
             d = (letters_policy.gp_decision(data.patient, data.practice, patient_ok=True) if kind == "gp" else
                  letters_policy.patient_decision(data.patient, patient_ok=True,
                                                  postcode_ok=_postcode_ok(data.patient.get("postcode"))))
+            assert d.outcome in ("send", "held")   # decide() planned it to send: a decision with a route
             route = d.route
-            assert route is not None
             if d.gp_sharing_consent:   # the letters policy's decision found the patient's consent given
                 established.append("gp_sharing_consent")
             address, protection, purpose, recipient = route.address, route.protection, route.purpose, route.recipient
