@@ -16,7 +16,18 @@ def machine() -> str:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux's ``VmHWM`` (the high-water mark of this process's own memory since it started its program), not
+    ``getrusage``'s ``ru_maxrss``: Linux carries ``ru_maxrss`` over from the parent across fork and exec, so a child
+    started by a bench that had just generated gigabytes of frames would report the parent's size as its own."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
