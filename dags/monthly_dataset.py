@@ -88,7 +88,7 @@ def _fail_and_alert(context, exc: Exception, kind: str | None = None):
     max_active_runs=1,
     doc_md=__doc__,
     tags=[*COMMON_TAGS, "dataset", "mandated"],
-    # a national-scale month is built in seconds (bench/RESULTS.md), but the encrypted archive goes to the
+    # a national-scale month builds in about two minutes a submission (bench/RESULTS.md), but the archive goes to the
     # intermediary over links we do not control, and the window is weeks long: two hours a try before a retry
     default_args=default_args(execution_timeout=dt.timedelta(hours=2)),
     deadline=submission_window_close(),
