@@ -178,19 +178,25 @@ def letter_of(msg) -> str:
     return str(getattr(msg, "filename", "") or "").removesuffix(".json")
 
 
-def gp_inbox(mesh_peer, ids: set[str]) -> list[str]:
-    """Letter ids (from the MESH file names) of the messages in the GP practices' inbox that belong to ``ids``,
-    one entry per message, so a letter delivered twice appears twice; those messages are then acknowledged."""
-    found = []
+def gp_inbox_by_letter(mesh_peer, ids: set[str]) -> dict[str, list[str]]:
+    """Letter id (from the MESH file name) -> the MESH message ids carrying it in the GP practices' inbox, for the
+    letters in ``ids`` (a letter delivered twice has two); those messages are then acknowledged, so the next case
+    starts from an empty inbox."""
+    found: dict[str, list[str]] = {}
     with mesh_peer.client(mesh_peer.GP_MAILBOX) as gp:
         for mid in gp.list_messages():
             msg = gp.retrieve_message(mid)
             letter = letter_of(msg)
             msg.close()
             if letter in ids:
-                found.append(letter)
+                found.setdefault(letter, []).append(mid)
                 gp.acknowledge_message(mid)
     return found
+
+
+def gp_inbox(mesh_peer, ids: set[str]) -> list[str]:
+    """The letter ids of :func:`gp_inbox_by_letter`, one entry per message (a letter delivered twice appears twice)."""
+    return [letter for letter, mids in gp_inbox_by_letter(mesh_peer, ids).items() for _ in mids]
 
 
 def outcome_unknown(state, ids) -> dict[str, str]:

@@ -19,7 +19,7 @@ from caldicott.transport.ledger import DONE, Ledger
 from devtools.peers.mesh import MeshPeer
 from devtools.peers.smtp import SmtpPeer
 
-from .conftest import KILLED, figure, finish_mesh_letters, letter_of, new_state
+from .conftest import KILLED, figure, finish_mesh_letters, gp_inbox_by_letter, new_state
 
 CHUNK = 6          # small chunks, so a batch of ~20 letters spans several and a kill lands between them
 CONNECTIONS = 4    # as MeshHook.sender opens by default
@@ -40,21 +40,6 @@ def _plan(records, state, start: dt.date, end: dt.date, run_key: str, channel: s
 
 def _ids(batch: dict) -> set[str]:
     return {flow.letter_id(r, e, batch["kind"]) for r, e in batch["letters"]}
-
-
-def _inbox_by_letter(mesh_peer, ids: set[str]) -> dict[str, list[str]]:
-    """Letter id -> the MESH message ids carrying it in the GP mailbox (from the file names); those messages are then
-    acknowledged, so the next case starts from an empty inbox."""
-    found: dict[str, list[str]] = {}
-    with mesh_peer.client(mesh_peer.GP_MAILBOX) as gp:
-        for mid in gp.list_messages():
-            msg = gp.retrieve_message(mid)
-            letter = letter_of(msg)
-            msg.close()
-            if letter in ids:
-                found.setdefault(letter, []).append(mid)
-                gp.acknowledge_message(mid)
-    return found
 
 
 def _explain(state, mesh_peer, letters: list[str], inbox: dict[str, list[str]]) -> str:
@@ -110,7 +95,7 @@ def test_concurrent_mesh_sends_killed_and_rerun(first, practice, kills, zygote, 
     # a kill takes down the sends in flight on the other connections: those letters may end "outcome unknown",
     # held for a person, and are delivered once after the person's answer (finish_mesh_letters)
     held = finish_mesh_letters(zygote, job, state, own_mesh, ids)
-    inbox = _inbox_by_letter(own_mesh, ids)
+    inbox = gp_inbox_by_letter(own_mesh, ids)
     entries = Ledger(state).entries(sorted(ids))
     # each letter the ledger calls delivered is in the GP mailbox exactly once, and as the very message the ledger
     # names (transport_ref: the id MESH returned, or the one reconciliation or a person found by tracking)
