@@ -254,21 +254,48 @@ def _not_ended_before(col: Column[Any], start: dt.date | dt.datetime) -> ColumnE
     return or_(col.is_(None), col >= start)
 
 
+#: Rows fetched and turned into a frame at a time (:func:`_read`): the driver's rows are a Python object per cell,
+#: about ten times the size of the frame they become, so a national month's contact table read in one go held
+#: 3.2 GiB of them at once; in steps of this many, about 1.1 GiB.
+CHUNK_ROWS = 250_000
+
+
 def _read(engine: Engine, query: AnySelect) -> pd.DataFrame:
     """:func:`caldicott.records.queries.read`, with the frame built from the DBAPI cursor's own tuples where no
-    column needs SQLite's strict conversion or a result processor: SQLAlchemy's ``Row`` objects (and pandas
-    probing each for namedtuple fields) cost more than the query itself at a million rows. Same frame either way
-    (tests/unit/dataset/test_read_source_equivalence.py)."""
+    column needs SQLite's strict conversion or a result processor (SQLAlchemy's ``Row`` objects, and pandas probing
+    each for namedtuple fields, cost more than the query itself at a million rows), :data:`CHUNK_ROWS` rows at a
+    time. Same frame either way (tests/unit/dataset/test_read_source_equivalence.py)."""
     if checked_columns(engine, query):
         return read(engine, query)
     dialect = engine.dialect
     plain = not any(col.type.dialect_impl(dialect).result_processor(dialect, None) for col in query.selected_columns)
+    parts: list[pd.DataFrame] = []
     with engine.connect() as conn:
         result = conn.execute(query)
         keys = list(result.keys())
-        rows = result.cursor.fetchall() if plain else list(map(tuple, result.fetchall()))
+        while True:
+            rows = result.cursor.fetchmany(CHUNK_ROWS) if plain else list(map(tuple, result.fetchmany(CHUNK_ROWS)))
+            if not rows:
+                break
+            parts.append(pd.DataFrame(rows, columns=keys))
         result.close()
-    return pd.DataFrame(rows, columns=keys)
+    return _concat(parts, keys)
+
+
+def _concat(parts: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
+    """The frames of one read's steps as the one frame ``pd.DataFrame(all_rows)`` would be. A step can infer a
+    column's type differently from the rest (all null: ``object``; whole numbers with a null: ``float64``); such a
+    column is inferred again over all its values, as one frame would have been."""
+    if not parts:
+        return pd.DataFrame([], columns=keys)
+    if len(parts) == 1:
+        return parts[0]
+    frame = pd.concat(parts, ignore_index=True)
+    for key in keys:
+        if len({str(p[key].dtype) for p in parts}) > 1:
+            values = [None if pd.isna(v) else v for p in parts for v in p[key].astype(object)]
+            frame[key] = pd.Series(values)
+    return frame
 
 
 def read_source(engine: Engine, period: Period) -> SourceMonth:

@@ -85,7 +85,9 @@ def small_month():
     return synth.generate(600, 5)
 
 
-def test_read_source_frames_equal_the_plain_read(small_month, tmp_path, monkeypatch):
+@pytest.mark.parametrize("chunk_rows", [builder.CHUNK_ROWS, 7])
+def test_read_source_frames_equal_the_plain_read(small_month, tmp_path, monkeypatch, chunk_rows):
+    monkeypatch.setattr(builder, "CHUNK_ROWS", chunk_rows)     # 7: many steps a read, some with all-null columns
     engine = make_engine(sqlite_url(tmp_path / "records.db"))
     synth.write(small_month, engine)
     raw = sqlite3.connect(tmp_path / "records.db")     # values SQLite stores but the column types cannot hold
@@ -123,7 +125,24 @@ def test_column_wise_conversion_matches_cell_by_cell(values):
         assert bad == {i for i, v in enumerate(want) if v is queries._UNREADABLE}
 
 
-def test_read_source_frames_equal_the_plain_read_on_postgresql(small_month, pg_url, monkeypatch):
+@pytest.mark.parametrize("chunk_rows", [builder.CHUNK_ROWS, 7])
+def test_read_source_frames_equal_the_plain_read_on_postgresql(small_month, pg_url, monkeypatch, chunk_rows):
+    monkeypatch.setattr(builder, "CHUNK_ROWS", chunk_rows)
     engine = make_engine(pg_url)
     synth.write(small_month, engine)
     _assert_same(engine, monkeypatch)
+
+
+@pytest.mark.parametrize("values", [
+    [1, 2, None, 3, 4, 5],                   # whole numbers, one step all null: float64 as one frame has it
+    ["a", None, None, None, "b", "c"],       # text, one step all null: str
+    [True, False, None, None, True, True],   # flags with a null: object
+    [1, "x", 2, 3, 4, 5],                    # mixed kinds in one step only: object
+    [None] * 6,                              # all null
+    [1.5, 2, 3, 4, 5, 6],                    # a fraction in one step
+])
+def test_a_read_in_steps_is_the_frame_of_all_its_rows(values):
+    rows = [(i, v) for i, v in enumerate(values)]
+    keys = ["n", "v"]
+    parts = [pd.DataFrame(rows[i:i + 2], columns=keys) for i in range(0, len(rows), 2)]
+    pdt.assert_frame_equal(builder._concat(parts, keys), pd.DataFrame(rows, columns=keys), check_exact=True)
