@@ -293,8 +293,8 @@ def _concat(parts: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
     frame = pd.concat(parts, ignore_index=True)
     for key in keys:
         if len({str(p[key].dtype) for p in parts}) > 1:
-            values = [None if pd.isna(v) else v for p in parts for v in p[key].astype(object)]
-            frame[key] = pd.Series(values)
+            values = frame[key].astype(object)          # the steps' values (a null as NaN or None)
+            frame[key] = pd.Series(values.where(values.notna(), None).tolist())   # inferred as one frame would be
     return frame
 
 

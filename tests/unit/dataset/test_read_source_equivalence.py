@@ -140,6 +140,8 @@ def test_read_source_frames_equal_the_plain_read_on_postgresql(small_month, pg_u
     [1, "x", 2, 3, 4, 5],                    # mixed kinds in one step only: object
     [None] * 6,                              # all null
     [1.5, 2, 3, 4, 5, 6],                    # a fraction in one step
+    [1.5, None, None, None, 2.5, 3.5],       # fractions, one step all null
+    [1, 2, None, None, "x", None],           # whole numbers, then all null, then mixed
 ])
 def test_a_read_in_steps_is_the_frame_of_all_its_rows(values):
     rows = [(i, v) for i, v in enumerate(values)]
