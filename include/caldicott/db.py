@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Insert, Row, Table, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
+
+if TYPE_CHECKING:   # the dialects are imported when a statement is built (conflict_insert)
+    from sqlalchemy.dialects.postgresql import Insert as PgInsert
+    from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 #: A result row of any columns (read by position or by column name).
 AnyRow = Row[*tuple[Any, ...]]
@@ -57,19 +61,25 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+def conflict_insert(dialect: str, table: Table) -> PgInsert | SqliteInsert:
+    """The dialect's own INSERT for ``table``, which has ``ON CONFLICT`` (``on_conflict_do_nothing`` /
+    ``on_conflict_do_update`` and ``excluded``): SQLite and PostgreSQL spell it alike, SQLAlchemy's generic INSERT
+    does not have it."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    raise NotImplementedError(f"state database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)")
+
+
 def insert_ignore(engine_or_conn: Engine | Connection, table: Table) -> Insert:
     """An INSERT that skips rows whose key already exists, on SQLite and PostgreSQL alike.
 
     Idempotency rests on this: re-running an interval re-inserts the same deterministic ids and
     nothing changes.
     """
-    dialect = engine_or_conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table).on_conflict_do_nothing()
-    raise NotImplementedError(f"state database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)")
+    return conflict_insert(engine_or_conn.dialect.name, table).on_conflict_do_nothing()

@@ -51,7 +51,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Executable, bindparam, delete, insert, select, update
 
-from caldicott.db import utcnow
+from caldicott.db import conflict_insert, utcnow
 from caldicott.transport.state_tables import mesh_outbox
 
 POSTING, ACCEPTED = "posting", "accepted"
@@ -78,21 +78,11 @@ _LOOKUP = select(mesh_outbox.c.state, mesh_outbox.c.message_id, mesh_outbox.c.ch
 
 def _posting_upsert(dialect: str) -> Executable:
     """``posting`` for one item (parameters ``b_item``, ``b_chunks``, ``b_now``), replacing any earlier attempt's row
-    in the same statement: SQLite and PostgreSQL share ``INSERT … ON CONFLICT (item_id) DO UPDATE``."""
-    values: dict[str, Any] = {"item_id": bindparam("b_item"), "state": POSTING, "message_id": None,
-                              "chunks": bindparam("b_chunks"), "updated_at": bindparam("b_now")}
-    key = [mesh_outbox.c.item_id]
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        pg = pg_insert(mesh_outbox).values(values)
-        return pg.on_conflict_do_update(index_elements=key, set_=_replace(pg.excluded))
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        lite = sqlite_insert(mesh_outbox).values(values)
-        return lite.on_conflict_do_update(index_elements=key, set_=_replace(lite.excluded))
-    raise NotImplementedError(f"state database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)")
+    in the same statement (``INSERT … ON CONFLICT (item_id) DO UPDATE``)."""
+    ins = conflict_insert(dialect, mesh_outbox).values(
+        {"item_id": bindparam("b_item"), "state": POSTING, "message_id": None, "chunks": bindparam("b_chunks"),
+         "updated_at": bindparam("b_now")})
+    return ins.on_conflict_do_update(index_elements=[mesh_outbox.c.item_id], set_=_replace(ins.excluded))
 
 
 def _replace(excluded: Any) -> dict[str, Any]:
