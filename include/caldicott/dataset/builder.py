@@ -55,8 +55,8 @@ import pyarrow.compute as pc
 from sqlalchemy import Column, ColumnElement, Engine, Exists, Label, String, Table, and_, cast, func, or_, select
 
 from caldicott.dataset import idb
-from caldicott.records import schema
-from caldicott.records.queries import AnySelect, checked_columns, read
+from caldicott.records import pg_copy, schema
+from caldicott.records.queries import AnySelect, OnUnreadable, checked_columns, read
 
 log = logging.getLogger(__name__)
 
@@ -260,13 +260,19 @@ def _not_ended_before(col: Column[Any], start: dt.date | dt.datetime) -> ColumnE
 CHUNK_ROWS = 250_000
 
 
-def _read(engine: Engine, query: AnySelect) -> pd.DataFrame:
+def _read(engine: Engine, query: AnySelect, on_unreadable: OnUnreadable | None = None) -> pd.DataFrame:
     """:func:`caldicott.records.queries.read`, with the frame built from the DBAPI cursor's own tuples where no
     column needs SQLite's strict conversion or a result processor (SQLAlchemy's ``Row`` objects, and pandas probing
     each for namedtuple fields, cost more than the query itself at a million rows), :data:`CHUNK_ROWS` rows at a
-    time. Same frame either way (tests/unit/dataset/test_read_source_equivalence.py)."""
+    time (``on_unreadable``: as :func:`~caldicott.records.queries.read`'s, for SQLite's strict conversion).
+    On PostgreSQL the rows come in bulk through ``COPY`` (:mod:`caldicott.records.pg_copy`) where every
+    column is one it reads. Same frame every way (tests/unit/dataset/test_read_source_equivalence.py)."""
     if checked_columns(engine, query):
-        return read(engine, query)
+        return read(engine, query, on_unreadable)
+    if engine.dialect.name == "postgresql":
+        copied = pg_copy.read_frame(engine, query)
+        if copied is not None:
+            return copied
     dialect = engine.dialect
     plain = not any(col.type.dialect_impl(dialect).result_processor(dialect, None) for col in query.selected_columns)
     parts: list[pd.DataFrame] = []
@@ -328,7 +334,7 @@ def read_source(engine: Engine, period: Period) -> SourceMonth:
         if "dataset_objection_pre2020" in columns:
             unreadable_objection.add(str(row["local_patient_id"]))
 
-    patients = read(engine, select(p.c.local_patient_id, p.c.nhs_number, _text(p.c.birth_date), p.c.postcode,
+    patients = _read(engine, select(p.c.local_patient_id, p.c.nhs_number, _text(p.c.birth_date), p.c.postcode,
                                    p.c.gender, p.c.ethnic_category, p.c.gp_practice_code, p.c.dataset_objection_pre2020,
                                    p.c.dataset_objection_date, p.c.gender_identity, p.c.gender_same_at_birth,
                                    p.c.ethnic_category_2021, p.c.ex_armed_forces, p.c.preferred_language,
