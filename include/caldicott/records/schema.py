@@ -328,7 +328,11 @@ care_contact = Table(
     Column("observation_value", String(20), comment="ObsValue"),
     Column("observation_unit", String(20), comment="UnitMeasure (UCUM)"),
 )
-Index("ix_contact_referral", care_contact.c.service_request_id)
+# a referral's contacts by time: the data set reads a month's contacts of its open referrals without touching their
+# other months' rows, and counts each referral's whole-life treatment contacts from this index alone (attendance and
+# appointment type are in it): at national scale that count took 3x as long through the table's rows
+Index("ix_contact_referral", care_contact.c.service_request_id, care_contact.c.contact_at, care_contact.c.attend_code,
+      care_contact.c.app_type)
 Index("ix_contact_at", care_contact.c.contact_at)
 
 coded_assessment = Table(
@@ -343,7 +347,8 @@ coded_assessment = Table(
            comment="PersScore of a non-integer item as recorded (Y/N/NA answers, decimals): see the scale catalogue"),
     Column("assessed_at", DateTime, nullable=False, comment="UTC instant"),
 )
-Index("ix_assessment_referral", coded_assessment.c.service_request_id)
+# a referral's scores by time: a month's scores of the open referrals without touching their other months' rows
+Index("ix_assessment_referral", coded_assessment.c.service_request_id, coded_assessment.c.assessed_at)
 
 #: Contracts under which a referrer receives session updates (issue: referrer updates).
 contract = Table(
