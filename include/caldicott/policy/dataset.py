@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from caldicott.dataset.builder import Dataset
+from caldicott.dataset.builder import Dataset, isin
 
 CUTOVER = dt.date(2020, 9, 1)
 
@@ -184,7 +184,7 @@ def apply_ndop(extract: pd.DataFrame, opted_out: set[str],
     n_out = before - len(kept)
     unknown = kept["_nhs"].isna().to_numpy().copy()
     if checked is not None:
-        unknown |= ~kept["_nhs"].isin(list(checked)).to_numpy(dtype=bool)
+        unknown |= ~isin(kept["_nhs"], checked)
     kept = kept.loc[~unknown]
     counts = {"rows_before": before, "removed_ndop": n_out, "removed_unknown": int(unknown.sum()),
               "rows_after": len(kept), "patients_opted_out": len(set(nhs.dropna()) & opted_out)}

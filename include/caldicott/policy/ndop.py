@@ -128,7 +128,9 @@ def filter_opted_out(frame: pd.DataFrame, nhs_column: str, opted_out: set[str]) 
     choice: pass them through ``drop_unchecked``)."""
     if not opted_out:
         return frame
-    return frame.loc[~frame[nhs_column].isin(list(opted_out)).to_numpy(dtype=bool)]
+    from caldicott.dataset.builder import isin   # in Arrow: pandas' isin on arrow strings is a Python loop
+
+    return frame.loc[~isin(frame[nhs_column], opted_out)]
 
 
 class NdopCounts(TypedDict):
