@@ -2,12 +2,13 @@
 every default step of the DAG (issues 5 and 12).
 
 ``python -m bench.monthly_dataset [--referrals 1000000] [--fractions 0.125,0.25,0.5,1] [--repeats 1]
-[--ratio-referrals 50000] [--ratio-repeats 3]``
+[--ratio-referrals 50000] [--ratio-repeats 3] [--postgres URL]``
 
 1. Per scale: a SQLite records file of two months written first (setup, not counted), then one fresh process
    runs every step the DAG runs by default from it, primary and refresh (:mod:`bench.monthly_dataset_db`):
    wall and CPU per DAG step, peak RSS, the stage split, quarantine by rule, rows per table; the 1/8 .. full
-   table.
+   table. Then, when a PostgreSQL server answers (``--postgres``, default the local one; ``''`` skips), the
+   full-scale run again with the records in a database there (read through ``COPY``).
 2. Speed ratio against the row-by-row reference builder + validator (``bench/reference_monthly_dataset.py``)
    on a smaller month generated in memory (medians of ``--ratio-repeats`` interleaved rounds), with a check that
    both quarantine the same records for the rules both implement.
@@ -320,6 +321,23 @@ still does): reference
     print(body)
 
 
+#: The PostgreSQL the bench uses when nothing else is named (trust auth on loopback, as on the project's machines).
+LOCAL_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+def _answers(url: str) -> bool:
+    import socket
+
+    from sqlalchemy import make_url
+
+    u = make_url(url)
+    try:
+        with socket.create_connection((u.host or "127.0.0.1", u.port or 5432), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def main() -> None:
     """National month read from a records database file, every default step, 1/8..full scale (see
     :mod:`bench.monthly_dataset_db`), plus the ratio to the row-by-row reference; writes RESULTS.md's section."""
@@ -339,12 +357,18 @@ def main() -> None:
     parser.add_argument("--ratio-referrals", type=int, default=50_000)
     parser.add_argument("--ratio-repeats", type=int, default=3)
     parser.add_argument("--no-write-results", action="store_true")
+    parser.add_argument("--postgres", default=LOCAL_POSTGRES,
+                        help="admin URL of a PostgreSQL server for the full-scale run with the records there "
+                             f"(default {LOCAL_POSTGRES}, when it answers; '' to skip)")
     args = parser.parse_args()
     cmd = " ".join(["python -m bench.monthly_dataset", *sys.argv[1:]])
+    postgres = args.postgres if args.postgres and _answers(args.postgres) else ""
+    if args.postgres and not postgres:
+        print(f"PostgreSQL at {args.postgres} does not answer: its run is left out", flush=True)
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "results.json"
         sys.argv = [sys.argv[0], "--referrals", str(args.referrals), "--fractions", args.fractions,
-                    "--repeats", str(args.repeats), "--out", str(out)]
+                    "--repeats", str(args.repeats), "--out", str(out), "--postgres", postgres]
         db.main()
         results = json.loads(out.read_text())
     rt = ratio(args.ratio_referrals, args.ratio_repeats) if args.ratio_referrals else None

@@ -31,6 +31,19 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (Linux ``/proc/stat``; 0.0 elsewhere): the
+    difference across a step counts the work of the processes it uses (a database server) as well as its own,
+    on a machine that is otherwise quiet."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def write_section(heading: str, body: str) -> None:
     """Replace (or append) the ``## heading`` section of RESULTS.md with ``body``."""
     header = "# Benchmark results\n\nMedians of repeated runs; see each section's command.\n"

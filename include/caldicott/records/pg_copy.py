@@ -2,7 +2,7 @@
 
 Why: at national scale (millions of rows a month) a row-by-row DB-API fetch spends most of its time making one
 Python object per cell; ``COPY`` lets the server write the rows as CSV (on its own core) and pyarrow's C++ parser
-turns them straight into columns: about three times faster for a month's contacts (bench/RESULTS.md).
+turns them straight into columns: a month's contacts 2.8x faster, the whole month's read 1.7x (docs/monthly_dataset.md).
 
 The frame must be the one the plain read gives (``pd.DataFrame(cursor rows)``), so the builder cannot tell which
 path ran (tests/unit/dataset/test_read_source_equivalence.py): text columns are pandas' ``str`` with NaN for a null,
@@ -46,8 +46,8 @@ def read_frame(engine: Engine, query: AnySelect) -> pd.DataFrame | None:
     this reads (text, whole numbers, flags, dates), so the caller reads it row by row instead."""
     columns = list(query.selected_columns)
     types = [_arrow_type(col.type) for col in columns]
-    if engine.dialect.name != "postgresql" or any(t is None for t in types):
-        return None
+    if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg2" or any(t is None for t in types):
+        return None                                     # COPY through psycopg2's copy_expert; other drivers: plainly
     keys = [str(col.key) for col in columns]
     sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
     buffer = io.BytesIO()
