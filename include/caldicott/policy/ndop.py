@@ -128,7 +128,8 @@ def filter_opted_out(frame: pd.DataFrame, nhs_column: str, opted_out: set[str]) 
     choice: pass them through ``drop_unchecked``)."""
     if not opted_out:
         return frame
-    from caldicott.dataset.builder import isin   # in Arrow: pandas' isin on arrow strings is a Python loop
+    # in Arrow: pandas' isin on arrow strings is a Python loop
+    from caldicott.dataset.builder import isin
 
     return frame.loc[~isin(frame[nhs_column], opted_out)]
 
