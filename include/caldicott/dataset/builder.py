@@ -193,6 +193,13 @@ class SourceMonth:
         return {"patients": len(self.patients), "referrals": len(self.referrals), "contacts": len(self.contacts),
                 "assessments": len(self.assessments), **{n: len(getattr(self, n)) for n in self.EXTRA}}
 
+    def clear(self, *names: str) -> None:
+        """Let go of the frames ``names`` (every frame when none is named), each left empty: :func:`build` with
+        ``consume=True`` takes the frames over, so that this object, still referenced by its caller for the whole
+        build, keeps none of them alive, and lets go of each of its own as soon as its tables are built."""
+        for n in names or ("patients", "referrals", "contacts", "assessments", "history", *self.EXTRA):
+            setattr(self, n, pd.DataFrame())
+
 
 @dataclass
 class Dataset:
@@ -913,20 +920,31 @@ def _frame(cols: dict[str, pd.Series], rid: pd.Series) -> pd.DataFrame:
 
 def build(src: SourceMonth, period: Period, *, org_provider: str, version: str = DEFAULT_VERSION,
           org_submitter: str | None = None, system: str = "Caldicott",
-          created_at: dt.datetime | None = None) -> Dataset:
+          created_at: dt.datetime | None = None, consume: bool = False) -> Dataset:
     """Map one period of source rows to all the data set tables (vectorised; no validation here).
 
     Every table of :data:`COLUMNS` is built, with every national field, even when the source frame is empty or
     lacks the column (then the field is empty): the file's structure never depends on what the service records.
+
+    ``consume=True``: the caller hands ``src`` over and it is left empty (:meth:`SourceMonth.clear`; keep beforehand
+    any frame still needed, e.g. ``patients`` for the pre-2020 rule). Each source frame is then let go as soon as
+    its tables are built: a national month's contacts and scores (two thirds of the source) otherwise stay alive
+    beside the 21 tables being assembled, which made the month's peak memory (4.1 GiB at 1 M referrals). The
+    default leaves ``src`` untouched (the build lets go only of its own shallow copy), for callers that use it
+    again (the bench builds one source several times).
     """
     if version not in VERSIONS:
         raise ValueError(f"data set version {version!r} is not supported (one of {', '.join(VERSIONS)})")
     if not org_provider:
         raise ValueError("org_provider (OrgIDProv, the provider's ODS code) is required: it has no default")
     created = created_at or dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    given = src
     src = SourceMonth(src.patients.reset_index(drop=True), src.referrals.reset_index(drop=True),
                       src.contacts.reset_index(drop=True), src.assessments.reset_index(drop=True), history=src.history,
                       **{n: getattr(src, n).reset_index(drop=True) for n in SourceMonth.EXTRA})
+    if consume:
+        given.clear()   # this local copy now holds the only references to the frames (shared, not copied)
+    del given
     header = pd.DataFrame({
         "DatSetVer": _s([version]), "OrgIDProv": _s([org_provider]), "OrgIDSubmit": _s([org_submitter or org_provider]),
         "PrimSystemInUse": _s([system]), "ReportingPeriodStartDate": _date([period.first]),
@@ -992,6 +1010,11 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
                       "StartTimeCareClust": _hms(clu_start),
                       "EndDateCareClust": clu_end.dt.floor("D").astype("datetime64[s]"),
                       "EndTimeCareClust": _hms(clu_end)}, _text_of(clu, "cluster_id"))
+    # each source frame is let go as soon as its tables are built (with consume, these are its last references):
+    # what is still alive when the contacts and scores are built below, the bulk of the month, makes the peak
+    src.clear("patients", "accommodation", "employment", "disability", "circumstances", "overseas", "diagnoses",
+              "clusters")
+    del p, acc, emp, dis, soc, ovs, dia, clu
 
     # ---- referral: IDS101 and the referral-level tables ----
     rid = _s(r["service_request_id"])
@@ -1036,6 +1059,8 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
     ltcs = _frame({"ServiceRequestId": child_sri[3], "FindSchemeInUse": _text_of(ltc, "scheme"),
                    "LongTermCondition": icd10_code(_text_of(ltc, "code"), _text_of(ltc, "scheme"))},
                   _text_of(ltc, "condition_id"))
+    src.clear("referrals", "onward", "pauses", "therapy_logs", "conditions")
+    del r, onw, pau, itl, ltc, pres_code
 
     # ---- contacts, activities, scores ----
     c = src.contacts
@@ -1076,16 +1101,21 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
     act_contacts = contact[["CareContactId", "ClinContDurOfCareCont"]].loc[act_mask].reset_index(drop=True)
     act_id = suffix(act_contacts["CareContactId"], "-1")
 
-    def at_act(col: str) -> pd.Series:
-        return _text_of(c, col)[act_mask].reset_index(drop=True)
+    def at_act(frame: pd.DataFrame, col: str) -> pd.Series:   # the frame passed, not closed over: c is let go below
+        return _text_of(frame, col)[act_mask].reset_index(drop=True)
 
     activity = pd.DataFrame({
         "CareActId": act_id, "CareContactId": _s(act_contacts["CareContactId"]),
-        "CarePersLocalId": at_act("clinician_id"),
+        "CarePersLocalId": at_act(c, "clinician_id"),
         "ClinContactDurOfCareAct": act_contacts["ClinContDurOfCareCont"].reset_index(drop=True),
-        "CodeProcAndProcStatus": at_act("procedure_code"), "FindSchemeInUse": at_act("finding_scheme"),
-        "CodeFind": icd10_code(at_act("finding_code"), at_act("finding_scheme")), "CodeObs": at_act("observation_code"),
-        "ObsValue": at_act("observation_value"), "UnitMeasure": at_act("observation_unit"), "_rid": act_id})
+        "CodeProcAndProcStatus": at_act(c, "procedure_code"), "FindSchemeInUse": at_act(c, "finding_scheme"),
+        "CodeFind": icd10_code(at_act(c, "finding_code"), at_act(c, "finding_scheme")),
+        "CodeObs": at_act(c, "observation_code"), "ObsValue": at_act(c, "observation_value"),
+        "UnitMeasure": at_act(c, "observation_unit"), "_rid": act_id})
+    # the contacts are consumed: let go of them and of what was only derived from them, rather than hold them
+    # beside the scores and to the end of the build
+    src.clear("contacts")
+    del c, local, act_contacts
 
     aid = _s(a["assessment_id"])
     a_local = _local(pd.Series(a["assessed_at"])[~at_contact])   # times only for IDS606 rows
@@ -1101,6 +1131,9 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
         "CareActId": suffix(a_contact[at_contact], "-1").reset_index(drop=True),
         "CodedAssToolType": tool[at_contact].reset_index(drop=True),
         "PersScore": _score_column(score, at_contact, score_text), "_rid": aid[at_contact].reset_index(drop=True)})
+    # the scores are consumed too; these locals share the source frame's columns, so they go with it
+    src.clear("assessments")
+    del a, a_contact, a_local, aid, tool, score, score_text
 
     # ---- IDS902: qualifications of the personnel the file's activities and therapy logs name ----
     q = src.qualifications
@@ -1119,6 +1152,12 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
               "IDS205InternetTherLog": logs, "IDS601MedHistPrevDiag": prev_diag, "IDS602LongTermCondition": ltcs,
               "IDS603PresentingComplaints": pres, "IDS606CodedScoreAssessmentRefer": refer,
               "IDS607CodedScoreAssessmentAct": act, "IDS803CareCluster": cluster, "IDS902CarePersQual": quals}
+    hist = src.history
+    # from here ``tables`` holds the only reference to each table's first version, and nothing holds the source
+    # frames: the loop below puts each table's final form (code columns as categoricals) in its place, so each
+    # first version, with its text codes, goes as soon as its final form is made
+    del (src, q, header, mpi, gp, accomm, employ, disab, social, overseas, ref, onward, pauses, contact, activity, logs,
+         prev_diag, ltcs, pres, refer, act, cluster, quals, gp_code, commissioner, end_code)
     for name in COLUMNS:
         df = tables[name].reset_index(drop=True)
         extra = sorted(set(df.columns) - {*COLUMNS[name], "_rid"})
@@ -1131,7 +1170,7 @@ def build(src: SourceMonth, period: Period, *, org_provider: str, version: str =
             if not isinstance(df[col].dtype, pd.CategoricalDtype):
                 df[col] = _category(df[col])
         tables[name] = df
-    ds = Dataset(period, version, {name: tables[name] for name in COLUMNS}, src.history)
+    ds = Dataset(period, version, {name: tables[name] for name in COLUMNS}, hist)
     k = ds.keys
     k.put(ds.tables, "patient", {("IDS001MPI", "LocalPatientId"): pat_codes,
                                  ("IDS002GP", "LocalPatientId"): pat_codes,

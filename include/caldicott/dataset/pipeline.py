@@ -103,11 +103,15 @@ def build_month(records: Engine, period: Period, s: Settings) -> tuple[Dataset, 
     """Read + build + the pre-2020 objection rule. Returns the data set, the patient frame, timings."""
     t0 = time.perf_counter()
     src = read_source(records, period)
+    patients = src.patients
     t1 = time.perf_counter()
-    ds = build(src, period, version=s.version, org_provider=s.org_provider, org_submitter=s.org_submitter)
-    pre = policy.apply_pre2020(ds, src.patients, s.pre2020)
+    # the source is handed over (build empties it): only the patients are needed after the build, and a national
+    # month's contacts and scores must not outlive their tables (peak memory)
+    ds = build(src, period, version=s.version, org_provider=s.org_provider, org_submitter=s.org_submitter,
+               consume=True)
+    pre = policy.apply_pre2020(ds, patients, s.pre2020)
     t2 = time.perf_counter()
-    return ds, src.patients, {"read_s": round(t1 - t0, 3), "build_s": round(t2 - t1, 3), "pre2020": pre}
+    return ds, patients, {"read_s": round(t1 - t0, 3), "build_s": round(t2 - t1, 3), "pre2020": pre}
 
 
 def _statement_path(s: Settings, period: Period, kind: Kind) -> Path:

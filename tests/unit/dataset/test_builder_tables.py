@@ -305,6 +305,20 @@ def test_every_table_builds_from_an_empty_source_month():
     assert {t for t, n in ds.counts().items() if n} == {"IDS000Header"}
 
 
+def test_a_consumed_source_builds_the_same_tables_and_is_left_empty(source):
+    """build(consume=True), as the pipeline calls it to let each source frame go once its tables are built (peak
+    memory at national scale), gives exactly the tables of the default build, and empties the caller's source."""
+    src, created = read_source(source, SEPT), T(2026, 10, 2, 9, 0)
+    kept = build(read_source(source, SEPT), SEPT, org_provider="ZZZ01", created_at=created)
+    consumed = build(src, SEPT, org_provider="ZZZ01", consume=True, created_at=created)
+    assert list(consumed.tables) == list(kept.tables)
+    for name, table in kept.tables.items():
+        pd.testing.assert_frame_equal(consumed.tables[name], table, check_exact=True, obj=name)
+    pd.testing.assert_frame_equal(consumed.history, kept.history, check_exact=True)
+    assert all(n == 0 for n in src.sizes().values())
+    assert sum(kept.counts().values()) > 20
+
+
 def test_dropping_a_referral_removes_its_rows_and_its_patients(source):
     ds = build(read_source(source, SEPT), SEPT, org_provider="ZZZ01")
     removed = drop(ds, "IDS101Referral", ["R1"])
