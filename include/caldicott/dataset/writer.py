@@ -37,6 +37,7 @@ import tempfile
 import zipfile
 from collections.abc import Collection
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +80,17 @@ def key_id(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()[:8]
 
 
-def encrypt(data: bytes, key: bytes) -> bytes:
+def _seal(data: bytes, key: bytes) -> tuple[bytes, bytes]:
+    """The archive's header (magic, key id, nonce; authenticated too) and the AES-256-GCM ciphertext of ``data``,
+    apart: a caller writing to a file need not join them (one more copy of a national month's archive)."""
     nonce = os.urandom(12)
     head = MAGIC + key_id(key) + nonce
-    return head + AESGCM(key).encrypt(nonce, data, head)
+    return head, AESGCM(key).encrypt(nonce, data, head)
+
+
+def encrypt(data: bytes, key: bytes) -> bytes:
+    head, sealed = _seal(data, key)
+    return head + sealed
 
 
 def decrypt(blob: bytes, key: bytes) -> bytes:
@@ -127,29 +135,35 @@ def archive_bytes(ds: Dataset, *, with_idb: bool = True,
     if missing:
         raise idb.IdbLayoutError(f"data set {ds.version} needs table(s) {', '.join(missing)}")
     typed = {name: idb.arrow_table(ds.tables[name], name, ds.version) for name in names}
-    members: dict[str, bytes] = {f"{name}.parquet": parquet_bytes(typed[name]) for name in names}
-    csvs = {f"{idb.FOLDER}/{name}.csv": idb.csv_from_arrow(typed[name]) for name in names} if with_idb else {}
-    members.update(csvs)
-    layout_file = idb.FIELDS_FILES[ds.version].name
-    manifest = {
-        "dataset": "IAPT / NHS Talking Therapies", "version": ds.version,
-        "reporting_period": {"start": ds.period.first.isoformat(), "end": ds.period.last.isoformat()},
-        "layout": f"IAPT v{ds.version} national tables ({layout_file})",
-        "tables": {name: {"file": f"{name}.parquet", "rows": typed[name].num_rows,
-                          "columns": typed[name].column_names} for name in names},
-        "idb": {"layout": f"IAPT v{ds.version} intermediate database ({layout_file})", "encoding": "UTF-8",
-                "import_order": [n.removeprefix(f"{idb.FOLDER}/").removesuffix(".csv") for n in csvs]}
-        if csvs else None,
-        "files": {n: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in members.items()},
-        **(extra or {}),
-    }
+    members = [*((f"{name}.parquet", partial(parquet_bytes, typed[name])) for name in names),
+               *((f"{idb.FOLDER}/{name}.csv", partial(idb.csv_from_arrow, typed[name])) for name in names if with_idb)]
+    files: dict[str, dict[str, Any]] = {}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for n, b in members.items():
-            if n.endswith(".csv"):   # text: deflate, quickly (a national month is hundreds of MB of CSV)
-                zf.writestr(n, b, compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
-            else:                    # Parquet is compressed already
-                zf.writestr(n, b, compress_type=zipfile.ZIP_STORED)
+        # member by member, each let go once it is in the ZIP: a national month's CSVs are about a gigabyte of text
+        # which, held all at once beside the Parquet files, the ZIP and its ciphertext, made the task's peak memory
+        for member, make in members:
+            data = make()
+            files[member] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            if member.endswith(".csv"):   # text: deflate, quickly (a national month is hundreds of MB of CSV)
+                zf.writestr(member, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
+            else:                         # Parquet is compressed already
+                zf.writestr(member, data, compress_type=zipfile.ZIP_STORED)
+            del data
+        layout_file = idb.FIELDS_FILES[ds.version].name
+        csvs = [n for n, _ in members if n.endswith(".csv")]
+        manifest = {
+            "dataset": "IAPT / NHS Talking Therapies", "version": ds.version,
+            "reporting_period": {"start": ds.period.first.isoformat(), "end": ds.period.last.isoformat()},
+            "layout": f"IAPT v{ds.version} national tables ({layout_file})",
+            "tables": {name: {"file": f"{name}.parquet", "rows": typed[name].num_rows,
+                              "columns": typed[name].column_names} for name in names},
+            "idb": {"layout": f"IAPT v{ds.version} intermediate database ({layout_file})", "encoding": "UTF-8",
+                    "import_order": [n.removeprefix(f"{idb.FOLDER}/").removesuffix(".csv") for n in csvs]}
+            if csvs else None,
+            "files": files,
+            **(extra or {}),
+        }
         zf.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
     return buf.getvalue(), manifest
 
@@ -163,7 +177,7 @@ def write(ds: Dataset, out_dir: Path, key: bytes, *, name: str | None = None, wi
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     plain, manifest = archive_bytes(ds, with_idb=with_idb, extra=extra)
-    blob = encrypt(plain, key)
+    head, sealed = _seal(plain, key)
     del plain
     path = out_dir / (name or f"iapt_{ds.period.key}_v{ds.version}.zip.enc")
     part = path.with_name(path.name + ".part")
@@ -171,13 +185,16 @@ def write(ds: Dataset, out_dir: Path, key: bytes, *, name: str | None = None, wi
     try:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
+            fh.write(head)
+            fh.write(sealed)
         part.replace(path)
         done = True
     finally:
         if not done:
             part.unlink(missing_ok=True)
-    return Written(path, hashlib.sha256(blob).hexdigest(), len(blob), manifest)
+    digest = hashlib.sha256(head)
+    digest.update(sealed)
+    return Written(path, digest.hexdigest(), len(head) + len(sealed), manifest)
 
 
 #: temporary folders earlier versions made for the intermediate SQLite database (in clear) in the temp folder
