@@ -34,6 +34,10 @@ _ARROW: tuple[tuple[type[Any], pa.DataType], ...] = (
     (String, pa.string()), (Integer, pa.int64()), (Boolean, pa.bool_()), (Date, pa.date32()))
 
 
+class BulkReadError(RuntimeError):
+    """A bulk read that could not be parsed; names the table, never a value."""
+
+
 def _arrow_type(column_type: Any) -> pa.DataType | None:
     for kind, arrow in _ARROW:
         if isinstance(column_type, kind):
@@ -63,14 +67,19 @@ def read_frame(engine: Engine, query: AnySelect) -> pd.DataFrame | None:
     if buffer.tell() == 0:
         return pd.DataFrame([], columns=keys)               # as the plain read's frame of no rows
     buffer.seek(0)
-    table = pa_csv.read_csv(
-        buffer,
-        read_options=pa_csv.ReadOptions(column_names=keys),
-        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-        convert_options=pa_csv.ConvertOptions(
-            column_types=dict(zip(keys, types, strict=True)),
-            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
-            true_values=["t"], false_values=["f"]))                # PostgreSQL's text of a boolean
+    try:
+        table = pa_csv.read_csv(
+            buffer,
+            read_options=pa_csv.ReadOptions(column_names=keys),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict(zip(keys, types, strict=True)),
+                null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
+                true_values=["t"], false_values=["f"]))            # PostgreSQL's text of a boolean
+    except pa.ArrowInvalid:
+        # the parser's message quotes the offending row, which is patient data: it must not reach a log
+        raise BulkReadError(f"the bulk read of {', '.join(sorted({str(t) for t in query.get_final_froms()}))} "
+                            "could not be parsed (the parser's message is withheld: it quotes the row)") from None
     del buffer
     return pd.DataFrame({key: _as_plain_read(table.column(i)) for i, key in enumerate(keys)}, columns=keys)
 

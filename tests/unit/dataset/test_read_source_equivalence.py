@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 import pandas.testing as pdt
+import pyarrow as pa
 import pytest
 from caldicott.dataset import builder
 from caldicott.dataset.builder import Period, read_source
@@ -192,3 +193,20 @@ def test_postgresql_bulk_read_carries_any_text_and_nulls_exactly(small_month, pg
     assert {"patient", "care_contact", "coded_assessment", "overseas_visitor"} <= set(copied)   # the path ran
     assert set(AWKWARD_TEXT) <= set(src.contacts["procedure_code"].dropna())      # and carried every text
     assert src.patients["dataset_objection_pre2020"].isna().any() and src.overseas.empty
+
+
+def test_a_bulk_read_parse_failure_names_the_table_not_the_row(small_month, pg_url, monkeypatch):
+    """pyarrow's parse errors quote the row they failed on (patient data): the error raised names the table only,
+    and carries neither the parser's message nor its exception (a traceback would print a chained one)."""
+    engine = make_engine(pg_url)
+    synth.write(small_month, engine)
+
+    def failing(*_args, **_kwargs):
+        raise pa.ArrowInvalid("CSV parse error: Expected 7 columns, got 8: P0001,9990000018,Ava Smith")
+
+    monkeypatch.setattr(pg_copy.pa_csv, "read_csv", failing)
+    with pytest.raises(pg_copy.BulkReadError) as caught:
+        read_source(engine, SEPT)
+    assert "referral" in str(caught.value)
+    assert "999" not in str(caught.value) and "Ava" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
