@@ -44,7 +44,7 @@ import datetime as dt
 import logging
 import typing
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import numpy as np
@@ -197,7 +197,7 @@ class SourceMonth:
         """Let go of the frames ``names`` (every frame when none is named), each left empty: :func:`build` with
         ``consume=True`` takes the frames over, so that this object, still referenced by its caller for the whole
         build, keeps none of them alive, and lets go of each of its own as soon as its tables are built."""
-        for n in names or ("patients", "referrals", "contacts", "assessments", "history", *self.EXTRA):
+        for n in names or [f.name for f in fields(self)]:
             setattr(self, n, pd.DataFrame())
 
 

@@ -8,9 +8,8 @@ The frame must be the one the plain read gives (``pd.DataFrame(cursor rows)``), 
 path ran (tests/unit/dataset/test_read_source_equivalence.py): text columns are pandas' ``str`` with NaN for a null,
 an all-null column is ``object`` holding None, whole numbers are ``int64`` (``float64`` when one is null), flags
 ``bool`` (``object`` holding True, False and None when one is null), dates ``object`` holding ``datetime.date``
-and None. A query
-selecting a column of any other type is not read here (:func:`read_frame` returns None and the caller reads it
-plainly).
+and None. A query selecting a column of any other type is not read here (:func:`read_frame` returns None and the
+caller reads it plainly).
 
 CSV keeps a null and an empty text apart (an unquoted empty field is a null, ``""`` an empty text), and quotes
 separators, quotes and line breaks inside values, so any stored text comes back as it was.
